@@ -1,0 +1,310 @@
+/// A JSON value with a canonical serialisation (keys sorted by their UTF-8 bytes, no
+/// whitespace), the form TIBET hashes cover (SPEC §5). Integers and doubles stay apart so a
+/// parsed token serialises back to the same bytes.
+public enum JSONValue: Sendable, Hashable {
+    case null
+    case bool(Bool)
+    case int(Int64)
+    case double(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public subscript(key: String) -> JSONValue? {
+        if case .object(let o) = self { return o[key] }
+        return nil
+    }
+
+    public var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
+    public var boolValue: Bool? { if case .bool(let b) = self { return b } else { return nil } }
+    public var objectValue: [String: JSONValue]? { if case .object(let o) = self { return o } else { return nil } }
+    public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
+    /// Integers and doubles as a `Double`.
+    public var doubleValue: Double? {
+        switch self {
+        case .int(let i): return Double(i)
+        case .double(let d): return d
+        default: return nil
+        }
+    }
+    public var intValue: Int64? {
+        switch self {
+        case .int(let i): return i
+        case .double(let d) where d.rounded() == d && abs(d) < 9e18: return Int64(d)
+        default: return nil
+        }
+    }
+
+    /// The canonical form: sorted keys, no whitespace, UTF-8 unescaped except what JSON requires.
+    /// Non-finite doubles serialise as `null` (JSON has no NaN).
+    public var canonical: String {
+        var out = ""
+        out.reserveCapacity(256)
+        write(into: &out)
+        return out
+    }
+
+    public func write(into out: inout String) {
+        switch self {
+        case .null: out += "null"
+        case .bool(let b): out += b ? "true" : "false"
+        case .int(let i): out += String(i)
+        case .double(let d): out += JSONValue.format(d)
+        case .string(let s): JSONValue.writeString(s, into: &out)
+        case .array(let a):
+            out += "["
+            for (i, v) in a.enumerated() {
+                if i > 0 { out += "," }
+                v.write(into: &out)
+            }
+            out += "]"
+        case .object(let o):
+            out += "{"
+            var first = true
+            for k in o.keys.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }) {
+                if !first { out += "," }
+                first = false
+                JSONValue.writeString(k, into: &out)
+                out += ":"
+                o[k]!.write(into: &out)
+            }
+            out += "}"
+        }
+    }
+
+    /// Shortest round-trip form; integral doubles keep a `.0` so they parse back as doubles.
+    public static func format(_ d: Double) -> String {
+        guard d.isFinite else { return "null" }
+        return d.description
+    }
+
+    public static func writeString(_ s: String, into out: inout String) {
+        out += "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 {
+                    let hex = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        out += "\""
+    }
+}
+
+extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
+    ExpressibleByBooleanLiteral, ExpressibleByDictionaryLiteral, ExpressibleByArrayLiteral, ExpressibleByNilLiteral
+{
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(integerLiteral value: Int64) { self = .int(value) }
+    public init(floatLiteral value: Double) { self = .double(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self = .object(Dictionary(elements, uniquingKeysWith: { _, b in b }))
+    }
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    public init(nilLiteral: ()) { self = .null }
+}
+
+/// Where and why JSON text did not parse.
+public struct JSONParseError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// Byte offset into the input.
+    public var offset: Int
+    public var message: String
+    public var description: String { "at byte \(offset): \(message)" }
+}
+
+/// A small strict JSON parser (RFC 8259) into `JSONValue`. Numbers with a fraction or an
+/// exponent become doubles, others integers (doubles when beyond Int64).
+public struct JSONParser {
+    public static let maxDepth = 64
+
+    public static func parse(_ text: String) throws(JSONParseError) -> JSONValue {
+        var s = text
+        let r: Result<JSONValue, JSONParseError> = s.withUTF8 { buf in Result { () throws(JSONParseError) in try parse(bytes: buf) } }
+        return try r.get()
+    }
+
+    public static func parse(bytes: UnsafeBufferPointer<UInt8>) throws(JSONParseError) -> JSONValue {
+        var p = JSONParser(b: bytes, i: 0)
+        p.skipWS()
+        let v = try p.value(depth: 0)
+        p.skipWS()
+        guard p.i == bytes.count else { throw p.err("trailing characters") }
+        return v
+    }
+
+    let b: UnsafeBufferPointer<UInt8>
+    var i: Int
+
+    func err(_ m: String) -> JSONParseError { JSONParseError(offset: i, message: m) }
+
+    mutating func skipWS() {
+        while i < b.count, b[i] == 0x20 || b[i] == 0x0A || b[i] == 0x0D || b[i] == 0x09 { i += 1 }
+    }
+
+    mutating func value(depth: Int) throws(JSONParseError) -> JSONValue {
+        guard depth < JSONParser.maxDepth else { throw err("nested too deeply") }
+        guard i < b.count else { throw err("unexpected end of input") }
+        switch b[i] {
+        case UInt8(ascii: "{"):
+            i += 1
+            var o: [String: JSONValue] = [:]
+            skipWS()
+            if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; return .object(o) }
+            while true {
+                skipWS()
+                guard i < b.count, b[i] == UInt8(ascii: "\"") else { throw err("expected a string key") }
+                let k = try string()
+                skipWS()
+                guard i < b.count, b[i] == UInt8(ascii: ":") else { throw err("expected ':'") }
+                i += 1
+                skipWS()
+                let v = try value(depth: depth + 1)
+                guard o.updateValue(v, forKey: k) == nil else { throw err("duplicate key \"\(k)\"") }
+                skipWS()
+                guard i < b.count else { throw err("unexpected end of input") }
+                if b[i] == UInt8(ascii: ",") { i += 1; continue }
+                if b[i] == UInt8(ascii: "}") { i += 1; return .object(o) }
+                throw err("expected ',' or '}'")
+            }
+        case UInt8(ascii: "["):
+            i += 1
+            var a: [JSONValue] = []
+            skipWS()
+            if i < b.count, b[i] == UInt8(ascii: "]") { i += 1; return .array(a) }
+            while true {
+                skipWS()
+                a.append(try value(depth: depth + 1))
+                skipWS()
+                guard i < b.count else { throw err("unexpected end of input") }
+                if b[i] == UInt8(ascii: ",") { i += 1; continue }
+                if b[i] == UInt8(ascii: "]") { i += 1; return .array(a) }
+                throw err("expected ',' or ']'")
+            }
+        case UInt8(ascii: "\""):
+            return .string(try string())
+        case UInt8(ascii: "t"):
+            try literal("true"); return .bool(true)
+        case UInt8(ascii: "f"):
+            try literal("false"); return .bool(false)
+        case UInt8(ascii: "n"):
+            try literal("null"); return .null
+        default:
+            return try number()
+        }
+    }
+
+    mutating func literal(_ word: StaticString) throws(JSONParseError) {
+        let n = word.utf8CodeUnitCount
+        guard i + n <= b.count else { throw err("invalid literal") }
+        let w = word.utf8Start
+        for k in 0..<n where b[i + k] != w[k] { throw err("invalid literal") }
+        i += n
+    }
+
+    mutating func number() throws(JSONParseError) -> JSONValue {
+        let start = i
+        var isDouble = false
+        if i < b.count, b[i] == UInt8(ascii: "-") { i += 1 }
+        guard i < b.count, b[i] >= 48, b[i] <= 57 else { throw err("invalid value") }
+        if b[i] == 48 { i += 1 } else { while i < b.count, b[i] >= 48, b[i] <= 57 { i += 1 } }
+        if i < b.count, b[i] == UInt8(ascii: ".") {
+            isDouble = true
+            i += 1
+            guard i < b.count, b[i] >= 48, b[i] <= 57 else { throw err("invalid number") }
+            while i < b.count, b[i] >= 48, b[i] <= 57 { i += 1 }
+        }
+        if i < b.count, b[i] == UInt8(ascii: "e") || b[i] == UInt8(ascii: "E") {
+            isDouble = true
+            i += 1
+            if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
+            guard i < b.count, b[i] >= 48, b[i] <= 57 else { throw err("invalid number") }
+            while i < b.count, b[i] >= 48, b[i] <= 57 { i += 1 }
+        }
+        let text = String(decoding: UnsafeBufferPointer(rebasing: b[start..<i]), as: UTF8.self)
+        if !isDouble, let v = Int64(text) { return .int(v) }
+        guard let d = Double(text), d.isFinite else { throw JSONParseError(offset: start, message: "number out of range") }
+        return .double(d)
+    }
+
+    mutating func string() throws(JSONParseError) -> String {
+        i += 1  // opening quote
+        let start = i
+        // Fast path: no escapes.
+        while i < b.count, b[i] != UInt8(ascii: "\""), b[i] != UInt8(ascii: "\\"), b[i] >= 0x20 { i += 1 }
+        if i < b.count, b[i] == UInt8(ascii: "\"") {
+            let slice = UnsafeBufferPointer(rebasing: b[start..<i])
+            guard let s = String(validating: slice, as: UTF8.self) else { throw err("invalid UTF-8 in string") }
+            i += 1
+            return s
+        }
+        var bytes = Array(UnsafeBufferPointer(rebasing: b[start..<i]))
+        while true {
+            guard i < b.count else { throw err("unterminated string") }
+            let c = b[i]
+            if c == UInt8(ascii: "\"") { i += 1; break }
+            if c < 0x20 { throw err("control character in string") }
+            if c != UInt8(ascii: "\\") { bytes.append(c); i += 1; continue }
+            i += 1
+            guard i < b.count else { throw err("unterminated escape") }
+            let e = b[i]
+            i += 1
+            switch e {
+            case UInt8(ascii: "\""): bytes.append(0x22)
+            case UInt8(ascii: "\\"): bytes.append(0x5C)
+            case UInt8(ascii: "/"): bytes.append(0x2F)
+            case UInt8(ascii: "b"): bytes.append(0x08)
+            case UInt8(ascii: "f"): bytes.append(0x0C)
+            case UInt8(ascii: "n"): bytes.append(0x0A)
+            case UInt8(ascii: "r"): bytes.append(0x0D)
+            case UInt8(ascii: "t"): bytes.append(0x09)
+            case UInt8(ascii: "u"):
+                var cp = try hex4()
+                if (0xD800...0xDBFF).contains(cp) {
+                    guard i + 1 < b.count, b[i] == UInt8(ascii: "\\"), b[i + 1] == UInt8(ascii: "u") else {
+                        throw err("unpaired surrogate")
+                    }
+                    i += 2
+                    let lo = try hex4()
+                    guard (0xDC00...0xDFFF).contains(lo) else { throw err("unpaired surrogate") }
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                } else if (0xDC00...0xDFFF).contains(cp) {
+                    throw err("unpaired surrogate")
+                }
+                guard let scalar = Unicode.Scalar(cp) else { throw err("invalid code point") }
+                bytes.append(contentsOf: Array(String(Character(scalar)).utf8))
+            default:
+                throw err("invalid escape")
+            }
+        }
+        guard let s = String(validating: bytes, as: UTF8.self) else { throw err("invalid UTF-8 in string") }
+        return s
+    }
+
+    mutating func hex4() throws(JSONParseError) -> UInt32 {
+        guard i + 4 <= b.count else { throw err("short \\u escape") }
+        var v: UInt32 = 0
+        for _ in 0..<4 {
+            let c = b[i]
+            let d: UInt32
+            switch c {
+            case 48...57: d = UInt32(c - 48)
+            case 65...70: d = UInt32(c - 55)
+            case 97...102: d = UInt32(c - 87)
+            default: throw err("invalid \\u escape")
+            }
+            v = v << 4 | d
+            i += 1
+        }
+        return v
+    }
+}

@@ -1,0 +1,297 @@
+/// The model of a register map file (`maps/<device>.yaml`, SPEC §3.2), after parsing and
+/// validation. Every value here is resolved: defaults applied, Modicon addresses converted,
+/// profile limits filled in.
+
+/// The four Modbus data tables.
+public enum RegisterTable: String, Sendable, Hashable, CaseIterable {
+    case holding, input, coil, discrete
+
+    /// Coils and discrete inputs hold bits; holding and input registers hold 16-bit words.
+    @inlinable
+    public var isBitTable: Bool { self == .coil || self == .discrete }
+
+    /// The Modbus read function code for this table.
+    public var readFunction: UInt8 {
+        switch self {
+        case .coil: return 1
+        case .discrete: return 2
+        case .holding: return 3
+        case .input: return 4
+        }
+    }
+
+    /// The Modicon prefix digit: 0 coils, 1 discrete inputs, 3 input registers, 4 holding registers.
+    public var modiconPrefix: Int {
+        switch self {
+        case .coil: return 0
+        case .discrete: return 1
+        case .input: return 3
+        case .holding: return 4
+        }
+    }
+}
+
+/// The value types a register map can declare.
+public enum ValueType: String, Sendable, Hashable, CaseIterable {
+    case bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string
+
+    /// Registers occupied, for fixed-width types; `string` takes its `length`.
+    public var fixedRegisterCount: Int? {
+        switch self {
+        case .bool, .int16, .uint16: return 1
+        case .int32, .uint32, .float32: return 2
+        case .int64, .uint64, .float64: return 4
+        case .string: return nil
+        }
+    }
+}
+
+/// Byte and word order of multi-register values. `ABCD` is big-endian (the Modbus default);
+/// 64-bit values extend the same pattern (`CDAB` reverses the four words, `BADC` swaps the
+/// bytes in each word, `DCBA` does both).
+public enum WordOrder: String, Sendable, Hashable, CaseIterable {
+    case ABCD, CDAB, BADC, DCBA
+
+    @inlinable public var reversesWords: Bool { self == .CDAB || self == .DCBA }
+    @inlinable public var swapsBytes: Bool { self == .BADC || self == .DCBA }
+}
+
+/// Where something was written in a file, for error messages (`file:line:col`). Lines and
+/// columns are 1-based.
+public struct SourceLocation: Sendable, Hashable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var column: Int
+
+    public init(file: String, line: Int, column: Int) {
+        self.file = file
+        self.line = line
+        self.column = column
+    }
+
+    public var description: String { "\(file):\(line):\(column)" }
+}
+
+/// One value read from the PLC.
+public struct RegisterSpec: Sendable, Hashable {
+    public var name: String
+    public var table: RegisterTable
+    /// 0-based protocol address.
+    public var address: UInt16
+    public var type: ValueType
+    public var order: WordOrder
+    /// Bit number (0 = LSB) within a 16-bit register, for `bit: n` entries; the value is a bool.
+    public var bit: Int?
+    /// Registers read for a `string`.
+    public var length: Int
+    public var scale: Double
+    public var offset: Double
+    public var unit: String?
+    /// Maximum allowed |physical − twin|; `nil` means the value is not compared.
+    public var tolerance: Double?
+    public var location: SourceLocation?
+
+    public init(
+        name: String, table: RegisterTable = .holding, address: UInt16, type: ValueType = .uint16,
+        order: WordOrder = .ABCD, bit: Int? = nil, length: Int = 0, scale: Double = 1,
+        offset: Double = 0, unit: String? = nil, tolerance: Double? = nil,
+        location: SourceLocation? = nil
+    ) {
+        self.name = name
+        self.table = table
+        self.address = address
+        self.type = bit != nil || table.isBitTable ? .bool : type
+        self.order = order
+        self.bit = bit
+        self.length = length
+        self.scale = scale
+        self.offset = offset
+        self.unit = unit
+        self.tolerance = tolerance
+        self.location = location
+    }
+
+    /// Registers (or bits, in bit tables) this value occupies.
+    @inlinable
+    public var width: Int {
+        if table.isBitTable || bit != nil { return 1 }
+        return type.fixedRegisterCount ?? max(length, 1)
+    }
+
+    /// Last address occupied (inclusive).
+    @inlinable
+    public var lastAddress: Int { Int(address) + width - 1 }
+
+    /// Whether `raw × scale + offset` changes anything.
+    @inlinable
+    public var isScaled: Bool { scale != 1 || offset != 0 }
+}
+
+/// The device status register and its value → name map (`0: operational, 1: fault …`).
+public struct StatusSpec: Sendable, Hashable {
+    public var register: RegisterSpec
+    public var values: [Int64: String]
+
+    public init(register: RegisterSpec, values: [Int64: String]) {
+        self.register = register
+        self.values = values
+    }
+}
+
+/// A register that must read back an expected value (serial number, firmware id): proof that
+/// the PLC answering is the device the map describes.
+public struct IdentitySpec: Sendable, Hashable {
+    public var register: RegisterSpec
+    public var expect: Value
+
+    public init(register: RegisterSpec, expect: Value) {
+        self.register = register
+        self.expect = expect
+    }
+}
+
+/// A condition an intent puts on one physical value (`requires: {load_kg: {max: 40000}}`).
+/// All given bounds must hold; an absent or non-good value fails.
+public struct Requirement: Sendable, Hashable {
+    public var name: String
+    public var min: Double?
+    public var max: Double?
+    public var eq: Double?
+    public var oneOf: [Double]?
+    public var location: SourceLocation?
+
+    public init(name: String, min: Double? = nil, max: Double? = nil, eq: Double? = nil,
+                oneOf: [Double]? = nil, location: SourceLocation? = nil) {
+        self.name = name
+        self.min = min
+        self.max = max
+        self.eq = eq
+        self.oneOf = oneOf
+        self.location = location
+    }
+
+    /// Whether `value` satisfies every bound given. NaN never does.
+    @inlinable
+    public func isSatisfied(by value: Double) -> Bool {
+        if value.isNaN { return false }
+        if let min, !(value >= min) { return false }
+        if let max, !(value <= max) { return false }
+        if let eq, value != eq { return false }
+        if let oneOf, !oneOf.contains(value) { return false }
+        return true
+    }
+}
+
+/// An action the twin may ask for, and the interlock coil that permits it.
+public struct IntentSpec: Sendable, Hashable {
+    public var name: String
+    /// Address of the permit coil (and mirrored discrete input) on the interlock server.
+    public var coil: UInt16
+    public var requires: [Requirement]
+    /// Statuses in which this intent may be permitted (default: `operational`).
+    public var allowedStatuses: [String]
+    /// After a trip, stay blocked until an operator reset.
+    public var latch: Bool
+    public var location: SourceLocation?
+
+    public init(name: String, coil: UInt16, requires: [Requirement] = [],
+                allowedStatuses: [String] = ["operational"], latch: Bool = false,
+                location: SourceLocation? = nil) {
+        self.name = name
+        self.coil = coil
+        self.requires = requires
+        self.allowedStatuses = allowedStatuses
+        self.latch = latch
+        self.location = location
+    }
+}
+
+/// How to reach the PLC and how often to poll it.
+public struct PLCEndpoint: Sendable, Hashable {
+    public var host: String
+    public var port: Int
+    public var unit: Int
+    public var pollMs: Int
+    public var timeoutMs: Int
+    /// Gaps of up to this many unused registers are read through when grouping.
+    public var maxGap: Int
+
+    public init(host: String, port: Int = 502, unit: Int = 1, pollMs: Int = 100,
+                timeoutMs: Int = 100, maxGap: Int = 16) {
+        self.host = host
+        self.port = port
+        self.unit = unit
+        self.pollMs = pollMs
+        self.timeoutMs = timeoutMs
+        self.maxGap = maxGap
+    }
+}
+
+/// The timing limits of one device, resolved against its profile (SPEC §2 defaults:
+/// `max_age_ms` = `max_drift_ms`, `max_skew_ms` = 1000, `rearm_ms` = 2 × poll interval).
+public struct Limits: Sendable, Hashable {
+    public var maxDriftMs: Double
+    public var maxAgeMs: Double
+    public var maxSkewMs: Double
+    public var rearmMs: Double
+
+    public init(maxDriftMs: Double, maxAgeMs: Double? = nil, maxSkewMs: Double = 1000,
+                rearmMs: Double) {
+        self.maxDriftMs = maxDriftMs
+        self.maxAgeMs = maxAgeMs ?? maxDriftMs
+        self.maxSkewMs = maxSkewMs
+        self.rearmMs = rearmMs
+    }
+
+    /// The periodic evaluation tick for this device: `max(10 ms, max_age_ms / 4)`.
+    @inlinable
+    public var tickMs: Double { Swift.max(10, maxAgeMs / 4) }
+}
+
+/// One device: its PLC, what to read, how to judge it, and which coils it drives.
+public struct DeviceMap: Sendable, Hashable {
+    public var device: String
+    public var profile: ProfileID
+    public var plc: PLCEndpoint
+    public var limits: Limits
+    public var identity: [IdentitySpec]
+    public var status: StatusSpec
+    public var registers: [RegisterSpec]
+    /// Path of the Ed25519 public key the twin signs its lines with, as written in the map
+    /// (relative paths are relative to the map file).
+    public var twinKey: String?
+    public var intents: [IntentSpec]
+    /// Whether twin states marked `predicted: true` may permit.
+    public var allowPredicted: Bool
+    /// The file the map came from, and the SHA-256 (hex) of its bytes, for the audit.
+    public var sourceFile: String
+    public var sha256: String
+
+    public init(device: String, profile: ProfileID, plc: PLCEndpoint, limits: Limits,
+                identity: [IdentitySpec] = [], status: StatusSpec, registers: [RegisterSpec],
+                twinKey: String? = nil, intents: [IntentSpec], allowPredicted: Bool = false,
+                sourceFile: String = "", sha256: String = "") {
+        self.device = device
+        self.profile = profile
+        self.plc = plc
+        self.limits = limits
+        self.identity = identity
+        self.status = status
+        self.registers = registers
+        self.twinKey = twinKey
+        self.intents = intents
+        self.allowPredicted = allowPredicted
+        self.sourceFile = sourceFile
+        self.sha256 = sha256
+    }
+
+    /// The register with this name, if any.
+    public func register(named name: String) -> RegisterSpec? {
+        registers.first { $0.name == name }
+    }
+
+    /// The intent with this name, if any.
+    public func intent(named name: String) -> IntentSpec? {
+        intents.first { $0.name == name }
+    }
+}

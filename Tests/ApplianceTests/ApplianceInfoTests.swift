@@ -1,0 +1,11 @@
+import Testing
+@testable import Appliance
+
+@Suite("Appliance")
+struct ApplianceInfoTests {
+    @Test func versionIsSemantic() {
+        let parts = ApplianceInfo.version.split(separator: "-")[0].split(separator: ".")
+        #expect(parts.count == 3)
+        #expect(parts.allSatisfy { Int($0) != nil })
+    }
+}
