@@ -130,3 +130,26 @@ struct DecodingTests {
         #expect(try RegisterDecoder.decode(spec, words: [0x7632, 0x2E31, 0x0000, 0x0000]) == .string("v2.1"))
     }
 }
+
+@Suite("Keys and base64")
+struct KeyTextTests {
+    @Test(arguments: ["", "f", "fo", "foo", "foob", "fooba", "foobar"])
+    func base64RoundTrips(_ s: String) {
+        let enc = Base64.encode(Array(s.utf8))
+        #expect(Base64.decode(enc) == Array(s.utf8))
+    }
+
+    @Test func base64KnownVectors() {
+        #expect(Base64.encode(Array("foobar".utf8)) == "Zm9vYmFy")
+        #expect(Base64.encode(Array("fo".utf8)) == "Zm8=")
+        #expect(Base64.decode("Zm8") == nil)
+        #expect(Base64.decode("Z=m8") == nil)
+    }
+
+    @Test func keyTextRoundTrips() throws {
+        let sk = try KeyText.privateKey(from: String(repeating: "A", count: 43) + "=")
+        let pk = try KeyText.publicKey(from: KeyText.text(of: sk.publicKey))
+        #expect(pk.rawRepresentation == sk.publicKey.rawRepresentation)
+        #expect(throws: KeyText.Invalid.self) { try KeyText.publicKey(from: "Zm9v") }
+    }
+}
