@@ -266,11 +266,23 @@ public struct DeviceMap: Sendable, Hashable {
     /// The file the map came from, and the SHA-256 (hex) of its bytes, for the audit.
     public var sourceFile: String
     public var sha256: String
+    /// The PLC's own wall clock register, if the map names one (`clock:`); drift is then measured
+    /// against it instead of the appliance's arrival time (see `PLCClock`).
+    public var clock: PLCClock?
+    /// Free text for people (`description:`), e.g. "STS crane 1, berth 3".
+    public var description: String?
+    /// Where each top-level key's value was written (`"device"`, `"twin_key"`, `"plc"` …), so
+    /// errors found after parsing (a duplicate device, an unreadable key file) can point at it.
+    public var keyLocations: [String: SourceLocation]
 
     public init(device: String, profile: ProfileID, plc: PLCEndpoint, limits: Limits,
                 identity: [IdentitySpec] = [], status: StatusSpec, registers: [RegisterSpec],
                 twinKey: String? = nil, intents: [IntentSpec], allowPredicted: Bool = false,
-                sourceFile: String = "", sha256: String = "") {
+                sourceFile: String = "", sha256: String = "", clock: PLCClock? = nil,
+                description: String? = nil, keyLocations: [String: SourceLocation] = [:]) {
+        self.clock = clock
+        self.description = description
+        self.keyLocations = keyLocations
         self.device = device
         self.profile = profile
         self.plc = plc
@@ -293,5 +305,62 @@ public struct DeviceMap: Sendable, Hashable {
     /// The intent with this name, if any.
     public func intent(named name: String) -> IntentSpec? {
         intents.first { $0.name == name }
+    }
+}
+
+/// The time unit of a PLC clock register.
+public enum PLCClockUnit: String, Sendable, Hashable, CaseIterable {
+    case s, ms, us, ns
+
+    /// Nanoseconds per unit.
+    public var nanoseconds: Int64 {
+        switch self {
+        case .s: return 1_000_000_000
+        case .ms: return 1_000_000
+        case .us: return 1_000
+        case .ns: return 1
+        }
+    }
+}
+
+/// A register holding the PLC's own wall clock as time since the Unix epoch (`clock:` in a map,
+/// e.g. `{address: 200, type: uint64, unit: ms}`).
+///
+/// When a map names one, the poller decodes it with every poll and sets
+/// `PhysicalState.plcWallNs` to `wallNs(from:)` of the decoded value: the instant the PLC says
+/// its values were sampled, in ns since the epoch. Drift (SPEC §2 row 4) is then measured between
+/// that instant and the twin's `ts`, so network and poll latency no longer count as drift, but
+/// the PLC's own clock offset does (keep it NTP/PTP-synchronised). Ages stay on the appliance's
+/// monotonic clock. A clock value that cannot be converted (`nil`) makes the poll's state bad.
+public struct PLCClock: Sendable, Hashable {
+    /// The register read (named `clock`); integer types or `float64`, never scaled.
+    public var register: RegisterSpec
+    public var unit: PLCClockUnit
+
+    public init(register: RegisterSpec, unit: PLCClockUnit) {
+        self.register = register
+        self.unit = unit
+    }
+
+    /// The decoded register value as ns since the Unix epoch; `nil` if negative, not a number,
+    /// or beyond the `Int64` range (year 2262).
+    public func wallNs(from value: Value) -> Int64? {
+        let per = unit.nanoseconds
+        switch value {
+        case .int(let i):
+            guard i >= 0 else { return nil }
+            let (r, o) = i.multipliedReportingOverflow(by: per)
+            return o ? nil : r
+        case .uint(let u):
+            guard u <= UInt64(Int64.max) else { return nil }
+            let (r, o) = Int64(u).multipliedReportingOverflow(by: per)
+            return o ? nil : r
+        case .double(let d):
+            let ns = d * Double(per)
+            guard ns.isFinite, ns >= 0, ns < 9.2e18 else { return nil }
+            return Int64(ns.rounded())
+        case .bool, .string:
+            return nil
+        }
     }
 }

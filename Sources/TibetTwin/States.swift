@@ -96,8 +96,9 @@ public struct PhysicalState: Sendable, Hashable {
     public var pollError: String?
     /// When the poll answer arrived (monotonic and wall).
     public var time: ClockReading
-    /// The PLC's own clock, where the map names a clock register (ns since epoch); drift then
-    /// uses it instead of `time.wallNs`.
+    /// The PLC's own clock, where the map names a clock register (`DeviceMap.clock`): the decoded
+    /// register converted by `PLCClock.wallNs(from:)`, ns since the Unix epoch. Drift then uses
+    /// it instead of `time.wallNs`; ages still use `time.monotonicNs`. `nil` without a clock register.
     public var plcWallNs: Int64?
 
     public init(device: String, status: String?, statusRaw: Int64? = nil, statusQuality: Quality = .good,
