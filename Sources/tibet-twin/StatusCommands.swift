@@ -1,0 +1,144 @@
+import ArgumentParser
+import Appliance
+import TibetTwin
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the running appliance's HTTP API is: `--url`, else the default `127.0.0.1:9102`.
+struct ApplianceURLOptions: ParsableArguments {
+    @Option(help: "The appliance's HTTP API (http.listen of its config).")
+    var url: String = "http://127.0.0.1:9102"
+
+    func resolvedURL() throws -> String { url }
+}
+
+/// Writes one line to stderr (file descriptor 2; the Glibc `stderr` global is not concurrency-safe).
+enum CLIOutput {
+    static func errorLine(_ text: String) {
+        let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
+        bytes.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+    }
+
+    static var stdoutIsTerminal: Bool { isatty(1) == 1 }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show the running appliance's permits, reasons and ages (its HTTP /status).",
+        discussion: """
+            Exit codes: 0 the appliance answered and is healthy; 1 it answered but is degraded \
+            (audit not writable or guard not running); 2 bad usage or the appliance cannot be reached.
+            """
+    )
+
+    @OptionGroup var target: ApplianceURLOptions
+
+    @Flag(help: "Print the /status JSON (SPEC §6) instead of the table.")
+    var json = false
+
+    func run() throws {
+        let url: String
+        do { url = try target.resolvedURL() } catch {
+            CLIOutput.errorLine("tibet-twin status: \(error)")
+            throw ExitCode(2)
+        }
+        let response: (status: Int, body: [UInt8])
+        do {
+            response = try SimpleHTTPClient.request(method: "GET", url: url, path: "/status")
+        } catch {
+            CLIOutput.errorLine("tibet-twin status: \(error)")
+            throw ExitCode(2)
+        }
+        let text = String(decoding: response.body, as: UTF8.self)
+        guard response.status == 200 else {
+            CLIOutput.errorLine("tibet-twin status: \(url)/status answered \(response.status): \(text.trimmingSuffixNewlines())")
+            throw ExitCode(2)
+        }
+        guard let value = try? JSONParser.parse(text), let snapshot = StatusSnapshot(json: value) else {
+            CLIOutput.errorLine("tibet-twin status: \(url)/status: not the status JSON")
+            throw ExitCode(2)
+        }
+        if json {
+            print(text.trimmingSuffixNewlines())
+        } else {
+            print(snapshot.text(color: CLIOutput.stdoutIsTerminal), terminator: "")
+        }
+        if !snapshot.healthy { throw ExitCode(1) }
+    }
+}
+
+struct ResetCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reset",
+        abstract: "Clear a latched intent (or all of a device's) after a trip; the reset is audited.",
+        discussion: """
+            The intent then re-arms: its permit returns only after every check has held for \
+            rearm_ms (SPEC §4.3). Exit codes: 0 reset applied (it prints which intents were \
+            latched); 1 refused (unknown device or intent, audit not writable); 2 bad usage or the \
+            appliance cannot be reached.
+            """
+    )
+
+    @Argument(help: "The device, as named in its map.")
+    var device: String
+
+    @Argument(help: "The intent; all of the device's intents when omitted.")
+    var intent: String?
+
+    @OptionGroup var target: ApplianceURLOptions
+
+    func run() throws {
+        let url: String
+        do { url = try target.resolvedURL() } catch {
+            CLIOutput.errorLine("tibet-twin reset: \(error)")
+            throw ExitCode(2)
+        }
+        var path = "/reset?device=\(Self.percentEncode(device))"
+        if let intent { path += "&intent=\(Self.percentEncode(intent))" }
+        let response: (status: Int, body: [UInt8])
+        do {
+            response = try SimpleHTTPClient.request(method: "POST", url: url, path: path)
+        } catch {
+            CLIOutput.errorLine("tibet-twin reset: \(error)")
+            throw ExitCode(2)
+        }
+        let text = String(decoding: response.body, as: UTF8.self)
+        let value = try? JSONParser.parse(text)
+        guard response.status == 200, let value else {
+            let message = value?["error"]?.stringValue ?? text.trimmingSuffixNewlines()
+            CLIOutput.errorLine("tibet-twin reset: \(message)")
+            throw ExitCode(response.status == 404 || response.status == 503 ? 1 : 2)
+        }
+        let cleared = value["cleared"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        if cleared.isEmpty {
+            print("\(device): nothing was latched\(intent.map { " (\($0))" } ?? ""); reset recorded")
+        } else {
+            print("\(device): reset \(cleared.joined(separator: ", ")): re-arming")
+        }
+    }
+
+    static func percentEncode(_ s: String) -> String {
+        var out = ""
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"):
+                out.append(Character(UnicodeScalar(b)))
+            default:
+                let hex = String(b, radix: 16, uppercase: true)
+                out += "%" + (hex.count == 1 ? "0" + hex : hex)
+            }
+        }
+        return out
+    }
+}
+
+extension String {
+    func trimmingSuffixNewlines() -> String {
+        var s = Substring(self)
+        while s.last == "\n" || s.last == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}
