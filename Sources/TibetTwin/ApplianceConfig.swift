@@ -1,0 +1,522 @@
+import Yams
+
+/// The appliance config file (`tibet-twin.yaml`, SPEC §3.1), parsed and resolved: defaults
+/// applied, relative paths made relative to the config file's directory, addresses and CIDRs
+/// checked. Errors have the same form as map errors: `file:line:col: key.path: message`.
+public struct ApplianceConfig: Sendable, Hashable {
+    /// This appliance's name, in every audit token (`jis:<node>`).
+    public var node: String
+    /// Map files or directories (`maps:` is one path or a list), resolved against the config file.
+    public var maps: [String]
+    public var interlock: Interlock
+    public var twin: Twin
+    public var audit: Audit
+    public var http: HTTP
+    /// The file the config came from.
+    public var sourceFile: String
+    /// Where each top-level key's value was written, for errors found after parsing.
+    public var keyLocations: [String: SourceLocation]
+
+    /// The Modbus/TCP server the interlock PLCs read their permits from (SPEC §4).
+    public struct Interlock: Sendable, Hashable {
+        /// Listen address, default `0.0.0.0:502`.
+        public var listen: HostPort
+        /// Unit id answered, default 1 (0 and 255, the Modbus/TCP "this device", are answered too).
+        public var unit: Int
+        /// Client networks allowed to connect, default `127.0.0.0/8` and `::1/128` only.
+        public var allow: [CIDRBlock]
+        /// Connections at once, default 16.
+        public var maxClients: Int
+        /// On shutdown, permits are served as 0 this long before the socket closes; default 2000.
+        public var stopGraceMs: Int
+        /// A client silent this long is closed; 0 = never. Default 60000.
+        public var idleTimeoutMs: Int
+        /// A partial frame older than this closes its connection; default 500.
+        public var byteTimeoutMs: Int
+
+        public init(listen: HostPort = HostPort(host: "0.0.0.0", port: 502), unit: Int = 1,
+                    allow: [CIDRBlock] = ApplianceConfig.Interlock.defaultAllow, maxClients: Int = 16,
+                    stopGraceMs: Int = 2000, idleTimeoutMs: Int = 60000, byteTimeoutMs: Int = 500) {
+            self.listen = listen
+            self.unit = unit
+            self.allow = allow
+            self.maxClients = maxClients
+            self.stopGraceMs = stopGraceMs
+            self.idleTimeoutMs = idleTimeoutMs
+            self.byteTimeoutMs = byteTimeoutMs
+        }
+
+        /// Loopback only: an appliance serves nobody else until its config says so.
+        public static let defaultAllow: [CIDRBlock] = [CIDRBlock("127.0.0.0/8")!, CIDRBlock("::1/128")!]
+
+        /// Whether a client address (4 or 16 bytes) is in one of the `allow` networks.
+        public func allows(_ address: [UInt8]) -> Bool {
+            allow.contains { $0.contains(address) }
+        }
+    }
+
+    /// One source of twin feed lines (SPEC §3.3).
+    public enum Feed: Sendable, Hashable, CustomStringConvertible {
+        /// A file followed like `tail -F`; from its current end unless `fromStart`.
+        case file(path: String, fromStart: Bool)
+        /// A TCP listener twin clients connect to.
+        case tcp(listen: HostPort)
+        /// A unix stream socket twin clients connect to.
+        case unix(path: String)
+
+        public var description: String {
+            switch self {
+            case .file(let p, let s): return s ? "file:\(p) (from start)" : "file:\(p)"
+            case .tcp(let a): return "tcp:\(a)"
+            case .unix(let p): return "unix:\(p)"
+            }
+        }
+    }
+
+    public struct Twin: Sendable, Hashable {
+        public var feeds: [Feed]
+        public init(feeds: [Feed]) { self.feeds = feeds }
+    }
+
+    /// The TIBET audit chain (SPEC §5).
+    public struct Audit: Sendable, Hashable {
+        /// Directory of `tibet-<n>.jsonl` segments, default `/var/lib/tibet-twin/audit`.
+        public var dir: String
+        /// The Ed25519 signing key file, default `/etc/tibet-twin/guard.key`.
+        public var key: String
+        /// A checkpoint token with the full permit table this often; default 60 s.
+        public var checkpointS: Int
+        /// A segment is closed and the next begun after this many bytes; default 64 MiB.
+        public var segmentBytes: Int
+
+        public init(dir: String = "/var/lib/tibet-twin/audit", key: String = "/etc/tibet-twin/guard.key",
+                    checkpointS: Int = 60, segmentBytes: Int = 64 << 20) {
+            self.dir = dir
+            self.key = key
+            self.checkpointS = checkpointS
+            self.segmentBytes = segmentBytes
+        }
+    }
+
+    /// The local HTTP API (`/metrics`, `/status`, `/healthz`, reset).
+    public struct HTTP: Sendable, Hashable {
+        /// Default `127.0.0.1:9102`.
+        public var listen: HostPort
+        public init(listen: HostPort = HostPort(host: "127.0.0.1", port: 9102)) { self.listen = listen }
+    }
+
+    public init(node: String, maps: [String] = ["maps/"], interlock: Interlock = Interlock(), twin: Twin,
+                audit: Audit = Audit(), http: HTTP = HTTP(), sourceFile: String = "",
+                keyLocations: [String: SourceLocation] = [:]) {
+        self.node = node
+        self.maps = maps
+        self.interlock = interlock
+        self.twin = twin
+        self.audit = audit
+        self.http = http
+        self.sourceFile = sourceFile
+        self.keyLocations = keyLocations
+    }
+
+    /// The keys a config file may have at its top level.
+    public static let topLevelKeys = ["node", "maps", "interlock", "twin", "audit", "http"]
+
+    /// Parses a config file's text. `file` is its path: used in errors and to resolve relative
+    /// paths (maps, feeds, audit). Every problem is reported, not just the first.
+    public static func parse(yaml: String, file: String) throws(MapErrors) -> ApplianceConfig {
+        let ctx = YAMLContext(file: file)
+        var config: ApplianceConfig?
+        if let root = ctx.compose(yaml, emptyMessage: "empty config file (expected a mapping with node, maps, interlock, twin, audit, http)") {
+            config = ConfigParser(ctx: ctx, baseDir: directory(of: file)).parse(root)
+        }
+        guard ctx.issues.isEmpty, var config else {
+            var issues = ctx.sortedIssues
+            if issues.isEmpty {
+                issues = [MapIssue(location: SourceLocation(file: file, line: 1, column: 1), keyPath: "", message: "config could not be read")]
+            }
+            throw MapErrors(issues)
+        }
+        config.sourceFile = file
+        return config
+    }
+
+    /// The directory part of a path (`""` for a bare file name).
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "" }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    /// `path` made relative to `base` unless it is absolute (or `base` is empty).
+    static func resolve(_ path: String, against base: String) -> String {
+        if path.hasPrefix("/") || base.isEmpty { return path }
+        return base.hasSuffix("/") ? base + path : base + "/" + path
+    }
+}
+
+/// A `host:port` pair as written in a config (`0.0.0.0:502`, `[::1]:502`, `localhost:9102`).
+public struct HostPort: Sendable, Hashable, CustomStringConvertible {
+    /// The host without brackets: an IPv4 or IPv6 literal or a host name.
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `host:port`; IPv6 literals need brackets. Port 0 is allowed (the OS picks one:
+    /// tests use it); hosts must be valid literals or names.
+    public init?(_ text: String) {
+        let host: Substring, portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+            guard IPAddress.parse(String(host))?.count == 16 else { return nil }
+        } else {
+            guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+            guard isValidHost(String(host)) else { return nil }
+        }
+        guard !host.isEmpty, !portText.isEmpty, portText.allSatisfy({ $0.isASCII && $0.isNumber }),
+              portText.count <= 5, let port = Int(portText), port <= 65535 else { return nil }
+        self.host = String(host)
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// IPv4 and IPv6 address text ↔ bytes.
+public enum IPAddress {
+    /// 4 bytes for IPv4 (`10.0.0.1`), 16 for IPv6 (`::1`, `fe80::1`, `::ffff:10.0.0.1`); nil if invalid.
+    public static func parse(_ text: String) -> [UInt8]? {
+        if !text.contains(":") { return parseIPv4(Substring(text)) }
+        return parseIPv6(text)
+    }
+
+    /// The text form: dotted quad, or RFC 5952 IPv6 (lowercase, longest zero run as `::`).
+    public static func format(_ bytes: [UInt8]) -> String {
+        if bytes.count == 4 { return bytes.map(String.init).joined(separator: ".") }
+        let groups = stride(from: 0, to: bytes.count, by: 2).map { UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]) }
+        var best = (start: -1, length: 0), i = 0
+        while i < groups.count {
+            if groups[i] == 0 {
+                var j = i
+                while j < groups.count, groups[j] == 0 { j += 1 }
+                if j - i > best.length { best = (i, j - i) }
+                i = j
+            } else { i += 1 }
+        }
+        let hex = groups.map { String($0, radix: 16) }
+        guard best.length >= 2 else { return hex.joined(separator: ":") }
+        let head = hex[..<best.start].joined(separator: ":")
+        let tail = hex[(best.start + best.length)...].joined(separator: ":")
+        return head + "::" + tail
+    }
+
+    static func parseIPv4(_ text: Substring) -> [UInt8]? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var out: [UInt8] = []
+        for p in parts {
+            guard !p.isEmpty, p.count <= 3, p.allSatisfy({ $0.isASCII && $0.isNumber }),
+                  !(p.count > 1 && p.first == "0"), let v = Int(p), v <= 255 else { return nil }
+            out.append(UInt8(v))
+        }
+        return out
+    }
+
+    static func parseIPv6(_ text: String) -> [UInt8]? {
+        var head: [UInt16] = [], tail: [UInt16] = []
+        var sawGap = false
+        let halves = split(text, on: "::")
+        guard halves.count <= 2 else { return nil }
+        sawGap = halves.count == 2
+        func groups(_ s: String, allowIPv4: Bool) -> [UInt16]? {
+            if s.isEmpty { return [] }
+            var out: [UInt16] = []
+            let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+            for (i, p) in parts.enumerated() {
+                if i == parts.count - 1, allowIPv4, p.contains(".") {
+                    guard let v4 = parseIPv4(p) else { return nil }
+                    out.append(UInt16(v4[0]) << 8 | UInt16(v4[1]))
+                    out.append(UInt16(v4[2]) << 8 | UInt16(v4[3]))
+                    continue
+                }
+                guard !p.isEmpty, p.count <= 4, p.allSatisfy(\.isHexDigit), let v = UInt16(p, radix: 16) else { return nil }
+                out.append(v)
+            }
+            return out
+        }
+        guard let h = groups(halves[0], allowIPv4: !sawGap) else { return nil }
+        head = h
+        if sawGap {
+            guard let t = groups(halves[1], allowIPv4: true) else { return nil }
+            tail = t
+            guard head.count + tail.count <= 7 else { return nil }
+        } else {
+            guard head.count == 8 else { return nil }
+        }
+        let all = head + [UInt16](repeating: 0, count: 8 - head.count - tail.count) + tail
+        return all.flatMap { [UInt8($0 >> 8), UInt8($0 & 0xFF)] }
+    }
+}
+
+/// Splits on a multi-character separator (Foundation-free).
+func split(_ text: String, on sep: String) -> [String] {
+        var out: [String] = []
+        var rest = Substring(text)
+        while let r = rest.firstRange(of: sep) {
+            out.append(String(rest[..<r.lowerBound]))
+            rest = rest[r.upperBound...]
+        }
+        out.append(String(rest))
+        return out
+}
+
+/// A network in CIDR notation (`10.0.0.0/24`, `::1/128`); a bare address is a single host.
+public struct CIDRBlock: Sendable, Hashable, CustomStringConvertible {
+    /// The network address: 4 bytes (IPv4) or 16 (IPv6), host bits zero.
+    public var network: [UInt8]
+    public var prefixLength: Int
+
+    /// Parses CIDR text; nil if invalid or if host bits are set beyond the prefix.
+    public init?(_ text: String) {
+        guard case .success(let c) = CIDRBlock.parse(text) else { return nil }
+        self = c
+    }
+
+    init(network: [UInt8], prefixLength: Int) {
+        self.network = network
+        self.prefixLength = prefixLength
+    }
+
+    /// Parses CIDR text, or says what is wrong with it.
+    public static func parse(_ text: String) -> Result<CIDRBlock, CIDRError> {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count <= 2, let addr = IPAddress.parse(String(parts[0])) else {
+            return .failure(CIDRError(message: "\"\(text)\" is not an IPv4 or IPv6 network (expected e.g. 10.0.0.0/24 or fd00::/64)"))
+        }
+        let bits = addr.count * 8
+        var prefix = bits
+        if parts.count == 2 {
+            guard !parts[1].isEmpty, parts[1].count <= 3, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
+                  let p = Int(parts[1]), p <= bits else {
+                return .failure(CIDRError(message: "\"\(text)\": prefix length must be 0…\(bits)"))
+            }
+            prefix = p
+        }
+        let masked = mask(addr, prefix)
+        if masked != addr {
+            let net = CIDRBlock(network: masked, prefixLength: prefix)
+            return .failure(CIDRError(message: "\"\(text)\" has host bits set beyond /\(prefix) (did you mean \(net)?)"))
+        }
+        return .success(CIDRBlock(network: addr, prefixLength: prefix))
+    }
+
+    static func mask(_ addr: [UInt8], _ prefix: Int) -> [UInt8] {
+        addr.enumerated().map { i, b in
+            let keep = max(0, min(8, prefix - 8 * i))
+            return keep == 0 ? 0 : b & UInt8(truncatingIfNeeded: 0xFF << (8 - keep))
+        }
+    }
+
+    /// Whether `address` (4 or 16 bytes) lies in this network. An IPv4-mapped IPv6 address
+    /// (`::ffff:a.b.c.d`, what a dual-stack socket reports) matches IPv4 networks.
+    public func contains(_ address: [UInt8]) -> Bool {
+        var a = address
+        if network.count == 4, a.count == 16, a[0..<10].allSatisfy({ $0 == 0 }), a[10] == 0xFF, a[11] == 0xFF {
+            a = Array(a[12...])
+        }
+        guard a.count == network.count else { return false }
+        return CIDRBlock.mask(a, prefixLength) == network
+    }
+
+    public var description: String {
+        let addr: String
+        if network.count == 4 {
+            addr = network.map(String.init).joined(separator: ".")
+        } else {
+            addr = IPAddress.format(network)
+        }
+        return "\(addr)/\(prefixLength)"
+    }
+}
+
+/// What is wrong with a CIDR text.
+public struct CIDRError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// The parser for one config file.
+struct ConfigParser {
+    let ctx: YAMLContext
+    let baseDir: String
+
+    func parse(_ root: Node) -> ApplianceConfig? {
+        guard let m = MappingReader(ctx, root, "", keys: ApplianceConfig.topLevelKeys,
+                                    what: "a mapping (an appliance config: node, maps, interlock, twin, audit, http)")
+        else { return nil }
+        let node = m.require("node", "this appliance's name, in every audit token")
+            .flatMap { ctx.name($0, "node", what: "node name") }
+        var maps = ["maps/"]
+        if let mn = m.take("maps") {
+            if case .sequence = mn {
+                maps = ctx.list(mn, "maps", of: "paths")?.enumerated().compactMap { i, n in
+                    ctx.string(n, keyPath("maps", index: i), expected: "a path")
+                } ?? []
+                if maps.isEmpty { ctx.error(mn, "maps", "needs at least one path") }
+            } else if let p = ctx.string(mn, "maps", expected: "a path or a list of paths") {
+                maps = [p]
+            }
+        }
+        maps = maps.map { ApplianceConfig.resolve($0, against: baseDir) }
+        let interlock = m.take("interlock").map(parseInterlock) ?? ApplianceConfig.Interlock()
+        let twin = m.require("twin", "where twin feed lines come from: {feeds: [{tcp: 127.0.0.1:7502}]}").flatMap(parseTwin)
+        let audit = m.take("audit").map(parseAudit) ?? ApplianceConfig.Audit()
+        let http = m.take("http").map(parseHTTP) ?? ApplianceConfig.HTTP()
+        guard ctx.issues.isEmpty, let node, let interlock, let twin, let audit, let http else { return nil }
+        return ApplianceConfig(node: node, maps: maps, interlock: interlock, twin: twin, audit: audit, http: http,
+                               sourceFile: ctx.file,
+                               keyLocations: Dictionary(m.entries.map { ($0.key, ctx.location($0.value)) },
+                                                        uniquingKeysWith: { a, _ in a }))
+    }
+
+    func hostPort(_ node: Node, _ path: String) -> HostPort? {
+        guard let text = ctx.scalarText(node, path, expected: "host:port") else { return nil }
+        guard let hp = HostPort(text) else {
+            ctx.error(node, path, "invalid address \"\(text)\" (expected host:port, e.g. 0.0.0.0:502, 127.0.0.1:9102 or [::1]:502)")
+            return nil
+        }
+        return hp
+    }
+
+    func parseInterlock(_ node: Node) -> ApplianceConfig.Interlock? {
+        guard let im = MappingReader(ctx, node, "interlock",
+                                     keys: ["listen", "unit", "allow", "max_clients", "stop_grace_ms", "idle_timeout_ms", "byte_timeout_ms"],
+                                     what: "a mapping (listen, unit, allow, max_clients, stop_grace_ms, idle_timeout_ms, byte_timeout_ms)")
+        else { return nil }
+        var ok = true
+        var r = ApplianceConfig.Interlock()
+        if let n = im.take("listen") { if let v = hostPort(n, "interlock.listen") { r.listen = v } else { ok = false } }
+        if let n = im.take("unit") {
+            if let u = ctx.int(n, "interlock.unit", 0...255, expected: "a unit id 1…247") {
+                if u < 1 || u > 247 {
+                    ctx.error(n, "interlock.unit", "\(u) is out of range (expected a unit id 1…247; 0 and 255 are always answered)")
+                    ok = false
+                } else { r.unit = u }
+            } else { ok = false }
+        }
+        if let n = im.take("allow") {
+            if let items = ctx.list(n, "interlock.allow", of: "networks in CIDR notation") {
+                var blocks: [CIDRBlock] = []
+                for (i, item) in items.enumerated() {
+                    let p = keyPath("interlock.allow", index: i)
+                    guard let text = ctx.scalarText(item, p, expected: "a network like 10.0.0.0/24") else { ok = false; continue }
+                    switch CIDRBlock.parse(text) {
+                    case .success(let c): blocks.append(c)
+                    case .failure(let e): ctx.error(item, p, e.message); ok = false
+                    }
+                }
+                if items.isEmpty {
+                    ctx.error(n, "interlock.allow", "is empty: no interlock PLC could connect (list the PLCs' networks, e.g. [10.0.0.0/24])")
+                    ok = false
+                }
+                r.allow = blocks
+            } else { ok = false }
+        }
+        func ms(_ key: String, _ range: ClosedRange<Int>, _ expected: String) -> Int? {
+            guard let n = im.take(key) else { return nil }
+            let v = ctx.int(n, keyPath("interlock", key), range, expected: expected)
+            if v == nil { ok = false }
+            return v
+        }
+        if let v = ms("max_clients", 1...512, "1…512 connections (descriptors stay below 1024)") { r.maxClients = v }
+        if let v = ms("stop_grace_ms", 0...60_000, "milliseconds 0…60000") { r.stopGraceMs = v }
+        if let v = ms("idle_timeout_ms", 0...86_400_000, "milliseconds 0…86400000 (0 = never)") { r.idleTimeoutMs = v }
+        if let v = ms("byte_timeout_ms", 10...60_000, "milliseconds 10…60000") { r.byteTimeoutMs = v }
+        return ok ? r : nil
+    }
+
+    func parseTwin(_ node: Node) -> ApplianceConfig.Twin? {
+        guard let tm = MappingReader(ctx, node, "twin", keys: ["feeds"], what: "a mapping with feeds") else { return nil }
+        guard let fn = tm.require("feeds", "a list of twin feed sources: file, tcp or unix"),
+              let items = ctx.list(fn, "twin.feeds", of: "feed sources ({file: …}, {tcp: …} or {unix: …})") else { return nil }
+        if items.isEmpty {
+            ctx.error(fn, "twin.feeds", "needs at least one feed: without a twin, nothing is ever permitted")
+            return nil
+        }
+        var feeds: [ApplianceConfig.Feed] = []
+        var ok = true
+        for (i, item) in items.enumerated() {
+            let p = keyPath("twin.feeds", index: i)
+            guard let fm = MappingReader(ctx, item, p, keys: ["file", "tcp", "unix", "from_start"],
+                                         what: "a feed source mapping: {file: PATH}, {tcp: HOST:PORT} or {unix: PATH}")
+            else { ok = false; continue }
+            let kinds = ["file", "tcp", "unix"].filter { fm.has($0) }
+            guard kinds.count == 1 else {
+                ctx.error(item, p, kinds.isEmpty ? "needs one of file, tcp, unix"
+                                                 : "has \(kinds.joined(separator: " and ")): one source per entry")
+                ok = false
+                continue
+            }
+            let fromStart = fm.take("from_start").flatMap { ctx.bool($0, keyPath(p, "from_start")) }
+            if fm.has("from_start"), kinds[0] != "file" {
+                ctx.error(fm.keyNode("from_start"), keyPath(p, "from_start"), "applies only to file feeds")
+                ok = false
+            }
+            switch kinds[0] {
+            case "file":
+                if let s = ctx.string(fm.take("file")!, keyPath(p, "file"), expected: "a file path") {
+                    feeds.append(.file(path: ApplianceConfig.resolve(s, against: baseDir), fromStart: fromStart ?? false))
+                } else { ok = false }
+            case "tcp":
+                if let hp = hostPort(fm.take("tcp")!, keyPath(p, "tcp")) { feeds.append(.tcp(listen: hp)) } else { ok = false }
+            default:
+                if let s = ctx.string(fm.take("unix")!, keyPath(p, "unix"), expected: "a socket path") {
+                    let resolved = ApplianceConfig.resolve(s, against: baseDir)
+                    if resolved.utf8.count > 107 {
+                        ctx.error(fm.take("unix"), keyPath(p, "unix"), "socket path is \(resolved.utf8.count) bytes; unix socket paths are limited to 107")
+                        ok = false
+                    } else {
+                        feeds.append(.unix(path: resolved))
+                    }
+                } else { ok = false }
+            }
+        }
+        return ok ? ApplianceConfig.Twin(feeds: feeds) : nil
+    }
+
+    func parseAudit(_ node: Node) -> ApplianceConfig.Audit? {
+        guard let am = MappingReader(ctx, node, "audit", keys: ["dir", "key", "checkpoint_s", "segment_bytes"],
+                                     what: "a mapping (dir, key, checkpoint_s, segment_bytes)") else { return nil }
+        var ok = true
+        var r = ApplianceConfig.Audit()
+        if let n = am.take("dir") {
+            if let s = ctx.string(n, "audit.dir", expected: "a directory path") { r.dir = ApplianceConfig.resolve(s, against: baseDir) } else { ok = false }
+        }
+        if let n = am.take("key") {
+            if let s = ctx.string(n, "audit.key", expected: "a key file path") { r.key = ApplianceConfig.resolve(s, against: baseDir) } else { ok = false }
+        }
+        if let n = am.take("checkpoint_s") {
+            if let v = ctx.int(n, "audit.checkpoint_s", 1...86_400, expected: "seconds 1…86400") { r.checkpointS = v } else { ok = false }
+        }
+        if let n = am.take("segment_bytes") {
+            if let v = ctx.int(n, "audit.segment_bytes", 65_536...(1 << 40), expected: "bytes 65536…1099511627776") { r.segmentBytes = v } else { ok = false }
+        }
+        return ok ? r : nil
+    }
+
+    func parseHTTP(_ node: Node) -> ApplianceConfig.HTTP? {
+        guard let hm = MappingReader(ctx, node, "http", keys: ["listen"], what: "a mapping with listen") else { return nil }
+        var r = ApplianceConfig.HTTP()
+        if let n = hm.take("listen") {
+            guard let hp = hostPort(n, "http.listen") else { return nil }
+            r.listen = hp
+        }
+        return r
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+
+/// The package root, from this file's path.
+private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent()
+
+/// Runs the built binary in `cwd` (the package root by default); returns (exit code, stdout, stderr).
+private func run(_ args: [String], cwd: URL = root) throws -> (Int32, String, String) {
+    let p = Process()
+    p.executableURL = binaryURL()
+    p.arguments = args
+    p.currentDirectoryURL = cwd
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+@Suite("tibet-twin maps validate")
+struct MapsValidateCLITests {
+    @Test func exampleMapsValidateByDefault() throws {
+        let (code, out, err) = try run(["maps", "validate"])
+        #expect(code == 0)
+        #expect(err.isEmpty)
+        let lines = out.split(separator: "\n")
+        #expect(lines.count == 6)
+        #expect(lines.first == "crane-01: profile port, 4 registers, 4 intents (move_left=coil 0, hoist=coil 1, move_right=coil 2, boom_lower=coil 3), plc 127.0.0.1:1502 unit 1, maps/crane-01.yaml")
+    }
+
+    @Test func explicitDirectoryAndFiles() throws {
+        let (code, out, _) = try run(["maps", "validate", "maps/"], cwd: root)
+        #expect(code == 0)
+        #expect(out.split(separator: "\n").map { $0.split(separator: ":")[0] } ==
+            ["crane-01", "etch-02", "ahu-03", "robot-cell-01", "mill-f3", "wtg-07"])
+        let (code2, out2, _) = try run(["maps", "validate", "maps/crane-01.yaml", "maps/hvac-ahu-03.yaml"])
+        #expect(code2 == 0)
+        #expect(out2.split(separator: "\n").count == 2)
+    }
+
+    @Test func badFixtureExitsOneWithTheExactLine() throws {
+        let fixture = "Tests/TibetTwinTests/Fixtures/maps/unknown-type.yaml"
+        let (code, out, err) = try run(["maps", "validate", fixture])
+        #expect(code == 1)
+        #expect(out.isEmpty)
+        #expect(err == "\(fixture):8:44: registers[0].type: unknown type \"flaot32\" (expected one of: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)\n")
+    }
+
+    @Test func everyIssueOneLineEach() throws {
+        let fixtures = "Tests/TibetTwinTests/Fixtures/maps/"
+        let (code, _, err) = try run(["maps", "validate", fixtures + "many-errors.yaml", fixtures + "overlap.yaml", "maps/crane-01.yaml", "nowhere/"])
+        #expect(code == 1)
+        let lines = err.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+        #expect(lines.count == 14)
+        #expect(lines.allSatisfy { $0.hasPrefix(fixtures) || $0.hasPrefix("nowhere/") })
+        #expect(lines.last == "nowhere/:1:1: no such file or directory")
+    }
+
+    @Test func twoMapsClaimingOneCoil() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let crane = try String(contentsOf: root.appendingPathComponent("maps/crane-01.yaml"), encoding: .utf8)
+        try Data(crane.utf8).write(to: dir.appendingPathComponent("a.yaml"))
+        try Data(crane.replacingOccurrences(of: "device: crane-01", with: "device: crane-02").utf8)
+            .write(to: dir.appendingPathComponent("b.yaml"))
+        let line = try #require(crane.split(separator: "\n", omittingEmptySubsequences: false)
+            .firstIndex { $0.hasPrefix("  move_left:") }) + 1
+        let (code, _, err) = try run(["maps", "validate", dir.path])
+        #expect(code == 1)
+        #expect(err.contains("\(dir.path)/b.yaml:\(line):3: intents.move_left.coil: coil 0 is already claimed by crane-01.move_left at \(dir.path)/a.yaml:\(line):3 (coils are one address space on the interlock)\n"))
+        #expect(err.split(separator: "\n").count == 4)
+    }
+}
