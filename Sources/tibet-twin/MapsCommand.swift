@@ -60,7 +60,7 @@ enum MapSummary {
 }
 
 /// Writes text to file descriptor 2 (the Glibc `stderr` global is not concurrency-safe).
-func writeStderr(_ text: String) {
+private func writeStderr(_ text: String) {
     var bytes = Array(text.utf8)
     var offset = 0
     while offset < bytes.count {
