@@ -77,7 +77,7 @@ public enum MapLoader {
             for intent in map.intents {
                 if let (other, otherIntent) = coils[intent.coil] {
                     issues.append(MapIssue(
-                        location: loc(map, intent.location), keyPath: "intents.\(intent.name).coil",
+                        location: loc(map, intent.location), keyPath: "intents.\(intent.name)",
                         message: "coil \(intent.coil) is already claimed by \(other.device).\(otherIntent.name) at \(loc(other, otherIntent.location)) (coils are one address space on the interlock)"))
                 } else {
                     coils[intent.coil] = (map, intent)

@@ -110,7 +110,7 @@ struct MapFilesTests {
         try dir.write("a.yaml", map("dev-a", coil: 3))
         try dir.write("b.yaml", map("dev-b", coil: 3))
         #expect(issues([dir.path]) == [
-            "\(dir.path)/b.yaml:9:3: intents.go.coil: coil 3 is already claimed by dev-a.go at \(dir.path)/a.yaml:9:3 (coils are one address space on the interlock)",
+            "\(dir.path)/b.yaml:9:3: intents.go: coil 3 is already claimed by dev-a.go at \(dir.path)/a.yaml:9:3 (coils are one address space on the interlock)",
         ])
     }
 

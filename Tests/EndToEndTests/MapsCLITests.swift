@@ -61,6 +61,28 @@ struct MapsValidateCLITests {
         #expect(lines.last == "nowhere/:1:1: no such file or directory")
     }
 
+    /// maps/README.md shows a broken map and the output of `maps validate` for it: keep them true.
+    @Test func readmeErrorExampleIsWhatTheToolPrints() throws {
+        let readme = try String(contentsOf: root.appendingPathComponent("maps/README.md"), encoding: .utf8)
+        func block(after marker: String) throws -> String {
+            let start = try #require(readme.range(of: marker)).upperBound
+            let open = try #require(readme.range(of: "```", range: start..<readme.endIndex))
+            let bodyStart = try #require(readme.range(of: "\n", range: open.upperBound..<readme.endIndex)).upperBound
+            let close = try #require(readme.range(of: "\n```", range: bodyStart..<readme.endIndex))
+            return String(readme[bodyStart..<close.lowerBound])
+        }
+        let yaml = try block(after: "This map has six mistakes:")
+        let output = try block(after: "reports all of them and exits 1:")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-readme-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("maps"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Data((yaml + "\n").utf8).write(to: dir.appendingPathComponent("maps/crane-01.yaml"))
+        let (code, _, err) = try run(["maps", "validate"], cwd: dir)
+        #expect(code == 1)
+        #expect(err == output + "\n")
+        #expect(output.split(separator: "\n").count == 6)
+    }
+
     @Test func twoMapsClaimingOneCoil() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-cli-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -73,7 +95,7 @@ struct MapsValidateCLITests {
             .firstIndex { $0.hasPrefix("  move_left:") }) + 1
         let (code, _, err) = try run(["maps", "validate", dir.path])
         #expect(code == 1)
-        #expect(err.contains("\(dir.path)/b.yaml:\(line):3: intents.move_left.coil: coil 0 is already claimed by crane-01.move_left at \(dir.path)/a.yaml:\(line):3 (coils are one address space on the interlock)\n"))
+        #expect(err.contains("\(dir.path)/b.yaml:\(line):3: intents.move_left: coil 0 is already claimed by crane-01.move_left at \(dir.path)/a.yaml:\(line):3 (coils are one address space on the interlock)\n"))
         #expect(err.split(separator: "\n").count == 4)
     }
 }

@@ -53,6 +53,17 @@ struct ApplianceConfigTests {
         #expect(c.keyLocations["twin"] == SourceLocation(file: "/etc/tibet-twin/tibet-twin.yaml", line: 9, column: 3))
     }
 
+    /// The shipped example documents the defaults: parsing it gives the defaults plus its feed.
+    @Test func shippedExampleParsesToTheDefaults() throws {
+        let text = try String(contentsOf: packageRoot.appendingPathComponent("tibet-twin.example.yaml"), encoding: .utf8)
+        let c = try ApplianceConfig.parse(yaml: text, file: "/etc/tibet-twin/tibet-twin.yaml")
+        #expect(c.node == "guard-01" && c.maps == ["/etc/tibet-twin/maps/"])
+        #expect(c.interlock == ApplianceConfig.Interlock())
+        #expect(c.twin.feeds == [.tcp(listen: HostPort(host: "127.0.0.1", port: 7502))])
+        #expect(c.audit == ApplianceConfig.Audit())
+        #expect(c.http == ApplianceConfig.HTTP())
+    }
+
     @Test func minimalConfigGetsApplianceDefaults() throws {
         let c = try ApplianceConfig.parse(yaml: "node: g\ntwin: {feeds: [{tcp: '127.0.0.1:7502'}]}\n", file: "tibet-twin.yaml")
         #expect(c.maps == ["maps/"])

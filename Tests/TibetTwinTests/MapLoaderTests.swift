@@ -382,7 +382,7 @@ struct ExampleMapTests {
             Issue.record("coil 0 claimed twice was accepted")
         } catch {
             #expect(error.issues.map(\.description) == [
-                "maps/c.yaml:12:3: intents.hoist.coil: coil 0 is already claimed by t-01.move_left at maps/a.yaml:11:3 (coils are one address space on the interlock)",
+                "maps/c.yaml:12:3: intents.hoist: coil 0 is already claimed by t-01.move_left at maps/a.yaml:11:3 (coils are one address space on the interlock)",
             ])
         }
         var d = c
