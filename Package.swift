@@ -80,6 +80,7 @@ let package = Package(
             dependencies: [
                 "TibetTwin",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             resources: [.copy("Fixtures")]
         ),
@@ -93,6 +94,9 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "EndToEndTests", dependencies: ["TibetTwin"]),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["TibetTwin", .product(name: "Crypto", package: "swift-crypto")]
+        ),
     ]
 )

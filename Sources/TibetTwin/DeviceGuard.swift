@@ -1,0 +1,582 @@
+/// The verdict for one intent after an evaluation: compact, so the guard loop can compare and
+/// publish it without building texts.
+public struct IntentVerdict: Sendable, Hashable {
+    /// The permit coil: `true` only while every check passes and has held for `rearm_ms`.
+    public var permit: Bool
+    /// The first failing check's code (`OK` when permitted).
+    public var reason: ReasonCode
+    /// Every failing check.
+    public var failing: CheckMask
+    /// The permit or the reason code differs from the previous evaluation.
+    public var changed: Bool
+    /// The permit differs from the previous evaluation (a rise or a drop).
+    public var permitChanged: Bool
+
+    public init(permit: Bool, reason: ReasonCode, failing: CheckMask, changed: Bool = false,
+                permitChanged: Bool = false) {
+        self.permit = permit
+        self.reason = reason
+        self.failing = failing
+        self.changed = changed
+        self.permitChanged = permitChanged
+    }
+
+    /// Before the first evaluation: blocked, as if re-arming after a block (SPEC §4.2: at start
+    /// every permit is 0 until a full evaluation passes).
+    public static let initial = IntentVerdict(permit: false, reason: .rearming, failing: CheckMask(.rearm))
+}
+
+/// The decision rule of SPEC §2 for one device: holds the latest physical and twin states, the
+/// re-arm timers and latches of each intent, and evaluates every intent against a `now` it is
+/// handed. The only place the rule lives: `check`, `SyncGuard` and the appliance's guard loop
+/// all call it.
+///
+/// A value type with no locks: one owner (the guard loop thread) mutates it. `evaluate` does
+/// not allocate when no state arrived since the last evaluation; texts and JSON are built only
+/// by `decision(intent:)`, from exactly what the last evaluation saw.
+public struct DeviceGuard: Sendable {
+    /// The map this guard judges by (with intents added by `addIntent`).
+    public private(set) var map: DeviceMap
+
+    // Compiled from the map.
+    var compared: [ComparedValue]
+    var plans: [IntentPlan]
+    let maxDriftNs: UInt64
+    let maxAgeNs: Int64
+    let maxSkewNs: Int64
+    let rearmNs: Int64
+    let requireSignature: Bool
+    let requireIdentity: Bool
+
+    /// The states the last evaluation judged (or will judge, before the first one).
+    public private(set) var physical: PhysicalState?
+    public private(set) var twin: TwinState?
+    var pendingPhysical: PhysicalState?
+    var pendingTwin: TwinState?
+    var dirty = true
+
+    // Results of the state-only checks for `physical` and `twin` (recomputed when dirty), and
+    // their times, so the per-tick checks touch no strings or dictionaries.
+    var staticMask = CheckMask()
+    var physicalMonoNs: Int64?
+    var twinMonoNs: Int64?
+    var twinTsNs: Int64?
+    var staticIntentMasks: [CheckMask]
+
+    var runtime: [IntentRuntime]
+
+    /// The `now` and audit health of the last evaluation; `nil` before the first.
+    public private(set) var lastEvaluation: ClockReading?
+    var lastAuditOK = true
+    var lastPhysicalAgeNs: Int64?
+    var lastTwinAgeNs: Int64?
+    /// Evaluations so far.
+    public private(set) var evaluationCount: UInt64 = 0
+    /// Permit drops (1 → 0) over all intents so far.
+    public private(set) var blockCount: UInt64 = 0
+
+    /// A guard for one device, judged by `map`; every intent starts blocked.
+    public init(map: DeviceMap) {
+        self.map = map
+        compared = map.registers.compactMap { r in r.tolerance.map { ComparedValue(name: r.name, tolerance: $0) } }
+        plans = map.intents.map(IntentPlan.init)
+        maxDriftNs = UInt64(DeviceGuard.limitNs(map.limits.maxDriftMs))
+        maxAgeNs = DeviceGuard.limitNs(map.limits.maxAgeMs)
+        maxSkewNs = DeviceGuard.limitNs(map.limits.maxSkewMs)
+        rearmNs = DeviceGuard.limitNs(map.limits.rearmMs)
+        requireSignature = map.twinKey != nil
+        requireIdentity = !map.identity.isEmpty
+        staticIntentMasks = Array(repeating: CheckMask(), count: map.intents.count)
+        runtime = Array(repeating: IntentRuntime(), count: map.intents.count)
+    }
+
+    /// A limit in ms as ns: NaN or negative counts as 0 (fail closed), absurdly large is capped.
+    static func limitNs(_ ms: Double) -> Int64 {
+        guard ms >= 0 else { return 0 }
+        return Int64(Swift.min(ms, 1e12) * 1_000_000)
+    }
+
+    // MARK: - Input
+
+    /// Hands in the latest physical state (a poll's answer, or its failure). It replaces the
+    /// previous one at the next evaluation. States for another device are ignored (returns false).
+    @discardableResult
+    public mutating func updatePhysical(_ state: PhysicalState) -> Bool {
+        guard state.device == map.device else { return false }
+        pendingPhysical = state
+        dirty = true
+        return true
+    }
+
+    /// Hands in the latest twin state (a validated feed line). It replaces the previous one at
+    /// the next evaluation. States for another device are ignored (returns false).
+    @discardableResult
+    public mutating func updateTwin(_ state: TwinState) -> Bool {
+        guard state.device == map.device else { return false }
+        pendingTwin = state
+        dirty = true
+        return true
+    }
+
+    /// Adds an intent not in the map (the library's ad-hoc intents); returns its index. An intent
+    /// of that name already present is not added twice. The new intent starts blocked.
+    @discardableResult
+    public mutating func addIntent(_ spec: IntentSpec) -> Int {
+        if let i = intentIndex(named: spec.name) { return i }
+        map.intents.append(spec)
+        plans.append(IntentPlan(spec))
+        runtime.append(IntentRuntime())
+        var mask = MaskSink()
+        if let physical { intentChecks(plans.count - 1, physical, twin, &mask) }
+        staticIntentMasks.append(mask.mask)
+        return plans.count - 1
+    }
+
+    /// Clears the latch of one intent after a trip (operator reset, SPEC §4.3). The permit then
+    /// returns only after every check has held for `rearm_ms` from the next evaluation on.
+    /// Returns whether the intent was latched.
+    @discardableResult
+    public mutating func reset(intent index: Int) -> Bool {
+        guard runtime.indices.contains(index), runtime[index].latched else { return false }
+        runtime[index].latched = false
+        runtime[index].healthySinceNs = nil
+        return true
+    }
+
+    /// Clears the latch of the named intent; `nil` if the device has no such intent.
+    @discardableResult
+    public mutating func reset(intent name: String) -> Bool? {
+        intentIndex(named: name).map { reset(intent: $0) }
+    }
+
+    /// Clears every latch of the device; returns the names of the intents that were latched.
+    @discardableResult
+    public mutating func resetAll() -> [String] {
+        runtime.indices.filter { reset(intent: $0) }.map { plans[$0].name }
+    }
+
+    // MARK: - Output
+
+    /// The intents' names, in map order (the order of `verdicts`).
+    public var intentNames: [String] { plans.map(\.name) }
+
+    /// The newest physical and twin states handed in, evaluated or not.
+    public var latestPhysical: PhysicalState? { pendingPhysical ?? physical }
+    public var latestTwin: TwinState? { pendingTwin ?? twin }
+
+    /// The index of the named intent, for `verdicts`, `decision(intent:)` and `reset(intent:)`.
+    public func intentIndex(named name: String) -> Int? {
+        plans.firstIndex { $0.name == name }
+    }
+
+    /// The current verdict of every intent, in map order.
+    public var verdicts: [IntentVerdict] { runtime.map(\.verdict) }
+
+    /// The current verdict of one intent.
+    public func verdict(intent index: Int) -> IntentVerdict { runtime[index].verdict }
+
+    /// Whether the intent is latched and waits for a reset.
+    public func isLatched(intent index: Int) -> Bool { runtime[index].latched }
+
+    /// Drift, physical age and twin age at the last evaluation, in ms; `nil` when unknown.
+    public var lastDriftMs: Double? { driftNs(physical, twin).map { Double($0) / 1e6 } }
+    public var lastPhysicalAgeMs: Double? { lastPhysicalAgeNs.map { Double($0) / 1e6 } }
+    public var lastTwinAgeMs: Double? { lastTwinAgeNs.map { Double($0) / 1e6 } }
+
+    // MARK: - Evaluation
+
+    /// Evaluates every intent at `now` (SPEC §2, rows 1–11). `auditOK` is whether the audit
+    /// chain accepted the last decision token (row 10, fail-closed). Returns whether any
+    /// intent's verdict changed (permit or reason code); read them with `verdict(intent:)`.
+    @discardableResult
+    public mutating func evaluate(now: ClockReading, auditOK: Bool) -> Bool {
+        if dirty { absorbPending() }
+        recordAges(now)
+        var time = MaskSink()
+        timeChecks(now, &time)
+        if !auditOK { time.mask.insert(.audit) }
+        var anyChanged = false
+        for i in runtime.indices {
+            let failing = CheckMask(rawValue: staticMask.rawValue | staticIntentMasks[i].rawValue | time.mask.rawValue)
+            if runtime[i].step(failing: failing, now: now.monotonicNs, rearmNs: rearmNs, latch: plans[i].latch) {
+                blockCount &+= 1
+            }
+            anyChanged = anyChanged || runtime[i].verdict.changed
+        }
+        lastEvaluation = now
+        lastAuditOK = auditOK
+        evaluationCount &+= 1
+        return anyChanged
+    }
+
+    /// Moves the pending states in and recomputes the state-only checks.
+    mutating func absorbPending() {
+        if let p = pendingPhysical { physical = p; pendingPhysical = nil }
+        if let t = pendingTwin { twin = t; pendingTwin = nil }
+        dirty = false
+        physicalMonoNs = physical?.time.monotonicNs
+        twinMonoNs = twin?.received.monotonicNs
+        twinTsNs = twin?.tsNs
+        var device = MaskSink()
+        deviceChecks(physical, twin, &device)
+        staticMask = device.mask
+        for i in staticIntentMasks.indices {
+            var m = MaskSink()
+            if let physical { intentChecks(i, physical, twin, &m) }
+            staticIntentMasks[i] = m.mask
+        }
+    }
+
+    /// The last evaluation of one intent, explained: reason text, every failing check with its
+    /// detail, the delta. Built from exactly the states, `now` and audit health that evaluation
+    /// used, so it always agrees with `verdict(intent:)`.
+    public func decision(intent index: Int) -> SyncDecision {
+        let plan = plans[index]
+        let verdict = runtime[index].verdict
+        var sink = TextSink()
+        var delta = StateDelta(driftMs: driftNs(physical, twin).map { Fmt.ms($0) },
+                               physicalStatus: physical?.status, twinStatus: twin?.status)
+        if let now = lastEvaluation {
+            deviceChecks(physical, twin, &sink)
+            if let physical { intentChecks(index, physical, twin, &sink) }
+            timeChecks(now, &sink)
+            if !lastAuditOK { sink.fail(.audit) { "audit chain did not accept the last decision token" } }
+            delta.physicalAgeMs = lastPhysicalAgeNs.map { Fmt.ms($0) }
+            delta.twinAgeMs = lastTwinAgeNs.map { Fmt.ms($0) }
+        }
+        if verdict.failing.contains(.latch) {
+            sink.fail(.latch) { "latched after a trip: operator reset required (tibet-twin reset \(map.device) \(plan.name))" }
+        }
+        if verdict.failing.contains(.rearm) {
+            if lastEvaluation == nil {
+                sink.fail(.rearm) { "not evaluated yet" }
+            } else {
+                let held = runtime[index].heldNs
+                sink.fail(.rearm) { "rearming: all checks held for \(Fmt.num(Fmt.ms(held)))ms of \(Fmt.num(Fmt.ms(rearmNs)))ms" }
+            }
+        }
+        fillValueDeltas(&delta)
+        let failing = sink.failing
+        assert(verdict.permit ? failing.isEmpty : CheckMask(failing.map(\.check)) == verdict.failing,
+               "decision text disagrees with the verdict")
+        let reason: String
+        if verdict.permit {
+            reason = "Sync OK: drift=\(delta.driftMs.map(Fmt.num) ?? "?")ms, status match"
+        } else {
+            reason = "BLOCKED: " + failing.map(\.detail).joined(separator: "; ")
+        }
+        return SyncDecision(device: map.device, intent: plan.name, allowed: verdict.permit,
+                            reasonCode: verdict.reason, reason: reason, failing: failing, delta: delta)
+    }
+
+    /// The last evaluation of the named intent, explained; `nil` if the device has no such intent.
+    public func decision(intent name: String) -> SyncDecision? {
+        intentIndex(named: name).map { decision(intent: $0) }
+    }
+
+    // MARK: - The checks (one implementation, two sinks: a bit mask, or texts)
+
+    /// Rows 1, 3 (presence), 4, 5 (equality), 6, 7, 8: everything that depends on the states alone.
+    func deviceChecks<S: CheckSink>(_ p: PhysicalState?, _ t: TwinState?, _ s: inout S) {
+        if let p {
+            commsCheck(p, &s)
+            if !p.identity.passes || (requireIdentity && p.identity == .notConfigured) {
+                s.fail(.identity) {
+                    p.identity == .notConfigured ? "identity: not checked although the map names identity registers"
+                        : "identity: \(p.identity)"
+                }
+            }
+        } else {
+            s.fail(.physical) { "no physical state available — cannot verify sync" }
+        }
+        guard let t else {
+            s.fail(.twin) { "no twin state available — cannot verify sync" }
+            return
+        }
+        let sigOK = requireSignature ? t.signature == .valid : (t.signature == .valid || t.signature == .notRequired)
+        if !sigOK {
+            s.fail(.identity) {
+                switch t.signature {
+                case .missing: return "identity: twin message signature missing"
+                case .invalid: return "identity: twin message signature invalid"
+                case .notRequired: return "identity: twin message signature not checked although the map has a twin_key"
+                case .valid: return "identity: twin message signature"
+                }
+            }
+        }
+        if t.predicted && !map.allowPredicted {
+            s.fail(.predicted) { "twin state is a prediction (predicted: true)" }
+        }
+        guard let p else { return }
+        if let d = driftNs(p, t), d <= maxDriftNs {
+        } else {
+            s.fail(.drift) {
+                guard let d = driftNs(p, t) else { return "time drift out of range" }
+                return "time drift \(Fmt.num(Fmt.ms(d)))ms > \(Fmt.num(Fmt.ms(maxDriftNs)))ms"
+            }
+        }
+        if p.status == nil || p.status != t.status {
+            s.fail(.status) { "status mismatch: physical=\(p.status ?? "unknown"), twin=\(t.status)" }
+        }
+        valueChecks(p, t, &s)
+    }
+
+    /// Row 1: the poll succeeded and every mapped register, the status and every reading is Good.
+    func commsCheck<S: CheckSink>(_ p: PhysicalState, _ s: inout S) {
+        if let err = p.pollError {
+            s.fail(.comms) { "comms: poll failed: \(err)" }
+            if !S.wantsDetail { return }
+        }
+        if !p.statusQuality.isGood {
+            s.fail(.comms) { "comms: status \(p.statusQuality)" }
+            if !S.wantsDetail { return }
+        }
+        for r in map.registers {
+            guard let reading = p.values[r.name] else {
+                s.fail(.comms) { "comms: \(r.name) not read" }
+                if !S.wantsDetail { return }
+                continue
+            }
+            if !reading.quality.isGood {
+                s.fail(.comms) { "comms: \(r.name) \(reading.quality)" }
+                if !S.wantsDetail { return }
+            }
+        }
+        if p.values.count > map.registers.count || S.wantsDetail {
+            // Readings outside the map (library callers may hand in more): they must be Good too.
+            for (name, reading) in p.values where !reading.quality.isGood && map.register(named: name) == nil {
+                s.fail(.comms) { "comms: \(name) \(reading.quality)" }
+                if !S.wantsDetail { return }
+            }
+        }
+    }
+
+    /// Row 6: every value with a tolerance is present on both sides and within it.
+    func valueChecks<S: CheckSink>(_ p: PhysicalState, _ t: TwinState, _ s: inout S) {
+        for c in compared {
+            let pv: Double? = p.values[c.name].flatMap { $0.quality.isGood ? $0.value?.number : nil }
+            let tv = t.values[c.name]
+            guard let pv, let tv else {
+                s.fail(.values) {
+                    pv == nil ? "value deviation: \(c.name) missing on physical" : "value deviation: \(c.name) missing on twin"
+                }
+                if !S.wantsDetail { return }
+                continue
+            }
+            let d = Swift.abs(pv - tv)
+            if !(d <= c.tolerance) {  // NaN never passes
+                s.fail(.values) { "value deviation: \(c.name)=\(Fmt.num(d)) > \(Fmt.num(c.tolerance))" }
+                if !S.wantsDetail { return }
+            }
+        }
+    }
+
+    /// Rows 5 (the intent's statuses) and 9 (`requires`) for one intent.
+    func intentChecks<S: CheckSink>(_ i: Int, _ p: PhysicalState, _ t: TwinState?, _ s: inout S) {
+        let plan = plans[i]
+        // A status mismatch is already reported by the device checks; only judge an agreed status.
+        if let st = p.status, t == nil || t!.status == st, !plan.allowedStatuses.contains(st) {
+            s.fail(.status) {
+                "status \(st) not allowed for \(plan.name) (allowed: \(plan.allowedStatuses.joined(separator: ", ")))"
+            }
+        }
+        for r in plan.requires {
+            let v: Double? = p.values[r.name].flatMap { $0.quality.isGood ? $0.value?.number : nil }
+            guard let v, r.isSatisfied(by: v) else {
+                s.fail(.intent) {
+                    "intent \(plan.name) requires \(r.name) \(Self.describe(r)), got \(v.map(Fmt.num) ?? "no value")"
+                }
+                if !S.wantsDetail { return }
+                continue
+            }
+        }
+    }
+
+    /// Rows 2 and 3 (ages, skew): what changes with `now` alone.
+    func timeChecks<S: CheckSink>(_ now: ClockReading, _ s: inout S) {
+        if let arrived = physicalMonoNs {
+            let age = Self.sub(now.monotonicNs, arrived)
+            if let age, age <= maxAgeNs, age >= -maxSkewNs {
+            } else {
+                s.fail(.physicalAge) {
+                    guard let age else { return "physical stale: age out of range" }
+                    if age < 0 { return "physical stale: arrival \(Fmt.num(-Fmt.ms(age)))ms after now" }
+                    return "physical stale: age \(Fmt.num(Fmt.ms(age)))ms > \(Fmt.num(Fmt.ms(maxAgeNs)))ms"
+                }
+            }
+        }
+        if let received = twinMonoNs, let ts = twinTsNs {
+            let age = Self.sub(now.monotonicNs, received)
+            if let age, age <= maxAgeNs, age >= -maxSkewNs {
+            } else {
+                s.fail(.twinAge) {
+                    guard let age else { return "twin stale: age out of range" }
+                    if age < 0 { return "twin stale: receipt \(Fmt.num(-Fmt.ms(age)))ms after now" }
+                    return "twin stale: age \(Fmt.num(Fmt.ms(age)))ms > \(Fmt.num(Fmt.ms(maxAgeNs)))ms"
+                }
+            }
+            let ahead = Self.sub(ts, now.wallNs)
+            if let ahead, ahead <= maxSkewNs {
+            } else {
+                s.fail(.twinAge) {
+                    guard let ahead else { return "twin stale: ts out of range" }
+                    return "twin stale: ts ahead of the wall clock by \(Fmt.num(Fmt.ms(ahead)))ms > \(Fmt.num(Fmt.ms(maxSkewNs)))ms (max_skew_ms)"
+                }
+            }
+        }
+    }
+
+    /// Records the ages of the last evaluation (kept apart from `timeChecks` so the text path
+    /// stays read-only).
+    mutating func recordAges(_ now: ClockReading) {
+        lastPhysicalAgeNs = physicalMonoNs.flatMap { Self.sub(now.monotonicNs, $0) }
+        lastTwinAgeNs = twinMonoNs.flatMap { Self.sub(now.monotonicNs, $0) }
+    }
+
+    /// |physical time − twin ts| in ns; `nil` when a side is missing.
+    func driftNs(_ p: PhysicalState?, _ t: TwinState?) -> UInt64? {
+        guard let p, let t else { return nil }
+        let a = p.physicalWallNs, b = t.tsNs
+        return a >= b ? UInt64(bitPattern: a &- b) : UInt64(bitPattern: b &- a)
+    }
+
+    /// a − b, or `nil` on overflow (which then fails its check).
+    static func sub(_ a: Int64, _ b: Int64) -> Int64? {
+        let (r, o) = a.subtractingReportingOverflow(b)
+        return o ? nil : r
+    }
+
+    static func describe(_ r: Requirement) -> String {
+        var parts: [String] = []
+        if let min = r.min { parts.append(">= \(Fmt.num(min))") }
+        if let max = r.max { parts.append("<= \(Fmt.num(max))") }
+        if let eq = r.eq { parts.append("== \(Fmt.num(eq))") }
+        if let oneOf = r.oneOf { parts.append("in [\(oneOf.map(Fmt.num).joined(separator: ", "))]") }
+        return parts.joined(separator: " and ")
+    }
+
+    /// Per-value deltas over every value both sides report as a number.
+    func fillValueDeltas(_ delta: inout StateDelta) {
+        guard let p = physical, let t = twin else { return }
+        var best: (String, Double)?
+        for (name, reading) in p.values {
+            guard reading.quality.isGood, let pv = reading.value?.number, let tv = t.values[name] else { continue }
+            let d = Swift.abs(pv - tv)
+            delta.values[name] = d
+            if let b = best {
+                if d > b.1 || (d == b.1 && name < b.0) { best = (name, d) }
+            } else if !d.isNaN {
+                best = (name, d)
+            }
+        }
+        delta.maxSensor = best?.0
+        delta.maxValueDelta = best?.1
+    }
+}
+
+/// A value compared between the sides, with its tolerance.
+struct ComparedValue: Sendable {
+    let name: String
+    let tolerance: Double
+}
+
+/// One intent's judgement parameters.
+struct IntentPlan: Sendable {
+    let name: String
+    let allowedStatuses: [String]
+    let requires: [Requirement]
+    let latch: Bool
+
+    init(_ spec: IntentSpec) {
+        name = spec.name
+        allowedStatuses = spec.allowedStatuses
+        requires = spec.requires
+        latch = spec.latch
+    }
+}
+
+/// One intent's re-arm timer, latch and verdict.
+struct IntentRuntime: Sendable {
+    var verdict = IntentVerdict.initial
+    /// Monotonic time of the first evaluation of the current unbroken run of passing checks.
+    var healthySinceNs: Int64?
+    /// How long the checks had held at the last evaluation (for the REARMING text).
+    var heldNs: Int64 = 0
+    var latched = false
+
+    init() {}
+
+    /// Applies one evaluation's failing checks (rows 1–10) and the re-arm rule (row 11).
+    /// Returns whether the permit dropped.
+    mutating func step(failing conditions: CheckMask, now: Int64, rearmNs: Int64, latch: Bool) -> Bool {
+        let was = verdict
+        var failing = conditions
+        var permit = false
+        var dropped = false
+        if conditions.rawValue != 0 {
+            if was.permit {
+                dropped = true
+                if latch { latched = true }
+            }
+            healthySinceNs = nil
+            heldNs = 0
+        } else if latched {
+            failing.insert(.latch)
+        } else {
+            let since = healthySinceNs ?? now
+            healthySinceNs = since
+            let held = DeviceGuard.sub(now, since) ?? -1
+            heldNs = held
+            if was.permit || held >= rearmNs {
+                permit = true
+            } else {
+                failing.insert(.rearm)
+            }
+        }
+        let reason = failing.reason
+        verdict = IntentVerdict(permit: permit, reason: reason, failing: failing,
+                                changed: permit != was.permit || reason != was.reason,
+                                permitChanged: permit != was.permit)
+        return dropped
+    }
+}
+
+/// Where the checks report failures: a bit mask on the hot path, texts for explanations.
+protocol CheckSink {
+    /// Whether the details are wanted; when not, a check may stop at its first failure.
+    static var wantsDetail: Bool { get }
+    mutating func fail(_ check: GuardCheck, _ detail: () -> String)
+}
+
+struct MaskSink: CheckSink {
+    var mask = CheckMask()
+    init() {}
+    static var wantsDetail: Bool { false }
+    @inline(__always)
+    mutating func fail(_ check: GuardCheck, _ detail: () -> String) { mask.insert(check) }
+}
+
+struct TextSink: CheckSink {
+    var details: [GuardCheck: [String]] = [:]
+    init() {}
+    static var wantsDetail: Bool { true }
+    mutating func fail(_ check: GuardCheck, _ detail: () -> String) {
+        details[check, default: []].append(detail())
+    }
+
+    /// One entry per failing check, in table order; several details of one check are joined,
+    /// repeated prefixes (`comms: `, `value deviation: `) said once.
+    var failing: [FailingCheck] {
+        details.keys.sorted { $0.rawValue < $1.rawValue }.map { c in
+            FailingCheck(check: c, detail: TextSink.join(details[c]!))
+        }
+    }
+
+    static func join(_ parts: [String]) -> String {
+        guard parts.count > 1 else { return parts.first ?? "" }
+        for prefix in ["comms: ", "value deviation: ", "identity: ", "twin stale: "] where parts.allSatisfy({ $0.hasPrefix(prefix) }) {
+            return prefix + parts.map { String($0.dropFirst(prefix.count)) }.joined(separator: ", ")
+        }
+        return parts.joined(separator: "; ")
+    }
+}
