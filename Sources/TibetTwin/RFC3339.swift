@@ -60,7 +60,11 @@ public enum RFC3339 {
         guard i == n else { return nil }
         let days = daysFromCivil(year: year, month: month, day: day)
         let secs = Int64(days) * 86_400 + Int64(hour * 3600 + minute * 60 + second) - Int64(offsetSeconds)
-        return secs * 1_000_000_000 + fracNs
+        // Years far from now (0000, 9999) do not fit Int64 nanoseconds: not a time, not a trap.
+        let (ns, overflow) = secs.multipliedReportingOverflow(by: 1_000_000_000)
+        guard !overflow else { return nil }
+        let (total, overflow2) = ns.addingReportingOverflow(fracNs)
+        return overflow2 ? nil : total
     }
 
     /// Formats nanoseconds since the epoch as UTC with millisecond precision:
