@@ -10,6 +10,7 @@ protocol BenchSuite {
 
 let suites: [any BenchSuite] = [
     PollerBench(),
+    TwinFeedBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())
