@@ -9,6 +9,7 @@ protocol BenchSuite {
 }
 
 let suites: [any BenchSuite] = [
+    InterlockBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())
