@@ -90,6 +90,7 @@ let package = Package(
             dependencies: [
                 "Appliance", "TibetTwin", "Modbus",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

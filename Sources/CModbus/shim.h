@@ -36,4 +36,18 @@ static inline void CModbus_FD_CLR(int fd, fd_set *set) { FD_CLR(fd, set); }
 static inline int CModbus_FD_ISSET(int fd, fd_set *set) { return FD_ISSET(fd, set); }
 static inline int CModbus_FD_SETSIZE(void) { return FD_SETSIZE; }
 
+// Linux event-loop calls for the read-only server in `Modbus` (ReadOnlyModbusServer): the Swift
+// Glibc module does not include <sys/epoll.h> or <sys/eventfd.h>, and it is built without
+// _GNU_SOURCE, so accept4 and pthread_setname_np are not declared. They are bound here under
+// CModbus_ names (an asm label names the libc symbol), which cannot clash with a declaration
+// that glibc makes under _GNU_SOURCE.
+#if defined(__linux__)
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <pthread.h>
+extern int CModbus_accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags) __asm__("accept4");
+extern int CModbus_pthread_setname_np(pthread_t thread, const char *name) __asm__("pthread_setname_np");
+#endif
+
 #endif

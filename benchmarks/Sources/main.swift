@@ -11,6 +11,7 @@ protocol BenchSuite {
 let suites: [any BenchSuite] = [
     PollerBench(),
     TwinFeedBench(),
+    InterlockBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())

@@ -1,0 +1,262 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A client's address as the server saw it at accept. IPv4-mapped IPv6 addresses (what a
+/// dual-stack socket reports for IPv4 peers) are stored as the 4-byte IPv4 address.
+public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
+    /// 4 bytes (IPv4) or 16 bytes (IPv6), network order.
+    public var bytes: [UInt8]
+    public var port: UInt16
+
+    public init(bytes: [UInt8], port: UInt16) {
+        if bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
+            self.bytes = Array(bytes[12...])
+        } else {
+            self.bytes = bytes
+        }
+        self.port = port
+    }
+
+    /// The address without the port: `10.0.0.5` or `fd00::5`.
+    public var host: String {
+        if bytes.count == 4 { return bytes.map(String.init).joined(separator: ".") }
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        var raw = bytes
+        let ok = raw.withUnsafeMutableBytes { b in
+            text.withUnsafeMutableBufferPointer { inet_ntop(AF_INET6, b.baseAddress, $0.baseAddress, socklen_t($0.count)) != nil }
+        }
+        if !ok { return bytes.map { String($0, radix: 16) }.joined(separator: ":") }
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// `10.0.0.5:50212` or `[fd00::5]:50212`.
+    public var description: String {
+        bytes.count == 4 ? "\(host):\(port)" : "[\(host)]:\(port)"
+    }
+
+    /// Reads the address out of a `sockaddr_storage` filled by `accept`/`getpeername`.
+    init?(_ storage: sockaddr_storage) {
+        var s = storage
+        switch Int32(s.ss_family) {
+        case AF_INET:
+            let sin = withUnsafeBytes(of: &s) { $0.load(as: sockaddr_in.self) }
+            let addr = withUnsafeBytes(of: sin.sin_addr) { Array($0) }
+            self.init(bytes: addr, port: UInt16(bigEndian: sin.sin_port))
+        case AF_INET6:
+            let sin6 = withUnsafeBytes(of: &s) { $0.load(as: sockaddr_in6.self) }
+            let addr = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
+            self.init(bytes: addr, port: UInt16(bigEndian: sin6.sin6_port))
+        default:
+            return nil
+        }
+    }
+}
+
+/// The four data tables a read-only server answers from: one immutable snapshot. Every request
+/// is answered from exactly one image, so a reply never mixes two snapshots.
+public final class ModbusImage: Sendable {
+    /// Coil values (FC1), 0 or 1, by address.
+    public let coils: [UInt8]
+    /// Discrete input values (FC2), 0 or 1, by address.
+    public let discreteInputs: [UInt8]
+    /// Holding register values (FC3) by address.
+    public let holdingRegisters: [UInt16]
+    /// Input register values (FC4) by address.
+    public let inputRegisters: [UInt16]
+
+    public init(coils: [UInt8], discreteInputs: [UInt8], holdingRegisters: [UInt16], inputRegisters: [UInt16]) {
+        self.coils = coils
+        self.discreteInputs = discreteInputs
+        self.holdingRegisters = holdingRegisters
+        self.inputRegisters = inputRegisters
+    }
+
+    /// An image with no addresses at all: every read gets exception 2.
+    public static let empty = ModbusImage(coils: [], discreteInputs: [], holdingRegisters: [], inputRegisters: [])
+}
+
+/// Why a connection attempt was closed at accept.
+public enum ModbusRefusal: String, Sendable, Hashable {
+    /// The peer is not in the allow list.
+    case notAllowed = "not_allowed"
+    /// `maxClients` connections are open already.
+    case tooManyClients = "too_many_clients"
+    /// accept returned a descriptor ≥ the limit (1024: libmodbus's `select()` aborts beyond).
+    case descriptorLimit = "descriptor_limit"
+}
+
+/// Why the server closed a client connection.
+public enum ModbusCloseReason: Sendable, Hashable, CustomStringConvertible {
+    /// The client closed (or reset) its side.
+    case peerClosed
+    /// No complete request for `idleTimeoutMs`.
+    case idleTimeout
+    /// A frame begun more than `byteTimeoutMs` ago is still incomplete (slow sender).
+    case byteTimeout
+    /// Replies waiting for `writeStallTimeoutMs` without the client taking any.
+    case writeStall
+    /// The bytes are not Modbus/TCP.
+    case malformed(ModbusFrameProblem)
+    /// A socket call failed (errno).
+    case socketError(Int32)
+    /// The server stopped.
+    case serverStopped
+
+    public var description: String {
+        switch self {
+        case .peerClosed: return "closed by peer"
+        case .idleTimeout: return "idle timeout"
+        case .byteTimeout: return "incomplete frame past the byte timeout"
+        case .writeStall: return "replies not read by the client"
+        case .malformed(let p): return "malformed frame: \(p)"
+        case .socketError(let e): return "socket error \(ModbusError.errnoName(e))"
+        case .serverStopped: return "server stopped"
+        }
+    }
+}
+
+/// What a read-only server reports to its owner, on the server's loop thread.
+public enum ModbusServerEvent: Sendable, Hashable {
+    case accepted(PeerAddress)
+    /// Closed at accept; nothing was read from the peer.
+    case refused(PeerAddress, ModbusRefusal)
+    /// A write function was answered with an exception; nothing changed.
+    case writeRejected(peer: PeerAddress, unit: UInt8, function: UInt8, address: UInt16?, count: UInt16?)
+    case closed(PeerAddress, ModbusCloseReason)
+    /// `accept` failed (EMFILE, ENFILE, ENOBUFS …); the listener pauses for 100 ms.
+    case acceptFailed(errno: Int32)
+    /// libmodbus failed to build a reply (never expected); the connection is closed.
+    case replyFailed(PeerAddress, ModbusError)
+}
+
+/// Counters of a read-only server since it was created: a snapshot for metrics.
+public struct ModbusServerCounters: Sendable, Hashable {
+    /// Complete request frames received (valid or not).
+    public var requests: UInt64 = 0
+    /// Reads answered with data.
+    public var readsAnswered: UInt64 = 0
+    /// Exception replies by code (1 illegal function, 2 illegal address, 3 illegal value,
+    /// 11 gateway target: unit id not answered).
+    public var exceptionIllegalFunction: UInt64 = 0
+    public var exceptionIllegalAddress: UInt64 = 0
+    public var exceptionIllegalValue: UInt64 = 0
+    public var exceptionGatewayTarget: UInt64 = 0
+    /// Write requests refused (each also answered with an exception and reported).
+    public var writesRejected: UInt64 = 0
+    /// Connections accepted.
+    public var accepted: UInt64 = 0
+    public var refusedNotAllowed: UInt64 = 0
+    public var refusedTooManyClients: UInt64 = 0
+    public var refusedDescriptorLimit: UInt64 = 0
+    /// accept() failures (EMFILE …).
+    public var acceptErrors: UInt64 = 0
+    public var closedMalformed: UInt64 = 0
+    public var closedByteTimeout: UInt64 = 0
+    public var closedIdle: UInt64 = 0
+    public var closedWriteStall: UInt64 = 0
+    /// Images published (and taken) since start.
+    public var publishes: UInt64 = 0
+    /// Client connections open now.
+    public var clients: Int = 0
+
+    public init() {}
+
+    /// All refusals at accept.
+    public var refused: UInt64 { refusedNotAllowed + refusedTooManyClients + refusedDescriptorLimit }
+
+    /// All exception replies.
+    public var exceptions: UInt64 {
+        exceptionIllegalFunction + exceptionIllegalAddress + exceptionIllegalValue + exceptionGatewayTarget
+    }
+
+    /// Exception replies keyed by exception code.
+    public var exceptionsByCode: [UInt8: UInt64] {
+        [1: exceptionIllegalFunction, 2: exceptionIllegalAddress, 3: exceptionIllegalValue,
+         11: exceptionGatewayTarget]
+    }
+
+    mutating func countException(_ code: UInt8) {
+        switch code {
+        case 1: exceptionIllegalFunction += 1
+        case 2: exceptionIllegalAddress += 1
+        case 3: exceptionIllegalValue += 1
+        default: exceptionGatewayTarget += 1
+        }
+    }
+
+    /// Adds the event counts of `d` (not `clients`, which is a level).
+    mutating func add(_ d: ModbusServerCounters) {
+        requests += d.requests
+        readsAnswered += d.readsAnswered
+        exceptionIllegalFunction += d.exceptionIllegalFunction
+        exceptionIllegalAddress += d.exceptionIllegalAddress
+        exceptionIllegalValue += d.exceptionIllegalValue
+        exceptionGatewayTarget += d.exceptionGatewayTarget
+        writesRejected += d.writesRejected
+        accepted += d.accepted
+        refusedNotAllowed += d.refusedNotAllowed
+        refusedTooManyClients += d.refusedTooManyClients
+        refusedDescriptorLimit += d.refusedDescriptorLimit
+        acceptErrors += d.acceptErrors
+        closedMalformed += d.closedMalformed
+        closedByteTimeout += d.closedByteTimeout
+        closedIdle += d.closedIdle
+        closedWriteStall += d.closedWriteStall
+    }
+}
+
+/// A server that could not be set up: which call failed, errno, and on which address.
+public struct ModbusServerError: Error, Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: Sendable, Hashable {
+        /// The listen host is not an IPv4 or IPv6 literal.
+        case badAddress
+        /// socket/bind/listen failed (EADDRINUSE, EACCES for port < 1024 …).
+        case listen
+        /// A descriptor at or above the configured limit (1024).
+        case descriptorLimit
+        /// epoll, eventfd or the loop thread could not be created.
+        case eventLoop
+        /// The libmodbus reply context could not be created.
+        case libmodbus
+        /// `start()` called twice, or after `stop()`.
+        case state
+    }
+
+    public var kind: Kind
+    public var function: String
+    public var errno: Int32
+    /// host:port being set up.
+    public var address: String
+
+    public init(kind: Kind, function: String, errno: Int32, address: String) {
+        self.kind = kind
+        self.function = function
+        self.errno = errno
+        self.address = address
+    }
+
+    public var description: String {
+        switch kind {
+        case .badAddress: return "\(address): not an IPv4 or IPv6 address"
+        case .descriptorLimit: return "\(address): \(function) returned a descriptor at or above the limit"
+        case .state: return "\(address): \(function): server already started or stopped"
+        default: return "\(address): \(function) failed: \(socketErrnoName(errno))"
+        }
+    }
+}
+
+/// errno names for socket set-up and accept failures (thread-safe, unlike `strerror`).
+func socketErrnoName(_ e: Int32) -> String {
+    switch e {
+    case EADDRINUSE: return "EADDRINUSE (address already in use)"
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL (address not on this host)"
+    case EACCES: return "EACCES (permission denied; ports below 1024 need CAP_NET_BIND_SERVICE)"
+    case EAFNOSUPPORT: return "EAFNOSUPPORT"
+    case ENFILE: return "ENFILE"
+    case ENOBUFS: return "ENOBUFS"
+    case ENOMEM: return "ENOMEM"
+    case ECONNABORTED: return "ECONNABORTED"
+    default: return ModbusError.errnoName(e)
+    }
+}

@@ -1,0 +1,333 @@
+import CModbus
+import Foundation
+import Testing
+@testable import Modbus
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The hardened read-only server over real sockets on 127.0.0.1: libmodbus as the reference
+/// client, raw frames for what libmodbus would never send.
+@Suite("Read-only Modbus server")
+struct ReadOnlyServerTests {
+    @Test func libmodbusReadsAllFourTables() throws {
+        try withServer { server in
+            let c = try LibmodbusClient(port: server.port)
+            #expect(try c.readBits(0, 17) == sampleImage.coils)
+            #expect(try c.readBits(0, 17, discrete: true) == sampleImage.discreteInputs)
+            #expect(try c.readRegisters(0, 32) == sampleImage.holdingRegisters)
+            #expect(try c.readRegisters(0, 32, input: true) == sampleImage.inputRegisters)
+            #expect(try c.readRegisters(30, 2, input: true) == [130, 131])
+            #expect(c.errnoOf { modbus_read_bits($0, 16, 2, nil) } == CModbus_EMBXILADD())
+            var regs = [UInt16](repeating: 0, count: 2)
+            #expect(c.errnoOf { modbus_read_registers($0, 31, 2, &regs) } == CModbus_EMBXILADD())
+            let n = server.counters()
+            #expect(n.readsAnswered == 5)
+            #expect(n.exceptionIllegalAddress == 2)
+            #expect(n.clients == 1)
+        }
+    }
+
+    @Test func writesGetIllegalFunctionAndChangeNothing() throws {
+        let log = EventLog()
+        try withServer(events: log) { server in
+            let c = try LibmodbusClient(port: server.port)
+            let before = try c.readBits(0, 17)
+            var bits: [UInt8] = [1, 1, 1]
+            var regs: [UInt16] = [7, 7]
+            var readBack = [UInt16](repeating: 0, count: 2)
+            let results = [
+                c.errnoOf { modbus_write_bit($0, 1, 1) },
+                c.errnoOf { modbus_write_register($0, 2, 9) },
+                c.errnoOf { modbus_write_bits($0, 0, 3, &bits) },
+                c.errnoOf { modbus_write_registers($0, 0, 2, &regs) },
+                c.errnoOf { modbus_mask_write_register($0, 3, 0xFF00, 0x00FF) },
+                c.errnoOf { modbus_write_and_read_registers($0, 4, 2, &regs, 0, 2, &readBack) },
+            ]
+            #expect(results == [Int32](repeating: CModbus_EMBXILFUN(), count: 6))
+            #expect(try c.readBits(0, 17) == before)
+            #expect(try c.readRegisters(0, 32) == sampleImage.holdingRegisters)
+            #expect(server.image === sampleImage)
+            #expect(server.counters().writesRejected == 6)
+            let writes = log.all.compactMap { e -> [Int]? in
+                guard case .writeRejected(let peer, let unit, let fc, let address, let count) = e else { return nil }
+                #expect(peer.host == "127.0.0.1")
+                #expect(unit == 1)
+                return [Int(fc), Int(address ?? 9999), Int(count ?? 9999)]
+            }
+            #expect(writes == [[5, 1, 1], [6, 2, 1], [15, 0, 3], [16, 0, 2], [22, 3, 1], [23, 4, 2]])
+        }
+    }
+
+    @Test func aPublishedImageIsSeenByTheNextRead() throws {
+        try withServer { server in
+            let c = try LibmodbusClient(port: server.port)
+            #expect(try c.readBits(0, 1) == [1])
+            let next = ModbusImage(coils: [0, 1], discreteInputs: [0, 1], holdingRegisters: [5], inputRegisters: [6])
+            #expect(server.publish(next))
+            #expect(try c.readBits(0, 2) == [0, 1])
+            #expect(try c.readRegisters(0, 1) == [5])
+            #expect(try c.readRegisters(0, 1, input: true) == [6])
+            // Smaller image: the old addresses are gone.
+            #expect(c.errnoOf { modbus_read_bits($0, 2, 1, nil) } == CModbus_EMBXILADD())
+            // Sealed: nothing published afterwards is served.
+            server.seal(ModbusImage(coils: [0, 0], discreteInputs: [0, 0], holdingRegisters: [0], inputRegisters: [0]))
+            #expect(!server.publish(next))
+            #expect(try c.readBits(0, 2) == [0, 0])
+            #expect(server.counters().publishes == 2)
+        }
+    }
+
+    @Test func unitIdsAnsweredAndNot() throws {
+        try withServer({ $0.unit = 7 }) { server in
+            for unit: Int32 in [7, 0, 255] {
+                let c = try LibmodbusClient(port: server.port, unit: unit)
+                #expect(try c.readBits(0, 3) == [1, 0, 0], "unit \(unit)")
+            }
+            let wrong = try LibmodbusClient(port: server.port, unit: 1)
+            #expect(wrong.errnoOf { modbus_read_bits($0, 0, 1, nil) } == CModbus_EMBXGTAR())
+            #expect(server.counters().exceptionGatewayTarget == 1)
+        }
+    }
+
+    /// Each malformed or hostile frame on its own connection: the right exception or a closed
+    /// connection, while a second client reading all along sees no error.
+    @Test func malformedFramesWhileAnotherClientReads() throws {
+        enum Outcome: Equatable { case exception(UInt8), closed }
+        let cases: [(String, [UInt8], Outcome)] = [
+            ("protocol id 1", mbap(pid: 1, readPDU(1, 0, 1)), .closed),
+            ("protocol id 0x1234", mbap(pid: 0x1234, readPDU(3, 0, 1)), .closed),
+            ("length 0", mbap(length: 0, readPDU(1, 0, 1)), .closed),
+            ("length 1", mbap(length: 1, readPDU(1, 0, 1)), .closed),
+            ("length 255", mbap(length: 255, readPDU(1, 0, 1) + [UInt8](repeating: 0, count: 249)), .closed),
+            ("length longer than the read PDU", mbap(length: 8, readPDU(1, 0, 1) + [0, 0]), .closed),
+            ("length shorter than the read PDU", mbap(length: 4, [3, 0, 0]), .closed),
+            ("FC 0", mbap([0, 0, 0, 0, 1]), .exception(1)),
+            ("FC 7", mbap([7]), .exception(1)),
+            ("FC 8", mbap([8, 0, 0, 0xA5, 0x37]), .exception(1)),
+            ("FC 0x11", mbap([0x11]), .exception(1)),
+            ("FC 0x2B", mbap([0x2B, 0x0E, 1, 0]), .exception(1)),
+            ("FC 0x42", mbap([0x42, 0, 0, 0, 1]), .exception(1)),
+            ("FC 0x80", mbap([0x80, 0, 0, 0, 1]), .closed),
+            ("FC 0x81", mbap([0x81, 0, 0, 0, 1]), .closed),
+            ("FC 0xFF", mbap([0xFF]), .closed),
+            ("quantity 0", mbap(readPDU(1, 0, 0)), .exception(3)),
+            ("126 registers", mbap(readPDU(3, 0, 126)), .exception(3)),
+            ("126 input registers", mbap(readPDU(4, 0, 126)), .exception(3)),
+            ("2001 coils", mbap(readPDU(1, 0, 2001)), .exception(3)),
+            ("2001 discrete inputs", mbap(readPDU(2, 0, 2001)), .exception(3)),
+            ("address + quantity > 65535", mbap(readPDU(3, 65500, 100)), .exception(2)),
+            ("past the layout", mbap(readPDU(1, 17, 1)), .exception(2)),
+            ("byte count ≠ 2 × quantity", mbap([16, 0, 0, 0, 2, 3, 0, 1, 0]), .exception(1)),
+            ("FC 23 byte count wrong", mbap([23, 0, 0, 0, 1, 0, 0, 0, 2, 3, 0, 1, 0]), .exception(1)),
+            ("FC 5", mbap([5, 0, 0, 0xFF, 0]), .exception(1)),
+            ("FC 6", mbap([6, 0, 0, 0, 1]), .exception(1)),
+            ("FC 15", mbap([15, 0, 0, 0, 1, 1, 1]), .exception(1)),
+            ("FC 16", mbap([16, 0, 0, 0, 1, 2, 0, 1]), .exception(1)),
+            ("FC 22", mbap([22, 0, 0, 0, 0, 0xFF, 0xFF]), .exception(1)),
+            ("FC 23", mbap([23, 0, 0, 0, 1, 0, 0, 0, 1, 2, 0, 1]), .exception(1)),
+            ("foreign unit", mbap(unit: 9, readPDU(1, 0, 1)), .exception(0x0B)),
+        ]
+        try withServer { server in
+            let watcher = Watcher(port: server.port, coils: 17)
+            defer { watcher.finish() }
+            #expect(eventually { watcher.reads > 0 })
+            for (name, frame, expected) in cases {
+                let raw = try RawClient(port: server.port)
+                try raw.send(frame)
+                switch expected {
+                case .closed:
+                    #expect(raw.waitClosed(), "\(name): connection should close")
+                case .exception(let code):
+                    let reply = raw.reply()
+                    let fc = frame[7]
+                    #expect(reply == .bytes([0x12, 0x34, 0, 0, 0, 3, frame[6], fc | 0x80, code]), "\(name)")
+                    // The connection stays usable after an exception.
+                    try raw.send(mbap(tid: 0x0102, readPDU(1, 0, 3)))
+                    #expect(raw.reply() == .bytes([1, 2, 0, 0, 0, 4, 1, 1, 1, 0b001]), "\(name): next read")
+                }
+            }
+            let readsBefore = watcher.reads
+            #expect(eventually { watcher.reads > readsBefore })
+            watcher.finish()
+            #expect(watcher.failures == [])
+            let n = server.counters()
+            #expect(n.closedMalformed == UInt64(cases.filter { $0.2 == .closed }.count))
+            #expect(n.exceptionIllegalValue == 5)
+            #expect(n.writesRejected == 8)
+        }
+    }
+
+    @Test func truncatedHeaderAndSlowSenderCloseOnlyThatClient() throws {
+        try withServer({ $0.byteTimeoutMs = 200 }) { server in
+            let watcher = Watcher(port: server.port, coils: 17)
+            defer { watcher.finish() }
+            let truncated = try RawClient(port: server.port)
+            try truncated.send([0x00, 0x01, 0x00])
+            // A slow-loris: one byte of a valid frame every 60 ms (the frame would take 720 ms).
+            let loris = try RawClient(port: server.port)
+            var closed = false
+            for b in mbap(readPDU(1, 0, 1)) {
+                do { try loris.send([b]) } catch { closed = true; break }
+                usleep(60_000)
+            }
+            #expect(closed || loris.waitClosed())
+            #expect(truncated.waitClosed())
+            #expect(eventually { server.counters().closedByteTimeout == 2 })
+            let readsBefore = watcher.reads
+            #expect(eventually { watcher.reads > readsBefore })
+            watcher.finish()
+            #expect(watcher.failures == [])
+        }
+    }
+
+    @Test func pipelinedAndSplitFrames() throws {
+        try withServer { server in
+            let raw = try RawClient(port: server.port)
+            // Three requests in one segment: three replies, in order.
+            try raw.send(mbap(tid: 1, readPDU(1, 0, 3)) + mbap(tid: 2, readPDU(4, 0, 2)) + mbap(tid: 3, [0x11]))
+            #expect(raw.reply() == .bytes([0, 1, 0, 0, 0, 4, 1, 1, 1, 0b001]))
+            #expect(raw.reply() == .bytes([0, 2, 0, 0, 0, 7, 1, 4, 4, 0, 100, 0, 101]))
+            #expect(raw.reply() == .bytes([0, 3, 0, 0, 0, 3, 1, 0x91, 1]))
+            // One request in three pieces, well inside the byte timeout.
+            let f = mbap(tid: 4, readPDU(3, 1, 1))
+            try raw.send(Array(f[0..<3]))
+            usleep(20_000)
+            try raw.send(Array(f[3..<8]))
+            usleep(20_000)
+            try raw.send(Array(f[8...]) + Array(mbap(tid: 5, readPDU(2, 3, 1)).prefix(4)))
+            #expect(raw.reply() == .bytes([0, 4, 0, 0, 0, 5, 1, 3, 2, 0, 101]))
+            try raw.send(Array(mbap(tid: 5, readPDU(2, 3, 1)).dropFirst(4)))
+            #expect(raw.reply() == .bytes([0, 5, 0, 0, 0, 4, 1, 2, 1, 1]))
+        }
+    }
+
+    @Test func aClientThatReadsSlowlyGetsEveryReplyInOrder() throws {
+        try withServer(image: bigImage) { server in
+            // A small receive window: the server's sends go partial and wait for EPOLLOUT.
+            let raw = try RawClient(port: server.port, receiveBuffer: 4096)
+            let count = 6000  // 6000 × 259-byte replies ≈ 1.5 MB
+            let sender = Thread {
+                var batch: [UInt8] = []
+                for i in 0..<count {
+                    batch += mbap(tid: UInt16(i & 0xFFFF), readPDU(3, 0, 125))
+                    if batch.count > 4000 { try? raw.send(batch); batch = [] }
+                }
+                try? raw.send(batch)
+            }
+            sender.start()
+            usleep(200_000)  // let replies pile up on the server before reading any
+            var ok = 0
+            for i in 0..<count {
+                guard case .bytes(let r) = raw.reply(timeoutMs: 10_000) else { break }
+                if r.count == 9 + 250 && r[0] == UInt8(i >> 8 & 0xFF) && r[1] == UInt8(i & 0xFF)
+                    && r[9] == 0 && r[10] == 100 && r[257] == 0 && r[258] == 224 {
+                    ok += 1
+                }
+            }
+            #expect(ok == count)
+        }
+    }
+
+    @Test func aClientThatNeverReadsIsClosedAndDoesNotStallOthers() throws {
+        try withServer(image: bigImage, { $0.writeStallTimeoutMs = 300 }) { server in
+            let watcher = Watcher(port: server.port, coils: 1)
+            defer { watcher.finish() }
+            let raw = try RawClient(port: server.port, receiveBuffer: 4096)
+            let batch = (0..<1000).flatMap { mbap(tid: UInt16($0), readPDU(3, 0, 125)) }
+            // Sends until the server gives up on this client (then send fails).
+            let sender = Thread {
+                for _ in 0..<2000 { if (try? raw.send(batch)) == nil { break } }
+            }
+            sender.start()
+            #expect(eventually(within: 20) { server.counters().closedWriteStall == 1 })
+            let readsBefore = watcher.reads
+            #expect(eventually { watcher.reads > readsBefore })
+            watcher.finish()
+            #expect(watcher.failures == [])
+        }
+    }
+
+    @Test func idleClientsAreClosed() throws {
+        try withServer({ $0.idleTimeoutMs = 150 }) { server in
+            let quiet = try RawClient(port: server.port)
+            #expect(quiet.waitClosed())
+            #expect(server.counters().closedIdle == 1)
+        }
+    }
+
+    @Test func allowListIsCheckedAtAccept() throws {
+        let log = EventLog()
+        try withServer(events: log, { $0.allow = { $0.bytes != [127, 0, 0, 1] } }) { server in
+            let raw = try RawClient(port: server.port)
+            #expect(raw.waitClosed())
+            #expect(server.counters().refusedNotAllowed == 1)
+            #expect(server.counters().accepted == 0)
+            #expect(log.all.contains { if case .refused(let p, .notAllowed) = $0 { return p.host == "127.0.0.1" }; return false })
+        }
+    }
+
+    @Test func maxClientsRefusesTheNextUntilOneLeaves() throws {
+        try withServer({ $0.maxClients = 2 }) { server in
+            var clients = [try LibmodbusClient(port: server.port), try LibmodbusClient(port: server.port)]
+            for c in clients { #expect(try c.readBits(0, 1) == [1]) }
+            let third = try RawClient(port: server.port)
+            #expect(third.waitClosed())
+            #expect(server.counters().refusedTooManyClients == 1)
+            clients.removeLast()
+            #expect(eventually { server.counters().clients == 1 })
+            let fourth = try LibmodbusClient(port: server.port)
+            #expect(try fourth.readBits(0, 1) == [1])
+            #expect(try clients[0].readBits(0, 1) == [1])
+        }
+    }
+
+    @Test func stopAfterAGracePeriodKeepsServingUntilThen() throws {
+        // On 127.0.0.2, so no other test's port-0 listener on 127.0.0.1 can take the port
+        // after this one closes and make "connection refused" untestable.
+        var config = ReadOnlyModbusServer.Configuration(host: "127.0.0.2", port: 0)
+        config.idleTimeoutMs = 0
+        let server = try ReadOnlyModbusServer(configuration: config, image: sampleImage)
+        try server.start()
+        defer { server.stop(); server.join() }
+        let c = try LibmodbusClient(port: server.port, host: "127.0.0.2")
+        server.stop(afterMilliseconds: 400)
+        #expect(try c.readBits(0, 1) == [1])
+        let raw = try RawClient(port: server.port, host: 0x7F00_0002)
+        #expect(raw.waitClosed())
+        server.join()
+        #expect(throws: ClientFailure.self) { try RawClient(port: server.port, host: 0x7F00_0002) }
+    }
+
+    @Test func aTakenPortOrBadAddressFailsAtInit() throws {
+        try withServer { server in
+            #expect {
+                try ReadOnlyModbusServer(configuration: .init(host: "127.0.0.1", port: server.port), image: .empty)
+            } throws: { ($0 as? ModbusServerError)?.kind == .listen }
+        }
+        #expect {
+            try ReadOnlyModbusServer(configuration: .init(host: "not-an-address", port: 0), image: .empty)
+        } throws: { ($0 as? ModbusServerError)?.kind == .badAddress }
+    }
+
+    @Test func servesIPv6Loopback() throws {
+        let server: ReadOnlyModbusServer
+        do {
+            server = try ReadOnlyModbusServer(configuration: .init(host: "::1", port: 0), image: sampleImage)
+        } catch {
+            // No IPv6 on this host: nothing to test.
+            return
+        }
+        try server.start()
+        defer { server.stop(); server.join() }
+        guard let ctx = modbus_new_tcp_pi("::1", String(server.port)) else { return }
+        defer { modbus_free(ctx) }
+        modbus_set_slave(ctx, 1)
+        #expect(modbus_connect(ctx) == 0)
+        var bits = [UInt8](repeating: 9, count: 3)
+        #expect(modbus_read_bits(ctx, 0, 3, &bits) == 3)
+        #expect(bits == [1, 0, 0])
+        modbus_close(ctx)
+    }
+}
