@@ -13,6 +13,6 @@ struct TibetTwinCommand: AsyncParsableCommand {
             invalid maps for `maps validate`), 2 bad input or usage.
             """,
         version: ApplianceInfo.version,
-        subcommands: []
+        subcommands: [AuditCommand.self]
     )
 }

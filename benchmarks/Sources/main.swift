@@ -9,6 +9,7 @@ protocol BenchSuite {
 }
 
 let suites: [any BenchSuite] = [
+    AuditBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())
