@@ -36,7 +36,10 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     /// The canonical form: sorted keys, no whitespace, UTF-8 unescaped except what JSON requires.
-    /// Non-finite doubles serialise as `null` (JSON has no NaN).
+    /// It is byte for byte Python's `json.dumps(v, sort_keys=True, separators=(",", ":"),
+    /// ensure_ascii=False)`: keys in code point order, `\"` `\\` `\b` `\f` `\n` `\r` `\t`
+    /// escaped, other controls as `\u00xx`, doubles as `repr(float)`. Non-finite doubles
+    /// serialise as `null` (JSON has no NaN; Python would write `NaN`).
     public var canonical: String {
         var out = ""
         out.reserveCapacity(256)
@@ -72,10 +75,55 @@ public enum JSONValue: Sendable, Hashable {
         }
     }
 
-    /// Shortest round-trip form; integral doubles keep a `.0` so they parse back as doubles.
+    /// Shortest round-trip digits laid out exactly as Python's `repr(float)` does (so the
+    /// canonical form equals `json.dumps(v, sort_keys=True, separators=(",", ":"),
+    /// ensure_ascii=False)` and an inspector can recompute hashes with stock tools): plain
+    /// notation with a `.0` for integral values when the decimal exponent is in -4 ..< 16,
+    /// otherwise `1.5e-07` / `1e+16` (sign and at least two exponent digits).
     public static func format(_ d: Double) -> String {
         guard d.isFinite else { return "null" }
-        return d.description
+        // Swift's description holds the shortest round-trip digits; only the layout differs
+        // from Python's (Swift writes 1e+15 where Python writes 1000000000000000.0).
+        var text = Substring(d.description)
+        var out = ""
+        if text.first == "-" { out = "-"; text = text.dropFirst() }
+        var exp10 = 0
+        if let e = text.firstIndex(where: { $0 == "e" || $0 == "E" }) {
+            exp10 = Int(text[text.index(after: e)...]) ?? 0
+            text = text[..<e]
+        }
+        // mantissa "d.ddd" or "ddd.ddd" → digit string and decimal point position.
+        var digits = ""
+        var decpt = 0
+        var seenPoint = false
+        for c in text {
+            if c == "." { seenPoint = true; continue }
+            digits.append(c)
+            if !seenPoint { decpt += 1 }
+        }
+        decpt += exp10
+        // Strip leading zeros (each moves the point left) and trailing zeros.
+        while digits.count > 1, digits.first == "0" { digits.removeFirst(); decpt -= 1 }
+        while digits.count > 1, digits.last == "0" { digits.removeLast() }
+        if digits == "0" { return out + "0.0" }
+        let n = digits.count
+        if decpt > -4 && decpt <= 16 {
+            if decpt <= 0 {
+                out += "0." + String(repeating: "0", count: -decpt) + digits
+            } else if decpt < n {
+                out += digits.prefix(decpt) + "." + digits.dropFirst(decpt)
+            } else {
+                out += digits + String(repeating: "0", count: decpt - n) + ".0"
+            }
+        } else {
+            out += String(digits.first!)
+            if n > 1 { out += "." + digits.dropFirst() }
+            let e = decpt - 1
+            out += e < 0 ? "e-" : "e+"
+            let mag = String(abs(e))
+            out += (mag.count < 2 ? "0" : "") + mag
+        }
+        return out
     }
 
     public static func writeString(_ s: String, into out: inout String) {
@@ -87,6 +135,8 @@ public enum JSONValue: Sendable, Hashable {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
             default:
                 if u.value < 0x20 {
                     let hex = String(u.value, radix: 16)

@@ -16,6 +16,10 @@ public struct TokenAction: RawRepresentable, Sendable, Hashable, CustomStringCon
     public static let reset = TokenAction(rawValue: "reset")
     public static let started = TokenAction(rawValue: "started")
     public static let stopped = TokenAction(rawValue: "stopped")
+    /// The audit store could write again after a failed write or fsync (ERIN: when it failed,
+    /// why, how many tokens were refused and held meanwhile). Not in SPEC §5's list: added so
+    /// the outage itself is on the record.
+    public static let auditRecovered = TokenAction(rawValue: "audit_recovered")
 }
 
 /// A TIBET token (SPEC §5): ERIN (what was decided), ERAAN (what it is attached to),

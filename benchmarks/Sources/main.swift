@@ -12,6 +12,7 @@ let suites: [any BenchSuite] = [
     PollerBench(),
     TwinFeedBench(),
     InterlockBench(),
+    AuditBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())

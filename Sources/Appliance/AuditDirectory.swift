@@ -1,0 +1,84 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Crypto
+import TibetTwin
+
+/// Reading an audit directory: `tibet-twin audit verify` and `audit show`. Read-only; safe to
+/// run while the appliance writes (a line being written at that moment shows up as torn).
+public enum AuditDirectory {
+    /// The result of verifying a directory: the summary, or the first failure.
+    public typealias Verdict = Result<ChainVerifier.Summary, ChainVerifier.Failure>
+
+    /// Verifies every segment of `dir` in order (hash, link, signature, numbering), with
+    /// `pinnedKeys` if given. Throws only when the directory cannot be read (or holds no
+    /// segment); what is wrong with the chain is in the `Verdict`. File names in failures are
+    /// `dir/tibet-<n>.jsonl`.
+    public static func verify(_ dir: String, pinnedKeys: [Curve25519.Signing.PublicKey] = []) throws(AuditError) -> Verdict {
+        let numbers = try AuditFS.segmentNumbers(in: dir)
+        guard !numbers.isEmpty else {
+            throw AuditError(.directory, function: "verify", path: dir, detail: "no audit segments (tibet-<n>.jsonl) here")
+        }
+        var v = ChainVerifier(pinnedKeys: pinnedKeys)
+        for n in numbers {
+            let path = AuditFS.join(dir, AuditSegment.name(n))
+            let bytes = try readSegment(path)
+            do throws(ChainVerifier.Failure) {
+                try v.beginSegment(file: path, number: n)
+                let (lines, rest) = ChainVerifier.split(bytes)
+                for (i, l) in lines.enumerated() { try v.verify(line: l, number: i + 1) }
+                if !rest.isEmpty { throw v.tornTail(line: lines.count + 1, bytes: rest.count) }
+            } catch {
+                return .failure(error)
+            }
+        }
+        if v.summary.tokens == 0 {
+            return .failure(.init(file: AuditFS.join(dir, AuditSegment.name(numbers.last!)), line: 1, kind: .parse,
+                                  detail: "the segments hold no token"))
+        }
+        return .success(v.summary)
+    }
+
+    /// The torn tails moved aside in `dir` (`*.torn`), for the summary.
+    public static func tornFiles(_ dir: String) throws(AuditError) -> [String] {
+        try AuditFS.names(in: dir, suffix: ".torn")
+    }
+
+    /// Every token of `dir` in chain order that parses and matches `filter`, with its file
+    /// and line. Lines that are not tokens are reported through `skipped` and left out.
+    /// Does not verify: run `verify` for that.
+    public static func tokens(_ dir: String, filter: AuditText.Filter = AuditText.Filter(),
+                              skipped: (String, Int, String) -> Void = { _, _, _ in }) throws(AuditError)
+        -> [(file: String, line: Int, token: TibetToken, text: String)]
+    {
+        let numbers = try AuditFS.segmentNumbers(in: dir)
+        guard !numbers.isEmpty else {
+            throw AuditError(.directory, function: "show", path: dir, detail: "no audit segments (tibet-<n>.jsonl) here")
+        }
+        var out: [(String, Int, TibetToken, String)] = []
+        for n in numbers {
+            let path = AuditFS.join(dir, AuditSegment.name(n))
+            let (lines, rest) = ChainVerifier.split(try readSegment(path))
+            for (i, l) in lines.enumerated() {
+                let text = String(decoding: l, as: UTF8.self)
+                let json: JSONValue
+                do { json = try JSONParser.parse(text) } catch {
+                    skipped(path, i + 1, "not JSON: \(error)")
+                    continue
+                }
+                do {
+                    let t = try TibetToken(json: json)
+                    if filter.matches(t) { out.append((path, i + 1, t, text)) }
+                } catch {
+                    skipped(path, i + 1, "not a token: \(error)")
+                }
+            }
+            if !rest.isEmpty { skipped(path, lines.count + 1, "incomplete last line (\(rest.count) bytes)") }
+        }
+        return out
+    }
+
+    static func readSegment(_ path: String) throws(AuditError) -> [UInt8] {
+        try AuditFS.readAll(path)
+    }
+}

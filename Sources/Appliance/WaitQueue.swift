@@ -1,0 +1,92 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A multi-producer, single-consumer queue: producers append without ever waiting on the
+/// consumer's I/O (one lock, held for an append), the consumer takes everything queued at once
+/// (group commit) or sleeps until something arrives or a deadline on the monotonic clock.
+///
+/// pthread mutex + condition variable (CLOCK_MONOTONIC), because `Synchronization.Mutex` has
+/// no condition to sleep on.
+final class WaitQueue<Element: Sendable>: @unchecked Sendable {
+    // Guarded by `mutex`.
+    private var items: [Element] = []
+    private var closed = false
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let cond: UnsafeMutablePointer<pthread_cond_t>
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        cond = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Appends and wakes the consumer. Returns false (and drops nothing: the element is not
+    /// taken) when the queue is closed.
+    @discardableResult
+    func push(_ e: Element) -> Bool {
+        pthread_mutex_lock(mutex)
+        guard !closed else { pthread_mutex_unlock(mutex); return false }
+        items.append(e)
+        pthread_cond_signal(cond)
+        pthread_mutex_unlock(mutex)
+        return true
+    }
+
+    /// Refuses further pushes and wakes the consumer.
+    func close() {
+        pthread_mutex_lock(mutex)
+        closed = true
+        pthread_cond_broadcast(cond)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Takes up to `max` queued elements; sleeps while none is queued, until `deadlineNs` on
+    /// the monotonic clock (nil: no deadline) or `close()`. Returns the batch (possibly empty)
+    /// and whether the queue is closed.
+    func take(max: Int, deadlineNs: Int64?) -> (batch: [Element], closed: Bool) {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while items.isEmpty && !closed {
+            if let d = deadlineNs {
+                var ts = timespec(tv_sec: Int(d / 1_000_000_000), tv_nsec: Int(d % 1_000_000_000))
+                if pthread_cond_timedwait(cond, mutex, &ts) == ETIMEDOUT { break }
+            } else {
+                pthread_cond_wait(cond, mutex)
+            }
+        }
+        if items.count <= max {
+            let b = items
+            items.removeAll(keepingCapacity: true)
+            return (b, closed)
+        }
+        let b = Array(items.prefix(max))
+        items.removeFirst(max)
+        return (b, closed)
+    }
+
+    var count: Int {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return items.count
+    }
+}
+
+/// Nanoseconds on CLOCK_MONOTONIC (the clock `WaitQueue` deadlines use).
+func monotonicNowNs() -> Int64 {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
+}

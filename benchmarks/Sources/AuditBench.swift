@@ -1,0 +1,247 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Appliance
+import Foundation
+import Synchronization
+import TibetTwin
+
+/// `tibet-twin-bench AuditBench`: the audit chain on this machine's disk.
+///
+/// - durable tokens/s with group commit (a burst, and 16 closed-loop submitters), beside the
+///   baseline of one write + fdatasync per token with the same signed lines;
+/// - a permit rise's added latency (submit → durable ack), p50/p99, idle and under load;
+/// - that a drop is not delayed by the audit: the drop path (publish + submit) timed while
+///   every fdatasync takes 50 ms (injected), and while another thread loads the disk with
+///   4 MiB writes + fsync, beside the rise path under the same conditions.
+struct AuditBench: BenchSuite {
+    let name = "AuditBench"
+
+    func run() async throws {
+        let root = try BenchDir()
+        defer { root.remove() }
+        let keyPath = root.path + "/guard.key"
+        try BenchDir.writeKey(to: keyPath)
+        func config(_ sub: String, hooks: AuditIOHooks? = nil) -> AuditStore.Configuration {
+            AuditStore.Configuration(directory: root.path + "/" + sub, keyPath: keyPath, node: "bench",
+                                     segmentBytes: 64 << 20, hooks: hooks)
+        }
+        print("disk: \(root.path) (\(root.filesystem))")
+
+        // Baseline: one write + fdatasync per token, the same signed lines.
+        let naive = try naivePerTokenSync(dir: root.path, count: 300, keyPath: keyPath)
+        print(String(format: "baseline  write+fdatasync per token      %8.0f tokens/s  (%.2f ms each)", naive, 1000 / naive))
+
+        // Group commit, open loop: a burst of 20k reporting records, time to the last ack.
+        do {
+            let store = try AuditStore.open(config("burst"))
+            let n = 20_000
+            let done = Mutex(0)
+            let t0 = monotonicNs()
+            for i in 0..<n {
+                store.submit(benchRecord(i, .reporting)) { _ in done.withLock { $0 += 1 } }
+            }
+            while done.withLock({ $0 }) < n { usleep(200) }
+            let dt = Double(monotonicNs() - t0) / 1e9
+            let s = store.stats
+            store.close()
+            print(String(format: "audit     group commit, burst of %d     %8.0f tokens/s  (%llu batches, largest %d, fdatasync avg %.2f ms)",
+                         n, Double(n) / dt, s.batches, s.largestBatch, Double(s.totalSyncNs) / Double(max(1, s.batches)) / 1e6))
+        }
+
+        // Group commit, closed loop: 16 submitters each waiting for its ack (like 16 rises).
+        do {
+            let store = try AuditStore.open(config("closed"))
+            let perThread = 300
+            let t0 = monotonicNs()
+            await withTaskGroup(of: Void.self) { g in
+                for t in 0..<16 {
+                    g.addTask {
+                        for i in 0..<perThread { _ = await store.submitAndWait(benchRecord(t * 100_000 + i, .gating)) }
+                    }
+                }
+            }
+            let dt = Double(monotonicNs() - t0) / 1e9
+            store.close()
+            print(String(format: "audit     group commit, 16 waiting      %8.0f tokens/s", Double(16 * perThread) / dt))
+        }
+
+        // Rise latency: one gating record at a time, idle and with a background load of
+        // reporting records (~2k/s).
+        for loaded in [false, true] {
+            let store = try AuditStore.open(config(loaded ? "rise-loaded" : "rise"))
+            let stop = Atomic<Bool>(false)
+            let bg = Thread {
+                var i = 0
+                while !stop.load(ordering: .relaxed) {
+                    store.submit(benchRecord(i, .reporting))
+                    i += 1
+                    usleep(500)
+                }
+            }
+            if loaded { bg.start() }
+            var lat: [Double] = []
+            for i in 0..<400 {
+                let t0 = monotonicNs()
+                _ = await store.submitAndWait(benchRecord(i, .gating))
+                lat.append(Double(monotonicNs() - t0) / 1e6)
+            }
+            stop.store(true, ordering: .relaxed)
+            store.close()
+            print(String(format: "rise      submit → durable ack%@  p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms",
+                         loaded ? " (+2k/s)" : "        ", pct(lat, 50), pct(lat, 99), lat.max()!))
+        }
+
+        // Drops are not delayed: the drop path is publish (an atomic store, as the guard loop
+        // does) then submit; the rise path is submit, wait for the ack, then publish.
+        let delayMs = Atomic<Int>(0)
+        let slow = AuditIOHooks(beforeSync: { _ in
+            let d = delayMs.load(ordering: .relaxed)
+            if d > 0 { usleep(UInt32(d * 1000)) }
+            return nil
+        })
+        for (label, injected, diskLoad) in [("fast disk", 0, false), ("fdatasync +50 ms", 50, false), ("disk loaded", 0, true)] {
+            let store = try AuditStore.open(config("drop-\(label.filter(\.isLetter))", hooks: slow))
+            delayMs.store(injected, ordering: .relaxed)
+            let loader = diskLoad ? DiskLoader(dir: root.path) : nil
+            loader?.start()
+            let published = Atomic<Int>(0)
+            var drops: [Double] = []
+            var rises: [Double] = []
+            for i in 0..<60 {
+                // A drop: publish at once, the token follows.
+                let t0 = monotonicNs()
+                published.store(i, ordering: .releasing)
+                store.submit(benchRecord(i, .reporting))
+                drops.append(Double(monotonicNs() - t0) / 1e6)
+                // A rise: the token first.
+                let t1 = monotonicNs()
+                _ = await store.submitAndWait(benchRecord(i, .gating))
+                published.store(i, ordering: .releasing)
+                rises.append(Double(monotonicNs() - t1) / 1e6)
+                // More drops while that rise's fdatasync may still be in flight.
+                for k in 0..<20 {
+                    let t2 = monotonicNs()
+                    published.store(k, ordering: .releasing)
+                    store.submit(benchRecord(k, .reporting))
+                    drops.append(Double(monotonicNs() - t2) / 1e6)
+                }
+            }
+            loader?.stop()
+            delayMs.store(0, ordering: .relaxed)
+            store.close()
+            print(String(format: "%-17@ drop path p50 %7.4f ms  p99 %7.4f ms  max %7.3f ms | rise path p50 %7.2f ms  p99 %7.2f ms",
+                         label as NSString, pct(drops, 50), pct(drops, 99), drops.max()!, pct(rises, 50), pct(rises, 99)))
+        }
+    }
+
+    /// Tokens/s writing each signed token with its own write + fdatasync.
+    func naivePerTokenSync(dir: String, count: Int, keyPath: String) throws -> Double {
+        let keyText = try String(contentsOfFile: keyPath, encoding: .utf8)
+        let key = try KeyText.privateKey(from: keyText)
+        let path = dir + "/naive.jsonl"
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0o640)
+        defer { close(fd) }
+        var chain = TokenChain(idPrefix: "naive")
+        let t0 = monotonicNs()
+        for i in 0..<count {
+            let r = benchRecord(i, .gating)
+            var t = chain.append(action: r.action, wallNs: r.time.wallNs, actor: "jis:naive", erin: r.erin, eraan: r.eraan,
+                                 eromheen: ["node": "naive"], erachter: r.erachter)
+            try t.sign(with: key)
+            let line = Array((t.line + "\n").utf8)
+            _ = line.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
+            fdatasync(fd)
+        }
+        return Double(count) / (Double(monotonicNs() - t0) / 1e9)
+    }
+}
+
+private func benchRecord(_ i: Int, _ timing: AuditRecord.Timing) -> AuditRecord {
+    AuditRecord(action: .permitChanged,
+                erin: ["device": "crane-01", "intent": "move_left", "allowed": .bool(timing == .gating), "reason_code": 0,
+                       "reason": "Sync OK: drift=12ms, status match",
+                       "delta": ["drift_ms": 12.5, "physical_age_ms": 3.25, "twin_age_ms": 40.0, "values": ["load_kg": 7.0]],
+                       "i": .int(Int64(i))],
+                eraan: ["jis": "jis:crane-01", "map_sha256": .string(String(repeating: "a", count: 64)), "twin_seq": .int(Int64(i))],
+                erachter: ["intent": "move_left", "why": "permit change", "safety_critical": true],
+                time: SystemTimeSource().now(), timing: timing)
+}
+
+private func monotonicNs() -> Int64 {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
+}
+
+private func pct(_ xs: [Double], _ p: Double) -> Double {
+    let s = xs.sorted()
+    return s[min(s.count - 1, Int((Double(s.count) * p / 100).rounded(.up)) - 1)]
+}
+
+/// A scratch directory on the package's disk (`.build/`), removed afterwards.
+private struct BenchDir {
+    let path: String
+
+    init() throws {
+        try FileManager.default.createDirectory(atPath: ".build", withIntermediateDirectories: true)
+        var template = Array(".build/audit-bench-XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw POSIXError(.EIO) }
+        path = FileManager.default.currentDirectoryPath + "/" + String(cString: p)
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: path) }
+
+    /// The mount the directory is on, from /proc/mounts: device, mount point, type.
+    var filesystem: String {
+        guard let mounts = try? String(contentsOfFile: "/proc/mounts", encoding: .utf8) else { return "unknown filesystem" }
+        var best: [Substring] = []
+        for line in mounts.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count >= 3, path.hasPrefix(String(f[1])), f[1].count > (best.count > 1 ? best[1].count : -1) else { continue }
+            best = f
+        }
+        return best.count >= 3 ? "\(best[0]) on \(best[1]) type \(best[2])" : "unknown filesystem"
+    }
+
+    /// A random Ed25519 key in `KeyText` form, mode 0600.
+    static func writeKey(to path: String) throws {
+        var rng = SystemRandomNumberGenerator()
+        let seed = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        guard FileManager.default.createFile(atPath: path, contents: Data((Base64.encode(seed) + "\n").utf8),
+                                             attributes: [.posixPermissions: 0o600]) else { throw POSIXError(.EIO) }
+    }
+}
+
+/// Loads the disk: 4 MiB writes, each followed by fsync, in a loop on its own thread.
+private final class DiskLoader: @unchecked Sendable {
+    let path: String
+    let running = Atomic<Bool>(false)
+    let finished = Atomic<Bool>(false)
+
+    init(dir: String) { path = dir + "/load.bin" }
+
+    func start() {
+        running.store(true, ordering: .relaxed)
+        let t = Thread { [self] in
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            let chunk = [UInt8](repeating: 0xA5, count: 4 << 20)
+            var n = 0
+            while running.load(ordering: .relaxed) {
+                _ = chunk.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
+                fsync(fd)
+                n += 1
+                if n % 16 == 0 { ftruncate(fd, 0) }
+            }
+            close(fd)
+            unlink(path)
+            finished.store(true, ordering: .relaxed)
+        }
+        t.start()
+    }
+
+    func stop() {
+        running.store(false, ordering: .relaxed)
+        while !finished.load(ordering: .relaxed) { usleep(1000) }
+    }
+}
