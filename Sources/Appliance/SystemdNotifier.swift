@@ -133,29 +133,3 @@ public struct SystemdNotifier: Sendable {
         String(s.map { $0 == "\n" || $0 == "\r" ? " " : $0 })
     }
 }
-
-/// The symbolic name of an errno value (`ECONNREFUSED`), thread-safe unlike `strerror`.
-func errnoText(_ e: Int32) -> String {
-    switch e {
-    case EACCES: return "EACCES"
-    case EAGAIN: return "EAGAIN"
-    case ECONNREFUSED: return "ECONNREFUSED"
-    case ENOENT: return "ENOENT"
-    case ENOSPC: return "ENOSPC"
-    case EMFILE: return "EMFILE"
-    case ENFILE: return "ENFILE"
-    case EPERM: return "EPERM"
-    case EINVAL: return "EINVAL"
-    case EADDRINUSE: return "EADDRINUSE"
-    case EADDRNOTAVAIL: return "EADDRNOTAVAIL"
-    case ENOTDIR: return "ENOTDIR"
-    case EISDIR: return "EISDIR"
-    case EIO: return "EIO"
-    case EROFS: return "EROFS"
-    case EDQUOT: return "EDQUOT"
-    case EFBIG: return "EFBIG"
-    case ENOBUFS: return "ENOBUFS"
-    case ETIMEDOUT: return "ETIMEDOUT"
-    default: return "errno \(e)"
-    }
-}

@@ -324,21 +324,3 @@ private final class FileFollower: @unchecked Sendable {
         }
     }
 }
-
-/// A thread-safe name for the errno values file and socket calls return (`strerror` is not
-/// thread-safe); others via `ModbusError.errnoName`.
-func errnoText(_ e: Int32) -> String {
-    switch e {
-    case ENOENT: return "ENOENT"
-    case EACCES: return "EACCES"
-    case EPERM: return "EPERM"
-    case EISDIR: return "EISDIR"
-    case EEXIST: return "EEXIST"
-    case ENOTDIR: return "ENOTDIR"
-    case EADDRINUSE: return "EADDRINUSE"
-    case EADDRNOTAVAIL: return "EADDRNOTAVAIL"
-    case ENOSPC: return "ENOSPC"
-    case EROFS: return "EROFS"
-    default: return ModbusError.errnoName(e)
-    }
-}

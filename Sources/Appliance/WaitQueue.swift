@@ -83,10 +83,3 @@ final class WaitQueue<Element: Sendable>: @unchecked Sendable {
         return items.count
     }
 }
-
-/// Nanoseconds on CLOCK_MONOTONIC (the clock `WaitQueue` deadlines use).
-func monotonicNowNs() -> Int64 {
-    var t = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
-}

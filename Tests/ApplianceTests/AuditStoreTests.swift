@@ -60,16 +60,6 @@ func record(_ i: Int, _ timing: AuditRecord.Timing = .reporting, action: TokenAc
                 time: SystemTimeSource().now(), timing: timing)
 }
 
-/// Polls `condition` until it holds or `seconds` pass (liveness bound only).
-func eventually(within seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return condition()
-}
-
 /// A switch a test flips to make the store's disk I/O fail, or to hold its fdatasync.
 final class DiskSwitch: Sendable {
     let failWith = Atomic<Int32>(0)

@@ -7,9 +7,6 @@ import Testing
 import TibetTwin
 @testable import Appliance
 
-/// The package root, from this file's path (Tests/ApplianceTests/…).
-let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .deletingLastPathComponent()
 
 /// The Python with pymodbus 3.8.6: `$TIBET_TWIN_PYTHON` or `<package root>/.venv/bin/python`.
 func pymodbusPython() -> String? {
@@ -243,7 +240,7 @@ struct InterlockServerTests {
         #expect(try c.readBits(0, 2) == [0, 1])
         let stopped = Task { await server.stop() }
         // During the grace period: still answering, every permit 0, later publishes ignored.
-        #expect(eventually { (try? c.readBits(0, 2)) == [0, 0] })
+        #expect(await eventually { (try? c.readBits(0, 2)) == [0, 0] })
         server.publish(evaluated(heartbeat: 10))
         #expect(try c.readBits(0, 6) == [0, 0, 0, 0, 0, 0])
         let regs = try c.readRegisters(0, 32, input: true)
@@ -266,7 +263,7 @@ struct InterlockServerTests {
                 _ = try c.readBits(0, 1)
             }
         }
-        #expect(eventually { log.all.count == 5 })
+        #expect(waitUntil { log.all.count == 5 })
         #expect(log.all.allSatisfy {
             if case .clientRefused(let client, "not_allowed") = $0 { return client.hasPrefix("127.0.0.1:") }
             return false
@@ -325,7 +322,7 @@ struct InterlockServerTests {
         #expect(parts.first == 1100)
         // All but the 8 admitted were closed at accept (those 8 were closed by the peer's exit).
         #expect(parts.last.map { $0 >= 1092 } == true, "\(r.stdout)")
-        #expect(eventually { server.counters().refusedTooManyClients >= 1092 })
+        #expect(waitUntil { server.counters().refusedTooManyClients >= 1092 })
         let c = try ApplianceModbusClient(port: server.port)
         #expect(try c.readBits(0, 2) == [0, 1])
     }

@@ -10,16 +10,6 @@ struct TestClientError: Error, CustomStringConvertible {
     var description: String { what }
 }
 
-/// Polls `condition` every 10 ms until it holds or `seconds` pass (a liveness bound, not a timing test).
-func eventually(within seconds: Double = 5, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return condition()
-}
-
 /// A minimal blocking Modbus/TCP client over a plain socket, for reading the interlock in tests
 /// (pymodbus and mbpoll give the outside opinion; this one keeps the tests quick).
 final class ApplianceModbusClient {

@@ -240,7 +240,7 @@ struct TwinSocketSourceTests {
                 }
             }
             #expect(client.send(batch))
-            let counted = await eventually(60) {
+            let counted = await eventually(within: 60) {
                 let k = source.counters
                 return k.lines + k.blankLines == UInt64(total)
             }

@@ -73,11 +73,21 @@ final class Collector: Sendable {
 }
 
 /// Polls `condition` until it holds or `timeout` seconds pass (a liveness bound, not a timing test).
-func eventually(_ timeout: Double = 10, _ condition: () -> Bool) async -> Bool {
+func eventually(within timeout: Double = 10, _ condition: () -> Bool) async -> Bool {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
         if condition() { return true }
         try? await Task.sleep(for: .milliseconds(10))
+    }
+    return condition()
+}
+
+/// The same as `eventually`, for code that cannot await: blocks the calling thread.
+func waitUntil(within timeout: Double = 10, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(10_000)
     }
     return condition()
 }

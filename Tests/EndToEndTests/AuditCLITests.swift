@@ -52,7 +52,7 @@ final class AuditCLIFixture: @unchecked Sendable {
 }
 
 /// A child process the test owns: killed when the test is done, also on failure.
-final class Child: @unchecked Sendable {
+fileprivate final class AuditLoadChild: @unchecked Sendable {
     let process = Process()
     private let output = OutputBuffer()
     private let stdinPipe = Pipe()
@@ -194,7 +194,7 @@ struct AuditCLITests {
         var tornSeen = 0
         var rng = SystemRandomNumberGenerator()
         for round in 0..<12 {
-            let child = try Child(["audit", "_load", fx.dir, "--key", fx.key, "--threads", "4",
+            let child = try AuditLoadChild(["audit", "_load", fx.dir, "--key", fx.key, "--threads", "4",
                                    "--segment-bytes", "20000", "--node", "guard-01"])
             #expect(child.waitFor { !acked($0).isEmpty }, "round \(round): no token acknowledged")
             usleep(UInt32.random(in: 0...80_000, using: &rng))
@@ -246,7 +246,7 @@ struct AuditCLITests {
     /// is lifted the store recovers by itself and audits it.
     @Test func fileSizeLimitBlocksThenRecovers() throws {
         let fx = try AuditCLIFixture()
-        let child = try Child(["audit", "_load", fx.dir, "--key", fx.key, "--threads", "2", "--fsize-limit", "40000",
+        let child = try AuditLoadChild(["audit", "_load", fx.dir, "--key", fx.key, "--threads", "2", "--fsize-limit", "40000",
                                "--read-stdin", "--retry-ms", "20", "--node", "guard-01"])
         #expect(child.waitFor { $0.contains("health 0") }, "never went unhealthy: \(child.lines.suffix(3))")
         #expect(child.waitFor { $0.contains { $0.hasPrefix("failed ") } })
