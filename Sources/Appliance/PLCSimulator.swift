@@ -103,7 +103,9 @@ public struct SimulatorCommand: Sendable, Hashable {
 /// replies), each map on its own listening port, with values settable while it runs.
 ///
 /// Starting values: the status register holds the code of `operational` (else the lowest
-/// code), identity registers their `expect`, every other register 0 unless `initial` names it.
+/// code), identity registers their `expect`, a clock register the wall clock at each request
+/// (until `set clock VALUE` freezes it; `set clock now` lets it run again), every other register
+/// 0 unless `initial` names it.
 /// It runs on one dedicated thread; `execute` is safe from any thread and waits until the
 /// command took effect.
 public final class PLCSimulator: Sendable {
@@ -254,6 +256,8 @@ final class SimulatedDevice {
     let mapping: ModbusMapping
     var strict: Bool
     var exception: UInt8?
+    /// A clock register value set by command; nil: the clock register follows the wall clock.
+    var frozenClock: Value?
     /// Addresses some map entry covers, per table (for strict mode).
     private var covered: [RegisterTable: Set<Int>] = [:]
     private var specs: [String: RegisterSpec] = [:]
@@ -262,7 +266,8 @@ final class SimulatedDevice {
         self.map = map
         self.listener = listener
         self.strict = strict
-        let all: [RegisterSpec] = [map.status.register] + map.identity.map(\.register) + map.registers
+        var all: [RegisterSpec] = [map.status.register] + map.identity.map(\.register) + map.registers
+        if let clock = map.clock { all.append(clock.register) }
         var ranges: [RegisterTable: Range<Int>] = [:]
         for s in all {
             let r = Int(s.address)..<(s.lastAddress + 1)
@@ -278,6 +283,7 @@ final class SimulatedDevice {
         specs["status"] = map.status.register
         for id in map.identity { specs[id.register.name] = id.register }
         for r in map.registers { specs[r.name] = r }
+        if let clock = map.clock { specs[clock.register.name] = clock.register }
         // Starting values: operational status, identity as expected, the rest 0.
         let operational = map.status.values.first { $0.value == "operational" }?.key ?? map.status.values.keys.min() ?? 0
         write(.int(operational), as: map.status.register)
@@ -293,7 +299,25 @@ final class SimulatedDevice {
         guard let spec = specs[name] else {
             throw SimulatorError("\(map.device) has no value named \(name) (it has: \(specs.keys.sorted().joined(separator: ", ")))")
         }
+        if let clock = map.clock, spec == clock.register {
+            // `set clock now` lets it follow the wall clock again.
+            frozenClock = text == "now" ? nil : try Self.parse(text, for: spec)
+            tickClock()
+            return
+        }
         write(try Self.parse(text, for: spec), as: spec)
+    }
+
+    /// Writes the wall clock (in the map's unit) into the clock register, unless it was frozen.
+    func tickClock() {
+        guard let clock = map.clock else { return }
+        if let frozen = frozenClock { return write(frozen, as: clock.register) }
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let ns = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+        let v = ns / clock.unit.nanoseconds
+        write(clock.register.type == .float64 ? .double(Double(ns) / Double(clock.unit.nanoseconds)) : .int(v),
+              as: clock.register)
     }
 
     func setStatus(_ text: String) throws(SimulatorError) {
@@ -406,6 +430,7 @@ final class SimulatorCore: ModbusServerDelegate {
         let unit = Int(request.unit)
         if unit != d.map.plc.unit && unit != 0 && unit != 255 { return .exception(11) }
         if let code = d.exception { return .exception(code) }
+        d.tickClock()
         if d.strict, let t = request.table {
             if !d.covers(table: SimulatedDevice.registerTable(t), address: Int(request.address), count: Int(request.quantity)) {
                 return .exception(2)

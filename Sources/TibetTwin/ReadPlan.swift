@@ -15,6 +15,8 @@ public struct ReadPlan: Sendable, Hashable {
             case identity(Int)
             /// Index into the map's `registers`.
             case value(Int)
+            /// The PLC's wall-clock register (`DeviceMap.clock`).
+            case clock
         }
         public var role: Role
         public var spec: RegisterSpec
@@ -40,7 +42,7 @@ public struct ReadPlan: Sendable, Hashable {
     /// How many groups were split after exception 2 (the splits are kept for this device).
     public private(set) var splits = 0
 
-    /// Plans the reads of `map`: per table, items by address, a new request whenever the next
+    /// Plans the reads of `map` (status, identity, values and the clock register): per table, items by address, a new request whenever the next
     /// item would push the request past the protocol limit or leave a gap wider than
     /// `plc.maxGap` registers (bit tables: `maxGap × 16` bits, the same bytes on the wire).
     public init(map: DeviceMap) {
@@ -48,6 +50,7 @@ public struct ReadPlan: Sendable, Hashable {
         var items: [Item] = [Item(role: .status, spec: map.status.register)]
         for (i, id) in map.identity.enumerated() { items.append(Item(role: .identity(i), spec: id.register)) }
         for (i, r) in map.registers.enumerated() { items.append(Item(role: .value(i), spec: r)) }
+        if let clock = map.clock { items.append(Item(role: .clock, spec: clock.register)) }
         self.items = items
         var groups: [Group] = []
         for table in RegisterTable.allCases {
@@ -131,7 +134,8 @@ public struct ReadPlan: Sendable, Hashable {
     /// Builds the device's `PhysicalState` from one poll's answers (`results[i]` answers
     /// `groups[i]`; missing results count as not read). A failed group makes its values bad with
     /// the group's quality and sets `pollError`; an unmapped status code or an undecodable
-    /// value is `bad_decode`; non-finite floats are `bad_decode` (unknown is never good).
+    /// value is `bad_decode`; non-finite floats are `bad_decode` (unknown is never good). The clock
+    /// register, if mapped, becomes `plcWallNs`; one that does not convert sets `pollError`.
     public func state(from results: [GroupResult], at time: ClockReading) -> PhysicalState {
         var values: [String: Reading] = [:]
         values.reserveCapacity(map.registers.count)
@@ -140,6 +144,7 @@ public struct ReadPlan: Sendable, Hashable {
         var statusQuality: Quality = .badComm
         var identityValues: [Value?] = Array(repeating: nil, count: map.identity.count)
         var identityFailed = false
+        var plcWallNs: Int64?
         var errors: [String] = []
 
         for (gi, g) in groups.enumerated() {
@@ -185,6 +190,11 @@ public struct ReadPlan: Sendable, Hashable {
                     values[map.registers[i].name] = Reading(value: value, quality: quality)
                 case .identity(let i):
                     if quality.isGood { identityValues[i] = value } else { identityFailed = true }
+                case .clock:
+                    if let v = value {
+                        plcWallNs = map.clock?.wallNs(from: v)
+                        if plcWallNs == nil { errors.append("clock register \(item.spec.name): \(v) is not a time") }
+                    }
                 case .status:
                     statusQuality = quality
                     if quality.isGood, let v = value {
@@ -218,7 +228,8 @@ public struct ReadPlan: Sendable, Hashable {
         }
         return PhysicalState(device: map.device, status: status, statusRaw: statusRaw, statusQuality: statusQuality,
                              values: values, identity: identity,
-                             pollError: errors.isEmpty ? nil : errors.joined(separator: "; "), time: time)
+                             pollError: errors.isEmpty ? nil : errors.joined(separator: "; "), time: time,
+                             plcWallNs: plcWallNs)
     }
 
     /// A state for a poll that never reached the PLC (not connected, connect failed): every

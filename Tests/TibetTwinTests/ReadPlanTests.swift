@@ -194,4 +194,30 @@ struct ReadPlanTests {
         let text = ReadReport.text(s, map: map)
         #expect(text.contains("position_x") && text.contains("status: operational (0)"))
     }
+
+    @Test func clockRegisterIsReadAndBecomesPLCTime() {
+        var map = craneMap()
+        map.clock = PLCClock(register: RegisterSpec(name: "clock", address: 500, type: .uint64), unit: .ms)
+        let plan = ReadPlan(map: map)
+        #expect(plan.groups.contains { $0.address == 500 && $0.count == 4 })
+        let ms: UInt64 = 1_790_000_000_123
+        func results(_ clockWords: [UInt16]) -> [ReadPlan.GroupResult] {
+            let base = answers(ReadPlan(map: craneMap()))
+            return plan.groups.map { g in
+                if g.address == 500 { return .registers(clockWords) }
+                let k = ReadPlan(map: craneMap()).groups.firstIndex { $0.table == g.table && $0.address == g.address }!
+                return base[k]
+            }
+        }
+        let words = (0..<4).map { UInt16(truncatingIfNeeded: ms >> (16 * UInt64(3 - $0))) }
+        let s = plan.state(from: results(words), at: t0)
+        #expect(s.pollError == nil)
+        #expect(s.plcWallNs == Int64(ms) * 1_000_000)
+        #expect(s.physicalWallNs == Int64(ms) * 1_000_000)
+        // A clock beyond the Int64 nanosecond range is not a time: the state is bad.
+        let bad = plan.state(from: results([0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF]), at: t0)
+        #expect(bad.plcWallNs == nil)
+        #expect(bad.pollError?.contains("clock") == true)
+        #expect(!bad.isAllGood)
+    }
 }
