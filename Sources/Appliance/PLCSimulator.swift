@@ -187,6 +187,7 @@ public final class PLCSimulator: Sendable {
         while done.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
             if mailbox.isFinished { break }
         }
+        if case .quit = command.action { stop() }  // returns once the server thread has ended
         switch box.withLock({ $0 }) {
         case .success(let s)?: return s
         case .failure(let e)?: throw e

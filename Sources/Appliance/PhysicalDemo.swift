@@ -24,7 +24,7 @@ public enum PhysicalDemo {
 
         // First values: something recognisable per type, set through the simulator.
         let first = Dictionary(uniqueKeysWithValues: map.registers.enumerated().map { ($1.name, demoValue($1, step: $0 + 1)) })
-        let second = Dictionary(uniqueKeysWithValues: map.registers.enumerated().map { ($1.name, demoValue($1, step: $0 + 5)) })
+        let second = Dictionary(uniqueKeysWithValues: map.registers.enumerated().map { ($1.name, demoValue($1, step: $0 + 2)) })
         let otherStatus = map.status.values.sorted { $0.key < $1.key }.first { $0.value != "operational" }?.value
 
         do {

@@ -95,7 +95,8 @@ final class PollerParker: @unchecked Sendable {
     }
 }
 
-/// The monotonic clock in nanoseconds.
+/// `CLOCK_MONOTONIC` in nanoseconds: the one monotonic clock helper of the Appliance target
+/// (poller schedules, simulator stalls, audit timers).
 @inline(__always)
 func monotonicNowNs() -> Int64 {
     var ts = timespec()

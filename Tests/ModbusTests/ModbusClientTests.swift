@@ -175,6 +175,25 @@ struct ModbusClientTests {
         #expect(ModbusError(kind: .connect, errno: EMFILE, function: "modbus_connect").isDescriptorExhaustion)
     }
 
+    /// Out of descriptors, connect fails with a typed EMFILE error (in a child process: the
+    /// limit must not starve the tests running beside it).
+    @Test func connectWithoutDescriptorsIsTypedEMFILE() async {
+        await #expect(processExitsWith: .success) {
+            var lim = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+            lim.rlim_cur = 64
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+            while dup(0) >= 0 {}
+            guard let c = try? ModbusClient(host: "127.0.0.1", port: 1502) else { exit(3) }
+            do throws(ModbusError) {
+                try c.connect()
+                exit(1)
+            } catch {
+                exit(error.kind == .connect && error.errno == EMFILE && error.isDescriptorExhaustion ? 0 : 2)
+            }
+        }
+    }
+
     @Test func classifiesErrno() {
         #expect(ModbusError.classify(errno: CModbus_EMBXSFAIL()) == .exception(4))
         #expect(ModbusError.classify(errno: CModbus_EMBBADDATA()) == .badResponse)
