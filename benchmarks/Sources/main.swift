@@ -13,6 +13,7 @@ let suites: [any BenchSuite] = [
     TwinFeedBench(),
     InterlockBench(),
     AuditBench(),
+    GuardBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())
