@@ -138,23 +138,30 @@ public enum KeyFiles {
 
 /// The twin keys the maps name.
 public enum TwinKeys {
-    /// Loads the `twin_key` of every map that names one, keyed by device. A relative path is
-    /// relative to the directory of the map file (`DeviceMap.sourceFile`), or to the working
-    /// directory for maps built in code. Any unreadable or invalid key is an error: a device
-    /// whose twin must sign never runs unsigned.
+    /// Loads the `twin_key` of every map that names one, keyed by device; a relative path is
+    /// relative to the map file's directory (`MapFiles.twinKeyPath(of:)`). Any unreadable or
+    /// invalid key is an error: a device whose twin must sign never runs unsigned.
     public static func load(for maps: [DeviceMap]) throws(KeyFileError) -> [String: TwinPublicKey] {
         var keys: [String: TwinPublicKey] = [:]
         for m in maps {
-            guard let p = m.twinKey else { continue }
-            keys[m.device] = TwinPublicKey(try KeyFiles.readPublicKey(path: resolve(p, relativeTo: m.sourceFile)))
+            guard let path = MapFiles.twinKeyPath(of: m) else { continue }
+            keys[m.device] = TwinPublicKey(try KeyFiles.readPublicKey(path: path))
         }
         return keys
     }
+}
 
-    /// `path` as seen from the directory of `file`.
-    public static func resolve(_ path: String, relativeTo file: String) -> String {
-        if path.hasPrefix("/") { return path }
-        guard let slash = file.lastIndex(of: "/") else { return path }
-        return String(file[...slash]) + path
+extension TwinFeedPipeline {
+    /// A pipeline for loaded maps: reads every map's `twin_key` (see `TwinKeys.load`).
+    public convenience init(maps: [DeviceMap], sink: @escaping @Sendable (TwinState) -> Void) throws(KeyFileError) {
+        let keys = try TwinKeys.load(for: maps)
+        let parser: TwinLineParser
+        do {
+            parser = try TwinLineParser(maps: maps, keys: keys)
+        } catch {
+            // Not reachable: `load` returns a key for every map that names one.
+            throw KeyFileError(kind: .read, path: error.keyPath, function: "load", detail: error.description)
+        }
+        self.init(parser: parser, sink: sink)
     }
 }

@@ -189,8 +189,8 @@ public struct TwinLineParser: Sendable {
             return .dropped(TwinDrop(reason: .notJSON, detail: error.description))
         }
         let f = s.fields
-        if let dup = f.duplicate, dup.top {
-            return .dropped(TwinDrop(reason: .duplicateKey, detail: "member \"\(dup.name)\" appears twice"))
+        if let dup = f.duplicate {
+            return .dropped(TwinDrop(reason: .duplicateKey, detail: "member \"\(dup)\" appears twice"))
         }
         // The device first: it says which rules (and key) apply.
         guard let devRange = f.device else {
@@ -209,8 +209,9 @@ public struct TwinLineParser: Sendable {
             }
             signature = .valid
         }
-        if let dup = f.duplicate {
-            return .dropped(TwinDrop(reason: .duplicateKey, device: device, detail: "values.\(dup.name) appears twice"))
+        let (values, unknown, duplicateValue) = Self.values(s, rules)
+        if let dup = duplicateValue {
+            return .dropped(TwinDrop(reason: .duplicateKey, device: device, detail: "values.\(Self.clip(dup)) appears twice"))
         }
         if let u = f.unknownField {
             return .dropped(TwinDrop(reason: .unknownField, device: device, detail: "unknown member \"\(Self.clip(u))\""))
@@ -234,16 +235,30 @@ public struct TwinLineParser: Sendable {
             return .dropped(TwinDrop(reason: .futureTimestamp, device: device,
                                      detail: "ts is \(Int(aheadMs)) ms ahead of this clock (max_skew_ms \(Int(rules.maxSkewMs)))"))
         }
-        var values: [String: Double] = [:]
-        values.reserveCapacity(f.values.count)
-        var unknown: [String] = []
-        for (name, v) in f.values {
-            if rules.valueNames.contains(name) { values[name] = v } else { unknown.append(name) }
-        }
         let state = TwinState(device: device, tsNs: tsNs, seq: f.seq, status: s.string(f.status!), values: values,
                               predicted: f.predicted ?? false, modelVersion: f.modelVersion.map { s.string($0) },
                               signature: signature, received: received)
         return .accepted(state, unknownValues: unknown)
+    }
+
+    /// The line's values the map knows, the names it does not, and the first name that appears
+    /// twice (known or not).
+    static func values(_ s: TwinScanner, _ rules: TwinDeviceRules) -> ([String: Double], [String], String?) {
+        var values = [String: Double](minimumCapacity: s.fields.values.count)
+        var unknown: [String] = []
+        var unknownSet = Set<String>()
+        var duplicate: String?
+        for (ref, v) in s.fields.values {
+            let name = s.text(ref)
+            if rules.valueNames.contains(name) {
+                if values.updateValue(v, forKey: name) != nil, duplicate == nil { duplicate = name }
+            } else if unknownSet.insert(name).inserted {
+                unknown.append(name)
+            } else if duplicate == nil {
+                duplicate = name
+            }
+        }
+        return (values, unknown, duplicate)
     }
 
     /// Checks the `sig` of a line for a keyed device; `nil` when it verifies.
@@ -277,7 +292,7 @@ public struct TwinLineParser: Sendable {
         let f = s.fields
         let ts = f.ts.flatMap { s.timestamp($0) } ?? received.wallNs
         return TwinState(device: rules.device, tsNs: ts, seq: f.seq, status: f.status.map { s.string($0) } ?? "",
-                         values: f.duplicate == nil ? f.values.filter { rules.valueNames.contains($0.key) } : [:],
+                         values: Self.values(s, rules).0,
                          predicted: f.predicted ?? false, modelVersion: f.modelVersion.map { s.string($0) },
                          signature: check, received: received)
     }

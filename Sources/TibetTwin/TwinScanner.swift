@@ -31,9 +31,11 @@ struct TwinFields {
     var seq: UInt64?
     var predicted: Bool?
     var hasValues = false
-    var values: [String: Double] = [:]
-    /// The first duplicated member; `top` when at the top level, else in `values`.
-    var duplicate: (name: String, top: Bool)?
+    /// The members of `values`, in line order (names not yet checked against a map, nor for
+    /// duplicates: `TwinLineParser` does both in one pass).
+    var values: [(name: TwinStringRef, value: Double)] = []
+    /// The first duplicated top-level member.
+    var duplicate: String?
     /// The first top-level member the format does not define.
     var unknownField: String?
     /// The first wrong-type problem, as a log detail.
@@ -73,9 +75,7 @@ struct TwinScanner {
                 let member = identify(key)
                 if member != .unknown {
                     let bit: UInt16 = 1 << Self.bitIndex(member)
-                    if seen & bit != 0, fields.duplicate == nil || fields.duplicate?.top == false {
-                        fields.duplicate = (text(key), true)
-                    }
+                    if seen & bit != 0, fields.duplicate == nil { fields.duplicate = text(key) }
                     seen |= bit
                 }
                 skipWS()
@@ -222,10 +222,8 @@ struct TwinScanner {
                 try skipValue(depth: 2)
             }
             if let v {
-                let name = text(key)
-                if fields.values.updateValue(v, forKey: name) != nil, fields.duplicate == nil {
-                    fields.duplicate = (name, false)
-                }
+                if fields.values.isEmpty { fields.values.reserveCapacity(8) }
+                fields.values.append((key, v))
             }
             skipWS()
             guard i < b.count else { throw err("unexpected end of line") }

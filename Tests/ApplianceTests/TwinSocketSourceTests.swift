@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import Appliance
 import TibetTwin
@@ -58,7 +59,7 @@ struct TwinSocketSourceTests {
             var garbage = ""
             for i in 0..<100 { garbage += "\u{1B}[31m junk \(i) {\"device\":\n" }
             bad.send(garbage)
-            #expect(bad.waitForClose(timeout: 10), "a garbage-only client is disconnected")
+            #expect(await bad.waitForClose(timeout: 10), "a garbage-only client is disconnected")
             good.send(Twin.line(seq: 2) + "\n")
             #expect(await eventually { c.seqs("crane-01") == [1, 2] })
             let k = source.counters
@@ -80,7 +81,7 @@ struct TwinSocketSourceTests {
             #expect(await eventually { c.count == 5 })
             #expect(source.counters.clientsCutOff == 0)
             client.send(String(repeating: "junk\n", count: 10))
-            #expect(client.waitForClose(timeout: 10))
+            #expect(await client.waitForClose(timeout: 10))
         }
     }
 
@@ -89,7 +90,7 @@ struct TwinSocketSourceTests {
             let client = try FeedClient(tcpPort: port)
             client.send(Twin.line(seq: 1) + "\n")
             client.send([UInt8](repeating: UInt8(ascii: "x"), count: TwinLineParser.maxLineBytes + 100))
-            #expect(client.waitForClose(timeout: 10))
+            #expect(await client.waitForClose(timeout: 10))
             #expect(await eventually { source.counters.dropped[.tooLong] == 1 })
             #expect(c.seqs("crane-01") == [1])
         }
@@ -124,7 +125,7 @@ struct TwinSocketSourceTests {
             b.send(Twin.line("hoist-77", seq: 1) + "\n")
             #expect(await eventually { c.count == 2 })
             let third = try FeedClient(tcpPort: port)
-            #expect(third.waitForClose(timeout: 10))
+            #expect(await third.waitForClose(timeout: 10))
             #expect(source.counters.clientsRefused == 1)
         }
     }
@@ -166,7 +167,7 @@ struct TwinSocketSourceTests {
             #expect(c.seqs("hoist-77") == Array(1...20))
             let bad = try FeedClient(unixPath: path)
             bad.send(String(repeating: "{]\n", count: 100))
-            #expect(bad.waitForClose(timeout: 10))
+            #expect(await bad.waitForClose(timeout: 10))
             a.send(Twin.line("crane-01", seq: 21) + "\n")
             #expect(await eventually { c.seqs("crane-01").last == 21 })
         }
@@ -219,27 +220,28 @@ struct TwinSocketSourceTests {
                 rng.next() % 2 == 0 ? alphabet[Int(rng.next() % UInt64(alphabet.count))] : UInt8(truncatingIfNeeded: rng.next())
             }.map { $0 == 0x0A ? 0x20 : $0 }
         }
+        var payload: [UInt8] = []
+        var good = 0
+        let total = 100_000
+        for n in 0..<total {
+            if n % 20 == 19 {
+                good += 1
+                payload += Array(Twin.line("crane-01", seq: good).utf8)
+            } else if n % 3 == 0 {
+                payload += random()
+            } else {
+                payload += mutate(templates[Int(rng.next() % UInt64(templates.count))])
+            }
+            payload.append(0x0A)
+        }
         try await withTCP { source, c, port in
             let client = try FeedClient(tcpPort: port)
-            var batch: [UInt8] = []
-            var good = 0
-            let total = 100_000
-            for n in 0..<total {
-                if n % 20 == 19 {
-                    good += 1
-                    batch += Array(Twin.line("crane-01", seq: good).utf8)
-                } else if n % 3 == 0 {
-                    batch += random()
-                } else {
-                    batch += mutate(templates[Int(rng.next() % UInt64(templates.count))])
-                }
-                batch.append(0x0A)
-                if batch.count > 1 << 16 {
-                    #expect(client.send(batch), "the client must not be cut off")
-                    batch.removeAll(keepingCapacity: true)
-                }
-            }
-            #expect(client.send(batch))
+            // Blocking sends on their own thread, not on the test's cooperative one.
+            let sent = Mutex<Bool?>(nil)
+            let bytes = payload
+            Thread { [client] in sent.withLock { $0 = client.send(bytes) } }.start()
+            #expect(await eventually(within: 60) { sent.withLock { $0 } != nil })
+            #expect(sent.withLock { $0 } == true, "the client must not be cut off")
             let counted = await eventually(within: 60) {
                 let k = source.counters
                 return k.lines + k.blankLines == UInt64(total)

@@ -132,7 +132,8 @@ struct CapturingLogHandler: LogHandler {
 }
 
 /// A blocking test client socket (TCP or unix), outside the event loop under test.
-final class FeedClient {
+/// `@unchecked Sendable`: the descriptor never changes; a test uses a client from one thread at a time.
+final class FeedClient: @unchecked Sendable {
     let fd: Int32
 
     init(tcpPort: Int) throws {
@@ -178,18 +179,18 @@ final class FeedClient {
         return true
     }
 
-    /// Whether the server closed the connection within `timeout` seconds (EOF or reset).
-    func waitForClose(timeout: Double) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        var buf = [UInt8](repeating: 0, count: 256)
-        while Date() < deadline {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&p, 1, 50) > 0 {
-                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+    /// Whether the server closed the connection within `timeout` seconds (EOF or reset). Polls
+    /// without blocking and sleeps between polls, so it never holds a cooperative thread.
+    func waitForClose(timeout: Double) async -> Bool {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        return await eventually(within: timeout) {
+            while true {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 0) > 0 else { return false }
+                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
                 if n <= 0 { return true }
             }
         }
-        return false
     }
 
     deinit { close(fd) }
