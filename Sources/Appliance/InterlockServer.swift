@@ -42,6 +42,16 @@ public struct InterlockConfig: Sendable {
         self.byteTimeoutMs = byteTimeoutMs
     }
 
+    /// The settings of a parsed config file's `interlock:` section (whose parser has already
+    /// checked the unit id is 1…247 and every CIDR).
+    public init(_ c: ApplianceConfig.Interlock) {
+        let networks = c.allow
+        self.init(host: c.listen.host, port: c.listen.port, unit: UInt8(clamping: c.unit),
+                  allow: { peer in networks.contains { $0.contains(peer.bytes) } },
+                  maxClients: c.maxClients, stopGraceMs: c.stopGraceMs, idleTimeoutMs: c.idleTimeoutMs,
+                  byteTimeoutMs: c.byteTimeoutMs)
+    }
+
     /// 127.0.0.0/8 and ::1.
     public static let loopbackOnly: @Sendable (PeerAddress) -> Bool = { peer in
         if peer.bytes.count == 4 { return peer.bytes[0] == 127 }

@@ -40,14 +40,16 @@ static inline int CModbus_FD_SETSIZE(void) { return FD_SETSIZE; }
 // Glibc module does not include <sys/epoll.h> or <sys/eventfd.h>, and it is built without
 // _GNU_SOURCE, so accept4 and pthread_setname_np are not declared. They are bound here under
 // CModbus_ names (an asm label names the libc symbol), which cannot clash with a declaration
-// that glibc makes under _GNU_SOURCE.
+// that glibc makes under _GNU_SOURCE. Their parameters use plain C types on purpose: including
+// <sys/socket.h> or <pthread.h> here would pull SOCK_STREAM & co. into this module and hide
+// them from Swift files that import Glibc but not CModbus.
 #if defined(__linux__)
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <pthread.h>
-extern int CModbus_accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags) __asm__("accept4");
-extern int CModbus_pthread_setname_np(pthread_t thread, const char *name) __asm__("pthread_setname_np");
+/// accept4(2); `addr` is a `struct sockaddr *`, `addrlen` a `socklen_t *`.
+extern int CModbus_accept4(int sockfd, void *addr, unsigned int *addrlen, int flags) __asm__("accept4");
+/// pthread_setname_np(3); `thread` is a `pthread_t`.
+extern int CModbus_pthread_setname_np(unsigned long thread, const char *name) __asm__("pthread_setname_np");
 #endif
 
 #endif

@@ -209,7 +209,7 @@ public struct ModbusServerCounters: Sendable, Hashable {
 /// A server that could not be set up: which call failed, errno, and on which address.
 public struct ModbusServerError: Error, Sendable, Hashable, CustomStringConvertible {
     public enum Kind: Sendable, Hashable {
-        /// The listen host is not an IPv4 or IPv6 literal.
+        /// The listen host is not an IPv4 or IPv6 literal and does not resolve.
         case badAddress
         /// socket/bind/listen failed (EADDRINUSE, EACCES for port < 1024 …).
         case listen
@@ -238,7 +238,7 @@ public struct ModbusServerError: Error, Sendable, Hashable, CustomStringConverti
 
     public var description: String {
         switch kind {
-        case .badAddress: return "\(address): not an IPv4 or IPv6 address"
+        case .badAddress: return "\(address): not an IPv4 or IPv6 address, and the name does not resolve"
         case .descriptorLimit: return "\(address): \(function) returned a descriptor at or above the limit"
         case .state: return "\(address): \(function): server already started or stopped"
         default: return "\(address): \(function) failed: \(socketErrnoName(errno))"

@@ -22,7 +22,8 @@ import Glibc
 public final class ReadOnlyModbusServer: Sendable {
     /// How the server listens and whom it serves.
     public struct Configuration: Sendable {
-        /// IPv4 or IPv6 literal (`0.0.0.0`, `::`, `127.0.0.1`); `localhost` means 127.0.0.1.
+        /// IPv4 or IPv6 literal (`0.0.0.0`, `::`, `127.0.0.1`) or a host name, resolved once at
+        /// start (its first IPv4 address, else its first IPv6 address).
         public var host: String
         /// TCP port; 0 picks a free one (read it back from `port`).
         public var port: Int
@@ -138,9 +139,8 @@ public final class ReadOnlyModbusServer: Sendable {
 
     /// Asks the loop to close every client and the listener and end; returns at once.
     public func stop() {
-        let loop = pending.withLock { $0.take() }
-        if loop != nil {
-            // Never started: the descriptors close with the loop object, right here.
+        if pending.withLock({ $0.take() }) != nil {
+            // Never started: the loop object (and with it every descriptor) is gone already.
             shared.finish()
             return
         }
@@ -201,6 +201,9 @@ final class SharedServerState: Sendable {
         /// Monotonic ns at which the loop stops by itself; 0 = not set.
         var stopAt: Int64 = 0
         var finished = false
+        /// eventfd that interrupts `epoll_wait`; -1 once the loop has closed it. Written only
+        /// under this lock, so a wake-up can never hit a descriptor number reused after close.
+        var wakeFd: Int32 = -1
         var thread: pthread_t?
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
@@ -208,18 +211,17 @@ final class SharedServerState: Sendable {
     let published: Mutex<Published>
     let counters = Mutex(ModbusServerCounters())
     let control = Mutex(Control())
-    /// eventfd that interrupts `epoll_wait`; set by the loop once created.
-    let wakeFd = Atomic<Int32>(-1)
 
     init(image: ModbusImage) {
         published = Mutex(Published(image: image))
     }
 
     func wake() {
-        let fd = wakeFd.load(ordering: .acquiring)
-        if fd >= 0 {
-            var one: UInt64 = 1
-            _ = write(fd, &one, 8)
+        control.withLock { c in
+            if c.wakeFd >= 0 {
+                var one: UInt64 = 1
+                _ = write(c.wakeFd, &one, 8)
+            }
         }
     }
 
@@ -359,7 +361,7 @@ final class ServerLoop {
         listenFd = lfd
         epollFd = ep
         wakeFd = wfd
-        shared.wakeFd.store(wfd, ordering: .releasing)
+        shared.control.withLock { $0.wakeFd = wfd }
         connections = Array(repeating: nil, count: Int(max(configuration.descriptorLimit, 0)))
 
         // Timeouts are checked on a sweep a few times per shortest timeout, not per request.
@@ -369,9 +371,19 @@ final class ServerLoop {
         sweepIntervalNs = min(max(shortest / 8, 2), 50) * 1_000_000
     }
 
+    private var closed = false
+
     deinit {
-        shared.wakeFd.store(-1, ordering: .releasing)
+        closeDescriptors()
+    }
+
+    /// Closes every descriptor the loop owns (once).
+    private func closeDescriptors() {
+        if closed { return }
+        closed = true
+        shared.control.withLock { $0.wakeFd = -1 }
         for case let c? in connections { close(c.fd) }
+        connections = []
         close(listenFd)
         close(epollFd)
         close(wakeFd)
@@ -418,6 +430,8 @@ final class ServerLoop {
         }
         for case let c? in connections { closeConnection(c, .serverStopped) }
         commitCounters()
+        // The listener is closed before anyone waiting for the stop is told.
+        closeDescriptors()
         shared.finish()
     }
 
@@ -440,10 +454,8 @@ final class ServerLoop {
         for _ in 0..<64 {
             var storage = sockaddr_storage()
             var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let fd = withUnsafeMutablePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    CModbus_accept4(listenFd, $0, &len, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
-                }
+            let fd = withUnsafeMutableBytes(of: &storage) {
+                CModbus_accept4(listenFd, $0.baseAddress, &len, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
             }
             if fd < 0 {
                 let e = errno
@@ -707,7 +719,6 @@ struct SocketAddress {
     init?(host: String, port: Int) {
         guard (0...65535).contains(port) else { return nil }
         var h = host
-        if h == "localhost" { h = "127.0.0.1" }
         if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
         var s = sockaddr_storage()
         var sin = sockaddr_in()
@@ -719,7 +730,20 @@ struct SocketAddress {
             length = socklen_t(MemoryLayout<sockaddr_in>.size)
         } else {
             var sin6 = sockaddr_in6()
-            guard inet_pton(AF_INET6, h, &sin6.sin6_addr) == 1 else { return nil }
+            if inet_pton(AF_INET6, h, &sin6.sin6_addr) != 1 {
+                guard let resolved = SocketAddress.resolve(h) else { return nil }
+                if resolved.count == 4 {
+                    resolved.withUnsafeBytes { src in withUnsafeMutableBytes(of: &sin.sin_addr) { $0.copyMemory(from: src) } }
+                    sin.sin_family = sa_family_t(AF_INET)
+                    sin.sin_port = UInt16(port).bigEndian
+                    withUnsafeMutableBytes(of: &s) { $0.storeBytes(of: sin, as: sockaddr_in.self) }
+                    family = AF_INET
+                    length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                    storage = s
+                    return
+                }
+                resolved.withUnsafeBytes { src in withUnsafeMutableBytes(of: &sin6.sin6_addr) { $0.copyMemory(from: src) } }
+            }
             sin6.sin6_family = sa_family_t(AF_INET6)
             sin6.sin6_port = UInt16(port).bigEndian
             withUnsafeMutableBytes(of: &s) { $0.storeBytes(of: sin6, as: sockaddr_in6.self) }
@@ -727,6 +751,38 @@ struct SocketAddress {
             length = socklen_t(MemoryLayout<sockaddr_in6>.size)
         }
         storage = s
+    }
+
+    /// A host name's first address (IPv4 preferred), 4 or 16 bytes; nil if it does not resolve.
+    /// Blocks for the resolver: called once, when the server is created.
+    static func resolve(_ name: String) -> [UInt8]? {
+        // Only what can be a host name goes to the resolver.
+        guard !name.isEmpty, name.utf8.count <= 253,
+              name.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "." || $0 == "-") })
+        else { return nil }
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(name, nil, &hints, &list) == 0, let first = list else { return nil }
+        defer { freeaddrinfo(list) }
+        var v6: [UInt8]?
+        var p: UnsafeMutablePointer<addrinfo>? = first
+        while let ai = p {
+            if let sa = ai.pointee.ai_addr {
+                if ai.pointee.ai_family == AF_INET {
+                    let sin = UnsafeRawPointer(sa).load(as: sockaddr_in.self)
+                    return withUnsafeBytes(of: sin.sin_addr) { Array($0) }
+                }
+                if ai.pointee.ai_family == AF_INET6, v6 == nil {
+                    let sin6 = UnsafeRawPointer(sa).load(as: sockaddr_in6.self)
+                    v6 = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
+                }
+            }
+            p = ai.pointee.ai_next
+        }
+        return v6
     }
 
     mutating func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {

@@ -12,7 +12,7 @@ struct MapsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "maps",
         abstract: "Check register maps; print the interlock address table.",
-        subcommands: [MapsValidateCommand.self]
+        subcommands: [MapsValidateCommand.self, MapsLayoutCommand.self]
     )
 }
 

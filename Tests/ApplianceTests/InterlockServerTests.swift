@@ -271,6 +271,30 @@ struct InterlockServerTests {
         #expect(server.counters().refusedNotAllowed == 5)
     }
 
+    @Test func configSectionFillsTheServerSettings() throws {
+        let parsed = try ApplianceConfig.parse(yaml: """
+            node: g
+            twin: {feeds: [{tcp: 127.0.0.1:7502}]}
+            interlock: {listen: 127.0.0.1:0, unit: 7, allow: [10.0.0.0/24, 127.0.0.1], max_clients: 3,
+                        stop_grace_ms: 100, idle_timeout_ms: 5000, byte_timeout_ms: 250}
+            """, file: "t.yaml")
+        let c = InterlockConfig(parsed.interlock)
+        #expect(c.host == "127.0.0.1" && c.port == 0 && c.unit == 7)
+        #expect(c.maxClients == 3 && c.stopGraceMs == 100 && c.idleTimeoutMs == 5000 && c.byteTimeoutMs == 250)
+        #expect(c.allow(PeerAddress(bytes: [10, 0, 0, 9], port: 1)))
+        #expect(c.allow(PeerAddress(bytes: [127, 0, 0, 1], port: 1)))
+        #expect(!c.allow(PeerAddress(bytes: [127, 0, 0, 2], port: 1)))
+        #expect(!c.allow(PeerAddress(bytes: [10, 0, 1, 9], port: 1)))
+        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+        #expect(c.allow(PeerAddress(bytes: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 10, 0, 0, 9], port: 1)))
+        let server = try InterlockServer(config: c, layout: layout, logger: logger)
+        try server.start()
+        defer { server.stopImmediately() }
+        let client = try ApplianceModbusClient(port: server.port)
+        #expect(try client.readBits(0, 1, unit: 7) == [0])
+        #expect(throws: TestClientError.self) { try client.readBits(0, 1, unit: 1) }
+    }
+
     @Test func theLogIsRateLimitedButNotTheCountOrTheAudit() throws {
         let log = InterlockEventLog()
         let server = try InterlockServer(config: config(), layout: layout, logger: logger, events: log.sink)

@@ -66,8 +66,9 @@ final class ApplianceModbusClient {
         return out
     }
 
-    func readBits(_ address: Int, _ count: Int, discrete: Bool = false) throws -> [UInt8] {
-        let pdu = try request([discrete ? 2 : 1, UInt8(address >> 8), UInt8(address & 0xFF), UInt8(count >> 8), UInt8(count & 0xFF)])
+    func readBits(_ address: Int, _ count: Int, discrete: Bool = false, unit: UInt8 = 1) throws -> [UInt8] {
+        let pdu = try request([discrete ? 2 : 1, UInt8(address >> 8), UInt8(address & 0xFF), UInt8(count >> 8), UInt8(count & 0xFF)],
+                              unit: unit)
         return (0..<count).map { (pdu[2 + $0 / 8] >> UInt8($0 % 8)) & 1 }
     }
 

@@ -307,8 +307,16 @@ struct ReadOnlyServerTests {
             } throws: { ($0 as? ModbusServerError)?.kind == .listen }
         }
         #expect {
-            try ReadOnlyModbusServer(configuration: .init(host: "not-an-address", port: 0), image: .empty)
+            try ReadOnlyModbusServer(configuration: .init(host: "not an address", port: 0), image: .empty)
         } throws: { ($0 as? ModbusServerError)?.kind == .badAddress }
+    }
+
+    @Test func listensOnAHostName() throws {
+        let server = try ReadOnlyModbusServer(configuration: .init(host: "localhost", port: 0), image: sampleImage)
+        try server.start()
+        defer { server.stop(); server.join() }
+        let c = try LibmodbusClient(port: server.port)
+        #expect(try c.readBits(0, 1) == [1])
     }
 
     @Test func servesIPv6Loopback() throws {

@@ -132,7 +132,9 @@ enum StockLoop {
         p.standardError = FileHandle.nullDevice
         try p.run()
         defer {
-            p.terminate()
+            // SIGKILL: a child spawned from a dispatch thread inherits its blocked signal mask,
+            // so SIGTERM would stay pending forever.
+            kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
         }
         let line = String(decoding: out.fileHandleForReading.availableDataLine(), as: UTF8.self)
