@@ -99,6 +99,8 @@ enum AuditTail {
                 "after": .string(token.tokenId),
                 "segment": .string(AuditSegment.name(tailNumber)),
                 "line": .int(Int64(tailLines.count)),
+                // A chain that does not end in `stopped` was left by a crash or power loss.
+                "clean_stop": .bool(token.action == .stopped),
             ]
             return Recovered(segment: last, createdSegment: false,
                              chain: TokenChain(idPrefix: node, lastId: token.tokenId, lastHash: token.contentHash, count: count),

@@ -168,6 +168,7 @@ struct AuditStoreTests {
         let starts = tokens.filter { $0.action == .started }
         #expect(starts.count == 3)
         #expect(starts[1].erin["resumed"]?["after"]?.stringValue == tokens[tokens.firstIndex(of: starts[1])! - 1].tokenId)
+        #expect(starts[1].erin["resumed"]?["clean_stop"] == true)
         #expect(try fx.verify().get().tokens == 3 * 7)
         #expect(Set(all).isSubset(of: Set(tokens.map(\.tokenId))))
     }
