@@ -583,7 +583,7 @@ final class AuditWriter {
                 chain = saved
                 throw AuditError(.sign, function: "sign", path: segmentPath, detail: error.description)
             }
-            bytes.append(contentsOf: t.line.utf8)
+            bytes.append(contentsOf: t.lineBytes)
             bytes.append(0x0A)
             tokens.append(t)
         }
