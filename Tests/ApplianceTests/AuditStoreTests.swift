@@ -238,6 +238,31 @@ struct AuditStoreTests {
         #expect(first.tokenId == "guard-01-9")
     }
 
+    /// The open-time check covers the last lines only (1024 by default; 3 here): a change
+    /// inside that window starts a new chain, one before it is left to `audit verify`.
+    @Test func tailCheckIsBoundedToTheLastLines() async throws {
+        let fx = try AuditFixture()
+        let store = try AuditStore.open(fx.config())
+        for i in 0..<10 { _ = await store.submitAndWait(record(i)) }
+        store.close()
+        var lines = try fx.lines(1)
+        #expect(lines.count == 12)
+        func write() throws { try Data(lines.map { $0 + "\n" }.joined().utf8).write(to: URL(fileURLWithPath: fx.segmentPath(1))) }
+        #expect(lines[4].contains(#""i":3,"#))
+        lines[4] = lines[4].replacingOccurrences(of: #""i":3,"#, with: #""i":33,"#)
+        try write()
+        let outside = try AuditTail.recover(directory: fx.dir, node: "guard-01", window: 3)
+        #expect(outside.startInfo["resumed"]?["after"]?.stringValue == "guard-01-12")
+        #expect(outside.segment == 1)
+        #expect(failure(try fx.verify())?.line == 5)
+        #expect(lines[9].contains(#""i":8,"#))
+        lines[9] = lines[9].replacingOccurrences(of: #""i":8,"#, with: #""i":88,"#)
+        try write()
+        let inside = try AuditTail.recover(directory: fx.dir, node: "guard-01", window: 3)
+        #expect(inside.startInfo["new_chain"]?["reason"]?.stringValue?.contains("tibet-1.jsonl:10: hash") == true)
+        #expect(inside.segment == 2)
+    }
+
     @Test func keyRotationAcrossRestartIsAnnouncedAndVerifiable() async throws {
         let fx = try AuditFixture()
         try AuditStore.open(fx.config()).close()
