@@ -110,7 +110,7 @@ public struct AuditStats: Sendable, Hashable {
 /// partial write is truncated away before anything else is written, so an acknowledged token
 /// is never lost and never followed by garbage.
 ///
-/// On open the tail of the last segment is checked: a torn last line (no newline: a write cut
+/// On open the tail of the last segment is checked (its last 1024 lines): a torn last line (no newline: a write cut
 /// short by a crash or power loss) is moved aside into `tibet-<n>.jsonl.<offset>.torn` and the
 /// chain continues from the last whole token; a tail that does not verify (hash, link, or the
 /// last token's signature) is never appended to: a new chain starts in a new segment and its
@@ -133,7 +133,8 @@ public final class AuditStore: Sendable {
         public var node: String
         public var host: String
         public var version: String
-        /// A segment is closed and the next one started once it reaches this size.
+        /// A segment is closed and the next one started once it reaches this size
+        /// (`audit.segment_bytes`, default 64 MiB).
         public var segmentBytes: Int
         /// At most this many records per group commit.
         public var maxBatch: Int
@@ -148,7 +149,7 @@ public final class AuditStore: Sendable {
         public var hooks: AuditIOHooks?
 
         public init(directory: String, keyPath: String, node: String, host: String? = nil,
-                    version: String = ApplianceInfo.version, segmentBytes: Int = 8 << 20, maxBatch: Int = 4096,
+                    version: String = ApplianceInfo.version, segmentBytes: Int = 64 << 20, maxBatch: Int = 4096,
                     retryIntervalMs: Int = 500, checkpointIntervalMs: Int? = nil, maxHeld: Int = 10_000,
                     hooks: AuditIOHooks? = nil) {
             self.directory = directory
@@ -583,7 +584,7 @@ final class AuditWriter {
                 chain = saved
                 throw AuditError(.sign, function: "sign", path: segmentPath, detail: error.description)
             }
-            bytes.append(contentsOf: t.line.utf8)
+            bytes.append(contentsOf: t.lineBytes)
             bytes.append(0x0A)
             tokens.append(t)
         }

@@ -19,7 +19,7 @@ enum AuditTail {
         var previousKeyFingerprint: String?
     }
 
-    static func recover(directory dir: String, node: String) throws(AuditError) -> Recovered {
+    static func recover(directory dir: String, node: String, window: Int = defaultWindow) throws(AuditError) -> Recovered {
         let numbers = try AuditFS.segmentNumbers(in: dir)
         guard let last = numbers.last else {
             return Recovered(segment: 1, createdSegment: true, chain: TokenChain(idPrefix: node), startInfo: [:],
@@ -90,7 +90,7 @@ enum AuditTail {
         if let tailFailure {
             result = .failure(tailFailure)
         } else {
-            result = verifyTail(dir: dir, numbers: numbers, tailNumber: tailNumber, lines: tailLines)
+            result = verifyTail(dir: dir, numbers: numbers, tailNumber: tailNumber, lines: tailLines, window: window)
         }
         switch result {
         case .success(let (token, key)):
@@ -99,6 +99,8 @@ enum AuditTail {
                 "after": .string(token.tokenId),
                 "segment": .string(AuditSegment.name(tailNumber)),
                 "line": .int(Int64(tailLines.count)),
+                // A chain that does not end in `stopped` was left by a crash or power loss.
+                "clean_stop": .bool(token.action == .stopped),
             ]
             return Recovered(segment: last, createdSegment: false,
                              chain: TokenChain(idPrefix: node, lastId: token.tokenId, lastHash: token.contentHash, count: count),
@@ -120,49 +122,68 @@ enum AuditTail {
         }
     }
 
-    /// Checks the lines of the tail segment: each parses, hashes and links (the first to the
-    /// last token of the segment before, unless it starts a chain), and the last token's
-    /// signature verifies with the key in effect. Earlier signatures are left to `audit verify`:
-    /// a forged line before the last one would break the hash links to it.
-    static func verifyTail(dir: String, numbers: [Int], tailNumber: Int, lines: [ArraySlice<UInt8>])
+    /// How many of the last lines the store checks on open (hash and links; the last token's
+    /// signature). Enough to never extend a damaged or forged tail, and bounded so a large
+    /// segment does not slow the start: the whole chain is `audit verify`'s job.
+    static let defaultWindow = 1024
+
+    /// Checks the tail of the last segment with lines: the last `window` lines each parse,
+    /// hash and link (the first of them to the token before it — in this segment or the last
+    /// line of the previous one — unless it starts a chain), and the last token's signature
+    /// verifies with the key in effect (announced by the last `started` token). Earlier
+    /// signatures are left to `audit verify`: a forged line before the last one would break
+    /// the hash links to it.
+    static func verifyTail(dir: String, numbers: [Int], tailNumber: Int, lines: [ArraySlice<UInt8>],
+                           window: Int = defaultWindow)
         -> Result<(TibetToken, Curve25519.Signing.PublicKey), ChainVerifier.Failure>
     {
         let file = AuditSegment.name(tailNumber)
-        let first = parseToken(lines[0])
+        let start = max(0, lines.count - max(1, window))
+        let first = parseToken(lines[start])
         var previousId: String?
         var previousHash: String?
         if let first, let parent = first.parentId {
-            let prevNumber = tailNumber - 1
-            let prevFile = AuditSegment.name(prevNumber)
-            guard prevNumber >= 1, numbers.contains(prevNumber),
-                  let data = try? AuditFS.readAll(AuditFS.join(dir, prevFile)) else {
-                return .failure(.init(file: file, line: 1, kind: .segment,
-                                      detail: "\(prevFile) is missing or unreadable, and the first token links to \(parent) in it"))
+            if start > 0 {
+                // The token before the window, in this segment: its own hash must hold.
+                guard let p = parseToken(lines[start - 1]), p.computeContentHash() == p.contentHash else {
+                    return .failure(.init(file: file, line: start, kind: .hash,
+                                          detail: "the token before the checked tail does not parse or its content_hash does not match"))
+                }
+                previousId = p.tokenId
+                previousHash = p.contentHash
+            } else {
+                let prevNumber = tailNumber - 1
+                let prevFile = AuditSegment.name(prevNumber)
+                guard prevNumber >= 1, numbers.contains(prevNumber),
+                      let (lastLine, lineCount) = try? lastLine(of: AuditFS.join(dir, prevFile)) else {
+                    return .failure(.init(file: file, line: 1, kind: .segment,
+                                          detail: "\(prevFile) is missing or unreadable, and the first token links to \(parent) in it"))
+                }
+                guard let lastLine else {
+                    return .failure(.init(file: prevFile, line: lineCount, kind: .link,
+                                          detail: "the segment before the tail does not end in a whole token"))
+                }
+                guard let p = parseToken(lastLine[...]) else {
+                    return .failure(.init(file: prevFile, line: lineCount, kind: .parse, detail: "not a token"))
+                }
+                guard p.computeContentHash() == p.contentHash else {
+                    return .failure(.init(file: prevFile, line: lineCount, kind: .hash,
+                                          detail: "token \(p.tokenId): content_hash does not match its content"))
+                }
+                previousId = p.tokenId
+                previousHash = p.contentHash
             }
-            let (pl, pr) = ChainVerifier.split(data)
-            guard pr.isEmpty, let lastLine = pl.last else {
-                return .failure(.init(file: prevFile, line: pl.count + (pr.isEmpty ? 0 : 1), kind: .link,
-                                      detail: "the segment before the tail does not end in a whole token"))
-            }
-            guard let p = parseToken(lastLine) else {
-                return .failure(.init(file: prevFile, line: pl.count, kind: .parse, detail: "not a token"))
-            }
-            guard p.computeContentHash() == p.contentHash else {
-                return .failure(.init(file: prevFile, line: pl.count, kind: .hash,
-                                      detail: "token \(p.tokenId): content_hash does not match its content"))
-            }
-            previousId = p.tokenId
-            previousHash = p.contentHash
         }
         var key: Curve25519.Signing.PublicKey?
         if first?.action != .started {
-            key = lastAnnouncedKey(dir: dir, numbers: numbers.filter { $0 < tailNumber })
+            key = lastAnnouncedKey(in: lines[0..<start])
+                ?? lastAnnouncedKey(dir: dir, numbers: numbers.filter { $0 < tailNumber })
         }
         var v = ChainVerifier(resumingAfter: previousId, previousHash: previousHash, signingKey: key, checkSignatures: false)
         var last: TibetToken?
         do throws(ChainVerifier.Failure) {
             try v.beginSegment(file: file, number: tailNumber)
-            for (i, l) in lines.enumerated() { last = try v.verify(line: l, number: i + 1) }
+            for i in start..<lines.count { last = try v.verify(line: lines[i], number: i + 1) }
         } catch {
             return .failure(error)
         }
@@ -176,19 +197,35 @@ enum AuditTail {
         return .success((last, k))
     }
 
+    /// The last whole line of a file and its 1-based number (the whole file is read, to count
+    /// lines); `nil` line when the file does not end in a newline (or is empty).
+    static func lastLine(of path: String) throws(AuditError) -> ([UInt8]?, Int) {
+        let data = try AuditFS.readAll(path)
+        let (lines, rest) = ChainVerifier.split(data)
+        guard rest.isEmpty, let last = lines.last else { return (nil, lines.count + (rest.isEmpty ? 0 : 1)) }
+        return (Array(last), lines.count)
+    }
+
+    /// The key announced by the last `started` token among `lines`.
+    static func lastAnnouncedKey(in lines: ArraySlice<ArraySlice<UInt8>>) -> Curve25519.Signing.PublicKey? {
+        let prefix = Array(#"{"action":"started","#.utf8)
+        for line in lines.reversed() where line.starts(with: prefix) {
+            if let t = parseToken(line), let text = t.erin["public_key"]?.stringValue {
+                return try? KeyText.publicKey(from: text)
+            }
+            return nil
+        }
+        return nil
+    }
+
     /// The key announced by the last `started` token in the given segments (searched from the
     /// newest; the canonical form puts `action` first, so a line prefix finds them).
     static func lastAnnouncedKey(dir: String, numbers: [Int]) -> Curve25519.Signing.PublicKey? {
         let prefix = Array(#"{"action":"started","#.utf8)
         for n in numbers.reversed() {
             guard let data = try? AuditFS.readAll(AuditFS.join(dir, AuditSegment.name(n))) else { return nil }
-            for line in ChainVerifier.split(data).lines.reversed() where line.starts(with: prefix) {
-                if let t = parseToken(line), let text = t.erin["public_key"]?.stringValue,
-                   let k = try? KeyText.publicKey(from: text) {
-                    return k
-                }
-                return nil
-            }
+            let lines = ChainVerifier.split(data).lines
+            if lines.contains(where: { $0.starts(with: prefix) }) { return lastAnnouncedKey(in: lines[...]) }
         }
         return nil
     }

@@ -40,39 +40,62 @@ public enum JSONValue: Sendable, Hashable {
     /// ensure_ascii=False)`: keys in code point order, `\"` `\\` `\b` `\f` `\n` `\r` `\t`
     /// escaped, other controls as `\u00xx`, doubles as `repr(float)`. Non-finite doubles
     /// serialise as `null` (JSON has no NaN; Python would write `NaN`).
-    public var canonical: String {
-        var out = ""
+    public var canonical: String { String(decoding: canonicalBytes, as: UTF8.self) }
+
+    /// The canonical form as UTF-8 bytes (what content hashes cover).
+    public var canonicalBytes: [UInt8] {
+        var out: [UInt8] = []
         out.reserveCapacity(256)
-        write(into: &out)
+        write(bytes: &out)
         return out
     }
 
+    /// Appends the canonical form to a string.
     public func write(into out: inout String) {
+        out += canonical
+    }
+
+    /// Appends the canonical form as UTF-8 bytes.
+    public func write(bytes out: inout [UInt8]) {
         switch self {
-        case .null: out += "null"
-        case .bool(let b): out += b ? "true" : "false"
-        case .int(let i): out += String(i)
-        case .double(let d): out += JSONValue.format(d)
-        case .string(let s): JSONValue.writeString(s, into: &out)
+        case .null: JSONValue.append("null", to: &out)
+        case .bool(let b): JSONValue.append(b ? "true" : "false", to: &out)
+        case .int(let i): JSONValue.appendInteger(i, to: &out)
+        case .double(let d): out.append(contentsOf: JSONValue.format(d).utf8)
+        case .string(let s): JSONValue.writeString(s, bytes: &out)
         case .array(let a):
-            out += "["
+            out.append(0x5B)  // [
             for (i, v) in a.enumerated() {
-                if i > 0 { out += "," }
-                v.write(into: &out)
+                if i > 0 { out.append(0x2C) }
+                v.write(bytes: &out)
             }
-            out += "]"
+            out.append(0x5D)
         case .object(let o):
-            out += "{"
+            out.append(0x7B)  // {
             var first = true
-            for k in o.keys.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }) {
-                if !first { out += "," }
+            for k in o.keys.sorted(by: JSONValue.utf8Precedes) {
+                if !first { out.append(0x2C) }
                 first = false
-                JSONValue.writeString(k, into: &out)
-                out += ":"
-                o[k]!.write(into: &out)
+                JSONValue.writeString(k, bytes: &out)
+                out.append(0x3A)  // :
+                o[k]!.write(bytes: &out)
             }
-            out += "}"
+            out.append(0x7D)
         }
+    }
+
+    /// Key order of the canonical form: by UTF-8 bytes (= code points, Python's order).
+    @inlinable
+    public static func utf8Precedes(_ a: String, _ b: String) -> Bool {
+        a.utf8.lexicographicallyPrecedes(b.utf8)
+    }
+
+    static func append(_ s: StaticString, to out: inout [UInt8]) {
+        out.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    }
+
+    static func appendInteger(_ v: Int64, to out: inout [UInt8]) {
+        out.append(contentsOf: String(v).utf8)
     }
 
     /// Shortest round-trip digits laid out exactly as Python's `repr(float)` does (so the
@@ -126,27 +149,42 @@ public enum JSONValue: Sendable, Hashable {
         return out
     }
 
+    /// Appends `s` as a canonical JSON string.
     public static func writeString(_ s: String, into out: inout String) {
-        out += "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
-            default:
-                if u.value < 0x20 {
-                    let hex = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(u)
+        var bytes: [UInt8] = []
+        writeString(s, bytes: &bytes)
+        out += String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends `s` as a canonical JSON string, as UTF-8 bytes. Escaping works on bytes: every
+    /// byte that needs it is ASCII, and no byte of a multi-byte UTF-8 sequence is.
+    public static func writeString(_ s: String, bytes out: inout [UInt8]) {
+        out.append(0x22)
+        var s = s
+        s.withUTF8 { buf in
+            var start = 0
+            for i in 0..<buf.count {
+                let c = buf[i]
+                guard c < 0x20 || c == 0x22 || c == 0x5C else { continue }
+                if start < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[start..<i])) }
+                start = i + 1
+                out.append(0x5C)  // backslash
+                switch c {
+                case 0x22: out.append(0x22)
+                case 0x5C: out.append(0x5C)
+                case 0x0A: out.append(0x6E)  // n
+                case 0x0D: out.append(0x72)  // r
+                case 0x09: out.append(0x74)  // t
+                case 0x08: out.append(0x62)  // b
+                case 0x0C: out.append(0x66)  // f
+                default:
+                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                    out.append(contentsOf: [0x75, 0x30, 0x30, hex[Int(c >> 4)], hex[Int(c & 0xF)]])  // u00xx
                 }
             }
+            if start < buf.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[start..<buf.count])) }
         }
-        out += "\""
+        out.append(0x22)
     }
 }
 

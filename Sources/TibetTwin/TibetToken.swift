@@ -80,7 +80,45 @@ public struct TibetToken: Sendable, Hashable {
 
     /// SHA-256 (lowercase hex) of the canonical JSON of `hashedFields`.
     public func computeContentHash() -> String {
-        Hex.encode(SHA256.hash(data: Array(JSONValue.object(hashedFields).canonical.utf8)))
+        Hex.encode(SHA256.hash(data: hashedBytes))
+    }
+
+    /// The canonical JSON of `hashedFields` as UTF-8: the bytes `contentHash` covers. Written
+    /// member by member in the canonical key order, without building the dictionary.
+    public var hashedBytes: [UInt8] { serialized(withHashAndSignature: false) }
+
+    /// The audit line as UTF-8 (no newline): `json.canonical`, written directly.
+    public var lineBytes: [UInt8] { serialized(withHashAndSignature: true) }
+
+    /// The top-level members in canonical (sorted) order: action, actor, content_hash, eraan,
+    /// erachter, erin, eromheen, parent_id, prev_hash, signature, timestamp, token_id.
+    private func serialized(withHashAndSignature full: Bool) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(1024)
+        func member(_ key: StaticString, first: Bool = false) {
+            if !first { out.append(0x2C) }
+            out.append(0x22)
+            out.append(contentsOf: UnsafeBufferPointer(start: key.utf8Start, count: key.utf8CodeUnitCount))
+            out.append(contentsOf: [0x22, 0x3A])
+        }
+        func optional(_ v: String?) {
+            if let v { JSONValue.writeString(v, bytes: &out) } else { out.append(contentsOf: [0x6E, 0x75, 0x6C, 0x6C]) }
+        }
+        out.append(0x7B)
+        member("action", first: true); JSONValue.writeString(action.rawValue, bytes: &out)
+        member("actor"); JSONValue.writeString(actor, bytes: &out)
+        if full { member("content_hash"); JSONValue.writeString(contentHash, bytes: &out) }
+        member("eraan"); eraan.write(bytes: &out)
+        member("erachter"); erachter.write(bytes: &out)
+        member("erin"); erin.write(bytes: &out)
+        member("eromheen"); eromheen.write(bytes: &out)
+        member("parent_id"); optional(parentId)
+        member("prev_hash"); optional(prevHash)
+        if full { member("signature"); optional(signature) }
+        member("timestamp"); JSONValue.writeString(timestamp, bytes: &out)
+        member("token_id"); JSONValue.writeString(tokenId, bytes: &out)
+        out.append(0x7D)
+        return out
     }
 
     /// The whole token as one canonical JSON object, the form written to the audit file.
@@ -92,7 +130,7 @@ public struct TibetToken: Sendable, Hashable {
     }
 
     /// One audit line (no newline).
-    public var line: String { json.canonical }
+    public var line: String { String(decoding: lineBytes, as: UTF8.self) }
 
     /// Reads a token back from its JSON object. The stored `content_hash` is kept as written,
     /// not recomputed: verification compares it with `computeContentHash()`.

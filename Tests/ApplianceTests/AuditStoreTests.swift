@@ -168,6 +168,7 @@ struct AuditStoreTests {
         let starts = tokens.filter { $0.action == .started }
         #expect(starts.count == 3)
         #expect(starts[1].erin["resumed"]?["after"]?.stringValue == tokens[tokens.firstIndex(of: starts[1])! - 1].tokenId)
+        #expect(starts[1].erin["resumed"]?["clean_stop"] == true)
         #expect(try fx.verify().get().tokens == 3 * 7)
         #expect(Set(all).isSubset(of: Set(tokens.map(\.tokenId))))
     }
@@ -235,6 +236,31 @@ struct AuditStoreTests {
         #expect(f.file.hasSuffix("tibet-1.jsonl") && f.line == 8 && f.kind == .hash, "\(f)")
         // The new chain continues the id numbering.
         #expect(first.tokenId == "guard-01-9")
+    }
+
+    /// The open-time check covers the last lines only (1024 by default; 3 here): a change
+    /// inside that window starts a new chain, one before it is left to `audit verify`.
+    @Test func tailCheckIsBoundedToTheLastLines() async throws {
+        let fx = try AuditFixture()
+        let store = try AuditStore.open(fx.config())
+        for i in 0..<10 { _ = await store.submitAndWait(record(i)) }
+        store.close()
+        var lines = try fx.lines(1)
+        #expect(lines.count == 12)
+        func write() throws { try Data(lines.map { $0 + "\n" }.joined().utf8).write(to: URL(fileURLWithPath: fx.segmentPath(1))) }
+        #expect(lines[4].contains(#""i":3,"#))
+        lines[4] = lines[4].replacingOccurrences(of: #""i":3,"#, with: #""i":33,"#)
+        try write()
+        let outside = try AuditTail.recover(directory: fx.dir, node: "guard-01", window: 3)
+        #expect(outside.startInfo["resumed"]?["after"]?.stringValue == "guard-01-12")
+        #expect(outside.segment == 1)
+        #expect(failure(try fx.verify())?.line == 5)
+        #expect(lines[9].contains(#""i":8,"#))
+        lines[9] = lines[9].replacingOccurrences(of: #""i":8,"#, with: #""i":88,"#)
+        try write()
+        let inside = try AuditTail.recover(directory: fx.dir, node: "guard-01", window: 3)
+        #expect(inside.startInfo["new_chain"]?["reason"]?.stringValue?.contains("tibet-1.jsonl:10: hash") == true)
+        #expect(inside.segment == 2)
     }
 
     @Test func keyRotationAcrossRestartIsAnnouncedAndVerifiable() async throws {

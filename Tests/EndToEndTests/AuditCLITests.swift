@@ -238,6 +238,12 @@ struct AuditCLITests {
         #expect(try tornFileCount(fx.dir) == tornSeen)
         #expect(allAcked.subtracting(try fx.tokenIds()).isEmpty)
         #expect(allAcked.count >= 12)
+        // Every start after a kill says the chain was not stopped cleanly.
+        let starts = try fx.segments().flatMap { ChainVerifier.split($0.bytes).lines }
+            .compactMap { try? TibetToken(json: JSONParser.parse(String(decoding: $0, as: UTF8.self))) }
+            .filter { $0.action == .started }
+        #expect(starts.count == 13)
+        #expect(starts.dropFirst().allSatisfy { $0.erin["resumed"]?["clean_stop"] == false })
         print("sigkill: \(allAcked.count) acknowledged tokens over 12 kills, \(tornSeen) torn tails repaired; \(vout)")
     }
 

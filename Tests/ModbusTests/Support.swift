@@ -1,3 +1,6 @@
+// SOCK_STREAM/MSG_NOSIGNAL: depending on build order the clang importer attributes them to the
+// libmodbus module (its header includes <sys/socket.h>), not Glibc; one debug build failed here.
+import CModbus
 import Dispatch
 import Foundation
 import Modbus

@@ -291,6 +291,12 @@ struct TokenCanonicalTests {
         let back = try? TibetToken(json: JSONParser.parse(t.line))
         #expect(back?.computeContentHash() == t.contentHash)
         #expect(back?.line == t.line)
+        // The direct serialisation is the dictionary's canonical form.
+        #expect(t.hashedBytes == JSONValue.object(t.hashedFields).canonicalBytes)
+        var signed = t
+        signed.signature = "c2lnbmF0dXJl"
+        #expect(signed.line == signed.json.canonical)
+        #expect(t.line == t.json.canonical)
     }
 
     /// Doubles are laid out as Python's `repr(float)` (expected strings are Python 3's output).

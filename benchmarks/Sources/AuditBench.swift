@@ -27,6 +27,7 @@ struct AuditBench: BenchSuite {
                                      segmentBytes: 64 << 20, hooks: hooks)
         }
         print("disk: \(root.path) (\(root.filesystem))")
+        tokenCosts(keyPath: keyPath)
 
         // Baseline: one write + fdatasync per token, the same signed lines.
         let naive = try naivePerTokenSync(dir: root.path, count: 300, keyPath: keyPath)
@@ -37,16 +38,30 @@ struct AuditBench: BenchSuite {
             let store = try AuditStore.open(config("burst"))
             let n = 20_000
             let done = Mutex(0)
+            let cpu0 = processCPUNs()
             let t0 = monotonicNs()
             for i in 0..<n {
                 store.submit(benchRecord(i, .reporting)) { _ in done.withLock { $0 += 1 } }
             }
             while done.withLock({ $0 }) < n { usleep(200) }
             let dt = Double(monotonicNs() - t0) / 1e9
+            let cpu = Double(processCPUNs() - cpu0) / 1e9
             let s = store.stats
             store.close()
             print(String(format: "audit     group commit, burst of %d     %8.0f tokens/s  (%llu batches, largest %d, fdatasync avg %.2f ms)",
                          n, Double(n) / dt, s.batches, s.largestBatch, Double(s.totalSyncNs) / Double(max(1, s.batches)) / 1e6))
+            print(String(format: "audit     same burst per CPU-second      %8.0f tokens/s  (%.2f s CPU for %.2f s wall: the rest went to other load)",
+                         Double(n) / cpu, cpu, dt))
+            // And reading it back: `audit verify` over the same chain.
+            let v0 = monotonicNs()
+            let verdict = try AuditDirectory.verify(root.path + "/burst")
+            let vdt = Double(monotonicNs() - v0) / 1e9
+            if case .success(let summary) = verdict {
+                print(String(format: "verify    audit verify (hash+link+sig)   %8.0f tokens/s  (%d tokens)",
+                             Double(summary.tokens) / vdt, summary.tokens))
+            } else {
+                print("verify    FAILED: \(verdict)")
+            }
         }
 
         // Group commit, closed loop: 16 submitters each waiting for its ack (like 16 rises).
@@ -135,6 +150,41 @@ struct AuditBench: BenchSuite {
         }
     }
 
+    /// CPU per token on this thread (CLOCK_THREAD_CPUTIME_ID, so other load on the machine
+    /// does not count): building and hashing, signing, parsing and verifying a line.
+    func tokenCosts(keyPath: String) {
+        guard let keyText = try? String(contentsOfFile: keyPath, encoding: .utf8),
+              let key = try? KeyText.privateKey(from: keyText) else { return }
+        let n = 2000
+        var chain = TokenChain(idPrefix: "cost")
+        var tokens: [TibetToken] = []
+        tokens.reserveCapacity(n)
+        let r = benchRecord(1, .gating)
+        var c0 = threadCPUNs()
+        for _ in 0..<n {
+            tokens.append(chain.append(action: r.action, wallNs: r.time.wallNs, actor: "jis:cost", erin: r.erin,
+                                       eraan: r.eraan, eromheen: ["node": "cost", "wall_time": "2026-11-26T14:32:00.000000000Z"],
+                                       erachter: r.erachter))
+        }
+        let build = Double(threadCPUNs() - c0) / Double(n) / 1000
+        c0 = threadCPUNs()
+        for i in 0..<n { try? tokens[i].sign(with: key) }
+        let sign = Double(threadCPUNs() - c0) / Double(n) / 1000
+        let lines = tokens.map { Array($0.line.utf8) }
+        c0 = threadCPUNs()
+        var v = ChainVerifier(checkSignatures: false)
+        try? v.beginSegment(file: "x", number: 1)
+        var ok = 0
+        for (i, l) in lines.enumerated() { if (try? v.verify(line: l, number: i + 1)) != nil { ok += 1 } }
+        let parse = Double(threadCPUNs() - c0) / Double(n) / 1000
+        c0 = threadCPUNs()
+        let pub = key.publicKey
+        for t in tokens where t.hasValidSignature(by: pub) { ok += 1 }
+        let verify = Double(threadCPUNs() - c0) / Double(n) / 1000
+        print(String(format: "cpu/token build+hash %.1f µs, sign %.1f µs, parse+rehash+link %.1f µs, sig verify %.1f µs (line %d bytes; %d ok)",
+                     build, sign, parse, verify, lines[0].count, ok))
+    }
+
     /// Tokens/s writing each signed token with its own write + fdatasync.
     func naivePerTokenSync(dir: String, count: Int, keyPath: String) throws -> Double {
         let keyText = try String(contentsOfFile: keyPath, encoding: .utf8)
@@ -171,6 +221,19 @@ private func benchRecord(_ i: Int, _ timing: AuditRecord.Timing) -> AuditRecord 
 private func monotonicNs() -> Int64 {
     var t = timespec()
     clock_gettime(CLOCK_MONOTONIC, &t)
+    return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
+}
+
+/// CPU time of the whole process (all threads: submitters, writer, callbacks).
+private func processCPUNs() -> Int64 {
+    var t = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+    return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
+}
+
+private func threadCPUNs() -> Int64 {
+    var t = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
     return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
 }
 

@@ -1,4 +1,7 @@
 import Appliance
+// SOCK_STREAM and MSG_NOSIGNAL: this toolchain's Glibc module does not export them; the libmodbus
+// module (which includes <sys/socket.h>) does. Without it the release build fails.
+import CModbus
 import Foundation
 import Synchronization
 import TibetTwin
