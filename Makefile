@@ -20,7 +20,7 @@ demo: build
 
 test: setup
 	$(SWIFT) build --build-tests
-	$(SWIFT) test
+	$(SWIFT) test --no-parallel
 
 bench: setup
 	$(SWIFT) build -c release --product tibet-twin-bench
