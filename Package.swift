@@ -72,6 +72,7 @@ let package = Package(
             dependencies: [
                 "TibetTwin", "Appliance", "Modbus", "CModbus",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
             ],
             path: "benchmarks/Sources"
         ),

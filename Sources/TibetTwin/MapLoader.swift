@@ -282,17 +282,16 @@ struct MapParser {
                 name = n
             } else { ok = false }
         }
-        guard let addressNode = m.require("address", "a 0-based address, or a quoted Modicon address like \"40101\"") else {
-            return nil
-        }
-        let parsedAddress = parseAddress(addressNode, keyPath(p, "address"))
+        // Without an address the entry is still checked, so every problem shows in one run.
+        let addressNode = m.require("address", "a 0-based address, or a quoted Modicon address like \"40101\"")
+        let parsedAddress = addressNode.flatMap { parseAddress($0, keyPath(p, "address")) }
         if parsedAddress == nil { ok = false }
         var explicitTable: RegisterTable?
         if let tn = m.take("table") {
             explicitTable = ctx.choice(RegisterTable.self, tn, keyPath(p, "table"), what: "table")
             if explicitTable == nil { ok = false }
         }
-        if let mt = parsedAddress?.modicon, let et = explicitTable, mt != et {
+        if let mt = parsedAddress?.modicon, let et = explicitTable, mt != et, let addressNode {
             ctx.error(addressNode, keyPath(p, "address"),
                       "Modicon address \(describe(addressNode)) is in the \(mt.rawValue) table, but table is \(et.rawValue) (drop table or fix the address)")
             ok = false
@@ -335,7 +334,7 @@ struct MapParser {
             ctx.error(typeNode, keyPath(p, "type"), "the status register needs an integer type or bool, not \(type.rawValue)")
             ok = false
         case .clock where table.isBitTable:
-            ctx.error(addressNode, keyPath(p, "address"), "the clock needs a holding or input register, not the \(table.rawValue) table")
+            ctx.error(addressNode ?? m.node, keyPath(p, "address"), "the clock needs a holding or input register, not the \(table.rawValue) table")
             ok = false
         case .clock where !([.int32, .uint32, .int64, .uint64, .float64] as [ValueType]).contains(type):
             ctx.error(typeNode ?? m.node, keyPath(p, "type"),
@@ -407,7 +406,7 @@ struct MapParser {
             }
         }
 
-        guard let (address, _) = parsedAddress else { return nil }
+        guard let addressNode, let (address, _) = parsedAddress else { return nil }
         let spec = RegisterSpec(name: name, table: table, address: UInt16(address), type: type, order: order,
                                 bit: bit, length: length, scale: scale, offset: offset, unit: unit,
                                 tolerance: tolerance, location: ctx.location(m.node))

@@ -150,9 +150,18 @@ struct MapErrorTests {
         (("  address: 0\n", "  address: 102\n"), #"m.yaml:9:30: registers[1].address: holding 102…103 overlaps the status register (holding 102) at m.yaml:5:12"#),
         (("device: t-01", ""), #"m.yaml:2:1: device: missing required key "device" (the device name)"#),
         (("device: t-01", "device: t-01\n<<: {a: 1}"), #"m.yaml:2:1: <<: merge keys (<<) are not supported: write the keys out"#),
+        (("port: 1502}", #"port: 1502, "port": 502}"#), #"m.yaml:3:24: duplicate key "port" in one mapping (each key may appear once)"#),
+        (("move_left: {coil: 0}", "move_left: {coil: 0}\n  'move_left': {coil: 1}"), #"m.yaml:11:3: duplicate key "move_left" in one mapping (each key may appear once)"#),
     ] as [((String, String), String)])
     func oneChangeOneIssue(change: (String, String), expected: String) {
         #expect(mapIssues(minimalMap([change])) == [expected])
+    }
+
+    @Test func anEntryWithoutAddressIsStillChecked() {
+        #expect(mapIssues(minimalMap([("{name: load_kg, address: 102, type: uint32, order: CDAB}", "{name: load_kg, type: unit32}")])) == [
+            #"m.yaml:9:5: registers[1].address: missing required key "address" (a 0-based address, or a quoted Modicon address like "40101")"#,
+            #"m.yaml:9:27: registers[1].type: unknown type "unit32" (expected one of: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)"#,
+        ])
     }
 
     @Test func emptyAndNonMappingFiles() {

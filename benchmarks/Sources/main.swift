@@ -14,6 +14,7 @@ let suites: [any BenchSuite] = [
     InterlockBench(),
     AuditBench(),
     GuardBench(),
+    MapsBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())
