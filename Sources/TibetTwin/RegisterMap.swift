@@ -363,4 +363,14 @@ public struct PLCClock: Sendable, Hashable {
             return nil
         }
     }
+
+    /// The register value for a wall time, in the value case the decoder yields for the
+    /// register's type: the inverse of `wallNs(from:)`, for the simulator and tests.
+    public func value(wallNs: Int64) -> Value {
+        switch register.type {
+        case .float64, .float32: return .double(Double(wallNs) / Double(unit.nanoseconds))
+        case .int16, .int32, .int64: return .int(wallNs / unit.nanoseconds)
+        default: return .uint(UInt64(max(0, wallNs / unit.nanoseconds)))
+        }
+    }
 }

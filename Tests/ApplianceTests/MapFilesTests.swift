@@ -140,3 +140,31 @@ struct MapFilesTests {
         ])
     }
 }
+
+@Suite("PLC clock through the simulator")
+struct PLCClockSimulatorTests {
+    /// The etch tool's map names a clock register; the simulator serves its wall time there and
+    /// the poller's states carry it as plcWallNs.
+    @Test func pollerDeliversTheSimulatorsClock() throws {
+        let text = try String(contentsOf: packageRoot.appendingPathComponent("maps/etch-tool-02.yaml"), encoding: .utf8)
+        var map = try MapLoader.parse(yaml: text, file: "maps/etch-tool-02.yaml")
+        map.plc.host = "127.0.0.1"
+        map.plc.port = 0
+        let sim = try PLCSimulator(maps: [map])
+        defer { sim.stop() }
+        map.plc.port = sim.endpoints[0].port
+        map.plc.pollMs = 50
+        map.plc.timeoutMs = 1000
+        let log = StateLog()
+        let poller = Poller(maps: [map]) { log.put($0) }
+        try poller.start()
+        defer { poller.stop() }
+        let got = try #require(log.wait { $0.isAllGood })
+        let plc = try #require(got.state.plcWallNs)
+        // The simulator stamps the time of its answer, the same clock the arrival time is read
+        // from: they agree within a generous bound (not a measurement).
+        #expect(abs(got.state.time.wallNs - plc) < 5_000_000_000)
+        #expect(got.state.physicalWallNs == plc)
+        #expect(got.state.identity == .ok)
+    }
+}
