@@ -164,6 +164,11 @@ struct MapErrorTests {
         ])
     }
 
+    @Test func controlCharactersAreEscapedSoAnIssueIsOneLine() {
+        #expect(mapIssues(minimalMap([("device: t-01", #"device: "t\n01\u0007""#)])) ==
+            [#"m.yaml:1:9: device: invalid device name "t\n01\u{7}" (expected 1…64 characters: letters, digits, _ - . starting with a letter or digit)"#])
+    }
+
     @Test func emptyAndNonMappingFiles() {
         #expect(mapIssues("") == ["m.yaml:1:1: empty map file (expected a mapping with device, profile, plc, status, registers, intents)"])
         #expect(mapIssues("# only a comment\n") == ["m.yaml:1:1: empty map file (expected a mapping with device, profile, plc, status, registers, intents)"])
