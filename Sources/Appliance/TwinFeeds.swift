@@ -7,6 +7,32 @@ import TibetTwin
 import Glibc
 #endif
 
+/// One twin source to run: an entry of SPEC §3.1 `twin.feeds` (`ApplianceConfig.Feed`) in the
+/// terms the sources take.
+public enum TwinFeedSpec: Sendable, Hashable, CustomStringConvertible {
+    /// A file followed like `tail -F`; `fromStart` reads what is already in it too.
+    case file(path: String, fromStart: Bool)
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    /// The spec for a configured feed.
+    public init(_ feed: ApplianceConfig.Feed) {
+        switch feed {
+        case .file(let path, let fromStart): self = .file(path: path, fromStart: fromStart)
+        case .tcp(let listen): self = .tcp(host: listen.host, port: listen.port)
+        case .unix(let path): self = .unix(path: path)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .file(let p, let s): return "file:\(p)" + (s ? " (from start)" : "")
+        case .tcp(let h, let p): return "tcp:\(h):\(p)"
+        case .unix(let p): return "unix:\(p)"
+        }
+    }
+}
+
 /// A running twin source, whichever kind.
 public protocol TwinSource: Sendable {
     /// `file:…`, `tcp:…` or `unix:…`.
@@ -34,16 +60,21 @@ public final class TwinFeedService: Service, Sendable {
     public let pipeline: TwinFeedPipeline
 
     /// Makes one source per configured feed (SPEC §3.1 `twin.feeds`), all feeding `pipeline`.
-    public init(feeds: [ApplianceConfig.Feed], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin"),
+    public convenience init(feeds: [ApplianceConfig.Feed], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin"),
+                            socketOptions: TwinSocketSource.Options = .init()) {
+        self.init(specs: feeds.map(TwinFeedSpec.init), pipeline: pipeline, logger: logger, socketOptions: socketOptions)
+    }
+
+    /// Makes one source per spec, all feeding `pipeline`.
+    public init(specs: [TwinFeedSpec], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin"),
                 socketOptions: TwinSocketSource.Options = .init()) {
         self.pipeline = pipeline
-        self.sources = feeds.map { feed -> any TwinSource in
-            switch feed {
+        self.sources = specs.map { spec -> any TwinSource in
+            switch spec {
             case .file(let path, let fromStart):
                 return TwinFileSource(path: path, fromStart: fromStart, pipeline: pipeline, logger: logger)
-            case .tcp(let listen):
-                return TwinSocketSource(endpoint: .tcp(host: listen.host, port: listen.port), pipeline: pipeline,
-                                        options: socketOptions, logger: logger)
+            case .tcp(let host, let port):
+                return TwinSocketSource(endpoint: .tcp(host: host, port: port), pipeline: pipeline, options: socketOptions, logger: logger)
             case .unix(let path):
                 return TwinSocketSource(endpoint: .unix(path: path), pipeline: pipeline, options: socketOptions, logger: logger)
             }
