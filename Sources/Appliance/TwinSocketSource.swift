@@ -132,8 +132,7 @@ public final class TwinSocketSource: Sendable {
             s.stopped = true
             let r = (s.server, Array(s.clients.values))
             s.server = nil
-            s.clients.removeAll()
-            return r
+            return r  // the clients leave `clients` as they close (`release`), keeping the counters right
         }
         if let server { try? await server.close() }
         for c in clients { try? await c.close() }

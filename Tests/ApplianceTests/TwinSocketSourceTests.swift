@@ -117,6 +117,22 @@ struct TwinSocketSourceTests {
         }
     }
 
+    @Test func stopDisconnectsEveryClient() async throws {
+        let c = Collector()
+        let source = TwinSocketSource(endpoint: .tcp(host: "127.0.0.1", port: 0), pipeline: c.feed, logger: Twin.quiet)
+        try await source.start()
+        let port = try #require(source.localPort)
+        let a = try FeedClient(tcpPort: port)
+        let b = try FeedClient(tcpPort: port)
+        #expect(await eventually { source.counters.clientsConnected == 2 })
+        await source.stop()
+        #expect(await a.waitForClose(timeout: 10))
+        #expect(await b.waitForClose(timeout: 10))
+        #expect(await eventually { source.counters.clientsConnected == 0 })
+        #expect(throws: FeedClient.ClientError.self) { try FeedClient(tcpPort: port) }
+        await source.stop()
+    }
+
     @Test func tooManyClientsAreRefused() async throws {
         try await withTCP(options: .init(maxClients: 2)) { source, c, port in
             let a = try FeedClient(tcpPort: port)
