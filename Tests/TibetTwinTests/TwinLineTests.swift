@@ -331,3 +331,87 @@ struct TwinValidatorTests {
         #expect(feed("2026-11-26T14:32:00.450Z") == nil)
     }
 }
+
+@Suite("Twin line mutations")
+struct TwinMutationTests {
+    /// A small deterministic generator, so a failure can be repeated.
+    struct SplitMix {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    static func mutate(_ line: [UInt8], _ rng: inout SplitMix) -> [UInt8] {
+        var b = line
+        let alphabet = Array(#"{}[]:,"\ 0123456789.eE+-tfn"#.utf8) + [0x00, 0xC3, 0xFF, 0x0D]
+        for _ in 0..<(1 + Int(rng.next() % 3)) {
+            guard !b.isEmpty else { break }
+            let i = Int(rng.next() % UInt64(b.count))
+            switch rng.next() % 4 {
+            case 0: b[i] = UInt8(truncatingIfNeeded: rng.next())
+            case 1: b.remove(at: i)
+            case 2: b.insert(alphabet[Int(rng.next() % UInt64(alphabet.count))], at: i)
+            default: b[i] = alphabet[Int(rng.next() % UInt64(alphabet.count))]
+            }
+        }
+        return b
+    }
+
+    /// No mutation of a signed line is accepted with content other than what was signed: a
+    /// forged state can never pass as authentic.
+    @Test func mutatedSignedLinesNeverPassWithOtherContent() {
+        let parser = TwinFixtures.parser()
+        let original = Array(TwinFixtures.signed(TwinFixtures.line(device: "crane-02", seq: 77)).utf8)
+        guard case .accepted(let truth, _) = parser.parse(original, received: TwinFixtures.received) else {
+            Issue.record("the original line must be accepted"); return
+        }
+        var rng = SplitMix(state: 0x5167_4E45)
+        var accepted = 0
+        for _ in 0..<2_000 {
+            let m = Self.mutate(original, &rng)
+            switch parser.parse(m, received: TwinFixtures.received) {
+            case .accepted(let s, _) where s.device == "crane-02":
+                accepted += 1
+                #expect(s.signature == .valid)
+                #expect(s.values == truth.values && s.status == truth.status && s.seq == truth.seq && s.tsNs == truth.tsNs,
+                        "accepted altered content: \(String(decoding: m, as: UTF8.self))")
+            case .accepted(let s, _):
+                // The device name itself was changed to an unsigned device: that is another device's line.
+                #expect(s.signature == .notRequired)
+            case .identityFailure(let s, _):
+                #expect(s.isIdentityFailure)
+            case .dropped:
+                break
+            }
+        }
+        #expect(accepted < 2_000)
+    }
+
+    /// Any mutation of an unsigned line: no crash, and whatever is accepted is well-formed.
+    @Test func mutatedLinesParseOrDropCleanly() {
+        let parser = TwinFixtures.parser()
+        let original = Array(TwinFixtures.line(values: #"{"position_x":12.5,"load_kg":2500,"hoist_locked":true}"#).utf8)
+        var rng = SplitMix(state: 0x4D55_5441)
+        var counts: [String: Int] = [:]
+        for _ in 0..<50_000 {
+            let m = Self.mutate(original, &rng)
+            switch parser.parse(m, received: TwinFixtures.received) {
+            case .accepted(let s, _):
+                counts["accepted", default: 0] += 1
+                #expect(parser.devices[s.device] != nil)
+                #expect(s.values.keys.allSatisfy { parser.devices[s.device]!.valueNames.contains($0) })
+                #expect(s.values.values.allSatisfy { $0.isFinite })
+            case .identityFailure(_, let d), .dropped(let d):
+                counts[d.reason.rawValue, default: 0] += 1
+            }
+        }
+        #expect(counts["accepted", default: 0] > 0)
+        #expect(counts["not_json", default: 0] > 0)
+        #expect(counts.values.reduce(0, +) == 50_000)
+    }
+}
