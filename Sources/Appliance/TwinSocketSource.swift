@@ -13,7 +13,8 @@ import Glibc
 /// cap, or sends `garbageLimit` bad lines in a row (nothing accepted in between), is
 /// disconnected; everyone else carries on. Nothing is ever written back.
 ///
-/// Runs on a SwiftNIO event loop: parsing and signature checks happen on the loop thread, in
+/// Runs on a SwiftNIO event loop — by default its own one-thread loop, so nothing else in the
+/// process (the HTTP API, another listener) can delay twin lines: parsing and signature checks happen on the loop thread, in
 /// the order bytes arrive, and a slow consumer is throttled by TCP flow control (the socket
 /// buffer fills, the twin's writes block) — memory stays bounded at one read buffer and one
 /// partial line per client. The unix socket is created mode 0660 and removed on `stop()`.
@@ -54,10 +55,13 @@ public final class TwinSocketSource: Sendable {
     public let endpoint: Endpoint
     public let options: Options
     let core: TwinSourceCore
-    let group: any EventLoopGroup
+    /// The loop group given at init, or `nil` for one of our own (made on `start`, shut down on `stop`).
+    let sharedGroup: (any EventLoopGroup)?
     private let state: Mutex<ListenerState>
 
     private struct ListenerState {
+        var started = false
+        var ownGroup: MultiThreadedEventLoopGroup?
         var server: (any Channel)?
         var clients: [ObjectIdentifier: any Channel] = [:]
         var stopped = false
@@ -66,10 +70,10 @@ public final class TwinSocketSource: Sendable {
 
     public init(endpoint: Endpoint, pipeline: TwinFeedPipeline, options: Options = Options(),
                 logger: Logger = Logger(label: "tibet-twin.twin.socket"), clock: any TimeSource = SystemTimeSource(),
-                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+                group: (any EventLoopGroup)? = nil) {
         self.endpoint = endpoint
         self.options = options
-        self.group = group
+        self.sharedGroup = group
         self.core = TwinSourceCore(name: endpoint.description, pipeline: pipeline, logger: logger, clock: clock,
                                    logIntervalSeconds: options.logIntervalSeconds)
         self.state = Mutex(ListenerState())
@@ -86,6 +90,30 @@ public final class TwinSocketSource: Sendable {
 
     /// Binds and starts accepting; returns once the listener is bound.
     public func start() async throws(TwinSourceError) {
+        let own: MultiThreadedEventLoopGroup? = sharedGroup == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        let fresh = state.withLock { s -> Bool in
+            guard !s.started, !s.stopped else { return false }
+            s.started = true
+            s.ownGroup = own
+            return true
+        }
+        guard fresh else {
+            try? await own?.shutdownGracefully()
+            throw TwinSourceError(kind: .alreadyStarted, source: name, function: "start", detail: "already started (or stopped)")
+        }
+        do {
+            try await listen(group: own ?? sharedGroup!)
+        } catch {
+            state.withLock { s in
+                s.started = false
+                s.ownGroup = nil
+            }
+            try? await own?.shutdownGracefully()
+            throw error
+        }
+    }
+
+    private func listen(group: any EventLoopGroup) async throws(TwinSourceError) {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -127,16 +155,18 @@ public final class TwinSocketSource: Sendable {
     /// Stops accepting, disconnects every client and, for a unix socket, removes its file.
     /// Safe to call more than once.
     public func stop() async {
-        let (server, clients): ((any Channel)?, [any Channel]) = state.withLock { s in
-            if s.stopped { return (nil, []) }
+        let (server, clients, own): ((any Channel)?, [any Channel], MultiThreadedEventLoopGroup?) = state.withLock { s in
+            if s.stopped { return (nil, [], nil) }
             s.stopped = true
-            let r = (s.server, Array(s.clients.values))
+            let r = (s.server, Array(s.clients.values), s.ownGroup)
             s.server = nil
+            s.ownGroup = nil
             return r  // the clients leave `clients` as they close (`release`), keeping the counters right
         }
         if let server { try? await server.close() }
         for c in clients { try? await c.close() }
         if server != nil, case .unix(let path) = endpoint { unlink(path) }
+        try? await own?.shutdownGracefully()
     }
 
     /// Registers a connected client; false when over `maxClients` or stopping.

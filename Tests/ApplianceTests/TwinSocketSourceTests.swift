@@ -125,6 +125,7 @@ struct TwinSocketSourceTests {
         let a = try FeedClient(tcpPort: port)
         let b = try FeedClient(tcpPort: port)
         #expect(await eventually { source.counters.clientsConnected == 2 })
+        await #expect(throws: TwinSourceError.self) { try await source.start() }
         await source.stop()
         #expect(await a.waitForClose(timeout: 10))
         #expect(await b.waitForClose(timeout: 10))
