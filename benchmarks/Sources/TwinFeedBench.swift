@@ -279,10 +279,9 @@ struct TwinFeedBench: BenchSuite {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
-    /// Prints at once (stdout to a pipe is block-buffered; a crash must not lose the figures).
+    /// One line of the report (through `print`, so it stays in order with the suite header).
     func out(_ s: String) {
-        let b = Array((s + "\n").utf8)
-        _ = b.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+        print(s)
     }
 
     func now() -> Double {
