@@ -2,6 +2,7 @@ import Foundation
 import InMemoryLogging
 import Logging
 import Modbus
+import ServiceLifecycle
 import Synchronization
 import Testing
 import TibetTwin
@@ -250,6 +251,22 @@ struct InterlockServerTests {
         await stopped.value
         #expect(throws: (any Error).self) { try c.readBits(0, 1) }
         #expect(throws: (any Error).self) { try ApplianceModbusClient(port: server.port, host: 0x7F00_0002) }
+    }
+
+    @Test func asAServiceGracefulShutdownServesZerosThenEnds() async throws {
+        let server = try InterlockServer(config: config { $0.stopGraceMs = 500; $0.host = "127.0.0.2" }, layout: layout,
+                                         logger: logger)
+        let group = ServiceGroup(services: [server], logger: logger)
+        let running = Task { try await group.run() }
+        let c = try ApplianceModbusClient(port: server.port, host: 0x7F00_0002)
+        server.publish(evaluated(heartbeat: 5))
+        #expect(await eventually { (try? c.readBits(0, 2)) == [0, 1] })
+        await group.triggerGracefulShutdown()
+        #expect(await eventually { (try? c.readBits(0, 2)) == [0, 0] })
+        server.publish(evaluated(heartbeat: 6))
+        #expect(try c.readBits(0, 2) == [0, 0])
+        try await running.value
+        #expect(throws: (any Error).self) { try c.readBits(0, 1) }
     }
 
     @Test func refusedClientsAndWritesAreReportedEveryTime() throws {
