@@ -184,7 +184,20 @@ public final class ReadOnlyModbusServer: Sendable {
     }
 
     deinit {
+        // The loop thread ends by itself after stop(); join it so its resources are released,
+        // unless this deinit runs on that very thread (an event sink holding the last reference).
         stop()
+        let tid: pthread_t? = shared.control.withLock { c in
+            defer { c.thread = nil }
+            return c.thread
+        }
+        if let tid {
+            if pthread_equal(tid, pthread_self()) != 0 {
+                pthread_detach(tid)
+            } else {
+                pthread_join(tid, nil)
+            }
+        }
     }
 }
 
