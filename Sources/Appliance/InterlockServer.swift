@@ -252,7 +252,9 @@ final class LogRateLimiter: Sendable {
         self.intervalNs = intervalNs
     }
 
-    func warning(_ key: String, _ message: String, _ metadata: Logger.Metadata) {
+    /// Logs at warning level unless a line with this key was logged less than the interval
+    /// ago. `metadata` is only built for lines actually written.
+    func warning(_ key: String, _ message: String, _ metadata: @autoclosure () -> Logger.Metadata) {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         let now = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
@@ -266,7 +268,7 @@ final class LogRateLimiter: Sendable {
             return s
         }
         guard let suppressed else { return }
-        var md = metadata
+        var md = metadata()
         if suppressed > 0 { md["suppressed_since_last"] = "\(suppressed)" }
         logger.warning("\(message)", metadata: md)
     }

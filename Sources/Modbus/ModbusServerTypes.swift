@@ -9,6 +9,7 @@ public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
     public var bytes: [UInt8]
     public var port: UInt16
 
+    /// An address from its bytes; an IPv4-mapped IPv6 address is stored as IPv4.
     public init(bytes: [UInt8], port: UInt16) {
         if bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
             self.bytes = Array(bytes[12...])
@@ -65,6 +66,7 @@ public final class ModbusImage: Sendable {
     /// Input register values (FC4) by address.
     public let inputRegisters: [UInt16]
 
+    /// A snapshot of the four tables; each array's count is the number of readable addresses.
     public init(coils: [UInt8], discreteInputs: [UInt8], holdingRegisters: [UInt16], inputRegisters: [UInt16]) {
         self.coils = coils
         self.discreteInputs = discreteInputs
@@ -160,6 +162,7 @@ public struct ModbusServerCounters: Sendable, Hashable {
     /// Client connections open now.
     public var clients: Int = 0
 
+    /// All counts zero.
     public init() {}
 
     /// All refusals at accept.

@@ -45,6 +45,8 @@ public final class ReadOnlyModbusServer: Sendable {
         /// Name of the loop thread (at most 15 bytes), for `top -H` and debuggers.
         public var threadName: String
 
+        /// Defaults: unit 1, 16 clients, idle 60 s, byte timeout 0.5 s, write stall 5 s, everyone
+        /// allowed, descriptors below 1024.
         public init(host: String, port: Int, unit: UInt8 = 1, maxClients: Int = 16, idleTimeoutMs: Int = 60_000,
                     byteTimeoutMs: Int = 500, writeStallTimeoutMs: Int = 5_000,
                     allow: @escaping @Sendable (PeerAddress) -> Bool = { _ in true },
@@ -184,7 +186,20 @@ public final class ReadOnlyModbusServer: Sendable {
     }
 
     deinit {
+        // The loop thread ends by itself after stop(); join it so its resources are released,
+        // unless this deinit runs on that very thread (an event sink holding the last reference).
         stop()
+        let tid: pthread_t? = shared.control.withLock { c in
+            defer { c.thread = nil }
+            return c.thread
+        }
+        if let tid {
+            if pthread_equal(tid, pthread_self()) != 0 {
+                pthread_detach(tid)
+            } else {
+                pthread_join(tid, nil)
+            }
+        }
     }
 }
 

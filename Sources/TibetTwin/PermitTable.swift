@@ -14,6 +14,7 @@ public struct DeviceDiagnostics: Sendable, Hashable {
     /// Blocks (permit drops) since start; the register carries the low 16 bits.
     public var blockCount: UInt64
 
+    /// One device's verdict; only the intents named in `permits` are served as 1.
     public init(reason: ReasonCode?, driftMs: Double? = nil, physicalAgeMs: Double? = nil,
                 twinAgeMs: Double? = nil, permits: Set<String> = [], blockCount: UInt64 = 0) {
         self.reason = reason

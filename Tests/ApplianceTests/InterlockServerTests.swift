@@ -2,6 +2,7 @@ import Foundation
 import InMemoryLogging
 import Logging
 import Modbus
+import ServiceLifecycle
 import Synchronization
 import Testing
 import TibetTwin
@@ -81,6 +82,20 @@ func runChild(_ executable: String, _ arguments: [String], timeout: Double = 30)
     return ChildResult(status: p.terminationStatus,
                        stdout: String(decoding: outData.data.withLock { $0 }, as: UTF8.self),
                        stderr: String(decoding: errData.data.withLock { $0 }, as: UTF8.self))
+}
+
+/// `runChild` on a thread of its own, so waiting for the child never holds one of the few
+/// cooperative threads other tests need.
+func runChildOffPool(_ executable: String, _ arguments: [String], timeout: Double = 30) async throws -> ChildResult {
+    try await withCheckedThrowingContinuation { (cont: CheckedContinuation<ChildResult, any Error>) in
+        Thread {
+            do {
+                cont.resume(returning: try runChild(executable, arguments, timeout: timeout))
+            } catch {
+                cont.resume(throwing: error)
+            }
+        }.start()
+    }
 }
 
 func interlockMap(_ device: String, _ intents: [(String, UInt16)]) -> DeviceMap {
@@ -168,7 +183,7 @@ struct InterlockServerTests {
         #expect(try c.readRegisters(0, 3) == [1, 1, 2])
     }
 
-    @Test func pymodbusSeesTheLayoutAndCannotWrite() throws {
+    @Test func pymodbusSeesTheLayoutAndCannotWrite() async throws {
         let python = try #require(pymodbusPython(), "no pymodbus venv: run scripts/setup.sh")
         let log = InterlockEventLog()
         let server = try InterlockServer(config: config(), layout: layout, logger: logger, events: log.sink)
@@ -176,7 +191,7 @@ struct InterlockServerTests {
         defer { server.stopImmediately() }
         let table = evaluated(heartbeat: 77)
         server.publish(table)
-        let r = try runChild(python, ["-c", pymodbusProbe, String(server.port), "6", "32", "1"])
+        let r = try await runChildOffPool(python, ["-c", pymodbusProbe, String(server.port), "6", "32", "1"])
         #expect(r.status == 0, "\(r.stderr)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stdout) \(r.stderr)")
         let expectedBits = table.bits.map(Int.init)
@@ -202,15 +217,15 @@ struct InterlockServerTests {
         #expect(server.counters().writesRejected == 6)
     }
 
-    @Test func mbpollReadsEveryTable() throws {
+    @Test func mbpollReadsEveryTable() async throws {
         let mbpoll = try #require(executable("mbpoll"), "mbpoll not installed: run scripts/setup.sh")
         let server = try InterlockServer(config: config(), layout: layout, logger: logger)
         try server.start()
         defer { server.stopImmediately() }
         let table = evaluated(heartbeat: 4242)
         server.publish(table)
-        func poll(_ type: String, _ count: Int) throws -> [Int] {
-            let r = try runChild(mbpoll, ["-m", "tcp", "-p", String(server.port), "-a", "1", "-t", type, "-0",
+        func poll(_ type: String, _ count: Int) async throws -> [Int] {
+            let r = try await runChildOffPool(mbpoll, ["-m", "tcp", "-p", String(server.port), "-a", "1", "-t", type, "-0",
                                           "-r", "0", "-c", String(count), "-1", "127.0.0.1"])
             #expect(r.status == 0, "mbpoll -t \(type): \(r.stdout) \(r.stderr)")
             // Lines like "[3]: 	1"; holding/input registers may print as "[17]: 	12 (...)".
@@ -220,12 +235,12 @@ struct InterlockServerTests {
                 return Int(value.split(separator: " ").first ?? "")
             }
         }
-        #expect(try poll("0", 6) == table.bits.map(Int.init))
-        #expect(try poll("1", 6) == table.bits.map(Int.init))
-        #expect(try poll("3", 32) == table.registers.map(Int.init))
-        #expect(try poll("4", 32) == table.registers.map(Int.init))
+        #expect(try await poll("0", 6) == table.bits.map(Int.init))
+        #expect(try await poll("1", 6) == table.bits.map(Int.init))
+        #expect(try await poll("3", 32) == table.registers.map(Int.init))
+        #expect(try await poll("4", 32) == table.registers.map(Int.init))
         // Beyond the layout: mbpoll reports the exception and exits 1.
-        let beyond = try runChild(mbpoll, ["-m", "tcp", "-p", String(server.port), "-a", "1", "-t", "0", "-0",
+        let beyond = try await runChildOffPool(mbpoll, ["-m", "tcp", "-p", String(server.port), "-a", "1", "-t", "0", "-0",
                                            "-r", "6", "-c", "1", "-1", "127.0.0.1"])
         #expect(beyond.status != 0)
     }
@@ -250,6 +265,28 @@ struct InterlockServerTests {
         await stopped.value
         #expect(throws: (any Error).self) { try c.readBits(0, 1) }
         #expect(throws: (any Error).self) { try ApplianceModbusClient(port: server.port, host: 0x7F00_0002) }
+    }
+
+    @Test func asAServiceGracefulShutdownServesZerosThenEnds() async throws {
+        let server = try InterlockServer(config: config { $0.stopGraceMs = 500; $0.host = "127.0.0.2" }, layout: layout,
+                                         logger: logger)
+        let group = ServiceGroup(services: [server], logger: logger)
+        let running = Task { try await group.run() }
+        server.publish(evaluated(heartbeat: 5))
+        // The group starts the server on the cooperative pool, which a parallel test run may
+        // keep busy for a while: each attempt on a fresh connection, so a timed-out one cannot
+        // leave a late answer behind.
+        #expect(await eventually(within: 30) {
+            (try? ApplianceModbusClient(port: server.port, host: 0x7F00_0002, timeoutMs: 500).readBits(0, 2)) == [0, 1]
+        })
+        let c = try ApplianceModbusClient(port: server.port, host: 0x7F00_0002)
+        #expect(try c.readBits(0, 2) == [0, 1])
+        await group.triggerGracefulShutdown()
+        #expect(await eventually { (try? c.readBits(0, 2)) == [0, 0] })
+        server.publish(evaluated(heartbeat: 6))
+        #expect(try c.readBits(0, 2) == [0, 0])
+        try await running.value
+        #expect(throws: (any Error).self) { try c.readBits(0, 1) }
     }
 
     @Test func refusedClientsAndWritesAreReportedEveryTime() throws {
@@ -312,7 +349,7 @@ struct InterlockServerTests {
         #expect(server.table == PermitTable.allBlocked(layout: layout))
     }
 
-    @Test func aThousandConnectionAttemptsDoNotCrashTheServer() throws {
+    @Test func aThousandConnectionAttemptsDoNotCrashTheServer() async throws {
         let python = try #require(pymodbusPython(), "no pymodbus venv: run scripts/setup.sh")
         let server = try InterlockServer(config: config { $0.maxClients = 8 }, layout: layout, logger: logger)
         try server.start()
@@ -340,13 +377,13 @@ struct InterlockServerTests {
                 closed += 1
         print(len(socks), closed)
         """#
-        let r = try runChild(python, ["-c", script, String(server.port)], timeout: 60)
+        let r = try await runChildOffPool(python, ["-c", script, String(server.port)], timeout: 60)
         #expect(r.status == 0, "\(r.stderr)")
         let parts = r.stdout.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
         #expect(parts.first == 1100)
         // All but the 8 admitted were closed at accept (those 8 were closed by the peer's exit).
         #expect(parts.last.map { $0 >= 1092 } == true, "\(r.stdout)")
-        #expect(waitUntil { server.counters().refusedTooManyClients >= 1092 })
+        #expect(await eventually { server.counters().refusedTooManyClients >= 1092 })
         let c = try ApplianceModbusClient(port: server.port)
         #expect(try c.readBits(0, 2) == [0, 1])
     }

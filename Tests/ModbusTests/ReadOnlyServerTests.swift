@@ -11,8 +11,8 @@ import Glibc
 /// client, raw frames for what libmodbus would never send.
 @Suite("Read-only Modbus server")
 struct ReadOnlyServerTests {
-    @Test func libmodbusReadsAllFourTables() throws {
-        try withServer { server in
+    @Test func libmodbusReadsAllFourTables() async throws {
+        try await withServer { server in
             let c = try LibmodbusClient(port: server.port)
             #expect(try c.readBits(0, 17) == sampleImage.coils)
             #expect(try c.readBits(0, 17, discrete: true) == sampleImage.discreteInputs)
@@ -29,9 +29,9 @@ struct ReadOnlyServerTests {
         }
     }
 
-    @Test func writesGetIllegalFunctionAndChangeNothing() throws {
+    @Test func writesGetIllegalFunctionAndChangeNothing() async throws {
         let log = EventLog()
-        try withServer(events: log) { server in
+        try await withServer(events: log) { server in
             let c = try LibmodbusClient(port: server.port)
             let before = try c.readBits(0, 17)
             var bits: [UInt8] = [1, 1, 1]
@@ -60,8 +60,8 @@ struct ReadOnlyServerTests {
         }
     }
 
-    @Test func aPublishedImageIsSeenByTheNextRead() throws {
-        try withServer { server in
+    @Test func aPublishedImageIsSeenByTheNextRead() async throws {
+        try await withServer { server in
             let c = try LibmodbusClient(port: server.port)
             #expect(try c.readBits(0, 1) == [1])
             let next = ModbusImage(coils: [0, 1], discreteInputs: [0, 1], holdingRegisters: [5], inputRegisters: [6])
@@ -79,8 +79,8 @@ struct ReadOnlyServerTests {
         }
     }
 
-    @Test func unitIdsAnsweredAndNot() throws {
-        try withServer({ $0.unit = 7 }) { server in
+    @Test func unitIdsAnsweredAndNot() async throws {
+        try await withServer({ $0.unit = 7 }) { server in
             for unit: Int32 in [7, 0, 255] {
                 let c = try LibmodbusClient(port: server.port, unit: unit)
                 #expect(try c.readBits(0, 3) == [1, 0, 0], "unit \(unit)")
@@ -93,7 +93,7 @@ struct ReadOnlyServerTests {
 
     /// Each malformed or hostile frame on its own connection: the right exception or a closed
     /// connection, while a second client reading all along sees no error.
-    @Test func malformedFramesWhileAnotherClientReads() throws {
+    @Test func malformedFramesWhileAnotherClientReads() async throws {
         enum Outcome: Equatable { case exception(UInt8), closed }
         let cases: [(String, [UInt8], Outcome)] = [
             ("protocol id 1", mbap(pid: 1, readPDU(1, 0, 1)), .closed),
@@ -129,10 +129,10 @@ struct ReadOnlyServerTests {
             ("FC 23", mbap([23, 0, 0, 0, 1, 0, 0, 0, 1, 2, 0, 1]), .exception(1)),
             ("foreign unit", mbap(unit: 9, readPDU(1, 0, 1)), .exception(0x0B)),
         ]
-        try withServer { server in
+        try await withServer { server in
             let watcher = Watcher(port: server.port, coils: 17)
             defer { watcher.finish() }
-            #expect(eventually { watcher.reads > 0 })
+            #expect(await eventually { watcher.reads > 0 })
             for (name, frame, expected) in cases {
                 let raw = try RawClient(port: server.port)
                 try raw.send(frame)
@@ -149,7 +149,7 @@ struct ReadOnlyServerTests {
                 }
             }
             let readsBefore = watcher.reads
-            #expect(eventually { watcher.reads > readsBefore })
+            #expect(await eventually { watcher.reads > readsBefore })
             watcher.finish()
             #expect(watcher.failures == [])
             let n = server.counters()
@@ -159,8 +159,8 @@ struct ReadOnlyServerTests {
         }
     }
 
-    @Test func truncatedHeaderAndSlowSenderCloseOnlyThatClient() throws {
-        try withServer({ $0.byteTimeoutMs = 200 }) { server in
+    @Test func truncatedHeaderAndSlowSenderCloseOnlyThatClient() async throws {
+        try await withServer({ $0.byteTimeoutMs = 200 }) { server in
             let watcher = Watcher(port: server.port, coils: 17)
             defer { watcher.finish() }
             let truncated = try RawClient(port: server.port)
@@ -170,20 +170,21 @@ struct ReadOnlyServerTests {
             var closed = false
             for b in mbap(readPDU(1, 0, 1)) {
                 do { try loris.send([b]) } catch { closed = true; break }
-                usleep(60_000)
+                await pause(60)
             }
             #expect(closed || loris.waitClosed())
             #expect(truncated.waitClosed())
-            #expect(eventually { server.counters().closedByteTimeout == 2 })
+            #expect(await eventually { server.counters().closedByteTimeout == 2 })
             let readsBefore = watcher.reads
-            #expect(eventually { watcher.reads > readsBefore })
+            #expect(await eventually { watcher.reads > readsBefore })
             watcher.finish()
             #expect(watcher.failures == [])
         }
     }
 
-    @Test func pipelinedAndSplitFrames() throws {
-        try withServer { server in
+    @Test func pipelinedAndSplitFrames() async throws {
+        // A byte timeout far above any pause below, however long a busy test run stretches it.
+        try await withServer({ $0.byteTimeoutMs = 60_000 }) { server in
             let raw = try RawClient(port: server.port)
             // Three requests in one segment: three replies, in order.
             try raw.send(mbap(tid: 1, readPDU(1, 0, 3)) + mbap(tid: 2, readPDU(4, 0, 2)) + mbap(tid: 3, [0x11]))
@@ -193,9 +194,9 @@ struct ReadOnlyServerTests {
             // One request in three pieces, well inside the byte timeout.
             let f = mbap(tid: 4, readPDU(3, 1, 1))
             try raw.send(Array(f[0..<3]))
-            usleep(20_000)
+            await pause(20)
             try raw.send(Array(f[3..<8]))
-            usleep(20_000)
+            await pause(20)
             try raw.send(Array(f[8...]) + Array(mbap(tid: 5, readPDU(2, 3, 1)).prefix(4)))
             #expect(raw.reply() == .bytes([0, 4, 0, 0, 0, 5, 1, 3, 2, 0, 101]))
             try raw.send(Array(mbap(tid: 5, readPDU(2, 3, 1)).dropFirst(4)))
@@ -203,8 +204,8 @@ struct ReadOnlyServerTests {
         }
     }
 
-    @Test func aClientThatReadsSlowlyGetsEveryReplyInOrder() throws {
-        try withServer(image: bigImage) { server in
+    @Test func aClientThatReadsSlowlyGetsEveryReplyInOrder() async throws {
+        try await withServer(image: bigImage, { $0.writeStallTimeoutMs = 60_000 }) { server in
             // A small receive window: the server's sends go partial and wait for EPOLLOUT.
             let raw = try RawClient(port: server.port, receiveBuffer: 4096)
             let count = 6000  // 6000 × 259-byte replies ≈ 1.5 MB
@@ -217,7 +218,7 @@ struct ReadOnlyServerTests {
                 try? raw.send(batch)
             }
             sender.start()
-            usleep(200_000)  // let replies pile up on the server before reading any
+            await pause(200)  // let replies pile up on the server before reading any
             var ok = 0
             for i in 0..<count {
                 guard case .bytes(let r) = raw.reply(timeoutMs: 10_000) else { break }
@@ -230,8 +231,8 @@ struct ReadOnlyServerTests {
         }
     }
 
-    @Test func aClientThatNeverReadsIsClosedAndDoesNotStallOthers() throws {
-        try withServer(image: bigImage, { $0.writeStallTimeoutMs = 300 }) { server in
+    @Test func aClientThatNeverReadsIsClosedAndDoesNotStallOthers() async throws {
+        try await withServer(image: bigImage, { $0.writeStallTimeoutMs = 300 }) { server in
             let watcher = Watcher(port: server.port, coils: 1)
             defer { watcher.finish() }
             let raw = try RawClient(port: server.port, receiveBuffer: 4096)
@@ -241,25 +242,25 @@ struct ReadOnlyServerTests {
                 for _ in 0..<2000 { if (try? raw.send(batch)) == nil { break } }
             }
             sender.start()
-            #expect(eventually(within: 20) { server.counters().closedWriteStall == 1 })
+            #expect(await eventually(within: 20) { server.counters().closedWriteStall == 1 })
             let readsBefore = watcher.reads
-            #expect(eventually { watcher.reads > readsBefore })
+            #expect(await eventually { watcher.reads > readsBefore })
             watcher.finish()
             #expect(watcher.failures == [])
         }
     }
 
-    @Test func idleClientsAreClosed() throws {
-        try withServer({ $0.idleTimeoutMs = 150 }) { server in
+    @Test func idleClientsAreClosed() async throws {
+        try await withServer({ $0.idleTimeoutMs = 150 }) { server in
             let quiet = try RawClient(port: server.port)
             #expect(quiet.waitClosed())
             #expect(server.counters().closedIdle == 1)
         }
     }
 
-    @Test func allowListIsCheckedAtAccept() throws {
+    @Test func allowListIsCheckedAtAccept() async throws {
         let log = EventLog()
-        try withServer(events: log, { $0.allow = { $0.bytes != [127, 0, 0, 1] } }) { server in
+        try await withServer(events: log, { $0.allow = { $0.bytes != [127, 0, 0, 1] } }) { server in
             let raw = try RawClient(port: server.port)
             #expect(raw.waitClosed())
             #expect(server.counters().refusedNotAllowed == 1)
@@ -268,22 +269,22 @@ struct ReadOnlyServerTests {
         }
     }
 
-    @Test func maxClientsRefusesTheNextUntilOneLeaves() throws {
-        try withServer({ $0.maxClients = 2 }) { server in
+    @Test func maxClientsRefusesTheNextUntilOneLeaves() async throws {
+        try await withServer({ $0.maxClients = 2 }) { server in
             var clients = [try LibmodbusClient(port: server.port), try LibmodbusClient(port: server.port)]
             for c in clients { #expect(try c.readBits(0, 1) == [1]) }
             let third = try RawClient(port: server.port)
             #expect(third.waitClosed())
             #expect(server.counters().refusedTooManyClients == 1)
             clients.removeLast()
-            #expect(eventually { server.counters().clients == 1 })
+            #expect(await eventually { server.counters().clients == 1 })
             let fourth = try LibmodbusClient(port: server.port)
             #expect(try fourth.readBits(0, 1) == [1])
             #expect(try clients[0].readBits(0, 1) == [1])
         }
     }
 
-    @Test func stopAfterAGracePeriodKeepsServingUntilThen() throws {
+    @Test func stopAfterAGracePeriodKeepsServingUntilThen() async throws {
         // On 127.0.0.2, so no other test's port-0 listener on 127.0.0.1 can take the port
         // after this one closes and make "connection refused" untestable.
         var config = ReadOnlyModbusServer.Configuration(host: "127.0.0.2", port: 0)
@@ -300,8 +301,8 @@ struct ReadOnlyServerTests {
         #expect(throws: ClientFailure.self) { try RawClient(port: server.port, host: 0x7F00_0002) }
     }
 
-    @Test func aTakenPortOrBadAddressFailsAtInit() throws {
-        try withServer { server in
+    @Test func aTakenPortOrBadAddressFailsAtInit() async throws {
+        try await withServer { server in
             #expect {
                 try ReadOnlyModbusServer(configuration: .init(host: "127.0.0.1", port: server.port), image: .empty)
             } throws: { ($0 as? ModbusServerError)?.kind == .listen }
@@ -311,7 +312,7 @@ struct ReadOnlyServerTests {
         } throws: { ($0 as? ModbusServerError)?.kind == .badAddress }
     }
 
-    @Test func listensOnAHostName() throws {
+    @Test func listensOnAHostName() async throws {
         let server = try ReadOnlyModbusServer(configuration: .init(host: "localhost", port: 0), image: sampleImage)
         try server.start()
         defer { server.stop(); server.join() }
@@ -319,7 +320,7 @@ struct ReadOnlyServerTests {
         #expect(try c.readBits(0, 1) == [1])
     }
 
-    @Test func servesIPv6Loopback() throws {
+    @Test func servesIPv6Loopback() async throws {
         let server: ReadOnlyModbusServer
         do {
             server = try ReadOnlyModbusServer(configuration: .init(host: "::1", port: 0), image: sampleImage)

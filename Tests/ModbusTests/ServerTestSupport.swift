@@ -22,14 +22,30 @@ final class EventLog: Sendable {
     var sink: @Sendable (ModbusServerEvent) -> Void { { [self] in self.append($0) } }
 }
 
-/// Polls `condition` every 10 ms until it holds or `seconds` pass (a liveness bound, not a timing test).
-func eventually(within seconds: Double = 5, _ condition: () -> Bool) -> Bool {
+/// Polls `condition` every 10 ms until it holds or `seconds` pass (a liveness bound, not a
+/// timing test); sleeps without blocking a cooperative thread.
+func eventually(within seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return condition()
+}
+
+/// The same as `eventually`, for code that cannot await: blocks the calling thread.
+func waitUntil(within seconds: Double = 10, _ condition: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if condition() { return true }
         usleep(10_000)
     }
     return condition()
+}
+
+/// Sleeps without blocking a cooperative thread.
+func pause(_ ms: Int) async {
+    try? await Task.sleep(for: .milliseconds(ms))
 }
 
 /// A raw TCP client for frames libmodbus would never send.
@@ -214,7 +230,7 @@ final class Watcher: Sendable {
     /// Stops the thread and waits for it (bounded).
     func finish() {
         stats.withLock { $0.stop = true }
-        _ = eventually(within: 10) { stats.withLock { $0.done } }
+        _ = waitUntil(within: 10) { stats.withLock { $0.done } }
     }
 }
 
@@ -233,7 +249,7 @@ let bigImage = ModbusImage(coils: [1], discreteInputs: [1], holdingRegisters: (0
 @discardableResult
 func withServer<R>(image: ModbusImage = sampleImage, events: EventLog? = nil,
                    _ configure: (inout ReadOnlyModbusServer.Configuration) -> Void = { _ in },
-                   _ body: (ReadOnlyModbusServer) throws -> R) throws -> R {
+                   _ body: (ReadOnlyModbusServer) async throws -> R) async throws -> R {
     var config = ReadOnlyModbusServer.Configuration(host: "127.0.0.1", port: 0, threadName: "test-server")
     configure(&config)
     let log = events ?? EventLog()
@@ -244,5 +260,5 @@ func withServer<R>(image: ModbusImage = sampleImage, events: EventLog? = nil,
         server.stop()
         server.join()
     }
-    return try body(server)
+    return try await body(server)
 }
