@@ -33,16 +33,19 @@ final class WaitQueue<Element: Sendable>: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    /// Appends and wakes the consumer. Returns false (and drops nothing: the element is not
-    /// taken) when the queue is closed.
+    enum PushResult { case queued, closed, full }
+
+    /// Appends and wakes the consumer, unless the queue is closed or already holds `limit`
+    /// elements (then the element is not taken).
     @discardableResult
-    func push(_ e: Element) -> Bool {
+    func push(_ e: Element, limit: Int = .max) -> PushResult {
         pthread_mutex_lock(mutex)
-        guard !closed else { pthread_mutex_unlock(mutex); return false }
+        defer { pthread_mutex_unlock(mutex) }
+        if closed { return .closed }
+        if items.count >= limit { return .full }
         items.append(e)
         pthread_cond_signal(cond)
-        pthread_mutex_unlock(mutex)
-        return true
+        return .queued
     }
 
     /// Refuses further pushes and wakes the consumer.

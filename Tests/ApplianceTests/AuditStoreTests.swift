@@ -32,11 +32,11 @@ final class AuditFixture: @unchecked Sendable {
         try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: path)
     }
 
-    func config(segmentBytes: Int = 8 << 20, retryMs: Int = 20, checkpointMs: Int? = nil,
-                hooks: AuditIOHooks? = nil, keyPath: String? = nil) -> AuditStore.Configuration {
+    func config(segmentBytes: Int = 8 << 20, retryMs: Int = 20, checkpointMs: Int? = nil, stallMs: Int = 60_000,
+                maxQueued: Int = 100_000, hooks: AuditIOHooks? = nil, keyPath: String? = nil) -> AuditStore.Configuration {
         AuditStore.Configuration(directory: dir, keyPath: keyPath ?? self.keyPath, node: "guard-01", host: "test-host",
                                  segmentBytes: segmentBytes, retryIntervalMs: retryMs,
-                                 checkpointIntervalMs: checkpointMs, hooks: hooks)
+                                 checkpointIntervalMs: checkpointMs, stallMs: stallMs, maxQueued: maxQueued, hooks: hooks)
     }
 
     func segmentPath(_ n: Int) -> String { dir + "/" + AuditSegment.name(n) }
@@ -352,6 +352,34 @@ struct AuditStoreTests {
         // Acknowledged in submission order.
         let ids = acks.withLock { $0.map { TestIDs.number($0.tokenId!) } }
         #expect(ids == ids.sorted())
+    }
+
+    /// A hung disk (fdatasync that does not return) turns health to 0 after `stallMs`, and
+    /// back when the call returns; the stall is audited. A full queue refuses at once.
+    @Test func hungDiskIsUnhealthyAndAFullQueueRefuses() async throws {
+        let fx = try AuditFixture()
+        let disk = DiskSwitch()
+        let store = try AuditStore.open(fx.config(stallMs: 100, maxQueued: 5, hooks: disk.hooks))
+        #expect(store.isHealthy)
+        disk.holdSync.store(true, ordering: .releasing)
+        let acks = Mutex<[AuditAck]>([])
+        store.submit(record(0, .gating)) { a in acks.withLock { $0.append(a) } }
+        #expect(await eventually { disk.syncsHeld.load(ordering: .acquiring) == 1 })
+        #expect(await eventually { !store.isHealthy })
+        #expect(acks.withLock { $0.isEmpty })
+        for i in 1...5 { store.submit(record(i)) { a in acks.withLock { $0.append(a) } } }
+        let refused = await store.submitAndWait(record(6, .gating))
+        #expect(refused.error?.kind == .overflow)
+        disk.holdSync.store(false, ordering: .releasing)
+        #expect(await eventually { store.isHealthy && acks.withLock { $0.count } == 6 })
+        #expect(acks.withLock { $0.allSatisfy(\.isDurable) })
+        store.close()
+        let stats = store.stats
+        #expect(stats.stalls >= 1 && stats.longestStallNs >= 100_000_000)  // a loaded disk may add more
+        let reports = try fx.tokens().filter { $0.action == .auditRecovered }
+        #expect(reports.contains { ($0.erin["stalled_ms"]?.intValue ?? 0) >= 100 })
+        #expect(reports.contains { $0.erin["refused_queue_full"] == 1 })
+        _ = try fx.verify().get()
     }
 
     @Test func concurrentSubmittersAllGetTheirTokens() async throws {
