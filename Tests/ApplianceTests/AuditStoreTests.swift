@@ -263,6 +263,35 @@ struct AuditStoreTests {
         #expect(inside.segment == 2)
     }
 
+    /// `AuditDirectory.verify` checks signatures on all cores after the in-order checks; the
+    /// failure it reports is still the earliest line, whichever check fails there.
+    @Test func directoryVerifyReportsTheEarliestFailureWithParallelSignatures() async throws {
+        let fx = try AuditFixture()
+        let store = try AuditStore.open(fx.config())
+        for i in 0..<60 { store.submit(record(i)) }
+        store.close()
+        let original = try fx.lines(1)
+        var lines = original
+        func write() throws { try Data(lines.map { $0 + "\n" }.joined().utf8).write(to: URL(fileURLWithPath: fx.segmentPath(1))) }
+        // Line 40: changed content (hash). Line 12: a signature by another key.
+        lines[39] = lines[39].replacingOccurrences(of: #""reason":"BLOCKED: test""#, with: #""reason":"BLOCKED: tes""#)
+        try write()
+        #expect(failure(try fx.verify()).map { "\($0.line) \($0.kind)" } == "40 hash")
+        var t = try TibetToken(json: JSONParser.parse(lines[11]))
+        try t.sign(with: Curve25519.Signing.PrivateKey())
+        lines[11] = t.line
+        try write()
+        #expect(failure(try fx.verify()).map { "\($0.line) \($0.kind)" } == "12 signature")
+        // And a signature failure after a hash failure does not hide it.
+        lines = original
+        var u = try TibetToken(json: JSONParser.parse(lines[49]))
+        try u.sign(with: Curve25519.Signing.PrivateKey())
+        lines[49] = u.line
+        lines[19] = lines[19].replacingOccurrences(of: #""jis":"jis:crane-01""#, with: #""jis":"jis:crane-02""#)
+        try write()
+        #expect(failure(try fx.verify()).map { "\($0.line) \($0.kind)" } == "20 hash")
+    }
+
     @Test func keyRotationAcrossRestartIsAnnouncedAndVerifiable() async throws {
         let fx = try AuditFixture()
         try AuditStore.open(fx.config()).close()
