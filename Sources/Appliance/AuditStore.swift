@@ -220,8 +220,17 @@ public final class AuditStore: Sendable {
         try AuditFS.makeDirectory(config.directory)
         let lockPath = AuditFS.join(config.directory, ".lock")
         let lockFd = try AuditFS.open(lockPath, O_RDWR | O_CREAT, mode: 0o640, kind: .directory)
-        if flock(lockFd, LOCK_EX | LOCK_NB) != 0 {
+        // A predecessor that is still closing (or a child forked by any thread of this process
+        // that has not reached exec yet, holding a copy of the descriptor) may hold the lock
+        // for a moment: wait up to 2 s before calling the directory taken.
+        let lockDeadline = monotonicNowNs() + 2_000_000_000
+        while flock(lockFd, LOCK_EX | LOCK_NB) != 0 {
             let e = errno
+            if e == EINTR { continue }
+            if e == EWOULDBLOCK && monotonicNowNs() < lockDeadline {
+                usleep(10_000)
+                continue
+            }
             Glibc.close(lockFd)
             throw AuditError(e == EWOULDBLOCK ? .locked : .directory, function: "flock", errno: e, path: lockPath,
                              detail: e == EWOULDBLOCK ? "another tibet-twin process writes this audit directory" : "")
