@@ -389,6 +389,9 @@ final class AuditWriter {
     var refusedDuringFailure = 0
     var lostDuringFailure = 0
     var held: [AuditPending] = []
+    /// Records taken from the queue and not yet committed (from `backlogStart`).
+    var backlog: [AuditPending] = []
+    var backlogStart = 0
     /// The longest write/fdatasync over `stallMs` not yet audited (0: none).
     var stalledNs: Int64 = 0
     var nextRetryNs: Int64 = 0
@@ -448,8 +451,18 @@ final class AuditWriter {
         while true {
             var deadline = nextCheckpointNs
             if !healthy { deadline = min(deadline ?? .max, nextRetryNs) }
-            let (batch, closed) = queue.take(max: config.maxBatch, deadlineNs: deadline)
-            var work = batch
+            // Take everything queued at once (a swap under the lock, so submitters never wait
+            // on a long copy) and commit it in slices of maxBatch.
+            let closed: Bool
+            if backlogStart >= backlog.count {
+                (backlog, closed) = queue.take(max: .max, deadlineNs: deadline)
+                backlogStart = 0
+            } else {
+                closed = queue.isClosed
+            }
+            let end = min(backlog.count, backlogStart + config.maxBatch)
+            var work = Array(backlog[backlogStart..<end])
+            backlogStart = end
             let now = monotonicNowNs()
             if let next = nextCheckpointNs, now >= next, let interval = config.checkpointIntervalMs, let cp = checkpoint {
                 let erin = cp()
@@ -471,7 +484,7 @@ final class AuditWriter {
                 }
                 if now >= nextRetryNs { attemptRecovery() }
             }
-            if closed && queue.count == 0 {
+            if closed && backlogStart >= backlog.count && queue.count == 0 {
                 finish()
                 return
             }

@@ -71,13 +71,19 @@ final class WaitQueue<Element: Sendable>: @unchecked Sendable {
             }
         }
         if items.count <= max {
-            let b = items
-            items.removeAll(keepingCapacity: true)
+            var b: [Element] = []
+            swap(&b, &items)  // O(1) under the lock, however long the queue
             return (b, closed)
         }
         let b = Array(items.prefix(max))
         items.removeFirst(max)
         return (b, closed)
+    }
+
+    var isClosed: Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return closed
     }
 
     var count: Int {

@@ -33,9 +33,10 @@ final class AuditFixture: @unchecked Sendable {
     }
 
     func config(segmentBytes: Int = 8 << 20, retryMs: Int = 20, checkpointMs: Int? = nil, stallMs: Int = 60_000,
-                maxQueued: Int = 100_000, hooks: AuditIOHooks? = nil, keyPath: String? = nil) -> AuditStore.Configuration {
+                maxQueued: Int = 100_000, maxBatch: Int = 4096, hooks: AuditIOHooks? = nil,
+                keyPath: String? = nil) -> AuditStore.Configuration {
         AuditStore.Configuration(directory: dir, keyPath: keyPath ?? self.keyPath, node: "guard-01", host: "test-host",
-                                 segmentBytes: segmentBytes, retryIntervalMs: retryMs,
+                                 segmentBytes: segmentBytes, maxBatch: maxBatch, retryIntervalMs: retryMs,
                                  checkpointIntervalMs: checkpointMs, stallMs: stallMs, maxQueued: maxQueued, hooks: hooks)
     }
 
@@ -409,6 +410,25 @@ struct AuditStoreTests {
         #expect(reports.contains { ($0.erin["stalled_ms"]?.intValue ?? 0) >= 100 })
         #expect(reports.contains { $0.erin["refused_queue_full"] == 1 })
         _ = try fx.verify().get()
+    }
+
+    /// What is queued beyond `maxBatch` goes out in slices, in order.
+    @Test func largeBacklogIsCommittedInSlicesOfMaxBatch() async throws {
+        let fx = try AuditFixture()
+        let disk = DiskSwitch()
+        let store = try AuditStore.open(fx.config(maxBatch: 10, hooks: disk.hooks))
+        disk.holdSync.store(true, ordering: .releasing)
+        let acks = Mutex<[AuditAck]>([])
+        store.submit(record(0)) { a in acks.withLock { $0.append(a) } }
+        #expect(await eventually { disk.syncsHeld.load(ordering: .acquiring) == 1 })
+        for i in 1...35 { store.submit(record(i)) { a in acks.withLock { $0.append(a) } } }
+        disk.holdSync.store(false, ordering: .releasing)
+        #expect(await eventually { acks.withLock { $0.count } == 36 })
+        store.close()
+        #expect(store.stats.largestBatch == 10)
+        #expect(store.stats.batches == 1 + 1 + 4 + 1)  // started, record 0, 10+10+10+5, stopped
+        let order = try fx.tokens().compactMap { $0.erin["i"]?.intValue }
+        #expect(order == (0...35).map(Int64.init))
     }
 
     @Test func concurrentSubmittersAllGetTheirTokens() async throws {
