@@ -2,6 +2,9 @@
 import Glibc
 #endif
 import Crypto
+import Dispatch
+import Foundation
+import Synchronization
 import TibetTwin
 
 /// Reading an audit directory: `tibet-twin audit verify` and `audit show`. Read-only; safe to
@@ -20,17 +23,24 @@ public enum AuditDirectory {
             throw AuditError(.directory, function: "verify", path: dir, detail: "no audit segments (tibet-<n>.jsonl) here")
         }
         var v = ChainVerifier(pinnedKeys: pinnedKeys)
+        v.deferSignatures = true
         for n in numbers {
             let path = AuditFS.join(dir, AuditSegment.name(n))
             let bytes = try readSegment(path)
+            // Everything but the signatures in order (they depend on the line before); then the
+            // segment's signatures on every core. The first failure by line wins, as if checked
+            // one line at a time.
+            var sequential: ChainVerifier.Failure?
             do throws(ChainVerifier.Failure) {
                 try v.beginSegment(file: path, number: n)
                 let (lines, rest) = ChainVerifier.split(bytes)
                 for (i, l) in lines.enumerated() { try v.verify(line: l, number: i + 1) }
                 if !rest.isEmpty { throw v.tornTail(line: lines.count + 1, bytes: rest.count) }
             } catch {
-                return .failure(error)
+                sequential = error
             }
+            if let bad = firstBadSignature(v.takePendingSignatures()) { return .failure(bad) }
+            if let sequential { return .failure(sequential) }
         }
         if v.summary.tokens == 0 {
             return .failure(.init(file: AuditFS.join(dir, AuditSegment.name(numbers.last!)), line: 1, kind: .parse,
@@ -76,6 +86,28 @@ public enum AuditDirectory {
             if !rest.isEmpty { skipped(path, lines.count + 1, "incomplete last line (\(rest.count) bytes)") }
         }
         return out
+    }
+
+    /// The earliest failing signature, checked in parallel chunks.
+    static func firstBadSignature(_ pending: [ChainVerifier.PendingSignature]) -> ChainVerifier.Failure? {
+        guard !pending.isEmpty else { return nil }
+        let chunks = min(pending.count, max(1, ProcessInfo.processInfo.activeProcessorCount) * 4)
+        let size = (pending.count + chunks - 1) / chunks
+        let firstBad = Mutex<Int>(Int.max)
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in
+            let lo = c * size
+            let hi = min(pending.count, lo + size)
+            guard lo < hi else { return }
+            for i in lo..<hi {
+                if i >= firstBad.withLock({ $0 }) { return }  // an earlier one failed already
+                if pending[i].check() != nil {
+                    firstBad.withLock { $0 = min($0, i) }
+                    return
+                }
+            }
+        }
+        let i = firstBad.withLock { $0 }
+        return i == Int.max ? nil : pending[i].check()
     }
 
     static func readSegment(_ path: String) throws(AuditError) -> [UInt8] {

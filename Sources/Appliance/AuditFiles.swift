@@ -57,7 +57,8 @@ public struct AuditError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// Thread-safe names for errno values (`strerror` is not thread-safe).
+/// Thread-safe names for errno values with what they mean for a file (`strerror` is not
+/// thread-safe); other values as `errnoText` names them.
 public enum SystemErrno {
     public static func name(_ e: Int32) -> String {
         switch e {
@@ -79,7 +80,7 @@ public enum SystemErrno {
         case EWOULDBLOCK: return "EWOULDBLOCK (held by another process)"
         case EINTR: return "EINTR (interrupted)"
         case ENAMETOOLONG: return "ENAMETOOLONG (file name too long)"
-        default: return "errno \(e)"
+        default: return errnoText(e)
         }
     }
 }

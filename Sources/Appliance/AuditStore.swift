@@ -89,6 +89,9 @@ public struct AuditStats: Sendable, Hashable {
     public var held = 0
     /// Held records dropped because more than `maxHeld` were waiting.
     public var lost: UInt64 = 0
+    /// Writes or fdatasyncs that took longer than `stallMs`, and the longest.
+    public var stalls: UInt64 = 0
+    public var longestStallNs: Int64 = 0
     public var lastError: String?
     /// The chain head: the last durable token.
     public var headId: String?
@@ -145,13 +148,20 @@ public final class AuditStore: Sendable {
         /// At most this many reporting records are held while the store fails; beyond it the
         /// oldest are dropped (counted in `lost` and in the `audit_recovered` token).
         public var maxHeld: Int
+        /// A write + fdatasync that has not returned after this long counts as a failure for
+        /// `isHealthy` (a hung disk must block rises with AUDIT, not leave them waiting); health
+        /// returns when the call does, and the stall is audited.
+        public var stallMs: Int
+        /// At most this many records wait in the queue; beyond it `submit` refuses at once
+        /// (counted, and audited when the store catches up).
+        public var maxQueued: Int
         /// Test and benchmark hooks; nil in production.
         public var hooks: AuditIOHooks?
 
         public init(directory: String, keyPath: String, node: String, host: String? = nil,
                     version: String = ApplianceInfo.version, segmentBytes: Int = 64 << 20, maxBatch: Int = 4096,
                     retryIntervalMs: Int = 500, checkpointIntervalMs: Int? = nil, maxHeld: Int = 10_000,
-                    hooks: AuditIOHooks? = nil) {
+                    stallMs: Int = 2000, maxQueued: Int = 100_000, hooks: AuditIOHooks? = nil) {
             self.directory = directory
             self.keyPath = keyPath
             self.node = node
@@ -162,11 +172,14 @@ public final class AuditStore: Sendable {
             self.retryIntervalMs = retryIntervalMs
             self.checkpointIntervalMs = checkpointIntervalMs
             self.maxHeld = maxHeld
+            self.stallMs = stallMs
+            self.maxQueued = maxQueued
             self.hooks = hooks
         }
     }
 
     private let queue: WaitQueue<AuditPending>
+    private let maxQueued: Int
     private let shared: AuditShared
     private let exited: WaitQueue<Int>
     private let publicKeyRaw: [UInt8]
@@ -179,9 +192,10 @@ public final class AuditStore: Sendable {
     public let keyFingerprint: String
     public let directory: String
 
-    private init(queue: WaitQueue<AuditPending>, shared: AuditShared, exited: WaitQueue<Int>,
+    private init(queue: WaitQueue<AuditPending>, maxQueued: Int, shared: AuditShared, exited: WaitQueue<Int>,
                  publicKey: Curve25519.Signing.PublicKey, directory: String) {
         self.queue = queue
+        self.maxQueued = maxQueued
         self.shared = shared
         self.exited = exited
         self.publicKeyRaw = Array(publicKey.rawRepresentation)
@@ -206,13 +220,22 @@ public final class AuditStore: Sendable {
         try AuditFS.makeDirectory(config.directory)
         let lockPath = AuditFS.join(config.directory, ".lock")
         let lockFd = try AuditFS.open(lockPath, O_RDWR | O_CREAT, mode: 0o640, kind: .directory)
-        if flock(lockFd, LOCK_EX | LOCK_NB) != 0 {
+        // A predecessor that is still closing (or a child forked by any thread of this process
+        // that has not reached exec yet, holding a copy of the descriptor) may hold the lock
+        // for a moment: wait up to 2 s before calling the directory taken.
+        let lockDeadline = monotonicNowNs() + 2_000_000_000
+        while flock(lockFd, LOCK_EX | LOCK_NB) != 0 {
             let e = errno
+            if e == EINTR { continue }
+            if e == EWOULDBLOCK && monotonicNowNs() < lockDeadline {
+                usleep(10_000)
+                continue
+            }
             Glibc.close(lockFd)
             throw AuditError(e == EWOULDBLOCK ? .locked : .directory, function: "flock", errno: e, path: lockPath,
                              detail: e == EWOULDBLOCK ? "another tibet-twin process writes this audit directory" : "")
         }
-        let shared = AuditShared()
+        let shared = AuditShared(stallMs: config.stallMs)
         let writer: AuditWriter
         do {
             writer = try AuditWriter(config: config, key: key, lockFd: lockFd, shared: shared, time: time,
@@ -231,7 +254,7 @@ public final class AuditStore: Sendable {
         }
         thread.name = "tibet-twin-audit"
         thread.start()
-        return AuditStore(queue: queue, shared: shared, exited: exited, publicKey: key.publicKey,
+        return AuditStore(queue: queue, maxQueued: config.maxQueued, shared: shared, exited: exited, publicKey: key.publicKey,
                           directory: config.directory)
     }
 
@@ -241,9 +264,16 @@ public final class AuditStore: Sendable {
     /// cannot write now, later for a reporting record it could not keep. It must not block.
     /// After `close()`, `onDurable` is called at once with a `.closed` error.
     public func submit(_ record: AuditRecord, onDurable: (@Sendable (AuditAck) -> Void)? = nil) {
-        if !queue.push(AuditPending(record: record, onDurable: onDurable)) {
+        switch queue.push(AuditPending(record: record, onDurable: onDurable), limit: maxQueued) {
+        case .queued:
+            break
+        case .closed:
             onDurable?(AuditAck(error: AuditError(.closed, function: "submit", path: directory,
                                                   detail: "the audit store is closed")))
+        case .full:
+            shared.refusedFull.add(1, ordering: .relaxed)
+            onDurable?(AuditAck(error: AuditError(.overflow, function: "submit", path: directory,
+                                                  detail: "more than \(maxQueued) records wait for the disk")))
         }
     }
 
@@ -255,8 +285,13 @@ public final class AuditStore: Sendable {
     }
 
     /// Whether the store writes: false from the first failed write or fdatasync until a retry
-    /// succeeds. Lock-free; the guard loop reads it every evaluation (SPEC §2 row 10).
-    public var isHealthy: Bool { shared.healthy.load(ordering: .acquiring) }
+    /// succeeds, and while a write or fdatasync has hung for more than `stallMs`. Lock-free;
+    /// the guard loop reads it every evaluation (SPEC §2 row 10).
+    public var isHealthy: Bool {
+        guard shared.healthy.load(ordering: .acquiring) else { return false }
+        let busy = shared.busySinceNs.load(ordering: .acquiring)
+        return busy == 0 || monotonicNowNs() - busy <= shared.stallNs
+    }
 
     /// A snapshot of the counters and the chain head.
     public var stats: AuditStats {
@@ -300,8 +335,15 @@ public final class AuditStore: Sendable {
 /// What the writer thread and the store share: health (lock-free), counters, stop reason.
 final class AuditShared: Sendable {
     let healthy = Atomic<Bool>(true)
+    /// When the writer entered its current write/fdatasync (CLOCK_MONOTONIC ns), 0 when idle.
+    let busySinceNs = Atomic<Int64>(0)
+    let stallNs: Int64
+    /// Records refused because the queue was full, not yet audited.
+    let refusedFull = Atomic<Int>(0)
     let stats = Mutex(AuditStats())
     let stopReason = Mutex<String?>(nil)
+
+    init(stallMs: Int) { stallNs = Int64(stallMs) * 1_000_000 }
 }
 
 struct AuditPending: Sendable {
@@ -347,6 +389,11 @@ final class AuditWriter {
     var refusedDuringFailure = 0
     var lostDuringFailure = 0
     var held: [AuditPending] = []
+    /// Records taken from the queue and not yet committed (from `backlogStart`).
+    var backlog: [AuditPending] = []
+    var backlogStart = 0
+    /// The longest write/fdatasync over `stallMs` not yet audited (0: none).
+    var stalledNs: Int64 = 0
     var nextRetryNs: Int64 = 0
     var nextCheckpointNs: Int64?
 
@@ -404,8 +451,18 @@ final class AuditWriter {
         while true {
             var deadline = nextCheckpointNs
             if !healthy { deadline = min(deadline ?? .max, nextRetryNs) }
-            let (batch, closed) = queue.take(max: config.maxBatch, deadlineNs: deadline)
-            var work = batch
+            // Take everything queued at once (a swap under the lock, so submitters never wait
+            // on a long copy) and commit it in slices of maxBatch.
+            let closed: Bool
+            if backlogStart >= backlog.count {
+                (backlog, closed) = queue.take(max: .max, deadlineNs: deadline)
+                backlogStart = 0
+            } else {
+                closed = queue.isClosed
+            }
+            let end = min(backlog.count, backlogStart + config.maxBatch)
+            var work = Array(backlog[backlogStart..<end])
+            backlogStart = end
             let now = monotonicNowNs()
             if let next = nextCheckpointNs, now >= next, let interval = config.checkpointIntervalMs, let cp = checkpoint {
                 let erin = cp()
@@ -420,13 +477,14 @@ final class AuditWriter {
             }
             if healthy {
                 if !work.isEmpty { commit(work) }
+                if healthy { reportDegradation() }
             } else {
                 for p in work {
                     if p.record.timing == .gating { refuse(p) } else { hold(p) }
                 }
                 if now >= nextRetryNs { attemptRecovery() }
             }
-            if closed && queue.count == 0 {
+            if closed && backlogStart >= backlog.count && queue.count == 0 {
                 finish()
                 return
             }
@@ -446,6 +504,38 @@ final class AuditWriter {
                 if p.record.timing == .gating { refuse(p) } else { hold(p) }
             }
         }
+    }
+
+    /// Audits a stall (a write or fdatasync slower than `stallMs`, during which `isHealthy` was
+    /// false) and records refused because the queue was full, once the store has caught up.
+    func reportDegradation() {
+        let full = shared.refusedFull.exchange(0, ordering: .acquiringAndReleasing)
+        guard stalledNs > 0 || full > 0 else { return }
+        let stall = stalledNs
+        stalledNs = 0
+        if stall > 0 {
+            shared.stats.withLock {
+                $0.stalls += 1
+                $0.longestStallNs = max($0.longestStallNs, stall)
+            }
+            logger.warning("audit disk stalled: health was 0 meanwhile", metadata: ["ms": "\(stall / 1_000_000)"])
+        }
+        if full > 0 { shared.stats.withLock { $0.lost += UInt64(full) } }
+        let now = time.now()
+        let record = AuditRecord(
+            action: .auditRecovered,
+            erin: [
+                "recovered_at": .string(RFC3339.format(wallNs: now.wallNs, fractionDigits: 6)),
+                "stalled_ms": .int(stall / 1_000_000),
+                "refused_queue_full": .int(Int64(full)),
+            ],
+            eraan: ["jis": .string("jis:\(config.node)")],
+            erachter: ["why": .string(stall > 0 ? "a write or fdatasync took \(stall / 1_000_000) ms (over \(config.stallMs) ms): health was 0 meanwhile"
+                                                : "records were refused while more than \(config.maxQueued) waited"),
+                       "safety_critical": true],
+            time: now)
+        commit([AuditPending(record: record, onDurable: nil)])
+        stalledNs = 0  // this token's own write is not a new stall to report
     }
 
     func enterFailure(_ error: AuditError) {
@@ -587,6 +677,13 @@ final class AuditWriter {
             bytes.append(contentsOf: t.lineBytes)
             bytes.append(0x0A)
             tokens.append(t)
+        }
+        let ioStart = monotonicNowNs()
+        shared.busySinceNs.store(ioStart, ordering: .releasing)
+        defer {
+            shared.busySinceNs.store(0, ordering: .releasing)
+            let took = monotonicNowNs() - ioStart
+            if took > shared.stallNs { stalledNs = max(stalledNs, took) }
         }
         do throws(AuditError) {
             if let e = config.hooks?.beforeWrite?(segmentPath, bytes.count) {

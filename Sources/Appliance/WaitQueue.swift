@@ -33,16 +33,19 @@ final class WaitQueue<Element: Sendable>: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    /// Appends and wakes the consumer. Returns false (and drops nothing: the element is not
-    /// taken) when the queue is closed.
+    enum PushResult { case queued, closed, full }
+
+    /// Appends and wakes the consumer, unless the queue is closed or already holds `limit`
+    /// elements (then the element is not taken).
     @discardableResult
-    func push(_ e: Element) -> Bool {
+    func push(_ e: Element, limit: Int = .max) -> PushResult {
         pthread_mutex_lock(mutex)
-        guard !closed else { pthread_mutex_unlock(mutex); return false }
+        defer { pthread_mutex_unlock(mutex) }
+        if closed { return .closed }
+        if items.count >= limit { return .full }
         items.append(e)
         pthread_cond_signal(cond)
-        pthread_mutex_unlock(mutex)
-        return true
+        return .queued
     }
 
     /// Refuses further pushes and wakes the consumer.
@@ -68,13 +71,19 @@ final class WaitQueue<Element: Sendable>: @unchecked Sendable {
             }
         }
         if items.count <= max {
-            let b = items
-            items.removeAll(keepingCapacity: true)
+            var b: [Element] = []
+            swap(&b, &items)  // O(1) under the lock, however long the queue
             return (b, closed)
         }
         let b = Array(items.prefix(max))
         items.removeFirst(max)
         return (b, closed)
+    }
+
+    var isClosed: Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return closed
     }
 
     var count: Int {

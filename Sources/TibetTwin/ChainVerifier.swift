@@ -112,8 +112,34 @@ public struct ChainVerifier: Sendable {
         }
     }
 
+    /// A signature check left for later (`deferSignatures`): everything else about the line
+    /// passed. Independent of every other line, so a caller may check them on several cores.
+    public struct PendingSignature: Sendable {
+        public var file: String
+        public var line: Int
+        public var tokenId: String
+        public var keyRaw: [UInt8]
+        public var fingerprint: String
+        public var message: [UInt8]
+        public var signature: String?
+
+        /// The failure this signature is, or nil when it verifies.
+        public func check() -> Failure? {
+            let fail = { (d: String) in Failure(file: file, line: line, kind: .signature, detail: d) }
+            guard let signature else { return fail("token \(tokenId) is not signed") }
+            guard let raw = Base64.decode(signature), raw.count == 64, let key = ChainVerifier.key(raw: keyRaw),
+                  key.isValidSignature(raw, for: message) else {
+                return fail("token \(tokenId): signature does not verify with key \(fingerprint)")
+            }
+            return nil
+        }
+    }
+
     private let pinnedRaw: [[UInt8]]
     private let checkSignatures: Bool
+    /// Collect signature checks in `pendingSignatures` instead of doing them in `verify`.
+    public var deferSignatures = false
+    public private(set) var pendingSignatures: [PendingSignature] = []
     private var lastId: String?
     private var lastHash: String?
     /// Whether the chain has a predecessor (a first token, or a resumed position).
@@ -244,7 +270,11 @@ public struct ChainVerifier: Sendable {
         guard let signer, let signerFingerprint else {
             throw fail(.key, "token \(token.tokenId): no signing key announced yet (a chain begins with a started token)")
         }
-        if checkSignatures {
+        if checkSignatures && deferSignatures {
+            pendingSignatures.append(PendingSignature(file: file, line: number, tokenId: token.tokenId,
+                                                      keyRaw: Array(signer.rawRepresentation), fingerprint: signerFingerprint,
+                                                      message: token.signedBytes, signature: token.signature))
+        } else if checkSignatures {
             guard token.signature != nil else { throw fail(.signature, "token \(token.tokenId) is not signed") }
             guard token.hasValidSignature(by: signer) else {
                 throw fail(.signature, "token \(token.tokenId): signature does not verify with key \(signerFingerprint)")
@@ -272,6 +302,12 @@ public struct ChainVerifier: Sendable {
             if token.erin["repair"] != nil { summary.repairs += 1 }
         }
         return token
+    }
+
+    /// Hands over the signature checks collected so far.
+    public mutating func takePendingSignatures() -> [PendingSignature] {
+        defer { pendingSignatures = [] }
+        return pendingSignatures
     }
 
     /// Splits a segment's bytes into its newline-terminated lines and the unterminated rest

@@ -32,11 +32,12 @@ final class AuditFixture: @unchecked Sendable {
         try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: path)
     }
 
-    func config(segmentBytes: Int = 8 << 20, retryMs: Int = 20, checkpointMs: Int? = nil,
-                hooks: AuditIOHooks? = nil, keyPath: String? = nil) -> AuditStore.Configuration {
+    func config(segmentBytes: Int = 8 << 20, retryMs: Int = 20, checkpointMs: Int? = nil, stallMs: Int = 60_000,
+                maxQueued: Int = 100_000, maxBatch: Int = 4096, hooks: AuditIOHooks? = nil,
+                keyPath: String? = nil) -> AuditStore.Configuration {
         AuditStore.Configuration(directory: dir, keyPath: keyPath ?? self.keyPath, node: "guard-01", host: "test-host",
-                                 segmentBytes: segmentBytes, retryIntervalMs: retryMs,
-                                 checkpointIntervalMs: checkpointMs, hooks: hooks)
+                                 segmentBytes: segmentBytes, maxBatch: maxBatch, retryIntervalMs: retryMs,
+                                 checkpointIntervalMs: checkpointMs, stallMs: stallMs, maxQueued: maxQueued, hooks: hooks)
     }
 
     func segmentPath(_ n: Int) -> String { dir + "/" + AuditSegment.name(n) }
@@ -263,6 +264,35 @@ struct AuditStoreTests {
         #expect(inside.segment == 2)
     }
 
+    /// `AuditDirectory.verify` checks signatures on all cores after the in-order checks; the
+    /// failure it reports is still the earliest line, whichever check fails there.
+    @Test func directoryVerifyReportsTheEarliestFailureWithParallelSignatures() async throws {
+        let fx = try AuditFixture()
+        let store = try AuditStore.open(fx.config())
+        for i in 0..<60 { store.submit(record(i)) }
+        store.close()
+        let original = try fx.lines(1)
+        var lines = original
+        func write() throws { try Data(lines.map { $0 + "\n" }.joined().utf8).write(to: URL(fileURLWithPath: fx.segmentPath(1))) }
+        // Line 40: changed content (hash). Line 12: a signature by another key.
+        lines[39] = lines[39].replacingOccurrences(of: #""reason":"BLOCKED: test""#, with: #""reason":"BLOCKED: tes""#)
+        try write()
+        #expect(failure(try fx.verify()).map { "\($0.line) \($0.kind)" } == "40 hash")
+        var t = try TibetToken(json: JSONParser.parse(lines[11]))
+        try t.sign(with: Curve25519.Signing.PrivateKey())
+        lines[11] = t.line
+        try write()
+        #expect(failure(try fx.verify()).map { "\($0.line) \($0.kind)" } == "12 signature")
+        // And a signature failure after a hash failure does not hide it.
+        lines = original
+        var u = try TibetToken(json: JSONParser.parse(lines[49]))
+        try u.sign(with: Curve25519.Signing.PrivateKey())
+        lines[49] = u.line
+        lines[19] = lines[19].replacingOccurrences(of: #""jis":"jis:crane-01""#, with: #""jis":"jis:crane-02""#)
+        try write()
+        #expect(failure(try fx.verify()).map { "\($0.line) \($0.kind)" } == "20 hash")
+    }
+
     @Test func keyRotationAcrossRestartIsAnnouncedAndVerifiable() async throws {
         let fx = try AuditFixture()
         try AuditStore.open(fx.config()).close()
@@ -352,6 +382,53 @@ struct AuditStoreTests {
         // Acknowledged in submission order.
         let ids = acks.withLock { $0.map { TestIDs.number($0.tokenId!) } }
         #expect(ids == ids.sorted())
+    }
+
+    /// A hung disk (fdatasync that does not return) turns health to 0 after `stallMs`, and
+    /// back when the call returns; the stall is audited. A full queue refuses at once.
+    @Test func hungDiskIsUnhealthyAndAFullQueueRefuses() async throws {
+        let fx = try AuditFixture()
+        let disk = DiskSwitch()
+        let store = try AuditStore.open(fx.config(stallMs: 100, maxQueued: 5, hooks: disk.hooks))
+        #expect(store.isHealthy)
+        disk.holdSync.store(true, ordering: .releasing)
+        let acks = Mutex<[AuditAck]>([])
+        store.submit(record(0, .gating)) { a in acks.withLock { $0.append(a) } }
+        #expect(await eventually { disk.syncsHeld.load(ordering: .acquiring) == 1 })
+        #expect(await eventually { !store.isHealthy })
+        #expect(acks.withLock { $0.isEmpty })
+        for i in 1...5 { store.submit(record(i)) { a in acks.withLock { $0.append(a) } } }
+        let refused = await store.submitAndWait(record(6, .gating))
+        #expect(refused.error?.kind == .overflow)
+        disk.holdSync.store(false, ordering: .releasing)
+        #expect(await eventually { store.isHealthy && acks.withLock { $0.count } == 6 })
+        #expect(acks.withLock { $0.allSatisfy(\.isDurable) })
+        store.close()
+        let stats = store.stats
+        #expect(stats.stalls >= 1 && stats.longestStallNs >= 100_000_000)  // a loaded disk may add more
+        let reports = try fx.tokens().filter { $0.action == .auditRecovered }
+        #expect(reports.contains { ($0.erin["stalled_ms"]?.intValue ?? 0) >= 100 })
+        #expect(reports.contains { $0.erin["refused_queue_full"] == 1 })
+        _ = try fx.verify().get()
+    }
+
+    /// What is queued beyond `maxBatch` goes out in slices, in order.
+    @Test func largeBacklogIsCommittedInSlicesOfMaxBatch() async throws {
+        let fx = try AuditFixture()
+        let disk = DiskSwitch()
+        let store = try AuditStore.open(fx.config(maxBatch: 10, hooks: disk.hooks))
+        disk.holdSync.store(true, ordering: .releasing)
+        let acks = Mutex<[AuditAck]>([])
+        store.submit(record(0)) { a in acks.withLock { $0.append(a) } }
+        #expect(await eventually { disk.syncsHeld.load(ordering: .acquiring) == 1 })
+        for i in 1...35 { store.submit(record(i)) { a in acks.withLock { $0.append(a) } } }
+        disk.holdSync.store(false, ordering: .releasing)
+        #expect(await eventually { acks.withLock { $0.count } == 36 })
+        store.close()
+        #expect(store.stats.largestBatch == 10)
+        #expect(store.stats.batches == 1 + 1 + 4 + 1)  // started, record 0, 10+10+10+5, stopped
+        let order = try fx.tokens().compactMap { $0.erin["i"]?.intValue }
+        #expect(order == (0...35).map(Int64.init))
     }
 
     @Test func concurrentSubmittersAllGetTheirTokens() async throws {
