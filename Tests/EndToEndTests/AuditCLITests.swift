@@ -167,6 +167,40 @@ struct AuditCLITests {
         #expect(nc == 2 && !nerr.isEmpty)
     }
 
+    /// The README's way, with `tibet-twin keygen` making the audit key: the store signs with it,
+    /// `audit verify --key OUT.pub` pins it; a key file others may read is refused and changes
+    /// nothing; a second keygen never overwrites the key.
+    @Test func keygenKeySignsAndPinsTheChainAsTheReadmeSays() throws {
+        let fx = try AuditCLIFixture()
+        let key = fx.root + "/readme/guard.key"
+        try FileManager.default.createDirectory(atPath: fx.root + "/readme", withIntermediateDirectories: true)
+        let (kc, kout, kerr) = try runTibetTwin(["keygen", key])
+        #expect(kc == 0, "\(kerr)")
+        #expect(kout.contains(key + ".pub"))
+        let mode = try #require(FileManager.default.attributesOfItem(atPath: key)[.posixPermissions] as? Int)
+        #expect(mode & 0o077 == 0)
+        let (lc, lout, lerr) = try runTibetTwin(["audit", "_load", fx.dir, "--key", key, "--count", "8", "--node", "guard-01"])
+        #expect(lc == 0, "\(lerr)")
+        #expect(acked(lout.split(separator: "\n").map(String.init)).count == 8)
+        let (vc, vout, _) = try runTibetTwin(["audit", "verify", fx.dir, "--key", key + ".pub"])
+        #expect(vc == 0, "\(vout)")
+        #expect(vout.hasPrefix("ok: 10 tokens in 1 segment, ") && vout.contains("(pinned)"), "\(vout)")
+        // The test fixture's own key is another key: pinned to it, the chain fails at line 1.
+        let (oc, oout, _) = try runTibetTwin(["audit", "verify", fx.dir, "--key", fx.pub])
+        #expect(oc == 1 && oout.hasPrefix(fx.dir + "/tibet-1.jsonl:1: key: "), "\(oout)")
+
+        // Readable by group: refused at open, exit 2, the chain is not touched.
+        let before = try fx.segments().map(\.bytes)
+        #expect(chmod(key, 0o640) == 0)
+        let (rc, _, rerr) = try runTibetTwin(["audit", "_load", fx.dir, "--key", key, "--count", "1", "--node", "guard-01"])
+        #expect(rc == 2)
+        #expect(rerr.contains(key) && rerr.split(separator: "\n").count == 1, "\(rerr)")
+        #expect(try fx.segments().map(\.bytes) == before)
+        // keygen refuses to overwrite the existing key.
+        let (gc, _, gerr) = try runTibetTwin(["keygen", key])
+        #expect(gc == 1 && gerr.contains("exists"), "\(gerr)")
+    }
+
     @Test func verifyNamesTheTamperedLine() throws {
         let fx = try AuditCLIFixture()
         _ = try runTibetTwin(["audit", "_load", fx.dir, "--key", fx.key, "--count", "12", "--threads", "1"])
