@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Appliance
 import Foundation
+import Modbus
 import Synchronization
 import TibetTwin
 
@@ -10,7 +11,9 @@ import TibetTwin
 ///
 /// - durable tokens/s with group commit (a burst, and 16 closed-loop submitters), beside the
 ///   baseline of one write + fdatasync per token with the same signed lines;
-/// - a permit rise's added latency (submit → durable ack), p50/p99, idle and under load;
+/// - a permit rise's added latency (submit → durable ack), p50/p99, idle and under load, and
+///   all the way to the coil: durable ack → published to the interlock server → a Modbus client
+///   polling coil 0 reads the 1;
 /// - that a drop is not delayed by the audit: the drop path (publish + submit) timed while
 ///   every fdatasync takes 50 ms (injected), and while another thread loads the disk with
 ///   4 MiB writes + fsync, beside the rise path under the same conditions.
@@ -107,6 +110,8 @@ struct AuditBench: BenchSuite {
                          loaded ? " (+2k/s)" : "        ", pct(lat, 50), pct(lat, 99), lat.max()!))
         }
 
+        try await riseToCoil(store: try AuditStore.open(config("coil")))
+
         // Drops are not delayed: the drop path is publish (an atomic store, as the guard loop
         // does) then submit; the rise path is submit, wait for the ack, then publish.
         let delayMs = Atomic<Int>(0)
@@ -148,6 +153,80 @@ struct AuditBench: BenchSuite {
             print(String(format: "%-17@ drop path p50 %7.4f ms  p99 %7.4f ms  max %7.3f ms | rise path p50 %7.2f ms  p99 %7.2f ms",
                          label as NSString, pct(drops, 50), pct(drops, 99), drops.max()!, pct(rises, 50), pct(rises, 99)))
         }
+    }
+
+    /// A rise as the appliance shows it: the token is submitted and waited for, then the permit
+    /// table is published to a real interlock server, and a libmodbus client on its own thread,
+    /// reading coil 0 back to back over 127.0.0.1, sees the 1. Each round starts from a
+    /// published drop the client has seen.
+    func riseToCoil(store: AuditStore) async throws {
+        let map = DeviceMap(device: "crane-01", profile: .port, plc: PLCEndpoint(host: "127.0.0.1"),
+                            limits: Limits(maxDriftMs: 200, rearmMs: 0),
+                            status: StatusSpec(register: RegisterSpec(name: "status", address: 0), values: [0: "operational"]),
+                            registers: [], intents: [IntentSpec(name: "move_left", coil: 0)])
+        let layout = try InterlockLayout(maps: [map])
+        let interlock = try InterlockServer(config: InterlockConfig(host: "127.0.0.1", port: 0), layout: layout)
+        try interlock.start()
+        defer { interlock.stopImmediately() }
+        let blocked = PermitTable(layout: layout, heartbeat: 1, healthy: true,
+                                  devices: ["crane-01": DeviceDiagnostics(reason: .audit, permits: [])])
+        let permitted = PermitTable(layout: layout, heartbeat: 1, healthy: true,
+                                    devices: ["crane-01": DeviceDiagnostics(reason: .ok, permits: ["move_left"])])
+        interlock.publish(blocked)
+        // The poller: the coil value it read last, and when it first read a 1 after a 0.
+        let coil = Atomic<Int>(-1)
+        let roseAt = Atomic<Int64>(0)
+        let stop = Atomic<Bool>(false)
+        let stopped = Atomic<Bool>(false)
+        let reads = Atomic<Int>(0)
+        let port = interlock.port
+        let poller = Thread {
+            defer { stopped.store(true, ordering: .releasing) }
+            guard let client = try? ModbusClient(host: "127.0.0.1", port: port), (try? client.connect()) != nil else { return }
+            defer { client.close() }
+            while !stop.load(ordering: .relaxed) {
+                guard let bits = try? client.readBits(table: .coil, address: 0, count: 1) else { continue }
+                reads.add(1, ordering: .relaxed)
+                let v = Int(bits[0])
+                if v == 1 && coil.load(ordering: .relaxed) != 1 { roseAt.store(monotonicNs(), ordering: .relaxed) }
+                coil.store(v, ordering: .releasing)
+            }
+        }
+        poller.start()
+        defer {
+            stop.store(true, ordering: .relaxed)
+            while !stopped.load(ordering: .acquiring) { usleep(1000) }
+        }
+        func waitFor(_ v: Int) -> Bool {
+            let deadline = monotonicNs() + 5_000_000_000
+            while coil.load(ordering: .acquiring) != v {
+                if monotonicNs() > deadline || stopped.load(ordering: .acquiring) { return false }
+                usleep(20)
+            }
+            return true
+        }
+        var toDurable: [Double] = [], durableToCoil: [Double] = [], total: [Double] = []
+        for i in 0..<200 {
+            interlock.publish(blocked)
+            guard waitFor(0) else { print("rise→coil: the client does not read coil 0"); break }
+            let t0 = monotonicNs()
+            let ack = await store.submitAndWait(benchRecord(i, .gating))
+            let t1 = monotonicNs()
+            guard ack.isDurable else { print("rise→coil: token refused: \(ack.error!)"); break }
+            interlock.publish(permitted)
+            guard waitFor(1) else { print("rise→coil: the 1 never reached the client"); break }
+            let t2 = roseAt.load(ordering: .relaxed)
+            toDurable.append(Double(t1 - t0) / 1e6)
+            durableToCoil.append(Double(t2 - t1) / 1e6)
+            total.append(Double(t2 - t0) / 1e6)
+        }
+        store.close()
+        guard !total.isEmpty else { return }
+        print(String(format: "rise→coil submit → durable ack  p50 %6.2f ms  p99 %6.2f ms", pct(toDurable, 50), pct(toDurable, 99)))
+        print(String(format: "rise→coil durable → client reads 1  p50 %6.3f ms  p99 %6.3f ms  (publish + one Modbus read; %d reads)",
+                     pct(durableToCoil, 50), pct(durableToCoil, 99), reads.load(ordering: .relaxed)))
+        print(String(format: "rise→coil submit → client reads 1  p50 %6.2f ms  p99 %6.2f ms  (%d rises)",
+                     pct(total, 50), pct(total, 99), total.count))
     }
 
     /// CPU per token on this thread (CLOCK_THREAD_CPUTIME_ID, so other load on the machine
