@@ -518,6 +518,56 @@ struct AuditStoreTests {
     }
 }
 
+extension AuditStoreTests {
+    /// A directory no new file can be made in (a tmpfs out of inodes): the next segment cannot
+    /// be created at rotation. Health goes 0, rises are refused, nothing crashes; when files can
+    /// be created again the store rotates, recovers by itself, and the chain verifies across
+    /// the segments.
+    @Test(.enabled(if: canMountTmpfs))
+    func directoryWithoutRoomForASegmentBlocksAndRecovers() async throws {
+        let fx = try AuditFixture()
+        let mnt = fx.root + "/mnt"
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        try #require("size=4m,nr_inodes=16".withCString { mount("tmpfs", mnt, "tmpfs", 0, $0) } == 0)
+        defer { umount2(mnt, Int32(MNT_DETACH)) }
+        let config = AuditStore.Configuration(directory: mnt + "/audit", keyPath: fx.keyPath, node: "guard-01",
+                                              segmentBytes: 4000, retryIntervalMs: 20)
+        let store = try AuditStore.open(config)
+        // Take every inode left.
+        var fillers: [String] = []
+        while true {
+            let path = mnt + "/filler-\(fillers.count)"
+            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+            if fd < 0 { break }
+            close(fd)
+            fillers.append(path)
+        }
+        try #require(errno == ENOSPC && fillers.count < 16)
+        var acked: [String] = []
+        var refused = 0
+        for i in 0..<200 where store.isHealthy {
+            let ack = await store.submitAndWait(record(i, .gating))
+            if let id = ack.tokenId { acked.append(id) } else { refused += 1 }
+        }
+        #expect(!store.isHealthy)
+        #expect(refused >= 1)
+        #expect(store.stats.lastError?.contains("tibet-2.jsonl") == true, "\(store.stats.lastError ?? "")")
+        #expect(store.stats.lastError?.contains("ENOSPC") == true)
+        let whileFailing = await store.submitAndWait(record(1000, .gating))
+        #expect(whileFailing.error?.kind == .unhealthy)
+        for f in fillers { unlink(f) }
+        #expect(await eventually { store.isHealthy })
+        let after = await store.submitAndWait(record(9999, .gating))
+        #expect(after.isDurable)
+        store.close()
+        let tokens = try AuditDirectory.tokens(config.directory).map(\.token)
+        #expect(Set(acked + [after.tokenId!]).isSubset(of: Set(tokens.map(\.tokenId))))
+        #expect(tokens.contains { $0.action == .auditRecovered })
+        let summary = try AuditDirectory.verify(config.directory).get()
+        #expect(summary.segments >= 2)
+    }
+}
+
 /// Whether this process may mount a tmpfs (root with CAP_SYS_ADMIN); probed once.
 let canMountTmpfs: Bool = {
     guard getuid() == 0 else { return false }
