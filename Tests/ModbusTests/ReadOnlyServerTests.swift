@@ -185,6 +185,8 @@ struct ReadOnlyServerTests {
     @Test func pipelinedAndSplitFrames() async throws {
         // A byte timeout far above any pause below, however long a busy test run stretches it.
         try await withServer({ $0.byteTimeoutMs = 60_000 }) { server in
+            let watcher = Watcher(port: server.port, coils: 17)
+            defer { watcher.finish() }
             let raw = try RawClient(port: server.port)
             // Three requests in one segment: three replies, in order.
             try raw.send(mbap(tid: 1, readPDU(1, 0, 3)) + mbap(tid: 2, readPDU(4, 0, 2)) + mbap(tid: 3, [0x11]))
@@ -201,7 +203,59 @@ struct ReadOnlyServerTests {
             #expect(raw.reply() == .bytes([0, 4, 0, 0, 0, 5, 1, 3, 2, 0, 101]))
             try raw.send(Array(mbap(tid: 5, readPDU(2, 3, 1)).dropFirst(4)))
             #expect(raw.reply() == .bytes([0, 5, 0, 0, 0, 4, 1, 2, 1, 1]))
+            // A valid read pipelined behind a malformed frame is never answered: the
+            // connection closes at the malformed one.
+            let bad = try RawClient(port: server.port)
+            try bad.send(mbap(tid: 6, readPDU(1, 0, 1)) + mbap(pid: 7, tid: 7, readPDU(1, 0, 1)) + mbap(tid: 8, readPDU(1, 0, 1)))
+            #expect(bad.reply() == .bytes([0, 6, 0, 0, 0, 4, 1, 1, 1, 1]))
+            #expect(bad.reply() == .closed)
+            #expect(await eventually { watcher.reads > 0 })
+            watcher.finish()
+            #expect(watcher.failures == [])
         }
+    }
+
+    /// No descriptor at or above the limit is ever served (1024 in production, where
+    /// libmodbus's `select()` elsewhere in the process would abort on it): such a peer is
+    /// closed at accept, counted and reported, and the server keeps running.
+    @Test func descriptorsAtOrAboveTheLimitAreRefusedAtAccept() async throws {
+        // A listener at or above the limit fails at init, with a typed error.
+        #expect {
+            try ReadOnlyModbusServer(configuration: .init(host: "127.0.0.1", port: 0, descriptorLimit: 3), image: .empty)
+        } throws: { ($0 as? ModbusServerError)?.kind == .descriptorLimit }
+        // A limit a few descriptors above the lowest free one: the listener, the epoll and the
+        // reply pair fit below it, and the clients opened here soon reach it. Other tests open
+        // descriptors at the same time, so a listener that lands above it just means try again.
+        var made: ReadOnlyModbusServer?
+        let log = EventLog()
+        for _ in 0..<20 where made == nil {
+            let lowest = open("/dev/null", O_RDONLY)
+            close(lowest)
+            made = try? ReadOnlyModbusServer(
+                configuration: .init(host: "127.0.0.1", port: 0, maxClients: 1000, descriptorLimit: lowest + 8),
+                image: sampleImage, events: log.sink)
+        }
+        let server = try #require(made, "no listener below the limit in 20 tries")
+        try server.start()
+        defer { server.stop(); server.join() }
+        var clients: [RawClient] = []
+        for _ in 0..<40 { clients.append(try RawClient(port: server.port)) }
+        #expect(await eventually { server.counters().accepted + server.counters().refusedDescriptorLimit == 40 })
+        #expect(server.counters().refusedDescriptorLimit >= 1)
+        #expect(log.all.contains { if case .refused(_, .descriptorLimit) = $0 { return true }; return false })
+        // Every client was either served or closed, none left hanging.
+        var served = 0, closed = 0
+        for c in clients {
+            // A refused peer may already see its send fail (reset by the close).
+            guard (try? c.send(mbap(tid: 9, readPDU(1, 0, 1)))) != nil else { closed += 1; continue }
+            switch c.reply() {
+            case .bytes(let r): #expect(r == [0, 9, 0, 0, 0, 4, 1, 1, 1, 1]); served += 1
+            case .closed: closed += 1
+            case .timeout: Issue.record("a client neither served nor closed")
+            }
+        }
+        #expect(UInt64(served) == server.counters().accepted)
+        #expect(UInt64(closed) == server.counters().refusedDescriptorLimit)
     }
 
     @Test func aClientThatReadsSlowlyGetsEveryReplyInOrder() async throws {
