@@ -79,6 +79,56 @@ struct ReadOnlyServerTests {
         }
     }
 
+    /// Every reply comes from one published image: while another thread publishes image after
+    /// image (image k holds k in every register and k % 2 in every bit), no read of the
+    /// widest span libmodbus allows ever returns values from two of them.
+    @Test func aReplyNeverMixesTwoPublishedImages() async throws {
+        @Sendable func image(_ k: Int) -> ModbusImage {
+            let bit = UInt8(k % 2), reg = UInt16(k & 0xFFFF)
+            return ModbusImage(coils: [UInt8](repeating: bit, count: 2000), discreteInputs: [UInt8](repeating: bit, count: 2000),
+                               holdingRegisters: [UInt16](repeating: reg, count: 125),
+                               inputRegisters: [UInt16](repeating: reg, count: 125))
+        }
+        try await withServer(image: image(0)) { server in
+            let stop = StopFlag()
+            let publisher = Thread {
+                var k = 1
+                while !stop.isSet {
+                    server.publish(image(k))
+                    k += 1
+                    usleep(20)
+                }
+            }
+            publisher.start()
+            defer { stop.set() }
+            let c = try LibmodbusClient(port: server.port)
+            var mixed: [String] = []
+            var seen = Set<UInt16>()
+            for i in 0..<1200 {
+                switch i % 4 {
+                case 0:
+                    let r = try c.readRegisters(0, 125)
+                    seen.insert(r[0])
+                    if Set(r).count != 1 { mixed.append("holding \(Set(r).sorted())") }
+                case 1:
+                    let r = try c.readRegisters(0, 125, input: true)
+                    seen.insert(r[0])
+                    if Set(r).count != 1 { mixed.append("input \(Set(r).sorted())") }
+                case 2:
+                    let b = try c.readBits(0, 2000)
+                    if Set(b).count != 1 { mixed.append("coils") }
+                default:
+                    let b = try c.readBits(0, 2000, discrete: true)
+                    if Set(b).count != 1 { mixed.append("discrete inputs") }
+                }
+            }
+            stop.set()
+            #expect(mixed == [])
+            // The reads really ran while images changed (not one image the whole time).
+            #expect(seen.count > 1)
+        }
+    }
+
     @Test func unitIdsAnsweredAndNot() async throws {
         try await withServer({ $0.unit = 7 }) { server in
             for unit: Int32 in [7, 0, 255] {

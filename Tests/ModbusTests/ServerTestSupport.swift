@@ -186,6 +186,13 @@ final class LibmodbusClient {
     }
 }
 
+/// A flag one thread sets and another polls.
+final class StopFlag: Sendable {
+    private let flag = Mutex(false)
+    var isSet: Bool { flag.withLock { $0 } }
+    func set() { flag.withLock { $0 = true } }
+}
+
 /// A client on its own thread reading coils the whole time, counting reads and failures: the
 /// "second client" that must see no error while others misbehave.
 final class Watcher: Sendable {
