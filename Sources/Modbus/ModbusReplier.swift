@@ -11,7 +11,8 @@ import Glibc
 /// be lost or cut in half. So the context's socket is one end of a private `socketpair`, and
 /// every reply is read back from the other end and queued by the caller's event loop, which
 /// then handles partial writes itself. The pair's buffer always has room: it is emptied after
-/// every reply.
+/// every reply. The one exception is `replyDirect`: when the client socket's send queue is
+/// empty, a reply (at most 260 bytes) goes in whole or not at all, so it is sent there directly.
 ///
 /// Only requests that `ModbusRequestCheck.decide` passed as reads reach `modbus_reply`, so it
 /// never takes its 0.5 s sleep-and-flush path (bad quantity, unknown function).
@@ -101,6 +102,33 @@ public final class ModbusReplier {
         let rc = modbus_reply(ctx, p, Int32(frame.count), mapping)
         if rc < 0 { throw ModbusError(kind: .other, errno: errno, function: "modbus_reply") }
         try collect(Int(rc), function: "modbus_reply", into: &out)
+    }
+
+    /// Answers a read request that `ModbusRequestCheck.decide` accepted straight onto the
+    /// non-blocking client socket `fd`, saving the round trip through the private pair; true if
+    /// the whole reply was sent, false if nothing was (use `reply(to:into:)` then).
+    ///
+    /// Only taken when the socket's send queue is empty (`TIOCOUTQ` 0: every byte sent before
+    /// has been acknowledged), so the kernel holds no other data for it and a reply of at most
+    /// 260 bytes goes in whole or, under memory pressure, not at all (`EAGAIN`). libmodbus
+    /// cannot report how much of a cut reply it sent, so a cut reply (never expected) throws
+    /// `EMBBADDATA` and the caller must close the connection.
+    /// The corresponding C function is `modbus_reply`.
+    public func replyDirect(to frame: UnsafeRawBufferPointer, socket fd: Int32) throws(ModbusError) -> Bool {
+        guard let mapping else {
+            throw ModbusError(kind: .other, errno: EINVAL, function: "modbus_reply")
+        }
+        var queued: Int32 = -1
+        if ioctl(fd, UInt(TIOCOUTQ), &queued) != 0 || queued != 0 { return false }
+        let p = frame.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        _ = modbus_set_socket(ctx, fd)
+        let rc = modbus_reply(ctx, p, Int32(frame.count), mapping)
+        let e = errno
+        _ = modbus_set_socket(ctx, writeEnd)
+        if rc >= 0 { return true }
+        // send() returned -1: nothing of this reply went out.
+        if e == EAGAIN || e == EWOULDBLOCK || e == EINTR { return false }
+        throw ModbusError(kind: .other, errno: e, function: "modbus_reply")
     }
 
     /// Answers `frame` with a Modbus exception (tid and unit id echoed), appending it to `out`.

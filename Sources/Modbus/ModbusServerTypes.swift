@@ -138,6 +138,9 @@ public struct ModbusServerCounters: Sendable, Hashable {
     public var requests: UInt64 = 0
     /// Reads answered with data.
     public var readsAnswered: UInt64 = 0
+    /// Of those, replies written straight onto an idle client socket (the rest went through
+    /// the output buffer; see `ModbusReplier.replyDirect`).
+    public var readsSentDirect: UInt64 = 0
     /// Exception replies by code (1 illegal function, 2 illegal address, 3 illegal value,
     /// 11 gateway target: unit id not answered).
     public var exceptionIllegalFunction: UInt64 = 0
@@ -192,6 +195,7 @@ public struct ModbusServerCounters: Sendable, Hashable {
     mutating func add(_ d: ModbusServerCounters) {
         requests += d.requests
         readsAnswered += d.readsAnswered
+        readsSentDirect += d.readsSentDirect
         exceptionIllegalFunction += d.exceptionIllegalFunction
         exceptionIllegalAddress += d.exceptionIllegalAddress
         exceptionIllegalValue += d.exceptionIllegalValue

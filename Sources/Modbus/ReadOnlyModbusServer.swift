@@ -612,6 +612,21 @@ final class ServerLoop {
                                      holdingRegisters: image.holdingRegisters, inputRegisters: image.inputRegisters)
                     mapped = image
                 }
+                // Nothing queued for this client: straight onto its socket if the kernel's send
+                // queue is empty too; otherwise (or if that sends nothing) through the pair and
+                // the output buffer, which keeps the order and handles partial writes.
+                if c.pendingOutput == 0 {
+                    do {
+                        if try replier.replyDirect(to: frame, socket: c.fd) {
+                            delta.readsAnswered += 1
+                            delta.readsSentDirect += 1
+                            return true
+                        }
+                    } catch where error.errno == EPIPE || error.errno == ECONNRESET {
+                        closeConnection(c, .peerClosed)
+                        return false
+                    }
+                }
                 try replier.reply(to: frame, into: &c.output)
                 delta.readsAnswered += 1
             case .exception(let code):
