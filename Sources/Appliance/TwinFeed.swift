@@ -14,7 +14,9 @@ import Glibc
 /// only ordering and the hand-over take the lock, so the sink sees each device's states in
 /// `seq` order even when several sources deliver at once.
 public final class TwinFeedPipeline: Sendable {
-    public let parser: TwinLineParser
+    /// The parser in use; `replace(parser:forgetting:)` swaps it on a reload.
+    public var parser: TwinLineParser { current.withLock { $0 } }
+    private let current: Mutex<TwinLineParser>
     private let validator: Mutex<TwinValidator>
     private let sink: @Sendable (TwinState) -> Void
 
@@ -23,14 +25,14 @@ public final class TwinFeedPipeline: Sendable {
     /// pipeline's lock held: it must not block and must not call back into the feed. The
     /// appliance's inbox keeps only the latest state per device, which bounds memory in a burst.
     public init(parser: TwinLineParser, sink: @escaping @Sendable (TwinState) -> Void) {
-        self.parser = parser
+        self.current = Mutex(parser)
         self.validator = Mutex(TwinValidator(parser: parser))
         self.sink = sink
     }
 
     /// Parses, validates, orders and hands over one line (without its newline).
     public func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading) -> TwinLineOutcome {
-        let parsed = parser.parse(buffer: line, received: received)
+        let parsed = current.withLock { $0 }.parse(buffer: line, received: received)
         return validator.withLock { v in
             let outcome = v.admit(parsed)
             switch outcome {
@@ -39,6 +41,15 @@ public final class TwinFeedPipeline: Sendable {
             }
             return outcome
         }
+    }
+
+    /// Judges lines by a new parser from now on (a SIGHUP reload with new maps or keys) and
+    /// forgets the `seq` state of `devices` (those whose map changed); the other devices keep
+    /// theirs, so a replay across a reload is still a replay. Lines already being parsed finish
+    /// with the old parser.
+    public func replace(parser: TwinLineParser, forgetting devices: [String]) {
+        current.withLock { $0 = parser }
+        validator.withLock { v in for d in devices { v.forget(device: d) } }
     }
 
     /// Forgets a device's `seq` state (for reloads where its map changed).

@@ -211,6 +211,16 @@ public final class ModbusClient {
         }
     }
 
+    /// Writes one coil (FC 5): the demo and the tests use it to show that the interlock refuses
+    /// writes. The corresponding C function is `modbus_write_bit`.
+    public func writeBit(address: Int, value: Bool) throws(ModbusError) {
+        try checkRequest(function: "modbus_write_bit", table: .coil, address: address, count: 1,
+                         capacity: 1, bitTable: true)
+        try transfer(function: "modbus_write_bit", table: .coil, address: address, count: 1) {
+            modbus_write_bit(ctx, Int32(address), value ? 1 : 0)
+        }
+    }
+
     private func checkRequest(function: String, table: ModbusTable, address: Int, count: Int,
                               capacity: Int, bitTable: Bool) throws(ModbusError) {
         guard table.isBitTable == bitTable, count >= 1, count <= table.maxReadCount, capacity >= count,

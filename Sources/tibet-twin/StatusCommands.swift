@@ -20,6 +20,12 @@ enum CLIOutput {
         bytes.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
     }
 
+    /// Writes one line to stdout unbuffered (file descriptor 1), so a pipe sees it at once.
+    static func outputLine(_ text: String) {
+        let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
+        bytes.withUnsafeBytes { _ = write(1, $0.baseAddress, $0.count) }
+    }
+
     static var stdoutIsTerminal: Bool { isatty(1) == 1 }
 }
 

@@ -1,0 +1,124 @@
+import Crypto
+import Foundation
+import TibetTwin
+
+/// Problems that stop the appliance from starting (or a reload from being applied): one line
+/// each, saying what and where.
+public struct StartupError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var lines: [String]
+
+    public init(_ lines: [String]) { self.lines = lines }
+    public init(_ line: String) { self.lines = [line] }
+
+    public var description: String { lines.joined(separator: "\n") }
+}
+
+/// A config file and everything it names, read and validated completely: the config itself,
+/// the maps (in layout order), the interlock layout, the twins' public keys and the twin line
+/// parser built from them. Built the same way at start and on SIGHUP, so a reload accepts
+/// exactly what a start would.
+public struct LoadedConfig: Sendable {
+    public var config: ApplianceConfig
+    public var maps: [DeviceMap]
+    public var layout: InterlockLayout
+    public var twinKeys: [String: TwinPublicKey]
+    public var parser: TwinLineParser
+    /// SHA-256 of the config file's bytes.
+    public var configSHA256: String
+
+    /// Reads and validates `path` and every map it names. Every problem is reported.
+    public static func load(configPath path: String) throws(StartupError) -> LoadedConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let exists = FileManager.default.fileExists(atPath: path)
+            throw StartupError("\(path): \(exists ? "cannot read the config file" : "no such config file")")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw StartupError("\(path):1:1: not UTF-8 text (the config is YAML in UTF-8)")
+        }
+        let config: ApplianceConfig
+        do {
+            config = try ApplianceConfig.parse(yaml: text, file: path)
+        } catch {
+            throw StartupError(error.issues.map(\.description))
+        }
+        let maps: [DeviceMap]
+        do {
+            maps = try MapFiles.load(paths: config.maps)
+        } catch {
+            throw StartupError(error.issues.map(\.description))
+        }
+        let layout: InterlockLayout
+        do {
+            layout = try InterlockLayout(maps: maps)
+        } catch {
+            throw StartupError("\(path): \(error)")
+        }
+        let keys: [String: TwinPublicKey]
+        do {
+            keys = try TwinKeys.load(for: maps)
+        } catch {
+            throw StartupError("\(error)")
+        }
+        let parser: TwinLineParser
+        do {
+            parser = try TwinLineParser(maps: maps, keys: keys)
+        } catch {
+            throw StartupError("\(error)")
+        }
+        var lines: [String] = []
+        if config.interlock.unit < 1 || config.interlock.unit > 247 {
+            lines.append("\(path): interlock.unit: \(config.interlock.unit) is not a Modbus unit id (1…247)")
+        }
+        if !lines.isEmpty { throw StartupError(lines) }
+        return LoadedConfig(config: config, maps: maps, layout: layout, twinKeys: keys, parser: parser,
+                            configSHA256: Hex.encode(SHA256.hash(data: data)))
+    }
+
+    /// The twin feeds as the feed service takes them.
+    public var feedSpecs: [TwinFeedSpec] {
+        config.twin.feeds.map { feed in
+            switch feed {
+            case .file(let path, let fromStart): return .file(path: path, fromStart: fromStart)
+            case .tcp(let listen): return .tcp(host: listen.host, port: listen.port)
+            case .unix(let path): return .unix(path: path)
+            }
+        }
+    }
+
+    /// The interlock server's settings from `interlock:`.
+    public var interlockConfig: InterlockConfig {
+        let interlock = config.interlock
+        return InterlockConfig(host: interlock.listen.host, port: interlock.listen.port, unit: UInt8(clamping: interlock.unit),
+                               allow: { peer in interlock.allows(peer.bytes) }, maxClients: interlock.maxClients,
+                               stopGraceMs: interlock.stopGraceMs, idleTimeoutMs: interlock.idleTimeoutMs,
+                               byteTimeoutMs: interlock.byteTimeoutMs)
+    }
+
+    /// What `config_loaded` tokens record: the config file and each map's file and SHA-256.
+    public var auditJSON: JSONValue {
+        var maps: [String: JSONValue] = [:]
+        for m in self.maps {
+            maps[m.device] = .object(["file": .string(m.sourceFile), "sha256": .string(m.sha256),
+                                      "profile": .string(m.profile.rawValue),
+                                      "intents": .array(m.intents.map { .string($0.name) })])
+        }
+        return .object([
+            "config_file": .string(config.sourceFile), "config_sha256": .string(configSHA256),
+            "node": .string(config.node), "maps": .object(maps),
+            "interlock_listen": .string(config.interlock.listen.description),
+            "twin_feeds": .array(config.twin.feeds.map { .string($0.description) }),
+        ])
+    }
+
+    /// Settings a reload cannot change in a running process (listeners, audit, node name):
+    /// named here so the operator learns they wait for a restart.
+    public func restartOnlyChanges(from old: LoadedConfig) -> [String] {
+        var out: [String] = []
+        if config.node != old.config.node { out.append("node") }
+        if config.interlock != old.config.interlock { out.append("interlock") }
+        if config.audit != old.config.audit { out.append("audit") }
+        if config.http != old.config.http { out.append("http") }
+        if config.twin != old.config.twin { out.append("twin.feeds") }
+        return out
+    }
+}
