@@ -1,0 +1,319 @@
+import Testing
+import Foundation
+import Synchronization
+import TibetTwin
+@testable import Appliance
+
+/// One ordered log of what the guard loop did to the outside world: tables published and
+/// records submitted, so a test can check that a drop reached the coils before its token.
+final class LoopRecorder: @unchecked Sendable {
+    enum Event {
+        case published(PermitTable)
+        case submitted(AuditRecord)
+    }
+    private let lock = NSCondition()
+    private var events: [Event] = []
+
+    func add(_ e: Event) { lock.lock(); events.append(e); lock.broadcast(); lock.unlock() }
+    var all: [Event] { lock.lock(); defer { lock.unlock() }; return events }
+    var tables: [PermitTable] { all.compactMap { if case .published(let t) = $0 { return t } else { return nil } } }
+    var records: [AuditRecord] { all.compactMap { if case .submitted(let r) = $0 { return r } else { return nil } } }
+
+    /// Waits (liveness bound) until the latest published table satisfies `ok`.
+    @discardableResult
+    func waitTable(timeout: Double = 5, _ ok: (PermitTable) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock(); defer { lock.unlock() }
+        while true {
+            if let last = events.last(where: { if case .published = $0 { return true } else { return false } }),
+               case .published(let t) = last, ok(t) { return true }
+            if !lock.wait(until: deadline) { return false }
+        }
+    }
+
+    func waitRecord(timeout: Double = 5, _ ok: (AuditRecord) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock(); defer { lock.unlock() }
+        while true {
+            if events.contains(where: { if case .submitted(let r) = $0 { return ok(r) } else { return false } }) { return true }
+            if !lock.wait(until: deadline) { return false }
+        }
+    }
+}
+
+/// An audit trail whose health and acknowledgements the test controls (the decision logic of
+/// the loop is what is tested here; `AuditStore` has its own tests over real files, and the
+/// end-to-end tests run the two together).
+final class ScriptedAudit: AuditTrail, @unchecked Sendable {
+    let recorder: LoopRecorder
+    let healthy = Atomic<Bool>(true)
+    let holdGating = Atomic<Bool>(false)
+    private let held = Mutex<[@Sendable (AuditAck) -> Void]>([])
+
+    init(recorder: LoopRecorder) { self.recorder = recorder }
+
+    var isHealthy: Bool { healthy.load(ordering: .relaxed) }
+
+    func submit(_ record: AuditRecord, onDurable: (@Sendable (AuditAck) -> Void)?) {
+        recorder.add(.submitted(record))
+        guard let onDurable else { return }
+        if record.timing == .gating && holdGating.load(ordering: .relaxed) {
+            held.withLock { $0.append(onDurable) }
+        } else {
+            onDurable(AuditAck(tokenId: "t", contentHash: "h", error: nil))
+        }
+    }
+
+    /// Acknowledges every held record as durable.
+    func release() {
+        let acks = held.withLock { h -> [@Sendable (AuditAck) -> Void] in defer { h.removeAll() }; return h }
+        for a in acks { a(AuditAck(tokenId: "t", contentHash: "h", error: nil)) }
+    }
+
+    var heldCount: Int { held.withLock { $0.count } }
+}
+
+let loopMapYAML = """
+    device: crane-01
+    profile: port
+    plc: {host: 127.0.0.1, port: 1502, unit: 1, poll_ms: 50, timeout_ms: 100}
+    limits: {max_drift_ms: 400, max_age_ms: 400, rearm_ms: 20}
+    status: {address: 0, table: holding, type: uint16, values: {0: operational, 1: fault}}
+    registers:
+      - {name: load_kg, address: 102, type: uint32, tolerance: 100}
+    intents:
+      move_left: {coil: 0}
+      hoist: {coil: 1, latch: true}
+    """
+
+func loopMap(_ yaml: String = loopMapYAML, sha: String = "a") throws -> DeviceMap {
+    var m = try MapLoader.parse(yaml: yaml, file: "test.yaml")
+    m.sha256 = sha
+    return m
+}
+
+/// A guard loop with a scripted audit and a thread that keeps feeding physical and twin states
+/// (every 30 ms, fresh) so the device stays in sync until the test changes what is fed.
+final class LoopHarness: @unchecked Sendable {
+    let recorder = LoopRecorder()
+    let audit: ScriptedAudit
+    let loop: GuardLoop
+    let clock = SystemTimeSource()
+    let feeding = Mutex<(physicalStatus: String, twinStatus: String, load: Double, twin: Bool, devices: [String])>(
+        ("operational", "operational", 1000, true, ["crane-01"]))
+    let running = Atomic<Bool>(true)
+    let seq = Atomic<UInt64>(0)
+
+    init(maps: [DeviceMap]) throws {
+        audit = ScriptedAudit(recorder: recorder)
+        let layout = try InterlockLayout(maps: maps)
+        let recorder = self.recorder
+        loop = GuardLoop(configuration: GuardLoop.Configuration(node: "test", checkpointS: 0), maps: maps, layout: layout,
+                         audit: audit, metrics: ApplianceMetrics()) { table in recorder.add(.published(table)) }
+    }
+
+    func start() throws {
+        try loop.start()
+        let t = Thread { [self] in
+            while running.load(ordering: .relaxed) {
+                feedOnce()
+                usleep(30_000)
+            }
+        }
+        t.start()
+    }
+
+    func feedOnce() {
+        let f = feeding.withLock { $0 }
+        let now = clock.now()
+        for d in f.devices {
+            loop.submit(physical: PhysicalState(device: d, status: f.physicalStatus,
+                                                values: ["load_kg": Reading(value: .double(f.load), quality: .good)], time: now))
+            if f.twin {
+                loop.submit(twin: TwinState(device: d, tsNs: now.wallNs, seq: seq.add(1, ordering: .relaxed).newValue,
+                                            status: f.twinStatus, values: ["load_kg": 1000], received: now))
+            }
+        }
+    }
+
+    func stop() {
+        running.store(false, ordering: .relaxed)
+        usleep(40_000)
+        loop.stop()
+    }
+}
+
+@Suite("Guard loop")
+struct GuardLoopTests {
+    @Test func aRiseIsPublishedOnlyAfterItsTokenIsDurable() throws {
+        let h = try LoopHarness(maps: [try loopMap()])
+        h.audit.holdGating.store(true, ordering: .relaxed)
+        try h.start()
+        defer { h.stop() }
+        // The guard wants to permit: a gating record is submitted …
+        #expect(h.recorder.waitRecord { $0.action == .permitChanged && $0.timing == .gating })
+        // … but while it is not durable, the coils stay 0 (ticks keep publishing).
+        let ticksBefore = h.recorder.tables.count
+        let beat = h.recorder.tables.last?.heartbeat ?? 0
+        #expect(h.recorder.waitTable { $0.heartbeat > beat &+ 2 })
+        #expect(h.recorder.tables.count > ticksBefore)
+        #expect(h.recorder.tables.allSatisfy { !$0.anyPermit })
+        #expect(h.audit.heldCount > 0)
+        h.audit.release()
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        let rise = h.recorder.records.first { $0.action == .permitChanged && $0.erin["change"]?.stringValue == "rise" }
+        #expect(rise?.erin["allowed"]?.boolValue == true)
+        #expect(rise?.eraan["device"]?.stringValue == "jis:crane-01")
+    }
+
+    @Test func aDropIsPublishedBeforeItsTokenIsSubmitted() throws {
+        let h = try LoopHarness(maps: [try loopMap()])
+        try h.start()
+        defer { h.stop() }
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        h.feeding.withLock { $0.physicalStatus = "fault" }
+        #expect(h.recorder.waitRecord { $0.erin["change"]?.stringValue == "drop" && $0.erin["intent"]?.stringValue == "move_left" })
+        let events = h.recorder.all
+        let dropToken = events.firstIndex {
+            if case .submitted(let r) = $0 { return r.erin["change"]?.stringValue == "drop" } else { return false }
+        }!
+        // The first table without the permit after it was up comes before the drop's token.
+        let firstUp = events.firstIndex { if case .published(let t) = $0 { return t.anyPermit } else { return false } }!
+        let firstDown = events[firstUp...].firstIndex { if case .published(let t) = $0 { return !t.anyPermit } else { return false } }!
+        #expect(firstDown < dropToken)
+        let drop = h.recorder.records.first { $0.erin["change"]?.stringValue == "drop" }
+        #expect(drop?.timing == .reporting)
+        #expect(drop?.erin["reason_code"]?.intValue == Int64(ReasonCode.statusMismatch.rawValue))
+        #expect(drop?.erin["reason"]?.stringValue?.contains("status mismatch: physical=fault, twin=operational") == true)
+    }
+
+    @Test func anUnhealthyAuditChainBlocksEveryPermit() throws {
+        let h = try LoopHarness(maps: [try loopMap()])
+        try h.start()
+        defer { h.stop() }
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        h.audit.healthy.store(false, ordering: .relaxed)
+        #expect(h.recorder.waitTable { !$0.anyPermit && !$0.healthy })
+        let regs = h.recorder.tables.last!.registers
+        #expect(regs[16] == ReasonCode.audit.rawValue)
+        h.audit.healthy.store(true, ordering: .relaxed)
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true && $0.healthy })
+    }
+
+    @Test func heartbeatCountsTicksAndReadyFollowsTheFirstEvaluation() throws {
+        let h = try LoopHarness(maps: [try loopMap()])
+        h.feeding.withLock { $0.devices = [] }  // nothing arrives: only the tick evaluates
+        try h.start()
+        defer { h.stop() }
+        #expect(h.recorder.waitTable { $0.heartbeat >= 5 })
+        #expect(h.loop.isReady)
+        let beats = h.recorder.tables.map(\.heartbeat)
+        #expect(zip(beats, beats.dropFirst()).allSatisfy { $1 == $0 || $1 == $0 &+ 1 }, "the heartbeat moves by one per tick")
+        #expect(h.recorder.tables.allSatisfy { !$0.anyPermit })
+        #expect(h.loop.health().guardAlive)
+        // No state ever arrived: the device reason is NO_PHYSICAL.
+        #expect(h.recorder.tables.last!.registers[16] == ReasonCode.noPhysical.rawValue)
+    }
+
+    @Test func aLatchedIntentWaitsForItsReset() async throws {
+        let h = try LoopHarness(maps: [try loopMap()])
+        try h.start()
+        defer { h.stop() }
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "hoist") == true })
+        h.feeding.withLock { $0.load = 5000 }  // beyond tolerance: trips
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "hoist") == false })
+        h.feeding.withLock { $0.load = 1000 }  // back in sync: move_left re-arms, hoist stays latched
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        #expect(h.recorder.tables.last?.permit(device: "crane-01", intent: "hoist") == false)
+        let outcome: ResetOutcome = await withCheckedContinuation { c in
+            h.loop.reset(device: "crane-01", intent: "hoist", client: "127.0.0.1:9") { c.resume(returning: $0) }
+        }
+        #expect(outcome == .done(device: "crane-01", cleared: ["hoist"]))
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "hoist") == true })
+        let reset = h.recorder.records.first { $0.action == .reset }
+        #expect(reset?.erin["client"]?.stringValue == "127.0.0.1:9")
+        let unknown: ResetOutcome = await withCheckedContinuation { c in
+            h.loop.reset(device: "nope", intent: nil, client: "x") { c.resume(returning: $0) }
+        }
+        #expect(unknown == .unknownDevice("nope"))
+        h.audit.healthy.store(false, ordering: .relaxed)
+        let refused: ResetOutcome = await withCheckedContinuation { c in
+            h.loop.reset(device: "crane-01", intent: nil, client: "x") { c.resume(returning: $0) }
+        }
+        if case .auditFailed = refused {} else { Issue.record("reset without a writable audit chain: \(refused)") }
+    }
+
+    @Test func reloadKeepsUnchangedDevicesAndReArmsChangedOnes() async throws {
+        let robotYAML = loopMapYAML.replacingOccurrences(of: "crane-01", with: "robot-07")
+            .replacingOccurrences(of: "coil: 0", with: "coil: 4").replacingOccurrences(of: "coil: 1", with: "coil: 5")
+        let crane = try loopMap(), robot = try loopMap(robotYAML, sha: "r")
+        let h = try LoopHarness(maps: [crane, robot])
+        h.feeding.withLock { $0.devices = ["crane-01", "robot-07"] }
+        try h.start()
+        defer { h.stop() }
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true
+            && $0.permit(device: "robot-07", intent: "move_left") == true })
+        // The robot's map changes (rearm differs); the crane's does not.
+        let robot2 = try loopMap(robotYAML.replacingOccurrences(of: "rearm_ms: 20", with: "rearm_ms: 300"), sha: "r2")
+        let mark = h.recorder.all.count
+        let result: GuardReloadResult = await withCheckedContinuation { c in
+            h.loop.reload(GuardReload(maps: [crane, robot2], layout: try! InterlockLayout(maps: [crane, robot2]))) {
+                c.resume(returning: $0)
+            }
+        }
+        #expect(result.kept == ["crane-01"])
+        #expect(result.replaced == ["robot-07"])
+        // The first table after the reload: the robot's permits are gone, the crane's stay.
+        let after = h.recorder.all[mark...].compactMap { if case .published(let t) = $0 { return t } else { return nil } }
+        let first = try #require(after.first)
+        #expect(first.permit(device: "robot-07", intent: "move_left") == false)
+        #expect(first.permit(device: "crane-01", intent: "move_left") == true)
+        #expect(after.allSatisfy { $0.permit(device: "crane-01", intent: "move_left") == true }, "the crane never blinked")
+        // The robot re-arms by its new map.
+        #expect(h.recorder.waitTable { $0.permit(device: "robot-07", intent: "move_left") == true })
+        #expect(h.recorder.records.contains { $0.erin["change"]?.stringValue == "drop" && $0.erin["device"]?.stringValue == "robot-07"
+            && ($0.erachter["why"]?.stringValue?.contains("map replaced") ?? false) })
+    }
+
+    @Test func statusSnapshotShowsPublishedPermitsAndReasons() async throws {
+        let h = try LoopHarness(maps: [try loopMap()])
+        try h.start()
+        defer { h.stop() }
+        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        let snap: StatusSnapshot = await withCheckedContinuation { c in h.loop.status { c.resume(returning: $0) } }
+        #expect(snap.node == "test")
+        let d = try #require(snap.devices.first)
+        #expect(d.device == "crane-01")
+        #expect(d.intents.first { $0.intent == "move_left" }?.permit == true)
+        #expect(d.intents.first { $0.intent == "move_left" }?.reason.hasPrefix("Sync OK") == true)
+        #expect(d.values.first?.name == "load_kg")
+        #expect(d.values.first?.twin == 1000)
+        h.feeding.withLock { $0.twin = false }  // the twin goes silent
+        #expect(h.recorder.waitTable { !$0.anyPermit })
+        let silent: StatusSnapshot = await withCheckedContinuation { c in h.loop.status { c.resume(returning: $0) } }
+        let i = try #require(silent.devices.first?.intents.first)
+        #expect(!i.permit)
+        #expect(i.reasonCode == .twinStale)
+        #expect(i.reason.contains("twin stale"))
+    }
+
+    @Test func identityFailureIsAuditedOncePerEpisode() throws {
+        let h = try LoopHarness(maps: [try loopMap()])
+        try h.start()
+        defer { h.stop() }
+        #expect(h.recorder.waitTable { $0.heartbeat >= 2 })
+        h.feeding.withLock { $0.devices = [] }
+        usleep(50_000)
+        // A PLC that is not the one the map names, repeatedly.
+        for _ in 0..<5 {
+            h.loop.submit(physical: PhysicalState(device: "crane-01", status: "operational",
+                                                  values: ["load_kg": Reading(value: .double(1000), quality: .good)],
+                                                  identity: .mismatch(register: "serial", expected: "4711", got: "42"),
+                                                  time: h.clock.now()))
+            usleep(5_000)
+        }
+        #expect(h.recorder.waitRecord { $0.action == .identityFailed })
+        usleep(100_000)
+        #expect(h.recorder.records.filter { $0.action == .identityFailed }.count == 1)
+    }
+}
