@@ -13,7 +13,8 @@ import TibetTwin
 public final class InterlockAuditor: Sendable {
     struct Pending {
         var count: UInt64
-        var lastWrittenNs: Int64
+        /// When the last token for this key was written; nil: never.
+        var lastWrittenNs: Int64?
         var detail: JSONValue
         var action: TokenAction
     }
@@ -51,10 +52,10 @@ public final class InterlockAuditor: Sendable {
             detail = .object(["client": .string(client), "reason": .string(reason)])
         }
         let write: (UInt64, JSONValue)? = pending.withLock { p in
-            var entry = p[key] ?? Pending(count: 0, lastWrittenNs: .min, detail: detail, action: action)
+            var entry = p[key] ?? Pending(count: 0, lastWrittenNs: nil, detail: detail, action: action)
             entry.count += 1
             entry.detail = detail
-            if now.monotonicNs &- entry.lastWrittenNs >= intervalNs {
+            if entry.lastWrittenNs.map({ now.monotonicNs - $0 >= intervalNs }) ?? true {
                 let n = entry.count
                 entry.count = 0
                 entry.lastWrittenNs = now.monotonicNs
@@ -72,7 +73,7 @@ public final class InterlockAuditor: Sendable {
         let now = clock.now()
         let due: [(TokenAction, JSONValue, UInt64)] = pending.withLock { p in
             var out: [(TokenAction, JSONValue, UInt64)] = []
-            for (k, var e) in p where e.count > 0 && now.monotonicNs &- e.lastWrittenNs >= intervalNs {
+            for (k, var e) in p where e.count > 0 && e.lastWrittenNs.map({ now.monotonicNs - $0 >= intervalNs }) ?? true {
                 out.append((e.action, e.detail, e.count))
                 e.count = 0
                 e.lastWrittenNs = now.monotonicNs

@@ -1,23 +1,39 @@
 import ArgumentParser
 import Appliance
-import TibetTwin
+import Logging
 
-/// `tibet-twin demo` (interim, until the guard exists): the crane map served by the simulator
-/// and read back by the poller, decoded, with a change seen through.
-struct DemoCommand: ParsableCommand {
+/// `tibet-twin demo`: the crane story end to end on loopback (SPEC §6).
+struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Simulate the crane PLC on loopback, read it back with the poller, change values and status, see them arrive.",
-        discussion: "Exit codes: 0 every value and the status read back as set; 1 they did not; 2 bad input.")
+        abstract: "The crane scenario end to end on loopback: simulated PLC, twin feed, guard, interlock client.",
+        discussion: """
+            Runs the whole appliance in this process against a simulated PLC and a twin that \
+            sends feed lines over TCP, while a libmodbus client reads the permit coil every 2 ms. \
+            Scenarios: in sync → permit; the PLC goes FAULT while the twin says operational → \
+            blocked; the load changes beyond tolerance → blocked; the twin goes silent while the \
+            values still match → blocked after max_age_ms; the twin comes back → re-armed; a write \
+            to the coil → refused. Each prints how many ms the coil took to follow. Ends with \
+            `audit verify` of the demo's chain.
 
-    @Option(name: .long, help: ArgumentHelp("The map to demonstrate.", valueName: "M"))
-    var map: String = "maps/crane-01.yaml"
+            Exit codes: 0 every scenario came out as it must; 1 one did not; 2 bad usage.
+            """
+    )
 
-    func run() throws {
-        PhysicalCLI.capDescriptors()
-        let maps = try PhysicalCLI.loadMaps([map])
-        let ok = PhysicalDemo.run(map: maps[0]) { PhysicalCLI.out($0) }
-        PhysicalCLI.out(ok ? "demo: every value and the status read back as set" : "demo: FAILED")
-        if !ok { throw ExitCode(1) }
+    @Option(help: ArgumentHelp("Keep the demo's audit chain in DIR (default: a temporary directory, removed after).",
+                               valueName: "DIR"))
+    var audit: String?
+
+    @Flag(help: "Colour even when stdout is not a terminal.")
+    var color = false
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = .error
+            return h
+        }
+        let demo = CraneDemo(auditDir: audit, color: color || CLIOutput.stdoutIsTerminal) { CLIOutput.outputLine($0) }
+        if await !demo.run() { throw ExitCode(1) }
     }
 }

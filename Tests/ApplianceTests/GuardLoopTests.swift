@@ -317,3 +317,33 @@ struct GuardLoopTests {
         #expect(h.recorder.records.filter { $0.action == .identityFailed }.count == 1)
     }
 }
+
+@Suite("Interlock events in the audit")
+struct InterlockAuditorTests {
+    @Test func aFloodCostsOneTokenPerSecondAndEveryEventIsCounted() {
+        let recorder = LoopRecorder()
+        let audit = ScriptedAudit(recorder: recorder)
+        let clock = ManualTimeSource(wallNs: 1_800_000_000_000_000_000)
+        let auditor = InterlockAuditor(audit: audit, node: "n", clock: clock, intervalMs: 1000)
+        let write = InterlockEvent.writeRejected(client: "10.0.0.5:5000", unit: 1, function: 5, address: 0, count: 1)
+        auditor.record(write)  // the first is written at once
+        #expect(recorder.records.count == 1)
+        for i in 0..<99 {
+            auditor.record(.writeRejected(client: "10.0.0.5:\(5001 + i)", unit: 1, function: 5, address: 0, count: 1))
+        }
+        #expect(recorder.records.count == 1, "the rest of the second is folded")
+        auditor.record(.clientRefused(client: "10.9.9.9:1", reason: "not_allowed"))
+        #expect(recorder.records.count == 2, "another kind or client is written at once")
+        clock.advance(milliseconds: 1001)
+        auditor.flush()
+        let records = recorder.records
+        #expect(records.count == 3)
+        let counted = records.filter { $0.action == .writeRejected }.compactMap { $0.erin["count"]?.intValue }.reduce(0, +)
+        #expect(counted == 100, "every refused write is counted in the chain")
+        #expect(records.first?.erin["client"]?.stringValue == "10.0.0.5:5000")
+        #expect(records.first?.erin["function"]?.intValue == 5)
+        #expect(records.contains { $0.action == .clientRefused && $0.erin["reason"]?.stringValue == "not_allowed" })
+        #expect(InterlockAuditor.host(of: "[::1]:502") == "::1")
+        #expect(InterlockAuditor.host(of: "10.0.0.5:502") == "10.0.0.5")
+    }
+}

@@ -1,0 +1,219 @@
+import Foundation
+import Modbus
+import Synchronization
+import TibetTwin
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A twin that speaks the feed protocol (SPEC §3.3) over TCP: one thread sends the current
+/// state as a JSON line every `periodMs` (a twin must send at least every `max_age_ms / 2`),
+/// with `ts` = now and an increasing `seq`. The demo and the benchmark change what it says,
+/// silence it, or cut the connection.
+public final class TwinClient: @unchecked Sendable {
+    public struct Said: Sendable {
+        public var status: String
+        public var values: [String: Double]
+        public var silent = false
+        public var predicted = false
+    }
+
+    let host: String
+    let port: Int
+    let device: String
+    let periodMs: Int
+    let said: Mutex<Said>
+    let running = Atomic<Bool>(true)
+    let cut = Atomic<Bool>(false)
+    let lastSentMono = Atomic<Int64>(0)
+    let sentCount = Atomic<Int>(0)
+    private let started = Atomic<Bool>(false)
+    private let done = DispatchSemaphore(value: 0)
+
+    public init(host: String = "127.0.0.1", port: Int, device: String, periodMs: Int, status: String,
+                values: [String: Double]) {
+        self.host = host
+        self.port = port
+        self.device = device
+        self.periodMs = periodMs
+        self.said = Mutex(Said(status: status, values: values))
+    }
+
+    /// Starts sending (reconnecting every 100 ms while the feed is not reachable).
+    public func start() {
+        let t = Thread { [self] in
+            loop()
+            done.signal()
+        }
+        t.name = "twin-client"
+        started.store(true, ordering: .relaxed)
+        t.start()
+    }
+
+    /// Changes what the twin says from the next line on.
+    public func update(_ body: (inout Said) -> Void) { said.withLock { body(&$0) } }
+
+    /// Sends the current state right now (besides the periodic lines), if connected.
+    public func sendNow() { kick.signal() }
+    private let kick = DispatchSemaphore(value: 0)
+
+    /// Closes the connection once; the client reconnects on its next line.
+    public func cutConnection() { cut.store(true, ordering: .relaxed) }
+
+    /// Monotonic ns of the last line written to the socket.
+    public var lastSent: Int64 { lastSentMono.load(ordering: .relaxed) }
+    public var linesSent: Int { sentCount.load(ordering: .relaxed) }
+
+    public func stop() {
+        running.store(false, ordering: .relaxed)
+        kick.signal()
+        if started.exchange(false, ordering: .relaxed) { done.wait() }
+    }
+
+    private func loop() {
+        var fd: Int32 = -1
+        var seq = UInt64(SystemTimeSource().now().wallNs / 1_000_000)
+        while running.load(ordering: .relaxed) {
+            if cut.exchange(false, ordering: .relaxed), fd >= 0 {
+                close(fd)
+                fd = -1
+            }
+            let s = said.withLock { $0 }
+            if !s.silent {
+                if fd < 0 { fd = Self.connect(host: host, port: port) }
+                if fd >= 0 {
+                    seq += 1
+                    let now = SystemTimeSource().now()
+                    let line = Array((line(s, seq: seq, wallNs: now.wallNs) + "\n").utf8)
+                    let ok = line.withUnsafeBytes { b in send(fd, b.baseAddress, b.count, Int32(MSG_NOSIGNAL)) == b.count }
+                    if ok {
+                        lastSentMono.store(now.monotonicNs, ordering: .relaxed)
+                        sentCount.add(1, ordering: .relaxed)
+                    } else {
+                        close(fd)
+                        fd = -1
+                    }
+                }
+            }
+            _ = kick.wait(timeout: .now() + .milliseconds(fd < 0 && !s.silent ? 100 : periodMs))
+        }
+        if fd >= 0 { close(fd) }
+    }
+
+    /// One feed line: `device`, `ts` (RFC 3339, ms), `seq`, `status`, `values`, `predicted`.
+    func line(_ s: Said, seq: UInt64, wallNs: Int64) -> String {
+        var values: [String: JSONValue] = [:]
+        for (k, v) in s.values { values[k] = .double(v) }
+        return JSONValue.object([
+            "device": .string(device), "ts": .string(RFC3339.format(wallNs: wallNs)), "seq": .int(Int64(seq)),
+            "status": .string(s.status), "values": .object(values), "predicted": .bool(s.predicted),
+        ]).canonical
+    }
+
+    static func connect(host: String, port: Int) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return -1 }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &addr.sin_addr)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if rc != 0 {
+            close(fd)
+            return -1
+        }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        return fd
+    }
+}
+
+/// An interlock PLC stand-in: a libmodbus client on its own thread reading the permit coils
+/// every `periodMs` and remembering when each change was first seen, so the demo and the
+/// benchmark can say how many ms the coil took to follow.
+public final class CoilReader: @unchecked Sendable {
+    /// One observed value of the coils, from when it was first read.
+    public struct Change: Sendable {
+        public var monotonicNs: Int64
+        public var bits: [UInt8]
+    }
+
+    let host: String
+    let port: Int
+    let count: Int
+    let periodUs: UInt32
+    let changes = Mutex<[Change]>([])
+    let errors = Atomic<Int>(0)
+    let running = Atomic<Bool>(true)
+    private let done = DispatchSemaphore(value: 0)
+    private let started = Atomic<Bool>(false)
+
+    public init(host: String = "127.0.0.1", port: Int, count: Int, periodUs: UInt32 = 2000) {
+        self.host = host
+        self.port = port
+        self.count = count
+        self.periodUs = periodUs
+    }
+
+    public func start() {
+        started.store(true, ordering: .relaxed)
+        let t = Thread { [self] in
+            loop()
+            done.signal()
+        }
+        t.name = "coil-reader"
+        t.start()
+    }
+
+    public func stop() {
+        running.store(false, ordering: .relaxed)
+        if started.exchange(false, ordering: .relaxed) { done.wait() }
+    }
+
+    /// The coils as last read; nil before the first successful read.
+    public var current: [UInt8]? { changes.withLock { $0.last?.bits } }
+
+    /// Read errors so far (connection refused, timeouts).
+    public var errorCount: Int { errors.load(ordering: .relaxed) }
+
+    /// Waits until coil `index` reads `value`; returns the monotonic ns of the read that first
+    /// saw it (nil after `timeoutMs`). Only reads at or after `sinceNs` count.
+    public func waitFor(coil index: Int, _ value: Bool, sinceNs: Int64, timeoutMs: Int) -> Int64? {
+        let deadline = SystemTimeSource().now().monotonicNs + Int64(timeoutMs) * 1_000_000
+        while SystemTimeSource().now().monotonicNs < deadline {
+            let hit: Int64? = changes.withLock { cs in
+                // The latest change decides; its time is when the coil first showed the value.
+                guard let last = cs.last, last.bits.count > index, (last.bits[index] == 1) == value else { return nil }
+                return max(last.monotonicNs, sinceNs)
+            }
+            if let hit { return hit }
+            usleep(1000)
+        }
+        return nil
+    }
+
+    private func loop() {
+        var client: ModbusClient?
+        while running.load(ordering: .relaxed) {
+            do {
+                if client == nil || !(client!.isConnected) {
+                    let c = try ModbusClient(host: host, port: port, unit: 1, responseTimeoutMs: 500)
+                    try c.connect()
+                    client = c
+                }
+                let bits = try client!.readBits(table: .coil, address: 0, count: count)
+                let now = SystemTimeSource().now().monotonicNs
+                changes.withLock { cs in
+                    if cs.last?.bits != bits { cs.append(Change(monotonicNs: now, bits: bits)) }
+                }
+            } catch {
+                errors.add(1, ordering: .relaxed)
+                client = nil
+                usleep(20_000)
+            }
+            usleep(periodUs)
+        }
+    }
+}
