@@ -7,36 +7,51 @@ import Glibc
 #endif
 
 /// A twin that speaks the feed protocol (SPEC §3.3) over TCP: one thread sends the current
-/// state as a JSON line every `periodMs` (a twin must send at least every `max_age_ms / 2`),
-/// with `ts` = now and an increasing `seq`. The demo and the benchmark change what it says,
-/// silence it, or cut the connection.
+/// state of each of its devices as a JSON line every `periodMs` (a twin must send at least every
+/// `max_age_ms / 2`), with `ts` = now and an increasing `seq`. The demo and the benchmark change
+/// what it says, silence a device, or cut the connection.
 public final class TwinClient: @unchecked Sendable {
     public struct Said: Sendable {
         public var status: String
         public var values: [String: Double]
         public var silent = false
         public var predicted = false
+
+        public init(status: String, values: [String: Double], silent: Bool = false, predicted: Bool = false) {
+            self.status = status
+            self.values = values
+            self.silent = silent
+            self.predicted = predicted
+        }
     }
 
     let host: String
     let port: Int
-    let device: String
     let periodMs: Int
-    let said: Mutex<Said>
+    /// Device order as given; what each says.
+    let order: [String]
+    let said: Mutex<[String: Said]>
+    let lastSentMono = Mutex<[String: Int64]>([:])
     let running = Atomic<Bool>(true)
     let cut = Atomic<Bool>(false)
-    let lastSentMono = Atomic<Int64>(0)
     let sentCount = Atomic<Int>(0)
     private let started = Atomic<Bool>(false)
     private let done = DispatchSemaphore(value: 0)
+    private let kick = DispatchSemaphore(value: 0)
 
-    public init(host: String = "127.0.0.1", port: Int, device: String, periodMs: Int, status: String,
-                values: [String: Double]) {
+    /// A twin for several devices, in the given order.
+    public init(host: String = "127.0.0.1", port: Int, periodMs: Int, devices: [(String, Said)]) {
         self.host = host
         self.port = port
-        self.device = device
         self.periodMs = periodMs
-        self.said = Mutex(Said(status: status, values: values))
+        self.order = devices.map(\.0)
+        self.said = Mutex(Dictionary(devices, uniquingKeysWith: { _, b in b }))
+    }
+
+    /// A twin for one device.
+    public convenience init(host: String = "127.0.0.1", port: Int, device: String, periodMs: Int, status: String,
+                            values: [String: Double]) {
+        self.init(host: host, port: port, periodMs: periodMs, devices: [(device, Said(status: status, values: values))])
     }
 
     /// Starts sending (reconnecting every 100 ms while the feed is not reachable).
@@ -50,18 +65,27 @@ public final class TwinClient: @unchecked Sendable {
         t.start()
     }
 
-    /// Changes what the twin says from the next line on.
-    public func update(_ body: (inout Said) -> Void) { said.withLock { body(&$0) } }
+    /// Changes what the twin says (every device) from the next line on.
+    public func update(_ body: (inout Said) -> Void) {
+        said.withLock { all in for k in all.keys { body(&all[k]!) } }
+    }
 
-    /// Sends the current state right now (besides the periodic lines), if connected.
+    /// Changes what the twin says about one device from the next line on.
+    public func update(device: String, _ body: (inout Said) -> Void) {
+        said.withLock { all in if all[device] != nil { body(&all[device]!) } }
+    }
+
+    /// Sends every device's state right now (besides the periodic lines), if connected.
     public func sendNow() { kick.signal() }
-    private let kick = DispatchSemaphore(value: 0)
 
     /// Closes the connection once; the client reconnects on its next line.
     public func cutConnection() { cut.store(true, ordering: .relaxed) }
 
-    /// Monotonic ns of the last line written to the socket.
-    public var lastSent: Int64 { lastSentMono.load(ordering: .relaxed) }
+    /// Monotonic ns of the last line written to the socket for `device` (the first device when nil).
+    public func lastSent(device: String? = nil) -> Int64 {
+        lastSentMono.withLock { $0[device ?? order.first ?? ""] ?? 0 }
+    }
+    public var lastSent: Int64 { lastSent() }
     public var linesSent: Int { sentCount.load(ordering: .relaxed) }
 
     public func stop() {
@@ -78,36 +102,61 @@ public final class TwinClient: @unchecked Sendable {
                 close(fd)
                 fd = -1
             }
-            let s = said.withLock { $0 }
-            if !s.silent {
+            let all = said.withLock { $0 }
+            let speaking = order.filter { all[$0]?.silent == false }
+            if !speaking.isEmpty {
                 if fd < 0 { fd = Self.connect(host: host, port: port) }
                 if fd >= 0 {
-                    seq += 1
                     let now = SystemTimeSource().now()
-                    let line = Array((line(s, seq: seq, wallNs: now.wallNs) + "\n").utf8)
-                    let ok = line.withUnsafeBytes { b in send(fd, b.baseAddress, b.count, Int32(MSG_NOSIGNAL)) == b.count }
-                    if ok {
-                        lastSentMono.store(now.monotonicNs, ordering: .relaxed)
-                        sentCount.add(1, ordering: .relaxed)
+                    var text = ""
+                    for d in speaking {
+                        seq += 1
+                        text += line(device: d, all[d]!, seq: seq, wallNs: now.wallNs) + "\n"
+                    }
+                    if Self.sendAll(fd, Array(text.utf8)) {
+                        lastSentMono.withLock { m in for d in speaking { m[d] = now.monotonicNs } }
+                        sentCount.add(speaking.count, ordering: .relaxed)
                     } else {
                         close(fd)
                         fd = -1
                     }
                 }
             }
-            _ = kick.wait(timeout: .now() + .milliseconds(fd < 0 && !s.silent ? 100 : periodMs))
+            _ = kick.wait(timeout: .now() + .milliseconds(fd < 0 && !speaking.isEmpty ? 100 : periodMs))
         }
         if fd >= 0 { close(fd) }
     }
 
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 {
+                if n < 0 && errno == EINTR { continue }
+                return false
+            }
+            off += n
+        }
+        return true
+    }
+
     /// One feed line: `device`, `ts` (RFC 3339, ms), `seq`, `status`, `values`, `predicted`.
-    func line(_ s: Said, seq: UInt64, wallNs: Int64) -> String {
-        var values: [String: JSONValue] = [:]
-        for (k, v) in s.values { values[k] = .double(v) }
-        return JSONValue.object([
-            "device": .string(device), "ts": .string(RFC3339.format(wallNs: wallNs)), "seq": .int(Int64(seq)),
-            "status": .string(s.status), "values": .object(values), "predicted": .bool(s.predicted),
-        ]).canonical
+    /// Written directly (no JSON tree): the benchmark sends thousands a second.
+    func line(device: String, _ s: Said, seq: UInt64, wallNs: Int64) -> String {
+        var out = "{\"device\":"
+        JSONValue.writeString(device, into: &out)
+        out += ",\"ts\":\"\(RFC3339.format(wallNs: wallNs))\",\"seq\":\(seq),\"status\":"
+        JSONValue.writeString(s.status, into: &out)
+        out += ",\"values\":{"
+        var first = true
+        for (k, v) in s.values {
+            if !first { out += "," }
+            first = false
+            JSONValue.writeString(k, into: &out)
+            out += ":" + JSONValue.format(v)
+        }
+        out += "},\"predicted\":\(s.predicted)}"
+        return out
     }
 
     static func connect(host: String, port: Int) -> Int32 {

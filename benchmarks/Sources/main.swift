@@ -15,6 +15,7 @@ let suites: [any BenchSuite] = [
     AuditBench(),
     GuardBench(),
     MapsBench(),
+    SystemBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())

@@ -1,0 +1,368 @@
+import Appliance
+import Foundation
+import Modbus
+import TibetTwin
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `SystemBench`: the whole system on this machine (issue 7). The appliance runs as its own
+/// process (`.build/release/tibet-twin run`), against N simulated PLCs (the project's
+/// simulator, in this process, one port each), a twin client sending every device's line over
+/// TCP every 50 ms, and an interlock client reading all permit coils with libmodbus every
+/// 0.25 ms.
+///
+/// - PLC register change → coil seen by the interlock client, p50/p99 (goal p99 ≤ poll period
+///   + 5 ms), with 1 and with 200 devices at 20 Hz; beside the baseline: a bare libmodbus client
+///   polling the same register at the same 20 Hz in the same run (what any poller can see).
+/// - Twin line → coil, p50/p99 (goal p99 ≤ 2 ms).
+/// - Silent twin → coil 0: the delay past `max_age_ms` (goal ≤ one tick + 5 ms).
+/// - RSS and CPU of the appliance with 500 devices over a soak (goal ≤ 64 MB, flat within 5 %).
+///
+/// Environment: `SYSTEM_BENCH_N` (default `1,200`), `SYSTEM_BENCH_SAMPLES` (default 100),
+/// `SYSTEM_BENCH_SOAK_N` (default 500), `SYSTEM_BENCH_SOAK_S` (default 600; 0 skips the soak).
+struct SystemBench: BenchSuite {
+    let name = "SystemBench"
+
+    static func mapYAML(device: String, port: Int, coil: Int) -> String {
+        """
+        device: \(device)
+        profile: port
+        plc: {host: 127.0.0.1, port: \(port), unit: 1, poll_ms: 50, timeout_ms: 100}
+        limits: {max_drift_ms: 200, max_age_ms: 200, rearm_ms: 100}
+        status: {address: 0, table: holding, type: uint16, values: {0: operational, 1: fault}}
+        registers:
+          - {name: position_x, address: 100, type: float32, unit: m, tolerance: 0.5}
+          - {name: load_kg, address: 102, type: uint32, order: CDAB, unit: kg, tolerance: 100}
+        intents:
+          move: {coil: \(coil)}
+
+        """
+    }
+
+    func run() async throws {
+        let env = ProcessInfo.processInfo.environment
+        let ns = (env["SYSTEM_BENCH_N"] ?? "1,200").split(separator: ",").compactMap { Int($0) }
+        let samples = Int(env["SYSTEM_BENCH_SAMPLES"] ?? "100") ?? 100
+        let soakN = Int(env["SYSTEM_BENCH_SOAK_N"] ?? "500") ?? 500
+        let soakS = Int(env["SYSTEM_BENCH_SOAK_S"] ?? "600") ?? 600
+        try DescriptorLimit.capForSelect()
+        print("appliance: \(Self.binary()) (its own process); simulator, twin and interlock client in this process")
+        print("load average at start: \(Self.loadAverage())")
+        for n in ns {
+            try await latencies(devices: n, samples: samples)
+        }
+        if soakS > 0 {
+            try await soak(devices: soakN, seconds: soakS)
+        }
+    }
+
+    // MARK: Latencies
+
+    func latencies(devices n: Int, samples: Int) async throws {
+        let rig = try await Rig(devices: n)
+        defer { rig.stop() }
+        guard rig.reader.waitAll(true, count: n, timeoutMs: 60_000) else {
+            print("n=\(n): not every permit rose within 60 s; coils \(rig.reader.permitsUp)/\(n)")
+            return
+        }
+        func now() -> Int64 { SystemTimeSource().now().monotonicNs }
+
+        // PLC register change → coil.
+        var plc: [Double] = []
+        for k in 0..<samples {
+            let d = k % n
+            guard rig.reader.waitFor(coil: d, true, sinceNs: 0, timeoutMs: 5000) != nil else { continue }
+            // A random phase against the poll schedule: right after one device's drop the next
+            // device's poll is due within a few ms (they are polled in one round), which would
+            // make the figures look better than they are.
+            usleep(UInt32.random(in: 0...50_000))
+            let t0 = now()
+            try rig.sim.execute("@\(rig.names[d]) status fault")
+            if let t = rig.reader.waitFor(coil: d, false, sinceNs: t0, timeoutMs: 5000) { plc.append(Double(t - t0) / 1e6) }
+            try rig.sim.execute("@\(rig.names[d]) status operational")
+            if n < 4 { _ = rig.reader.waitFor(coil: d, true, sinceNs: now(), timeoutMs: 5000) }
+        }
+
+        // Baseline: a bare libmodbus client polling device 0's status register at 20 Hz.
+        var bare: [Double] = []
+        let poller = BarePoller(port: rig.ports[0], periodMs: 50)
+        poller.start()
+        for _ in 0..<min(samples, 60) {
+            usleep(UInt32.random(in: 20_000...70_000))  // a random phase against the poll schedule
+            let t0 = now()
+            try rig.sim.execute("@\(rig.names[0]) set load_kg 7777")
+            if let t = poller.waitFor(7777, sinceNs: t0, timeoutMs: 2000) { bare.append(Double(t - t0) / 1e6) }
+            try rig.sim.execute("@\(rig.names[0]) set load_kg 2500")
+            _ = poller.waitFor(2500, sinceNs: now(), timeoutMs: 2000)
+            // The appliance saw the deviation too: let device 0 re-arm before the next sample.
+            _ = rig.reader.waitFor(coil: 0, true, sinceNs: now(), timeoutMs: 5000)
+        }
+        poller.stop()
+
+        // Twin line → coil.
+        var twin: [Double] = []
+        for k in 0..<samples {
+            let d = k % n
+            guard rig.reader.waitFor(coil: d, true, sinceNs: 0, timeoutMs: 5000) != nil else { continue }
+            usleep(UInt32.random(in: 0...20_000))
+            rig.twin.update(device: rig.names[d]) { $0.status = "fault" }
+            let t0 = now()
+            rig.twin.sendNow()
+            if let t = rig.reader.waitFor(coil: d, false, sinceNs: t0, timeoutMs: 5000) { twin.append(Double(t - t0) / 1e6) }
+            rig.twin.update(device: rig.names[d]) { $0.status = "operational" }
+            rig.twin.sendNow()
+            if n < 4 { _ = rig.reader.waitFor(coil: d, true, sinceNs: now(), timeoutMs: 5000) }
+        }
+
+        // Silent twin → coil 0, past max_age_ms.
+        var silent: [Double] = []
+        for k in 0..<min(samples, 20) {
+            let d = (k * 7) % n
+            guard rig.reader.waitFor(coil: d, true, sinceNs: 0, timeoutMs: 5000) != nil else { continue }
+            rig.twin.update(device: rig.names[d]) { $0.silent = true }
+            usleep(60_000)  // the line in flight, if any, is sent; the clock starts at the last one
+            let last = rig.twin.lastSent(device: rig.names[d])
+            if let t = rig.reader.waitFor(coil: d, false, sinceNs: last, timeoutMs: 5000) {
+                silent.append(Double(t - last) / 1e6 - 200)
+            }
+            rig.twin.update(device: rig.names[d]) { $0.silent = false }
+            rig.twin.sendNow()
+            _ = rig.reader.waitFor(coil: d, true, sinceNs: now(), timeoutMs: 5000)
+        }
+
+        print("n=\(n) devices at 20 Hz (poll 50 ms, max_age 200 ms, tick 50 ms):")
+        print("  PLC change → coil         \(Self.pq(plc))   goal p99 ≤ 55 ms")
+        print("  baseline bare 20 Hz poll  \(Self.pq(bare))   (a libmodbus client seeing the register change)")
+        print("  twin line → coil          \(Self.pq(twin))   goal p99 ≤ 2 ms")
+        print("  silent twin → coil 0      \(Self.pq(silent, label: "ms past max_age"))   goal ≤ 55 ms past (one tick + 5)")
+        print("  interlock client read errors: \(rig.reader.errorCount); appliance CPU over the run: \(rig.child.cpuSeconds().map { String(format: "%.1f s", $0) } ?? "?")")
+    }
+
+    // MARK: Soak
+
+    func soak(devices n: Int, seconds: Int) async throws {
+        let rig = try await Rig(devices: n)
+        defer { rig.stop() }
+        let armed = rig.reader.waitAll(true, count: n, timeoutMs: 120_000)
+        print("soak: \(n) devices for \(seconds) s; all permits up at start: \(armed ? "yes" : "NO (\(rig.reader.permitsUp)/\(n))")")
+        let start = Date()
+        let cpu0 = rig.child.cpuSeconds() ?? 0
+        var rss: [(Double, Double)] = []
+        let step = max(1, min(10, seconds / 20))
+        while Date().timeIntervalSince(start) < Double(seconds) {
+            try await Task.sleep(for: .seconds(step))
+            if let r = rig.child.rssMB() { rss.append((Date().timeIntervalSince(start), r)) }
+        }
+        let cpu1 = rig.child.cpuSeconds() ?? 0
+        let elapsed = Date().timeIntervalSince(start)
+        let values = rss.map(\.1)
+        let window = max(1, values.count / 6)
+        let early = values.prefix(window).reduce(0, +) / Double(window)
+        let late = values.suffix(window).reduce(0, +) / Double(window)
+        let growth = early > 0 ? (late - early) / early * 100 : 0
+        let up = rig.reader.permitsUp
+        print(String(format: "  RSS first/last sixth %.1f / %.1f MB (max %.1f MB), change %+.1f %%   goal ≤ 64 MB, flat within 5 %%",
+                     early, late, values.max() ?? 0, growth))
+        print(String(format: "  CPU %.1f %% of one core (%.1f s over %.0f s); permits up at end %d/%d; interlock read errors %d",
+                     (cpu1 - cpu0) / elapsed * 100, cpu1 - cpu0, elapsed, up, n, rig.reader.errorCount))
+    }
+
+    // MARK: Helpers
+
+    static func pq(_ v: [Double], label: String = "ms") -> String {
+        guard !v.isEmpty else { return "no samples" }
+        let s = v.sorted()
+        func q(_ p: Double) -> Double { s[min(s.count - 1, max(0, Int((Double(s.count) * p).rounded(.up)) - 1))] }
+        return String(format: "p50 %6.2f  p99 %6.2f  max %6.2f %@ (n=%d)", q(0.5), q(0.99), s.last!, label, s.count)
+    }
+
+    static func binary() -> String {
+        let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        return me.deletingLastPathComponent().appendingPathComponent("tibet-twin").path
+    }
+
+    static func loadAverage() -> String {
+        (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+    }
+}
+
+/// N simulated PLCs, the appliance process, a twin client and an interlock reader.
+final class Rig: @unchecked Sendable {
+    let dir: URL
+    let sim: PLCSimulator
+    let names: [String]
+    let ports: [Int]
+    let child: ApplianceProcess
+    let twin: TwinClient
+    let reader: CoilReader
+
+    init(devices n: Int) async throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-system-bench-\(getpid())-\(n)")
+        try? FileManager.default.removeItem(at: dir)
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("maps"), withIntermediateDirectories: true)
+        let names = (0..<n).map { String(format: "dev-%03d", $0) }
+        self.names = names
+        let probe = try (0..<n).map { i in
+            try MapLoader.parse(yaml: SystemBench.mapYAML(device: names[i], port: 1502, coil: i), file: "\(names[i]).yaml")
+        }
+        sim = try PLCSimulator(maps: probe, host: "127.0.0.1", port: 0, initial: ["load_kg": "2500", "position_x": "12.5"])
+        let ports = sim.endpoints.map(\.port)
+        self.ports = ports
+        for i in 0..<n {
+            try SystemBench.mapYAML(device: names[i], port: ports[i], coil: i)
+                .write(to: dir.appendingPathComponent("maps/\(names[i]).yaml"), atomically: true, encoding: .utf8)
+        }
+        _ = try KeyFiles.generate(out: dir.appendingPathComponent("guard.key").path)
+        try """
+            node: bench-guard
+            maps: maps/
+            interlock: {listen: 127.0.0.1:0, unit: 1, allow: [127.0.0.0/8], stop_grace_ms: 100}
+            twin:
+              feeds:
+                - tcp: 127.0.0.1:0
+            audit: {dir: audit, key: guard.key, checkpoint_s: 60}
+            http: {listen: 127.0.0.1:0}
+
+            """.write(to: dir.appendingPathComponent("tibet-twin.yaml"), atomically: true, encoding: .utf8)
+        child = try ApplianceProcess(binary: SystemBench.binary(), config: dir.appendingPathComponent("tibet-twin.yaml").path)
+        twin = TwinClient(port: child.twinPort, periodMs: 50, devices: names.map {
+            ($0, TwinClient.Said(status: "operational", values: ["position_x": 12.5, "load_kg": 2500]))
+        })
+        twin.start()
+        reader = CoilReader(port: child.interlockPort, count: n, periodUs: 250)
+        reader.start()
+    }
+
+    func stop() {
+        reader.stop()
+        twin.stop()
+        child.stop()
+        sim.stop()
+        if ProcessInfo.processInfo.environment["SYSTEM_BENCH_DEBUG"] == nil { try? FileManager.default.removeItem(at: dir) }
+    }
+}
+
+/// `tibet-twin run` as a child process: its ports from its `serving …` line, its RSS and CPU
+/// from /proc, stopped with SIGTERM.
+final class ApplianceProcess: @unchecked Sendable {
+    let process = Process()
+    let interlockPort: Int
+    let twinPort: Int
+
+    init(binary: String, config: String) throws {
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["run", "--config", config, "--log-level", "warning"]
+        process.currentDirectoryURL = URL(fileURLWithPath: config).deletingLastPathComponent()
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.standardError
+        try process.run()
+        var line = ""
+        let h = out.fileHandleForReading
+        while !line.hasSuffix("\n") {
+            let d = h.readData(ofLength: 1)
+            if d.isEmpty { throw BenchError("the appliance exited before serving (see its stderr above)") }
+            line += String(decoding: d, as: UTF8.self)
+        }
+        var fields: [String: String] = [:]
+        for part in line.split(separator: " ") {
+            let kv = part.split(separator: "=", maxSplits: 1)
+            if kv.count == 2 { fields[String(kv[0])] = String(kv[1]).trimmingCharacters(in: .whitespacesAndNewlines) }
+        }
+        guard let i = fields["interlock"].flatMap({ Int($0) }), let t = fields["twin_tcp"].flatMap({ Int($0) }) else {
+            throw BenchError("unexpected first line from the appliance: \(line)")
+        }
+        interlockPort = i
+        twinPort = t
+    }
+
+    func rssMB() -> Double? {
+        guard let s = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8),
+              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kb = line.split(separator: " ").dropFirst().first.flatMap({ Double($0) }) else { return nil }
+        return kb / 1024
+    }
+
+    func cpuSeconds() -> Double? {
+        guard let s = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+              let close = s.lastIndex(of: ")") else { return nil }
+        let f = s[s.index(after: close)...].split(separator: " ")
+        guard f.count > 13, let u = Double(f[11]), let k = Double(f[12]) else { return nil }
+        return (u + k) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}
+
+/// The baseline: a bare libmodbus client polling one register at a fixed period on its own
+/// thread, remembering when it first saw each value.
+final class BarePoller: @unchecked Sendable {
+    let port: Int
+    let periodMs: Int
+    let seen = NSLock()
+    var changes: [(Int64, UInt16)] = []
+    var running = true
+    let done = DispatchSemaphore(value: 0)
+
+    init(port: Int, periodMs: Int) {
+        self.port = port
+        self.periodMs = periodMs
+    }
+
+    func start() {
+        Thread { [self] in
+            defer { done.signal() }
+            guard let c = try? ModbusClient(host: "127.0.0.1", port: port, unit: 1, responseTimeoutMs: 500),
+                  (try? c.connect()) != nil else { return }
+            var next = SystemTimeSource().now().monotonicNs
+            while seen.withLock({ running }) {
+                // load_kg is a CDAB uint32 at 102: its low word comes first.
+                if let w = try? c.readRegisters(table: .holding, address: 102, count: 2) {
+                    let now = SystemTimeSource().now().monotonicNs
+                    seen.withLock { if changes.last?.1 != w[0] { changes.append((now, w[0])) } }
+                }
+                next += Int64(periodMs) * 1_000_000
+                let wait = next - SystemTimeSource().now().monotonicNs
+                if wait > 0 { usleep(UInt32(wait / 1000)) }
+            }
+        }.start()
+    }
+
+    func waitFor(_ value: UInt16, sinceNs: Int64, timeoutMs: Int) -> Int64? {
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        while Date() < deadline {
+            if let hit = seen.withLock({ changes.last.flatMap { $0.1 == value ? max($0.0, sinceNs) : nil } }) { return hit }
+            usleep(500)
+        }
+        return nil
+    }
+
+    func stop() {
+        seen.withLock { running = false }
+        done.wait()
+    }
+}
+
+extension CoilReader {
+    /// Coils that read 1 now.
+    var permitsUp: Int { (current ?? []).reduce(0) { $0 + Int($1) } }
+
+    /// Waits until the first `count` coils all read `value`.
+    func waitAll(_ value: Bool, count: Int, timeoutMs: Int) -> Bool {
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        while Date() < deadline {
+            if let c = current, c.count >= count, c.prefix(count).allSatisfy({ ($0 == 1) == value }) { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+}
