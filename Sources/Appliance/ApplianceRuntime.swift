@@ -141,7 +141,7 @@ public final class ApplianceRuntime: Sendable {
         let pipeline = TwinFeedPipeline(parser: loaded.parser) { [guardLoop] state in
             guardLoop.submit(twin: state)
         }
-        let twin = TwinFeedService(specs: loaded.feedSpecs, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))
+        let twin = TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))
         var started: [any TwinSource] = []
         for source in twin.sources {
             do {

@@ -65,34 +65,12 @@ public struct LoadedConfig: Sendable {
         } catch {
             throw StartupError("\(error)")
         }
-        var lines: [String] = []
-        if config.interlock.unit < 1 || config.interlock.unit > 247 {
-            lines.append("\(path): interlock.unit: \(config.interlock.unit) is not a Modbus unit id (1…247)")
-        }
-        if !lines.isEmpty { throw StartupError(lines) }
         return LoadedConfig(config: config, maps: maps, layout: layout, twinKeys: keys, parser: parser,
                             configSHA256: Hex.encode(SHA256.hash(data: data)))
     }
 
-    /// The twin feeds as the feed service takes them.
-    public var feedSpecs: [TwinFeedSpec] {
-        config.twin.feeds.map { feed in
-            switch feed {
-            case .file(let path, let fromStart): return .file(path: path, fromStart: fromStart)
-            case .tcp(let listen): return .tcp(host: listen.host, port: listen.port)
-            case .unix(let path): return .unix(path: path)
-            }
-        }
-    }
-
     /// The interlock server's settings from `interlock:`.
-    public var interlockConfig: InterlockConfig {
-        let interlock = config.interlock
-        return InterlockConfig(host: interlock.listen.host, port: interlock.listen.port, unit: UInt8(clamping: interlock.unit),
-                               allow: { peer in interlock.allows(peer.bytes) }, maxClients: interlock.maxClients,
-                               stopGraceMs: interlock.stopGraceMs, idleTimeoutMs: interlock.idleTimeoutMs,
-                               byteTimeoutMs: interlock.byteTimeoutMs)
-    }
+    public var interlockConfig: InterlockConfig { InterlockConfig(config.interlock) }
 
     /// What `config_loaded` tokens record: the config file and each map's file and SHA-256.
     public var auditJSON: JSONValue {

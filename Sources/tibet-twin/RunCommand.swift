@@ -1,6 +1,9 @@
 import ArgumentParser
 import Appliance
 import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,6 +33,11 @@ struct RunCommand: AsyncParsableCommand {
             CLIOutput.errorLine("tibet-twin run: --log-level \(logLevel): expected one of trace, debug, info, notice, warning, error, critical")
             throw ExitCode(2)
         }
+        // A file-size limit (RLIMIT_FSIZE) must turn into a failed audit write (EFBIG: the store
+        // goes unhealthy, permits block with AUDIT, it recovers when writing works again), not
+        // kill the process; a peer closing a socket must not either.
+        signal(SIGXFSZ, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level

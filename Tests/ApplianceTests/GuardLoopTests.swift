@@ -19,24 +19,24 @@ final class LoopRecorder: @unchecked Sendable {
     var tables: [PermitTable] { all.compactMap { if case .published(let t) = $0 { return t } else { return nil } } }
     var records: [AuditRecord] { all.compactMap { if case .submitted(let r) = $0 { return r } else { return nil } } }
 
-    /// Waits (liveness bound) until the latest published table satisfies `ok`.
+    /// Waits (liveness bound) until the latest published table satisfies `ok`. Suspends
+    /// between looks: a blocking wait would hold one of the two cooperative threads.
     @discardableResult
-    func waitTable(timeout: Double = 5, _ ok: (PermitTable) -> Bool) -> Bool {
+    func waitTable(timeout: Double = 5, _ ok: (PermitTable) -> Bool) async -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
-        lock.lock(); defer { lock.unlock() }
         while true {
-            if let last = events.last(where: { if case .published = $0 { return true } else { return false } }),
-               case .published(let t) = last, ok(t) { return true }
-            if !lock.wait(until: deadline) { return false }
+            if let t = tables.last, ok(t) { return true }
+            if Date() > deadline { return false }
+            try? await Task.sleep(for: .milliseconds(5))
         }
     }
 
-    func waitRecord(timeout: Double = 5, _ ok: (AuditRecord) -> Bool) -> Bool {
+    func waitRecord(timeout: Double = 5, _ ok: (AuditRecord) -> Bool) async -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
-        lock.lock(); defer { lock.unlock() }
         while true {
-            if events.contains(where: { if case .submitted(let r) = $0 { return ok(r) } else { return false } }) { return true }
-            if !lock.wait(until: deadline) { return false }
+            if records.contains(where: ok) { return true }
+            if Date() > deadline { return false }
+            try? await Task.sleep(for: .milliseconds(5))
         }
     }
 }
@@ -145,34 +145,34 @@ final class LoopHarness: @unchecked Sendable {
 
 @Suite("Guard loop")
 struct GuardLoopTests {
-    @Test func aRiseIsPublishedOnlyAfterItsTokenIsDurable() throws {
+    @Test func aRiseIsPublishedOnlyAfterItsTokenIsDurable() async throws {
         let h = try LoopHarness(maps: [try loopMap()])
         h.audit.holdGating.store(true, ordering: .relaxed)
         try h.start()
         defer { h.stop() }
         // The guard wants to permit: a gating record is submitted …
-        #expect(h.recorder.waitRecord { $0.action == .permitChanged && $0.timing == .gating })
+        #expect(await h.recorder.waitRecord { $0.action == .permitChanged && $0.timing == .gating })
         // … but while it is not durable, the coils stay 0 (ticks keep publishing).
         let ticksBefore = h.recorder.tables.count
         let beat = h.recorder.tables.last?.heartbeat ?? 0
-        #expect(h.recorder.waitTable { $0.heartbeat > beat &+ 2 })
+        #expect(await h.recorder.waitTable { $0.heartbeat > beat &+ 2 })
         #expect(h.recorder.tables.count > ticksBefore)
         #expect(h.recorder.tables.allSatisfy { !$0.anyPermit })
         #expect(h.audit.heldCount > 0)
         h.audit.release()
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
         let rise = h.recorder.records.first { $0.action == .permitChanged && $0.erin["change"]?.stringValue == "rise" }
         #expect(rise?.erin["allowed"]?.boolValue == true)
         #expect(rise?.eraan["device"]?.stringValue == "jis:crane-01")
     }
 
-    @Test func aDropIsPublishedBeforeItsTokenIsSubmitted() throws {
+    @Test func aDropIsPublishedBeforeItsTokenIsSubmitted() async throws {
         let h = try LoopHarness(maps: [try loopMap()])
         try h.start()
         defer { h.stop() }
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
         h.feeding.withLock { $0.physicalStatus = "fault" }
-        #expect(h.recorder.waitRecord { $0.erin["change"]?.stringValue == "drop" && $0.erin["intent"]?.stringValue == "move_left" })
+        #expect(await h.recorder.waitRecord { $0.erin["change"]?.stringValue == "drop" && $0.erin["intent"]?.stringValue == "move_left" })
         let events = h.recorder.all
         let dropToken = events.firstIndex {
             if case .submitted(let r) = $0 { return r.erin["change"]?.stringValue == "drop" } else { return false }
@@ -187,25 +187,25 @@ struct GuardLoopTests {
         #expect(drop?.erin["reason"]?.stringValue?.contains("status mismatch: physical=fault, twin=operational") == true)
     }
 
-    @Test func anUnhealthyAuditChainBlocksEveryPermit() throws {
+    @Test func anUnhealthyAuditChainBlocksEveryPermit() async throws {
         let h = try LoopHarness(maps: [try loopMap()])
         try h.start()
         defer { h.stop() }
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
         h.audit.healthy.store(false, ordering: .relaxed)
-        #expect(h.recorder.waitTable { !$0.anyPermit && !$0.healthy })
+        #expect(await h.recorder.waitTable { !$0.anyPermit && !$0.healthy })
         let regs = h.recorder.tables.last!.registers
         #expect(regs[16] == ReasonCode.audit.rawValue)
         h.audit.healthy.store(true, ordering: .relaxed)
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true && $0.healthy })
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true && $0.healthy })
     }
 
-    @Test func heartbeatCountsTicksAndReadyFollowsTheFirstEvaluation() throws {
+    @Test func heartbeatCountsTicksAndReadyFollowsTheFirstEvaluation() async throws {
         let h = try LoopHarness(maps: [try loopMap()])
         h.feeding.withLock { $0.devices = [] }  // nothing arrives: only the tick evaluates
         try h.start()
         defer { h.stop() }
-        #expect(h.recorder.waitTable { $0.heartbeat >= 5 })
+        #expect(await h.recorder.waitTable { $0.heartbeat >= 5 })
         #expect(h.loop.isReady)
         let beats = h.recorder.tables.map(\.heartbeat)
         #expect(zip(beats, beats.dropFirst()).allSatisfy { $1 == $0 || $1 == $0 &+ 1 }, "the heartbeat moves by one per tick")
@@ -219,17 +219,17 @@ struct GuardLoopTests {
         let h = try LoopHarness(maps: [try loopMap()])
         try h.start()
         defer { h.stop() }
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "hoist") == true })
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "hoist") == true })
         h.feeding.withLock { $0.load = 5000 }  // beyond tolerance: trips
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "hoist") == false })
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "hoist") == false })
         h.feeding.withLock { $0.load = 1000 }  // back in sync: move_left re-arms, hoist stays latched
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
         #expect(h.recorder.tables.last?.permit(device: "crane-01", intent: "hoist") == false)
         let outcome: ResetOutcome = await withCheckedContinuation { c in
             h.loop.reset(device: "crane-01", intent: "hoist", client: "127.0.0.1:9") { c.resume(returning: $0) }
         }
         #expect(outcome == .done(device: "crane-01", cleared: ["hoist"]))
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "hoist") == true })
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "hoist") == true })
         let reset = h.recorder.records.first { $0.action == .reset }
         #expect(reset?.erin["client"]?.stringValue == "127.0.0.1:9")
         let unknown: ResetOutcome = await withCheckedContinuation { c in
@@ -251,7 +251,7 @@ struct GuardLoopTests {
         h.feeding.withLock { $0.devices = ["crane-01", "robot-07"] }
         try h.start()
         defer { h.stop() }
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true
             && $0.permit(device: "robot-07", intent: "move_left") == true })
         // The robot's map changes (rearm differs); the crane's does not.
         let robot2 = try loopMap(robotYAML.replacingOccurrences(of: "rearm_ms: 20", with: "rearm_ms: 300"), sha: "r2")
@@ -270,7 +270,7 @@ struct GuardLoopTests {
         #expect(first.permit(device: "crane-01", intent: "move_left") == true)
         #expect(after.allSatisfy { $0.permit(device: "crane-01", intent: "move_left") == true }, "the crane never blinked")
         // The robot re-arms by its new map.
-        #expect(h.recorder.waitTable { $0.permit(device: "robot-07", intent: "move_left") == true })
+        #expect(await h.recorder.waitTable { $0.permit(device: "robot-07", intent: "move_left") == true })
         #expect(h.recorder.records.contains { $0.erin["change"]?.stringValue == "drop" && $0.erin["device"]?.stringValue == "robot-07"
             && ($0.erachter["why"]?.stringValue?.contains("map replaced") ?? false) })
     }
@@ -279,7 +279,7 @@ struct GuardLoopTests {
         let h = try LoopHarness(maps: [try loopMap()])
         try h.start()
         defer { h.stop() }
-        #expect(h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
+        #expect(await h.recorder.waitTable { $0.permit(device: "crane-01", intent: "move_left") == true })
         let snap: StatusSnapshot = await withCheckedContinuation { c in h.loop.status { c.resume(returning: $0) } }
         #expect(snap.node == "test")
         let d = try #require(snap.devices.first)
@@ -289,7 +289,7 @@ struct GuardLoopTests {
         #expect(d.values.first?.name == "load_kg")
         #expect(d.values.first?.twin == 1000)
         h.feeding.withLock { $0.twin = false }  // the twin goes silent
-        #expect(h.recorder.waitTable { !$0.anyPermit })
+        #expect(await h.recorder.waitTable { !$0.anyPermit })
         let silent: StatusSnapshot = await withCheckedContinuation { c in h.loop.status { c.resume(returning: $0) } }
         let i = try #require(silent.devices.first?.intents.first)
         #expect(!i.permit)
@@ -297,23 +297,23 @@ struct GuardLoopTests {
         #expect(i.reason.contains("twin stale"))
     }
 
-    @Test func identityFailureIsAuditedOncePerEpisode() throws {
+    @Test func identityFailureIsAuditedOncePerEpisode() async throws {
         let h = try LoopHarness(maps: [try loopMap()])
         try h.start()
         defer { h.stop() }
-        #expect(h.recorder.waitTable { $0.heartbeat >= 2 })
+        #expect(await h.recorder.waitTable { $0.heartbeat >= 2 })
         h.feeding.withLock { $0.devices = [] }
-        usleep(50_000)
+        try await Task.sleep(for: .milliseconds(50))
         // A PLC that is not the one the map names, repeatedly.
         for _ in 0..<5 {
             h.loop.submit(physical: PhysicalState(device: "crane-01", status: "operational",
                                                   values: ["load_kg": Reading(value: .double(1000), quality: .good)],
                                                   identity: .mismatch(register: "serial", expected: "4711", got: "42"),
                                                   time: h.clock.now()))
-            usleep(5_000)
+            try await Task.sleep(for: .milliseconds(5))
         }
-        #expect(h.recorder.waitRecord { $0.action == .identityFailed })
-        usleep(100_000)
+        #expect(await h.recorder.waitRecord { $0.action == .identityFailed })
+        try await Task.sleep(for: .milliseconds(100))
         #expect(h.recorder.records.filter { $0.action == .identityFailed }.count == 1)
     }
 }

@@ -228,11 +228,4 @@ struct PhysicalCLITests {
         if code == nil { sim.child.signal(SIGKILL) }
     }
 
-    @Test func demoShowsTheCraneReadBack() throws {
-        let child = try Child(binaryURL().path, ["demo"], name: "demo", currentDirectory: packageRoot().path)
-        let code = child.waitForExit(timeout: 60)
-        #expect(code == 0, "\(child.transcript)")
-        #expect(child.stdoutLines.contains { $0.contains("read back as set") })
-        #expect(child.stdoutLines.contains { $0.hasPrefix("position_x") })
-    }
 }

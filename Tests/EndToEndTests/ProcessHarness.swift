@@ -28,13 +28,23 @@ final class Child: @unchecked Sendable {
         process.standardOutput = out
         process.standardError = err
         process.standardInput = input
-        out.fileHandleForReading.readabilityHandler = { [weak self] h in self?.take(h.availableData, err: false) }
-        err.fileHandleForReading.readabilityHandler = { [weak self] h in self?.take(h.availableData, err: true) }
+        for (pipe, isErr) in [(out, false), (err, true)] {
+            pipe.fileHandleForReading.readabilityHandler = { [weak self] h in
+                let data = h.availableData
+                if data.isEmpty { h.readabilityHandler = nil }  // EOF: stop watching (no spin)
+                self?.take(data, err: isErr)
+            }
+        }
         try process.run()
     }
 
+    private let eof = Mutex<(out: Bool, err: Bool)>((false, false))
+
     private func take(_ data: Data, err: Bool) {
-        guard !data.isEmpty else { return }
+        guard !data.isEmpty else {
+            eof.withLock { if err { $0.err = true } else { $0.out = true } }
+            return
+        }
         let text = String(decoding: data, as: UTF8.self)
         lines.withLock { l in
             var partial = (err ? l.partialErr : l.partialOut) + text
@@ -95,6 +105,9 @@ final class Child: @unchecked Sendable {
         while process.isRunning && Date() < deadline { usleep(10_000) }
         if process.isRunning { return nil }
         process.waitUntilExit()
+        // The last output may still be in the pipes: wait (briefly) for both to reach EOF.
+        let drain = Date().addingTimeInterval(2)
+        while Date() < drain && !eof.withLock({ $0.out && $0.err }) { usleep(2_000) }
         return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
     }
 
