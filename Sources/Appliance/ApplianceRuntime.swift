@@ -39,6 +39,8 @@ public final class ApplianceRuntime: Sendable {
     struct State: @unchecked Sendable {
         var loaded: LoadedConfig
         var poller: Poller
+        /// Between the poller and the guard loop: shuts out the states of replaced devices.
+        var gate: PollerGate
         /// Counters of pollers retired by reloads, so metrics keep counting up.
         var retiredPolls = PollerStats()
         var reloading = false
@@ -62,7 +64,7 @@ public final class ApplianceRuntime: Sendable {
 
     private init(configPath: String, loaded: LoadedConfig, audit: AuditStore, guardLoop: GuardLoop,
                  interlock: InterlockServer, http: HTTPServer, twin: TwinFeedService, poller: Poller,
-                 metrics: ApplianceMetrics, auditor: InterlockAuditor, notifier: SystemdNotifier,
+                 gate: PollerGate, metrics: ApplianceMetrics, auditor: InterlockAuditor, notifier: SystemdNotifier,
                  logger: Logger, clock: any TimeSource) {
         self.configPath = configPath
         self.audit = audit
@@ -75,7 +77,7 @@ public final class ApplianceRuntime: Sendable {
         self.notifier = notifier
         self.logger = logger
         self.clock = clock
-        self.state = Mutex(State(loaded: loaded, poller: poller))
+        self.state = Mutex(State(loaded: loaded, poller: poller, gate: gate))
     }
 
     /// Validates, binds and opens everything, then starts the guard loop, the poller and the
@@ -156,9 +158,10 @@ public final class ApplianceRuntime: Sendable {
             }
         }
 
-        let poller = Poller(maps: loaded.maps) { [guardLoop] state in guardLoop.submit(physical: state) }
+        let gate = PollerGate(guardLoop: guardLoop)
+        let poller = Poller(maps: loaded.maps) { [gate] state in gate.submit(state) }
         let runtime = ApplianceRuntime(configPath: configPath, loaded: loaded, audit: audit, guardLoop: guardLoop,
-                                       interlock: interlock, http: http, twin: twin, poller: poller, metrics: metrics,
+                                       interlock: interlock, http: http, twin: twin, poller: poller, gate: gate, metrics: metrics,
                                        auditor: auditor, notifier: notifier, logger: logger, clock: clock)
         do {
             try guardLoop.start()
@@ -252,22 +255,31 @@ public final class ApplianceRuntime: Sendable {
             return .refused(error.lines)
         }
         let restartOnly = next.restartOnlyChanges(from: old)
+        // From here on the running poller's states of devices whose map changes (or goes) never
+        // reach the guard: the new slot of a replaced device sees only states read by its new map.
+        let nextByName = Dictionary(next.maps.map { ($0.device, $0) }, uniquingKeysWith: { a, _ in a })
+        let leaving = old.maps.filter { nextByName[$0.device] != $0 }.map(\.device)
+        let (oldPoller, oldGate) = state.withLock { ($0.poller, $0.gate) }
+        oldGate.shutOut(leaving)
         let result: GuardReloadResult = await withCheckedContinuation { c in
             guardLoop.reload(GuardReload(maps: next.maps, layout: next.layout)) { c.resume(returning: $0) }
         }
         twin.pipeline.replace(parser: next.parser, forgetting: result.replaced + result.removed)
         if !result.restarted.isEmpty || !result.removed.isEmpty {
-            let newPoller = Poller(maps: next.maps) { [guardLoop] s in guardLoop.submit(physical: s) }
-            let oldPoller = state.withLock { $0.poller }
-            oldPoller.stop()
-            let retired = oldPoller.stats()
+            // The new poller starts before the old one stops: an unchanged device is polled by
+            // both for a moment, never by neither (its state must not go stale over a reload).
+            let gate = PollerGate(guardLoop: guardLoop)
+            let newPoller = Poller(maps: next.maps) { [gate] s in gate.submit(s) }
             do {
                 try newPoller.start()
             } catch {
                 logger.critical("reload: the poller did not start again: \(error); devices will block with NO_PHYSICAL/PHYSICAL_STALE")
             }
+            oldPoller.stop()
+            let retired = oldPoller.stats()
             state.withLock { s in
                 s.poller = newPoller
+                s.gate = gate
                 s.retiredPolls.devices += retired.devices
                 s.retiredPolls.latency.merge(retired.latency)
             }
@@ -424,6 +436,27 @@ final class RuntimeControl: ApplianceControl {
     func health() -> HealthSnapshot {
         guardBox.value?.health()
             ?? HealthSnapshot(guardAlive: false, auditHealthy: false, ready: false, heartbeat: 0, sinceTickMs: .infinity)
+    }
+}
+
+/// The poller's sink into the guard loop, with a door that can be shut per device: on a reload
+/// the old poller keeps running until the new one polls, but its states of replaced devices
+/// must not reach the replaced device's new guard. Checking and handing over happen under one
+/// lock, so no state slips through after `shutOut` returns.
+final class PollerGate: Sendable {
+    let guardLoop: GuardLoop
+    private let closed = Mutex<Set<String>>([])
+
+    init(guardLoop: GuardLoop) { self.guardLoop = guardLoop }
+
+    func submit(_ state: PhysicalState) {
+        closed.withLock { c in
+            if !c.contains(state.device) { guardLoop.submit(physical: state) }
+        }
+    }
+
+    func shutOut(_ devices: [String]) {
+        closed.withLock { $0.formUnion(devices) }
     }
 }
 
