@@ -1,16 +1,36 @@
 import ArgumentParser
+import Foundation
 import Appliance
 import TibetTwin
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Where the running appliance's HTTP API is: `--url`, else the default `127.0.0.1:9102`.
+/// Where the running appliance's HTTP API is: `--url`, else `http.listen` of `--config`, else
+/// `127.0.0.1:9102` (the default `http.listen`).
 struct ApplianceURLOptions: ParsableArguments {
-    @Option(help: "The appliance's HTTP API (http.listen of its config).")
-    var url: String = "http://127.0.0.1:9102"
+    @Option(help: "The appliance's HTTP API (default: http.listen of --config, else http://127.0.0.1:9102).")
+    var url: String?
 
-    func resolvedURL() throws -> String { url }
+    @Option(help: ArgumentHelp("The appliance config, to take http.listen from.", valueName: "FILE"))
+    var config: String?
+
+    /// The URL to ask; throws a one-line message if the config cannot be read.
+    func resolvedURL() throws -> String {
+        if let url { return url }
+        guard let config else { return "http://127.0.0.1:9102" }
+        guard let data = FileManager.default.contents(atPath: config), let text = String(data: data, encoding: .utf8) else {
+            throw ValidationError("\(config): cannot read the config file")
+        }
+        let parsed: ApplianceConfig
+        do { parsed = try ApplianceConfig.parse(yaml: text, file: config) } catch {
+            throw ValidationError(error.issues.first.map(\.description) ?? "\(config): invalid config")
+        }
+        let listen = parsed.http.listen
+        // A wildcard listen address is reached over loopback.
+        let host = listen.host == "0.0.0.0" ? "127.0.0.1" : listen.host == "::" ? "::1" : listen.host
+        return host.contains(":") ? "http://[\(host)]:\(listen.port)" : "http://\(host):\(listen.port)"
+    }
 }
 
 /// Writes one line to stderr (file descriptor 2; the Glibc `stderr` global is not concurrency-safe).

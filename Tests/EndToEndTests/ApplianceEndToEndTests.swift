@@ -328,3 +328,84 @@ func healthz(_ url: String) throws -> Int {
     let (_, out) = try runTool("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", url + "/healthz"])
     return Int(out) ?? 0
 }
+
+/// systemd's side of `Type=notify`: a unix datagram socket collecting what the service sends.
+final class NotifySocket: @unchecked Sendable {
+    let path: String
+    let fd: Int32
+    private let lock = NSLock()
+    private var messages: [String] = []
+    private var open = true
+
+    init(dir: TempDir) throws {
+        path = dir.file("notify.sock")
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1))
+            }
+        }
+        guard rc == 0 else { throw HarnessError("bind \(path): errno \(errno)") }
+        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        Thread { [self] in
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while lock.withLock({ open }) {
+                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n > 0 { lock.withLock { messages.append(String(decoding: buf[0..<n], as: UTF8.self)) } }
+            }
+        }.start()
+    }
+
+    var all: [String] { lock.withLock { messages } }
+
+    deinit {
+        lock.withLock { open = false }
+        usleep(250_000)
+        close(fd)
+    }
+}
+
+@Suite("Appliance under systemd's notify protocol")
+struct ApplianceNotifyTests {
+    @Test func readyWatchdogReloadingStopping() async throws {
+        let scratch = try TempDir("tibet-plc")
+        defer { scratch.cleanup() }
+        let sim = try startPLC({ rigMapYAML(port: $0) }, dir: scratch)
+        defer { _ = sim.quit() }
+        let rig = try ApplianceRig(maps: ["crane-01": rigMapYAML(port: sim.port)])
+        // A fixed http.listen, so `status --config` can find the API from the config alone.
+        let http = freePort()
+        let config = try String(contentsOfFile: rig.dir.file("tibet-twin.yaml"), encoding: .utf8)
+        try rig.dir.write("tibet-twin.yaml", config.replacingOccurrences(of: "http: {listen: 127.0.0.1:0}",
+                                                                         with: "http: {listen: 127.0.0.1:\(http)}"))
+        let notify = try NotifySocket(dir: rig.dir)
+        let c = try Child(binaryURL().path, ["run", "--config", rig.dir.file("tibet-twin.yaml")],
+                          environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"], name: "run",
+                          currentDirectory: rig.dir.path)
+        rig.child = c
+        #expect(await waitUntil(20) { notify.all.contains { $0.hasPrefix("READY=1") } }, "\(c.transcript)")
+        let ready = notify.all.first { $0.hasPrefix("READY=1") } ?? ""
+        #expect(ready.contains("STATUS=1 devices"), "\(ready)")
+        // The watchdog is pinged from the evaluation tick, several times per WATCHDOG_USEC.
+        #expect(await waitUntil(10) { notify.all.filter { $0 == "WATCHDOG=1\n" }.count >= 5 })
+
+        let (scode, sout, serr) = try runTibetTwin(["status", "--config", rig.dir.file("tibet-twin.yaml")])
+        #expect(scode == 0, "status --config finds the API from http.listen: \(serr)")
+        #expect(sout.contains("e2e-guard"))
+
+        c.signal(SIGHUP)
+        #expect(await waitUntil(10) { notify.all.contains("RELOADING=1\n") })
+        #expect(await waitUntil(10) { notify.all.filter { $0.hasPrefix("READY=1") }.count >= 2 }, "READY=1 again after the reload")
+        c.signal(SIGTERM)
+        #expect(await waitUntil(15) { !c.isRunning })
+        #expect(c.waitForExit(timeout: 1) == 0)
+        #expect(notify.all.contains { $0.hasPrefix("STOPPING=1") })
+        let order = notify.all.firstIndex { $0.hasPrefix("STOPPING=1") } ?? -1
+        #expect(order > (notify.all.firstIndex { $0.hasPrefix("READY=1") } ?? Int.max))
+    }
+}
