@@ -68,11 +68,15 @@ public final class GuardLoop: @unchecked Sendable {
         public var checkpointS: Int
         /// Ticks missing this long make `/healthz` say the guard is not alive.
         public var aliveWithinMs: Double
+        /// At most one `identity_failed` token per device this often: a client flapping between
+        /// good and bad lines must not flood the chain. Episodes in between are counted in the next.
+        public var identityAuditIntervalMs: Int
 
-        public init(node: String, checkpointS: Int = 60, aliveWithinMs: Double = 2000) {
+        public init(node: String, checkpointS: Int = 60, aliveWithinMs: Double = 2000, identityAuditIntervalMs: Int = 60_000) {
             self.node = node
             self.checkpointS = checkpointS
             self.aliveWithinMs = aliveWithinMs
+            self.identityAuditIntervalMs = identityAuditIntervalMs
         }
     }
 
@@ -128,6 +132,10 @@ public final class GuardLoop: @unchecked Sendable {
         var riseRecorded: [Bool]
         /// Identity or signature failing at the last evaluation (audited on the transition).
         var identityFailing = false
+        /// When the last `identity_failed` token of this device was submitted (monotonic).
+        var identityAuditedNs: Int64?
+        /// Failure episodes since that token that were not written (rate limit).
+        var identityEpisodesFolded = 0
         var evaluate = false
 
         init(map: DeviceMap) {
@@ -457,14 +465,25 @@ public final class GuardLoop: @unchecked Sendable {
         }
         let failing = !problems.isEmpty
         if failing && !slots[s].identityFailing {
-            audit.submit(AuditRecord(action: .identityFailed, erin: .object([
-                "device": .string(slots[s].map.device),
-                "problems": .array(problems.map { .string($0) }),
-            ]), eraan: eraan(slots[s]), erachter: .object([
-                "why": .string("the PLC answering or the twin speaking is not the one the map names"),
-                "safety_critical": .bool(IndustryProfile.named(slots[s].map.profile).safetyCritical),
-            ]), time: now), onDurable: nil)
-            logger.warning("identity failed", metadata: ["device": "\(slots[s].map.device)", "problems": "\(problems)"])
+            let intervalNs = Int64(config.identityAuditIntervalMs) * 1_000_000
+            if let last = slots[s].identityAuditedNs, now.monotonicNs - last < intervalNs {
+                // Within the interval: the permit blocks all the same; the episode is counted
+                // in the next token instead of writing one now.
+                slots[s].identityEpisodesFolded += 1
+            } else {
+                audit.submit(AuditRecord(action: .identityFailed, erin: .object([
+                    "device": .string(slots[s].map.device),
+                    "problems": .array(problems.map { .string($0) }),
+                    "episodes_not_written_before": .int(Int64(slots[s].identityEpisodesFolded)),
+                ]), eraan: eraan(slots[s]), erachter: .object([
+                    "why": .string("the PLC answering or the twin speaking is not the one the map names"),
+                    "safety_critical": .bool(IndustryProfile.named(slots[s].map.profile).safetyCritical),
+                ]), time: now), onDurable: nil)
+                logger.warning("identity failed", metadata: ["device": "\(slots[s].map.device)", "problems": "\(problems)",
+                                                             "episodes_folded": "\(slots[s].identityEpisodesFolded)"])
+                slots[s].identityAuditedNs = now.monotonicNs
+                slots[s].identityEpisodesFolded = 0
+            }
         }
         slots[s].identityFailing = failing
     }

@@ -104,11 +104,13 @@ final class LoopHarness: @unchecked Sendable {
     let running = Atomic<Bool>(true)
     let seq = Atomic<UInt64>(0)
 
-    init(maps: [DeviceMap]) throws {
+    init(maps: [DeviceMap], identityAuditIntervalMs: Int = 60_000) throws {
         audit = ScriptedAudit(recorder: recorder)
         let layout = try InterlockLayout(maps: maps)
         let recorder = self.recorder
-        loop = GuardLoop(configuration: GuardLoop.Configuration(node: "test", checkpointS: 0), maps: maps, layout: layout,
+        loop = GuardLoop(configuration: GuardLoop.Configuration(node: "test", checkpointS: 0,
+                                                                identityAuditIntervalMs: identityAuditIntervalMs),
+                         maps: maps, layout: layout,
                          audit: audit, metrics: ApplianceMetrics()) { table in recorder.add(.published(table)) }
     }
 
@@ -315,6 +317,39 @@ struct GuardLoopTests {
         #expect(await h.recorder.waitRecord { $0.action == .identityFailed })
         try await Task.sleep(for: .milliseconds(100))
         #expect(h.recorder.records.filter { $0.action == .identityFailed }.count == 1)
+    }
+
+    /// A client flapping between a wrong and a right identity costs one token per interval per
+    /// device, and the episodes not written are counted in the next token.
+    @Test func identityFlappingIsRateLimited() async throws {
+        let h = try LoopHarness(maps: [try loopMap()], identityAuditIntervalMs: 2000)
+        try h.start()
+        defer { h.stop() }
+        #expect(await h.recorder.waitTable { $0.heartbeat >= 2 })
+        h.feeding.withLock { $0.devices = [] }
+        func flap() async throws {
+            let now = h.clock.now()
+            h.loop.submit(physical: PhysicalState(device: "crane-01", status: "operational",
+                                                  values: ["load_kg": Reading(value: .double(1000), quality: .good)],
+                                                  identity: .mismatch(register: "serial", expected: "4711", got: "42"), time: now))
+            try await Task.sleep(for: .milliseconds(40))
+            h.loop.submit(physical: PhysicalState(device: "crane-01", status: "operational",
+                                                  values: ["load_kg": Reading(value: .double(1000), quality: .good)],
+                                                  time: h.clock.now()))
+            try await Task.sleep(for: .milliseconds(40))
+        }
+        let started = Date()
+        for _ in 0..<5 { try await flap() }
+        #expect(await h.recorder.waitRecord { $0.action == .identityFailed })
+        let identity = { h.recorder.records.filter { $0.action == .identityFailed } }
+        if Date().timeIntervalSince(started) < 1.8 {  // only meaningful if all flaps fell in one interval
+            #expect(identity().count == 1, "one token for five episodes within the interval")
+        }
+        try await Task.sleep(for: .milliseconds(2100))
+        try await flap()
+        #expect(await h.recorder.waitRecord { $0.action == .identityFailed && ($0.erin["episodes_not_written_before"]?.intValue ?? 0) >= 1 },
+                "the next token counts the episodes not written: \(identity().map(\.erin))")
+        #expect(identity().first?.erin["episodes_not_written_before"]?.intValue == 0)
     }
 }
 
