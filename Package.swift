@@ -74,6 +74,7 @@ let package = Package(
                 "TibetTwin", "Appliance", "Modbus", "CModbus",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "benchmarks/Sources"
         ),

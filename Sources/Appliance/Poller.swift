@@ -1,3 +1,4 @@
+import Logging
 import Modbus
 import Synchronization
 import TibetTwin
@@ -49,8 +50,11 @@ public final class Poller: Sendable {
     private let shared = Mutex(Shared())
 
     /// A poller for `maps` (not started). `time` stamps each state when its answer arrived.
+    /// `logger` hears transitions only (connected, connection lost, polls good again), never
+    /// one line per period.
     public init(maps: [DeviceMap], configuration: PollerConfiguration = PollerConfiguration(),
-                time: any TimeSource = SystemTimeSource(), sink: @escaping PhysicalStateSink) {
+                time: any TimeSource = SystemTimeSource(), logger: Logger = Logger(label: "tibet-twin.poller"),
+                sink: @escaping PhysicalStateSink) {
         self.maps = maps
         self.configuration = configuration
         self.sink = sink
@@ -61,7 +65,7 @@ public final class Poller: Sendable {
         var buckets = Array(repeating: [DeviceMap](), count: n)
         for (i, m) in maps.enumerated() { buckets[i % n].append(m) }
         workers = buckets.enumerated().map { i, ms in
-            PollWorker(index: i, maps: ms, configuration: configuration, time: time, sink: sink)
+            PollWorker(index: i, maps: ms, configuration: configuration, time: time, logger: logger, sink: sink)
         }
     }
 
@@ -109,6 +113,7 @@ final class PollWorker: Sendable {
     private let maps: [DeviceMap]
     private let configuration: PollerConfiguration
     private let time: any TimeSource
+    private let logger: Logger
     private let sink: PhysicalStateSink
     private let parker = PollerParker()
     private let stopFlag = Atomic<Bool>(false)
@@ -120,11 +125,12 @@ final class PollWorker: Sendable {
     private let counters: Mutex<Counters>
 
     init(index: Int, maps: [DeviceMap], configuration: PollerConfiguration, time: any TimeSource,
-         sink: @escaping PhysicalStateSink) {
+         logger: Logger, sink: @escaping PhysicalStateSink) {
         self.index = index
         self.maps = maps
         self.configuration = configuration
         self.time = time
+        self.logger = logger
         self.sink = sink
         counters = Mutex(Counters(devices: maps.map { DevicePollStats(device: $0.device) }))
     }
@@ -145,6 +151,7 @@ final class PollWorker: Sendable {
     /// The thread body: a deadline queue over this worker's devices.
     func run(startNs: Int64) {
         var devices = maps.map { DeviceConnection(map: $0, configuration: configuration) }
+        var wasGood = Array(repeating: true, count: devices.count)  // the first bad poll is news
         // First deadlines spread over one period so devices of equal rate do not all fire at once.
         var queue = DeadlineQueue()
         for (i, d) in devices.enumerated() {
@@ -161,6 +168,11 @@ final class PollWorker: Sendable {
             queue.pop()
             var outcome = devices[i].poll(time: time)
             let endedNs = monotonicNowNs()
+            let good = outcome.state.isAllGood
+            if good != wasGood[i] || outcome.connectedNow {
+                log(device: devices[i].map, outcome: outcome, good: good, wasGood: wasGood[i])
+                wasGood[i] = good
+            }
             // Next slot: whole periods from the first deadline; skip the ones already gone.
             let period = devices[i].periodNs
             var next = deadline + period
@@ -178,6 +190,20 @@ final class PollWorker: Sendable {
             sink(outcome.state)
         }
         for i in devices.indices { devices[i].close() }
+    }
+}
+
+extension PollWorker {
+    /// One line per transition: connected, turned bad (and why), good again.
+    fileprivate func log(device map: DeviceMap, outcome: PollOutcome, good: Bool, wasGood: Bool) {
+        let meta: Logger.Metadata = ["device": "\(map.device)", "plc": "\(map.plc.host):\(map.plc.port)",
+                                     "unit": "\(map.plc.unit)"]
+        if outcome.connectedNow { logger.info("connected", metadata: meta) }
+        if !good && wasGood {
+            logger.warning("poll failed: \(outcome.state.pollError ?? "values not good")", metadata: meta)
+        } else if good && !wasGood {
+            logger.info("polls good again", metadata: meta)
+        }
     }
 }
 
@@ -300,12 +326,12 @@ struct DeviceConnection {
         let c = client!
         var results: [ReadPlan.GroupResult] = []
         results.reserveCapacity(plan.groups.count)
-        var outcome = PollOutcome(state: plan.failedState(quality: .badComm, why: "", at: ClockReading(monotonicNs: 0, wallNs: 0)))
-        outcome.connectedNow = connectedNow
+        var requests = 0, splits = 0
+        var errors: [PollErrorKind] = []
         var gi = 0
         while gi < plan.groups.count {
             let g = plan.groups[gi]
-            outcome.requests += 1
+            requests += 1
             do throws(ModbusError) {
                 if g.table.isBitTable {
                     var bits = [UInt8](repeating: 0, count: g.count)
@@ -323,10 +349,10 @@ struct DeviceConnection {
                     results.append(.registers(words))
                 }
             } catch {
-                outcome.errors.append(PollErrorKind(error.kind))
+                errors.append(PollErrorKind(error.kind))
                 if error.exceptionCode == 2, plan.split(groupAt: gi) != nil {
                     // Remembered in the plan; read the first part now.
-                    outcome.splits += 1
+                    splits += 1
                     continue
                 }
                 let quality = Self.quality(of: error)
@@ -344,12 +370,9 @@ struct DeviceConnection {
             gi += 1
         }
         let state = plan.state(from: results, at: time.now())
-        if state.pollError == nil { backoffMs = 0 }
-        outcome.state = state
-        outcome.connected = c.isConnected
-        outcome.groups = plan.groups.count
-        if state.pollError != nil && outcome.errors.isEmpty { outcome.errors.append(.decode) }
-        return outcome
+        if state.pollError == nil { backoffMs = 0 } else if errors.isEmpty { errors.append(.decode) }
+        return PollOutcome(state: state, requests: requests, splits: splits, connected: c.isConnected,
+                           connectedNow: connectedNow, errors: errors, groups: plan.groups.count)
     }
 
     private var endpoint: String { "\(map.plc.host):\(map.plc.port)" }

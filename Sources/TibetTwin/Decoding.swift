@@ -40,46 +40,54 @@ public enum RegisterDecoder {
         if let bit = spec.bit {
             return .bool((words[words.startIndex] >> UInt16(bit)) & 1 == 1)
         }
+        if spec.type != .string {
+            // Fixed-width values (1–4 registers) assemble their raw bits without allocating:
+            // word k lands at shift 16·(need−1−k), or 16·k when the order reverses words.
+            var raw: UInt64 = 0
+            var i = words.startIndex
+            for k in 0..<need {
+                var x = words[i]
+                if spec.order.swapsBytes { x = x.byteSwapped }
+                let shift = spec.order.reversesWords ? 16 * k : 16 * (need - 1 - k)
+                raw |= UInt64(x) << UInt64(shift)
+                i = words.index(after: i)
+            }
+            switch spec.type {
+            case .bool:
+                return .bool(raw != 0)
+            case .int16:
+                return scaled(.int(Int64(Int16(bitPattern: UInt16(truncatingIfNeeded: raw)))), spec)
+            case .uint16:
+                return scaled(.uint(raw & 0xFFFF), spec)
+            case .int32:
+                return scaled(.int(Int64(Int32(bitPattern: UInt32(truncatingIfNeeded: raw)))), spec)
+            case .uint32:
+                return scaled(.uint(raw), spec)
+            case .int64:
+                return scaled(.int(Int64(bitPattern: raw)), spec)
+            case .uint64:
+                return scaled(.uint(raw), spec)
+            case .float32:
+                return scaled(.double(Double(Float(bitPattern: UInt32(truncatingIfNeeded: raw)))), spec)
+            case .float64:
+                return scaled(.double(Double(bitPattern: raw)), spec)
+            case .string:
+                break
+            }
+        }
+        // A string: high byte first in each register (byte-swapped for BADC/DCBA, words never
+        // reversed); trailing NULs and spaces are padding.
         var w = Array(words.prefix(need))
         if spec.order.swapsBytes { for i in w.indices { w[i] = w[i].byteSwapped } }
-        if spec.order.reversesWords && spec.type != .string { w.reverse() }
-
-        @inline(__always) func raw64() -> UInt64 {
-            var r: UInt64 = 0
-            for x in w { r = (r << 16) | UInt64(x) }
-            return r
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(w.count * 2)
+        for x in w { bytes.append(UInt8(x >> 8)); bytes.append(UInt8(x & 0xFF)) }
+        while let last = bytes.last, last == 0 || last == 0x20 { bytes.removeLast() }
+        if let nul = bytes.firstIndex(of: 0) { bytes.removeSubrange(nul...) }
+        guard let s = String(validating: bytes, as: UTF8.self) else {
+            throw DecodeError(register: spec.name, kind: .invalidUTF8)
         }
-        switch spec.type {
-        case .bool:
-            return .bool(w[0] != 0)
-        case .int16:
-            return scaled(.int(Int64(Int16(bitPattern: w[0]))), spec)
-        case .uint16:
-            return scaled(.uint(UInt64(w[0])), spec)
-        case .int32:
-            return scaled(.int(Int64(Int32(bitPattern: UInt32(truncatingIfNeeded: raw64())))), spec)
-        case .uint32:
-            return scaled(.uint(raw64()), spec)
-        case .int64:
-            return scaled(.int(Int64(bitPattern: raw64())), spec)
-        case .uint64:
-            return scaled(.uint(raw64()), spec)
-        case .float32:
-            return scaled(.double(Double(Float(bitPattern: UInt32(truncatingIfNeeded: raw64())))), spec)
-        case .float64:
-            return scaled(.double(Double(bitPattern: raw64())), spec)
-        case .string:
-            // High byte first in each register; trailing NULs and spaces are padding.
-            var bytes: [UInt8] = []
-            bytes.reserveCapacity(w.count * 2)
-            for x in w { bytes.append(UInt8(x >> 8)); bytes.append(UInt8(x & 0xFF)) }
-            while let last = bytes.last, last == 0 || last == 0x20 { bytes.removeLast() }
-            if let nul = bytes.firstIndex(of: 0) { bytes.removeSubrange(nul...) }
-            guard let s = String(validating: bytes, as: UTF8.self) else {
-                throw DecodeError(register: spec.name, kind: .invalidUTF8)
-            }
-            return .string(s)
-        }
+        return .string(s)
     }
 
     /// Decodes one value from a bit table (coils, discrete inputs): `bits[0]` is the value's own bit.

@@ -137,8 +137,7 @@ public struct ReadPlan: Sendable, Hashable {
     /// value is `bad_decode`; non-finite floats are `bad_decode` (unknown is never good). The clock
     /// register, if mapped, becomes `plcWallNs`; one that does not convert sets `pollError`.
     public func state(from results: [GroupResult], at time: ClockReading) -> PhysicalState {
-        var values: [String: Reading] = [:]
-        values.reserveCapacity(map.registers.count)
+        var values = [String: Reading](minimumCapacity: map.registers.count)
         var status: String?
         var statusRaw: Int64?
         var statusQuality: Quality = .badComm
@@ -147,45 +146,18 @@ public struct ReadPlan: Sendable, Hashable {
         var plcWallNs: Int64?
         var errors: [String] = []
 
-        for (gi, g) in groups.enumerated() {
-            let result: GroupResult = gi < results.count ? results[gi] : .failed(.badComm, "not read")
-            for ii in g.items {
-                let item = items[ii]
-                var value: Value?
-                var quality: Quality = .good
-                switch result {
-                case .failed(let q, let why):
-                    quality = q
-                    if ii == g.items[0] { errors.append(why) }
-                case .registers(let words):
-                    let off = Int(item.spec.address) - Int(g.address)
-                    if off >= 0, off + item.spec.width <= words.count {
-                        do throws(DecodeError) {
-                            value = try RegisterDecoder.decode(item.spec, words: words[off..<(off + item.spec.width)])
-                        } catch {
-                            quality = .badDecode
-                            errors.append(error.description)
-                        }
-                    } else {
-                        quality = .badDecode
-                        errors.append("\(item.spec.name): short answer")
-                    }
-                case .bits(let bits):
-                    let off = Int(item.spec.address) - Int(g.address)
-                    if off >= 0, off < bits.count {
-                        value = .bool(bits[off] != 0)
-                    } else {
-                        quality = .badDecode
-                        errors.append("\(item.spec.name): short answer")
-                    }
-                }
+        // Items are read in place (no copies of their specs): this runs once per device and poll.
+        items.withUnsafeBufferPointer { its in
+            /// Files one item's value (nil unless good) and quality under its role.
+            func record(_ ii: Int, _ decoded: Value?, _ q: Quality) {
+                var quality = q
+                var value = decoded
                 if case .double(let d)? = value, !d.isFinite {
                     quality = .badDecode
-                    errors.append("\(item.spec.name): not a finite number (\(d))")
+                    errors.append("\(its[ii].spec.name): not a finite number (\(d))")
                 }
                 if !quality.isGood { value = nil }
-
-                switch item.role {
+                switch its[ii].role {
                 case .value(let i):
                     values[map.registers[i].name] = Reading(value: value, quality: quality)
                 case .identity(let i):
@@ -193,7 +165,7 @@ public struct ReadPlan: Sendable, Hashable {
                 case .clock:
                     if let v = value {
                         plcWallNs = map.clock?.wallNs(from: v)
-                        if plcWallNs == nil { errors.append("clock register \(item.spec.name): \(v) is not a time") }
+                        if plcWallNs == nil { errors.append("clock register \(its[ii].spec.name): \(v) is not a time") }
                     }
                 case .status:
                     statusQuality = quality
@@ -205,6 +177,41 @@ public struct ReadPlan: Sendable, Hashable {
                             statusQuality = .badDecode
                             errors.append("status code \(v) is not in the status value map")
                         }
+                    }
+                }
+            }
+
+            for gi in groups.indices {
+                let base = Int(groups[gi].address)
+                switch gi < results.count ? results[gi] : .failed(.badComm, "not read") {
+                case .failed(let q, let why):
+                    errors.append(why)
+                    for ii in groups[gi].items { record(ii, nil, q) }
+                case .registers(let words):
+                    for ii in groups[gi].items {
+                        let off = Int(its[ii].spec.address) - base
+                        let width = its[ii].spec.width
+                        guard off >= 0, off + width <= words.count else {
+                            errors.append("\(its[ii].spec.name): short answer")
+                            record(ii, nil, .badDecode)
+                            continue
+                        }
+                        do throws(DecodeError) {
+                            record(ii, try RegisterDecoder.decode(its[ii].spec, words: words[off..<(off + width)]), .good)
+                        } catch {
+                            errors.append(error.description)
+                            record(ii, nil, .badDecode)
+                        }
+                    }
+                case .bits(let bits):
+                    for ii in groups[gi].items {
+                        let off = Int(its[ii].spec.address) - base
+                        guard off >= 0, off < bits.count else {
+                            errors.append("\(its[ii].spec.name): short answer")
+                            record(ii, nil, .badDecode)
+                            continue
+                        }
+                        record(ii, .bool(bits[off] != 0), .good)
                     }
                 }
             }

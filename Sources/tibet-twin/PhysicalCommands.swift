@@ -156,15 +156,44 @@ struct SimulateCommand: ParsableCommand {
         }
         // Commands from stdin; at end of input keep serving until `quit` or a signal.
         while let line = readLine() {
-            var lastReply = ""
+            let command: SimulatorCommand
             do {
-                for sim in sims {
-                    // With several simulators (one per map), a device target only exists in one.
-                    lastReply = try sim.execute(line)
-                }
-                if !lastReply.isEmpty { PhysicalCLI.out(lastReply) }
+                guard let c = try SimulatorCommand.parse(line) else { continue }
+                command = c
             } catch {
                 PhysicalCLI.err("error: \(error)")
+                continue
+            }
+            // One simulator serves all devices with --listen; otherwise one per map, and a
+            // target picks the simulator(s) serving it.
+            var targets: [(PLCSimulator, SimulatorCommand)] = sims.map { ($0, command) }
+            if sims.count > 1, let t = command.target {
+                var untargeted = command
+                untargeted.target = nil
+                if let n = Int(t), n >= 1, n <= sims.count {
+                    targets = [(sims[n - 1], untargeted)]
+                } else {
+                    targets = sims.filter { $0.endpoints.contains { $0.device == t } }.map { ($0, untargeted) }
+                    if targets.isEmpty {
+                        PhysicalCLI.err("error: @\(t): no such device")
+                        continue
+                    }
+                }
+            }
+            var replies: [String] = []
+            var firstError: SimulatorError?
+            for (sim, c) in targets {
+                do {
+                    let r = try sim.execute(c)
+                    if !r.isEmpty && !replies.contains(r) { replies.append(r) }
+                } catch {
+                    firstError = firstError ?? error
+                }
+            }
+            if replies.isEmpty, let firstError {
+                PhysicalCLI.err("error: \(firstError)")
+            } else if !replies.isEmpty {
+                PhysicalCLI.out(replies.joined(separator: "\n"))
             }
             if sims.contains(where: \.hasStopped) {
                 for sim in sims { sim.stop() }

@@ -1,4 +1,6 @@
 import Foundation
+import InMemoryLogging
+import Logging
 import Testing
 import TibetTwin
 @testable import Appliance
@@ -189,6 +191,25 @@ struct PollerSimulatorTests {
         // Stopped means stopped: no state after stop() returned.
         Thread.sleep(forTimeInterval: 0.1)
         #expect(log.count == n)
+    }
+
+    @Test func logsTransitionsNotEveryPeriod() throws {
+        let port = closedPort()
+        let logs = InMemoryLogHandler()
+        let log = StateLog()
+        let poller = Poller(maps: [craneMap(port: port, pollMs: 20)], logger: Logger(label: "test.poller") { _ in logs }) { log.put($0) }
+        try poller.start()
+        defer { poller.stop() }
+        try #require(log.wait(from: 10) { _ in true } != nil)
+        // Ten bad polls, one warning.
+        #expect(logs.entries.filter { $0.level == .warning }.count == 1)
+        #expect(logs.entries.first?.metadata["device"] == "crane-01")
+        let sim = try PLCSimulator(maps: [craneMap(port: 0)], port: port)
+        defer { sim.stop() }
+        try #require(log.wait(from: log.count, timeoutMs: 10_000) { $0.isAllGood } != nil)
+        let messages = logs.entries.map { "\($0.message)" }
+        #expect(messages.contains("connected"))
+        #expect(messages.last == "polls good again")
     }
 
     @Test func manyDevicesShareFewThreads() throws {

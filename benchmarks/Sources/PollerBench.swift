@@ -1,6 +1,7 @@
 import Appliance
 import CModbus
 import Foundation
+import Logging
 import Modbus
 import TibetTwin
 
@@ -59,6 +60,23 @@ struct PollerBench: BenchSuite {
         let bare = try Self.onThread { try Self.bareLoop(port: port0, reads: 20_000) }
         print(String(format: "baseline  bare modbus_read_registers loop: %d reads, CPU %.1f µs/read, wall %.1f µs/read",
                      bare.reads, bare.cpuUsPerRead, bare.wallUsPerRead))
+        // The same loop paced like one poll thread (a read every 1 ms, sleeping to an absolute
+        // deadline in between): what waking up on a schedule costs by itself.
+        let paced = try Self.onThread { try Self.bareLoop(port: port0, reads: 3_000, periodNs: 1_000_000) }
+        print(String(format: "reference bare loop paced at 1 kHz (clock_nanosleep): CPU %.1f µs/read", paced.cpuUsPerRead))
+
+        // The pure part of a poll alone: decode one group into a PhysicalState.
+        let plan = ReadPlan(map: template)
+        let words: [UInt16] = [0, 1500, 215, 0x4048, 0xF5C3, 7, 0, 1, 12, 250]
+        let results = [ReadPlan.GroupResult.registers(words)]
+        let clock = SystemTimeSource()
+        let k = 200_000
+        let c0 = Self.cpuNs()
+        var sink = 0
+        for _ in 0..<k { sink &+= plan.state(from: results, at: clock.now()).values.count }
+        let c1 = Self.cpuNs()
+        print(String(format: "decode one poll (ReadPlan.state, 7 values + status): %.2f µs CPU", Double(c1 - c0) / 1000 / Double(k))
+              + (sink == 0 ? "!" : ""))
 
         var best: Int?
         var ratioAt200: Double?
@@ -99,7 +117,8 @@ struct PollerBench: BenchSuite {
     static func pollRun(maps: [DeviceMap], seconds: Double) throws -> PollRun {
         let sink: PhysicalStateSink = { _ in }
         // The first second (connects, first polls) is warm-up; the figures are the steady state after it.
-        let poller = Poller(maps: maps, sink: sink)
+        let quiet = Logger(label: "bench.poller") { _ in SwiftLogNoOpLogHandler() }
+        let poller = Poller(maps: maps, logger: quiet, sink: sink)
         try poller.start()
         Thread.sleep(forTimeInterval: 1.0)
         let before = poller.stats()
@@ -133,7 +152,7 @@ struct PollerBench: BenchSuite {
 
     /// The baseline: `modbus_read_registers` of the same 10 registers in a tight loop, straight
     /// through CModbus (no Swift wrapper, no decoding).
-    static func bareLoop(port: Int, reads: Int) throws -> BareResult {
+    static func bareLoop(port: Int, reads: Int, periodNs: Int64 = 0) throws -> BareResult {
         guard let ctx = modbus_new_tcp_pi("127.0.0.1", String(port)) else { throw BenchError("modbus_new_tcp_pi failed") }
         defer { modbus_free(ctx) }
         modbus_set_slave(ctx, 1)
@@ -142,7 +161,13 @@ struct PollerBench: BenchSuite {
         var regs = [UInt16](repeating: 0, count: 10)
         for _ in 0..<500 { _ = modbus_read_registers(ctx, 0, 10, &regs) }  // warm-up
         let cpu0 = cpuNs(), wall0 = monoNs()
+        var deadline = wall0
         for _ in 0..<reads {
+            if periodNs > 0 {
+                deadline += periodNs
+                var ts = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+                while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nil) == EINTR {}
+            }
             if modbus_read_registers(ctx, 0, 10, &regs) != 10 { throw BenchError("read failed: errno \(errno)") }
         }
         let cpu1 = cpuNs(), wall1 = monoNs()
