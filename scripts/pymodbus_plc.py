@@ -3,8 +3,13 @@
 
 Usage: pymodbus_plc.py SPEC_JSON
   SPEC_JSON: {"unit": 1, "sparse": false, "port": 0,
-              "holding": {"0": 0, "100": 16712}, "input": {...}, "coil": {...}, "discrete": {...}}
-  Addresses are 0-based protocol addresses. With "sparse": true only the listed addresses
+              "holding": {"0": 0, "100": 16712}, "input": {...}, "coil": {...}, "discrete": {...},
+              "encode": [{"table": "holding", "address": 10, "type": "float32", "order": "CDAB",
+                          "value": 1234.5}, ...]}
+  Addresses are 0-based protocol addresses. "encode" lays values out with pymodbus' own encoder
+  (ModbusClientMixin.convert_to_registers: big-endian bytes, word_order "little" for CDAB/DCBA;
+  BADC/DCBA then swap the two bytes of every register; strings never reverse their words), a
+  second opinion on tibet-twin's decoder. With "sparse": true only the listed addresses
   exist (anything else draws exception 2); otherwise each table is 0…10000, zeros unless listed.
 
 Prints "listening 127.0.0.1:PORT" once it accepts connections (port 0 unless "port" is given,
@@ -25,6 +30,7 @@ import sys
 import threading
 import time
 
+from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.datastore import (ModbusSequentialDataBlock, ModbusServerContext,
                                 ModbusSlaveContext, ModbusSparseDataBlock)
 from pymodbus.server import ModbusTcpServer
@@ -44,6 +50,19 @@ class SlowContext(ModbusSlaveContext):
         return values
 
 
+def encode(item):
+    """The registers pymodbus' encoder makes of one value in one of the four orders."""
+    order = item["order"]
+    kind = item["type"]
+    little = order in ("CDAB", "DCBA") and kind != "string"
+    regs = ModbusClientMixin.convert_to_registers(
+        item["value"], ModbusClientMixin.DATATYPE[kind.upper()],
+        word_order="little" if little else "big")
+    if order in ("BADC", "DCBA"):
+        regs = [((r & 0xFF) << 8) | (r >> 8) for r in regs]
+    return regs
+
+
 def block(sparse):
     if sparse:
         return ModbusSparseDataBlock({})
@@ -60,6 +79,8 @@ async def main():
     for table, fc in FC.items():
         for addr, value in spec.get(table, {}).items():
             slave.setValues(fc, int(addr), [int(value)])
+    for item in spec.get("encode", []):
+        slave.setValues(FC[item["table"]], int(item["address"]), encode(item))
     context = ModbusServerContext(slaves={int(spec.get("unit", 1)): slave}, single=False)
     server = ModbusTcpServer(context, address=("127.0.0.1", int(spec.get("port", 0))))
     await server.serve_forever(background=True)
