@@ -47,6 +47,7 @@ public final class Poller: Sendable {
     private let sink: PhysicalStateSink
     private let time: any TimeSource
     private let workers: [PollWorker]
+    private let logger: Logger
     private let shared = Mutex(Shared())
 
     /// A poller for `maps` (not started). `time` stamps each state when its answer arrived.
@@ -59,6 +60,7 @@ public final class Poller: Sendable {
         self.configuration = configuration
         self.sink = sink
         self.time = time
+        self.logger = logger
         let n = configuration.threads > 0
             ? min(configuration.threads, max(maps.count, 1))
             : min(max((maps.count + 63) / 64, 1), 8)
@@ -73,7 +75,15 @@ public final class Poller: Sendable {
     public var threadCount: Int { workers.count }
 
     /// Starts the poll threads; the first poll of each device happens within one period.
+    /// Caps the process's descriptors below 1024 first (`DescriptorLimit.capForSelect`), so
+    /// libmodbus's `select()` can never see one it would abort on: running out is `EMFILE`.
     public func start() throws(PollerThreadError) {
+        do throws(ModbusError) {
+            try DescriptorLimit.capForSelect()
+        } catch {
+            // Not fatal: ModbusClient still refuses a descriptor ≥ 1024 on connect.
+            logger.warning("cannot cap descriptors for select(): \(error)")
+        }
         try shared.withLock { (s: inout Shared) throws(PollerThreadError) in
             guard !s.running else { return }
             let startNs = monotonicNowNs()

@@ -185,7 +185,8 @@ public struct ReadPlan: Sendable, Hashable {
                 let base = Int(groups[gi].address)
                 switch gi < results.count ? results[gi] : .failed(.badComm, "not read") {
                 case .failed(let q, let why):
-                    errors.append(why)
+                    // A lost connection fails every group the same way: say it once.
+                    if errors.last != why { errors.append(why) }
                     for ii in groups[gi].items { record(ii, nil, q) }
                 case .registers(let words):
                     for ii in groups[gi].items {

@@ -367,6 +367,22 @@ struct PollerPymodbusTests {
 
 @Suite("Poller pieces")
 struct PollerPieceTests {
+    /// Starting a poller lowers the soft descriptor limit to 1024 (libmodbus's select()), in a
+    /// child process so the limit does not reach the tests beside it.
+    @Test func startingThePollerCapsDescriptorsForSelect() async {
+        await #expect(processExitsWith: .success) {
+            var lim = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+            lim.rlim_cur = lim.rlim_max  // as high as allowed, as under systemd's LimitNOFILE
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+            let poller = Poller(maps: [craneMap(port: closedPort())]) { _ in }
+            do { try poller.start() } catch { exit(2) }
+            poller.stop()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+            exit(lim.rlim_cur <= 1024 ? 0 : 1)
+        }
+    }
+
     @Test func deadlineQueuePopsInDeadlineOrder() {
         var q = DeadlineQueue()
         let deadlines: [Int64] = [50, 10, 40, 10, 30, 20, 60, 0]
