@@ -158,15 +158,22 @@ final class PollWorker: Sendable {
         }
     }
 
+    /// The least spacing of first deadlines on one thread (see `run`).
+    static let slotNs: Int64 = 4_000_000
+
     /// The thread body: a deadline queue over this worker's devices.
     func run(startNs: Int64) {
         var devices = maps.map { DeviceConnection(map: $0, configuration: configuration) }
         var wasGood = Array(repeating: true, count: devices.count)  // the first bad poll is news
-        // First deadlines spread over one period so devices of equal rate do not all fire at once.
+        // First deadlines spread over one period so devices of equal rate do not all fire at
+        // once, on a grid of slots at least `slotNs` apart: the devices of one slot are polled
+        // back to back after one wake-up (each at most a few reads after its slot) instead of
+        // one timer wake-up per read, which costs as much CPU as the read itself.
         var queue = DeadlineQueue()
         for (i, d) in devices.enumerated() {
             let period = d.periodNs
-            queue.push(deadline: startNs + period * Int64(i) / Int64(max(devices.count, 1)), device: i)
+            let slots = max(1, min(Int64(devices.count), period / Self.slotNs))
+            queue.push(deadline: startNs + period * (Int64(i) % slots) / slots, device: i)
         }
         while !stopFlag.load(ordering: .acquiring) {
             guard let (deadline, i) = queue.peek() else { parker.wait(untilMonotonicNs: monotonicNowNs() + 1_000_000_000); continue }
