@@ -288,6 +288,27 @@ struct PollOutcome {
     }
 }
 
+/// Capped exponential reconnect delay: the first failure waits `initialMs`, each further one
+/// twice as long, up to `maxMs`; a good poll resets it.
+struct ReconnectBackoff: Sendable, Hashable {
+    let initialMs: Int
+    let maxMs: Int
+    private(set) var currentMs = 0
+
+    init(initialMs: Int, maxMs: Int) {
+        self.initialMs = max(initialMs, 1)
+        self.maxMs = max(maxMs, self.initialMs)
+    }
+
+    /// One more failure: the delay before the next attempt, in milliseconds.
+    mutating func failed() -> Int {
+        currentMs = currentMs == 0 ? initialMs : min(currentMs * 2, maxMs)
+        return currentMs
+    }
+
+    mutating func reset() { currentMs = 0 }
+}
+
 /// One device on a poll thread: its plan, its connection, its reconnect backoff. Confined to
 /// that thread.
 struct DeviceConnection {
@@ -296,13 +317,16 @@ struct DeviceConnection {
     let periodNs: Int64
     private let configuration: PollerConfiguration
     private var client: ModbusClient?
-    private var backoffMs = 0
+    private var backoff: ReconnectBackoff
+    /// A connection was lost (not timed out) since the last good poll.
+    private var lostSinceGood = false
     private var nextConnectNs: Int64 = 0
     private var lastConnectError: String?
 
     init(map: DeviceMap, configuration: PollerConfiguration) {
         self.map = map
         self.configuration = configuration
+        backoff = ReconnectBackoff(initialMs: configuration.backoffInitialMs, maxMs: configuration.backoffMaxMs)
         plan = ReadPlan(map: map)
         periodNs = Int64(max(map.plc.pollMs, 1)) * 1_000_000
     }
@@ -333,8 +357,7 @@ struct DeviceConnection {
                 connectedNow = true
                 lastConnectError = nil
             } catch {
-                backoffMs = backoffMs == 0 ? configuration.backoffInitialMs : min(backoffMs * 2, configuration.backoffMaxMs)
-                nextConnectNs = monotonicNowNs() + Int64(backoffMs) * 1_000_000
+                nextConnectNs = monotonicNowNs() + Int64(backoff.failed()) * 1_000_000
                 lastConnectError = error.description
                 return PollOutcome(state: plan.failedState(quality: .badComm, why: error.description, at: time.now()),
                                    errors: [PollErrorKind(error.kind)], groups: plan.groups.count)
@@ -376,8 +399,18 @@ struct DeviceConnection {
                 results.append(.failed(quality, error.description))
                 if !c.isConnected {
                     // Timed out or lost: the connection is closed; the rest of this poll is
-                    // unread. The next poll reconnects at once; failing connects back off.
-                    nextConnectNs = 0
+                    // unread. After a timeout (the PLC is there, only slow) and after the first
+                    // loss the next poll reconnects at once; a PLC that keeps dropping the
+                    // connection (e.g. a gateway out of sessions) is retried with backoff.
+                    if case .timeout = error.kind {
+                        nextConnectNs = 0
+                    } else if !lostSinceGood {
+                        lostSinceGood = true
+                        nextConnectNs = 0
+                    } else {
+                        nextConnectNs = monotonicNowNs() + Int64(backoff.failed()) * 1_000_000
+                        lastConnectError = error.description
+                    }
                     while results.count < plan.groups.count {
                         results.append(.failed(quality, error.description))
                     }
@@ -387,7 +420,12 @@ struct DeviceConnection {
             gi += 1
         }
         let state = plan.state(from: results, at: time.now())
-        if state.pollError == nil { backoffMs = 0 } else if errors.isEmpty { errors.append(.decode) }
+        if state.pollError == nil {
+            backoff.reset()
+            lostSinceGood = false
+        } else if errors.isEmpty {
+            errors.append(.decode)
+        }
         return PollOutcome(state: state, requests: requests, splits: splits, connected: c.isConnected,
                            connectedNow: connectedNow, errors: errors, groups: plan.groups.count)
     }

@@ -193,6 +193,23 @@ struct PollerSimulatorTests {
         #expect(log.count == n)
     }
 
+    /// A PLC (or gateway) that accepts and at once drops every connection: one quick retry,
+    /// then backoff; every period still yields a bad state.
+    @Test func aPLCThatKeepsDroppingTheConnectionIsRetriedWithBackoff() throws {
+        let plc = try SlammingListener()
+        defer { plc.stop() }
+        let log = StateLog()
+        let poller = Poller(maps: [craneMap(port: plc.port, pollMs: 10)]) { log.put($0) }
+        try poller.start()
+        try #require(log.wait(from: 60, timeoutMs: 10_000) { _ in true } != nil)
+        poller.stop()
+        let stats = poller.stats()
+        #expect(log.all.allSatisfy { !$0.isAllGood })
+        #expect((stats.errors[.notConnected] ?? 0) >= 1)
+        // Without backoff every one of the 60+ polls would reconnect.
+        #expect(plc.connections < stats.polls / 2, "\(plc.connections) connections for \(stats.polls) polls")
+    }
+
     @Test func logsTransitionsNotEveryPeriod() throws {
         let port = closedPort()
         let logs = InMemoryLogHandler()
@@ -367,6 +384,16 @@ struct PollerPymodbusTests {
 
 @Suite("Poller pieces")
 struct PollerPieceTests {
+    @Test func reconnectBackoffDoublesUpToItsCapAndResets() {
+        var b = ReconnectBackoff(initialMs: 100, maxMs: 5000)
+        let delays = (0..<9).map { _ in b.failed() }
+        #expect(delays == [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000])
+        b.reset()
+        #expect(b.failed() == 100)
+        var odd = ReconnectBackoff(initialMs: 0, maxMs: 0)
+        #expect(odd.failed() >= 1)
+    }
+
     /// Starting a poller lowers the soft descriptor limit to 1024 (libmodbus's select()), in a
     /// child process so the limit does not reach the tests beside it.
     @Test func startingThePollerCapsDescriptorsForSelect() async {

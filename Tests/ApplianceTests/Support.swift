@@ -168,3 +168,59 @@ func closedPort() -> Int {
     _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
     return Int(UInt16(bigEndian: addr.sin_port))
 }
+
+/// A TCP listener on 127.0.0.1 that accepts every connection and closes it at once (a gateway
+/// out of sessions); counts the connections. Stopped by `stop()` (waits for its thread).
+final class SlammingListener: @unchecked Sendable {
+    private let fd: Int32
+    let port: Int
+    private let lock = NSLock()
+    private var accepted = 0
+    private var stopping = false
+    private let done = DispatchSemaphore(value: 0)
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw SimpleError("socket failed") }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0, listen(fd, 16) == 0 else { close(fd); throw SimpleError("bind/listen failed") }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        self.fd = fd
+        port = Int(UInt16(bigEndian: addr.sin_port))
+        startAccepting()
+    }
+
+    private func startAccepting() {
+        Thread { [self] in
+            while true {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&p, 1, 20)
+                lock.lock(); let stop = stopping; lock.unlock()
+                if stop { break }
+                if p.revents & Int16(POLLIN) != 0 {
+                    let c = accept(fd, nil, nil)
+                    if c >= 0 { close(c); lock.lock(); accepted += 1; lock.unlock() }
+                }
+            }
+            done.signal()
+        }.start()
+    }
+
+    var connections: Int { lock.lock(); defer { lock.unlock() }; return accepted }
+
+    func stop() {
+        lock.lock()
+        let already = stopping
+        stopping = true
+        lock.unlock()
+        if already { return }
+        done.wait()
+        close(fd)
+    }
+
+    deinit { stop() }
+}
