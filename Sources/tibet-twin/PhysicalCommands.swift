@@ -232,9 +232,13 @@ struct ReadCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Read this address instead of the map's plc host:port.", valueName: "HOST:PORT"))
     var plc: String?
 
+    @Option(name: .customLong("timeout-ms"), help: ArgumentHelp("Answer timeout instead of the map's timeout_ms (a slow commissioning link).", valueName: "MS"))
+    var timeoutMs: Int?
+
     func validate() throws {
         guard !map.isEmpty else { throw ValidationError("--map is required") }
         if let plc, PhysicalCLI.parseEndpoint(plc) == nil { throw ValidationError("--plc: expected HOST:PORT, got \(plc)") }
+        if let timeoutMs, !(1...60_000).contains(timeoutMs) { throw ValidationError("--timeout-ms must be 1…60000, got \(timeoutMs)") }
         if let count, count < 1 { throw ValidationError("--count must be at least 1") }
         if count != nil && !watch { throw ValidationError("--count needs --watch") }
     }
@@ -245,6 +249,9 @@ struct ReadCommand: AsyncParsableCommand {
         var maps = try PhysicalCLI.loadMaps(map)
         if let plc, let (host, port) = PhysicalCLI.parseEndpoint(plc) {
             for i in maps.indices { maps[i].plc.host = host; maps[i].plc.port = port }
+        }
+        if let timeoutMs {
+            for i in maps.indices { maps[i].plc.timeoutMs = timeoutMs }
         }
         let byDevice = Dictionary(maps.map { ($0.device, $0) }, uniquingKeysWith: { a, _ in a })
         if !watch {
