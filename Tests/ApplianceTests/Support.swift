@@ -10,7 +10,8 @@ import Glibc
 // the same PLC harness).
 
 /// The crane map of SPEC §3.2, built in code, pointed at `port`.
-func craneMap(port: Int, pollMs: Int = 50, timeoutMs: Int = 100, maxGap: Int = 16) -> DeviceMap {
+/// A generous default timeout: tests about timeouts pass their own; the rest must not flake under load.
+func craneMap(port: Int, pollMs: Int = 50, timeoutMs: Int = 1000, maxGap: Int = 16) -> DeviceMap {
     DeviceMap(
         device: "crane-01", profile: .port,
         plc: PLCEndpoint(host: "127.0.0.1", port: port, unit: 1, pollMs: pollMs, timeoutMs: timeoutMs, maxGap: maxGap),
