@@ -74,7 +74,7 @@ struct PhysicalCLITests {
                                       "--set", "wind_speed=7.3"])
         defer { _ = sim.quit() }
         #expect(sim.endpoints[0].device == "crane-01")
-        let (code, out, err) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.port)", "--json"])
+        let (code, out, err) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.port)", "--timeout-ms", "5000", "--json"])
         #expect(code == 0, "\(err)")
         let j = try #require(try readJSON(out).first)
         #expect(j["device"] == "crane-01")
@@ -90,14 +90,14 @@ struct PhysicalCLITests {
 
         #expect(sim.command("status fault") == "ok status fault")
         #expect(sim.command("set load_kg 3200") == "ok set load_kg 3200")
-        let (code2, out2, _) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.port)", "--json"])
+        let (code2, out2, _) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.port)", "--timeout-ms", "5000", "--json"])
         #expect(code2 == 0)
         let j2 = try #require(try readJSON(out2).first)
         #expect(j2["status"] == "fault")
         #expect(j2["values"]?["load_kg"]?["value"] == .int(3200))
 
         // The table for people names every value, its register and quality.
-        let (code3, text, _) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.port)"])
+        let (code3, text, _) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.port)", "--timeout-ms", "5000"])
         #expect(code3 == 0)
         #expect(text.contains("load_kg") && text.contains("3200") && text.contains("holding 102+2 uint32 CDAB"))
         #expect(text.contains("status: fault (1)") && text.contains("identity: ok"))
@@ -150,7 +150,7 @@ struct PhysicalCLITests {
     @Test func watchPrintsOneLinePerPoll() throws {
         let sim = try SimulatorChild(["--map", craneMapPath, "--listen", "127.0.0.1:0", "--set", "load_kg=42"])
         defer { _ = sim.quit() }
-        let (code, out, err) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.port)",
+        let (code, out, err) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.port)", "--timeout-ms", "5000",
                                                  "--watch", "--count", "3", "--json"])
         #expect(code == 0, "\(err)")
         let lines = try readJSON(out)
@@ -202,7 +202,7 @@ struct PhysicalCLITests {
         defer { plc.signal(SIGKILL); _ = plc.waitForExit(timeout: 5) }
         let line = try #require(plc.waitForLine(timeout: 20) { $0.hasPrefix("listening ") }, "\(plc.transcript)")
         let port = try #require(line.split(separator: ":").last.flatMap { Int($0) })
-        let (code, out, err) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(port)", "--json"])
+        let (code, out, err) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(port)", "--timeout-ms", "5000", "--json"])
         #expect(code == 0, "\(err)")
         let j = try #require(try readJSON(out).first)
         #expect(j["status"] == "maintenance")
@@ -255,7 +255,7 @@ struct PhysicalCLITests {
         #expect(sim.command("@2 set load_kg 9") == "ok set load_kg 9")
         #expect(sim.command("@2 get load_kg") == "load_kg 9")
         #expect(sim.command("@1 get load_kg") == "load_kg 0")
-        let (code, out, _) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.endpoints[1].port)", "--json"])
+        let (code, out, _) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(sim.endpoints[1].port)", "--timeout-ms", "5000", "--json"])
         #expect(code == 0)
         #expect(try readJSON(out).first?["values"]?["load_kg"]?["value"] == .int(9))
         sim.child.send("bogus")
