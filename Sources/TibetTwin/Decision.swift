@@ -207,12 +207,16 @@ public struct SyncDecision: Sendable, Hashable {
     /// Every failing check, in table order; empty when allowed.
     public var failing: [FailingCheck]
     public var delta: StateDelta
-    /// The TIBET token recording this check (library API only; the appliance writes tokens
-    /// for permit changes, not for every evaluation).
-    public var token: TibetToken?
+    /// The library's record of this check, from which `token` is built.
+    var record: CheckRecord?
+
+    /// The TIBET token recording this check (library API only; the appliance writes tokens for
+    /// permit changes, not for every evaluation). Built on access from the compact record
+    /// `SyncGuard` keeps; its `content_hash` and chain links were fixed when the check was made.
+    public var token: TibetToken? { record?.token }
 
     public init(device: String, intent: String, allowed: Bool, reasonCode: ReasonCode, reason: String,
-                failing: [FailingCheck], delta: StateDelta, token: TibetToken? = nil) {
+                failing: [FailingCheck], delta: StateDelta) {
         self.device = device
         self.intent = intent
         self.allowed = allowed
@@ -220,11 +224,25 @@ public struct SyncDecision: Sendable, Hashable {
         self.reason = reason
         self.failing = failing
         self.delta = delta
-        self.token = token
     }
 
     /// The action must not proceed.
     @inlinable public var blocked: Bool { !allowed }
+
+    public static func == (a: SyncDecision, b: SyncDecision) -> Bool {
+        a.device == b.device && a.intent == b.intent && a.allowed == b.allowed && a.reasonCode == b.reasonCode
+            && a.reason == b.reason && a.failing == b.failing && a.delta == b.delta
+            && a.record?.contentHash == b.record?.contentHash
+    }
+
+    public func hash(into h: inout Hasher) {
+        h.combine(device)
+        h.combine(intent)
+        h.combine(allowed)
+        h.combine(reasonCode)
+        h.combine(reason)
+        h.combine(record?.contentHash)
+    }
 
     /// The `check --json` object (SPEC §6), also the ERIN of decision tokens (SPEC §5).
     public var json: JSONValue {

@@ -105,6 +105,21 @@ public enum JSONValue: Sendable, Hashable {
     /// otherwise `1.5e-07` / `1e+16` (sign and at least two exponent digits).
     public static func format(_ d: Double) -> String {
         guard d.isFinite else { return "null" }
+        // Fast paths, equal to the general layout below (a test compares them): integral values
+        // below 1e16 are the integer and ".0"; Swift's plain (exponent-free) description has
+        // Python's digits and layout from 1e-4 up.
+        if d == d.rounded(.towardZero), Swift.abs(d) < 1e16 {
+            if d == 0 { return d.sign == .minus ? "-0.0" : "0.0" }
+            return String(Int64(d)) + ".0"
+        }
+        let plain = d.description
+        if Swift.abs(d) >= 1e-4, !plain.utf8.contains(UInt8(ascii: "e")) { return plain }
+        return formatGeneral(d)
+    }
+
+    /// Python's `repr(float)` layout from Swift's shortest digits, for every finite value.
+    static func formatGeneral(_ d: Double) -> String {
+        guard d.isFinite else { return "null" }
         // Swift's description holds the shortest round-trip digits; only the layout differs
         // from Python's (Swift writes 1e+15 where Python writes 1000000000000000.0).
         var text = Substring(d.description)

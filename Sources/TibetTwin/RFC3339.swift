@@ -77,18 +77,28 @@ public enum RFC3339 {
         var rem = secs % 86_400
         if rem < 0 { rem += 86_400; days -= 1 }
         let (y, m, d) = civilFromDays(Int(days))
-        func pad(_ v: Int, _ w: Int) -> String {
-            let s = String(v)
-            return s.count >= w ? s : String(repeating: "0", count: w - s.count) + s
+        var out: [UInt8] = []
+        out.reserveCapacity(32)
+        func digits(_ v: Int, _ width: Int) {
+            if v < 0 { out.append(UInt8(ascii: "-")) }
+            let text = String(Swift.abs(v)).utf8
+            if text.count < width { out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width - text.count)) }
+            out.append(contentsOf: text)
         }
-        var out = "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(Int(rem / 3600), 2)):\(pad(Int(rem % 3600 / 60), 2)):\(pad(Int(rem % 60), 2))"
+        digits(y, 4); out.append(UInt8(ascii: "-")); digits(m, 2); out.append(UInt8(ascii: "-")); digits(d, 2)
+        out.append(UInt8(ascii: "T"))
+        digits(Int(rem / 3600), 2); out.append(UInt8(ascii: ":"))
+        digits(Int(rem % 3600 / 60), 2); out.append(UInt8(ascii: ":"))
+        digits(Int(rem % 60), 2)
         if fractionDigits > 0 {
-            let digits = min(fractionDigits, 9)
+            let n = min(fractionDigits, 9)
             var div = 1
-            for _ in 0..<(9 - digits) { div *= 10 }
-            out += "." + pad(Int(nanos) / div, digits)
+            for _ in 0..<(9 - n) { div *= 10 }
+            out.append(UInt8(ascii: "."))
+            digits(Int(nanos) / div, n)
         }
-        return out + "Z"
+        out.append(UInt8(ascii: "Z"))
+        return String(decoding: out, as: UTF8.self)
     }
 
     static func isLeap(_ y: Int) -> Bool { (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 }

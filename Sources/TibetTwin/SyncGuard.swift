@@ -66,7 +66,11 @@ public final class SyncGuard: Sendable {
 
     struct State: ~Copyable {
         var devices: [String: DeviceGuard]
-        var chain: TokenChain
+        /// The chain head: ids are `<idPrefix>-<n>` as `TokenChain` makes them.
+        let idPrefix: String
+        var lastId: String?
+        var lastHash: String?
+        var tokenCount: UInt64 = 0
         var ring: TokenRing
         var checks: UInt64 = 0
         var allowed: UInt64 = 0
@@ -97,7 +101,7 @@ public final class SyncGuard: Sendable {
         self.host = host ?? SyncGuard.hostName()
         self.safetyCritical = [:]
         let start = clock.now()
-        state = Mutex(State(devices: [:], chain: TokenChain(idPrefix: SyncGuard.idPrefix(node, start)),
+        state = Mutex(State(devices: [:], idPrefix: SyncGuard.idPrefix(node, start),
                             ring: TokenRing(capacity: auditCapacity)))
     }
 
@@ -118,7 +122,7 @@ public final class SyncGuard: Sendable {
         self.host = host ?? SyncGuard.hostName()
         safetyCritical = critical
         let start = clock.now()
-        state = Mutex(State(devices: devices, chain: TokenChain(idPrefix: SyncGuard.idPrefix(node, start)),
+        state = Mutex(State(devices: devices, idPrefix: SyncGuard.idPrefix(node, start),
                             ring: TokenRing(capacity: auditCapacity)))
     }
 
@@ -206,50 +210,38 @@ public final class SyncGuard: Sendable {
             var twinSeq: UInt64?
             var mapSHA: String?
             if ensureDevice(device, &s) {
-                var g = s.devices.removeValue(forKey: device)!
-                defer { s.devices[device] = g }
-                var index = g.intentIndex(named: intent)
-                if index == nil, let a = adHoc {
-                    index = g.addIntent(IntentSpec(name: intent, coil: 0, allowedStatuses: a.allowedStatuses))
-                }
-                g.evaluate(now: now, auditOK: true)
-                if let index {
-                    decision = g.decision(intent: index)
-                } else {
-                    decision = SyncGuard.unknown(device: device, intent: intent, check: .intent,
-                                                 detail: "intent \(intent) is not defined for \(device)")
-                }
-                twinSeq = g.twin?.seq
-                mapSHA = g.map.sha256.isEmpty ? nil : g.map.sha256
+                (decision, twinSeq, mapSHA) = decide(&s.devices[device]!, intent: intent, now: now)
             } else {
                 decision = SyncGuard.unknown(device: device, intent: intent, check: .physical,
                                              detail: "device \(device) is not in the maps — cannot verify sync")
             }
             s.checks += 1
             if decision.allowed { s.allowed += 1 } else { s.blocked += 1 }
-            let token = s.chain.append(
-                action: .check, wallNs: now.wallNs, actor: "jis:\(node)", erin: decision.erin,
-                eraan: [
-                    "jis": .string("jis:\(device)"),
-                    "map_sha256": mapSHA.map { .string($0) } ?? .null,
-                    "twin_seq": twinSeq.map { .int(Int64(clamping: $0)) } ?? .null,
-                ],
-                eromheen: [
-                    "node": .string(node),
-                    "host": .string(host),
-                    "version": .string(TibetTwinLibrary.version),
-                    "wall_time": .string(RFC3339.format(wallNs: now.wallNs, fractionDigits: 6)),
-                    "monotonic_ns": .int(now.monotonicNs),
-                ],
-                erachter: [
-                    "intent": .string(intent),
-                    "why": "library check(device:intent:) before the action",
-                    "safety_critical": .bool(safetyCritical[device] ?? adHoc?.safetyCritical ?? true),
-                ])
-            s.ring.append(token)
-            decision.token = token
+            s.tokenCount += 1
+            let record = CheckRecord(
+                tokenId: "\(s.idPrefix)-\(s.tokenCount)", now: now, node: node, host: host, decision: decision,
+                mapSHA256: mapSHA, twinSeq: twinSeq,
+                safetyCritical: safetyCritical[device] ?? adHoc?.safetyCritical ?? true,
+                parentId: s.lastId, prevHash: s.lastHash)
+            s.lastId = record.tokenId
+            s.lastHash = record.contentHash
+            s.ring.append(record)
+            decision.record = record
             return decision
         }
+    }
+
+    /// Evaluates one device in place and explains the intent's verdict.
+    func decide(_ g: inout DeviceGuard, intent: String, now: ClockReading) -> (SyncDecision, UInt64?, String?) {
+        var index = g.intentIndex(named: intent)
+        if index == nil, let a = adHoc {
+            index = g.addIntent(IntentSpec(name: intent, coil: 0, allowedStatuses: a.allowedStatuses))
+        }
+        g.evaluate(now: now, auditOK: true)
+        let decision = index.map { g.decision(intent: $0) }
+            ?? SyncGuard.unknown(device: g.map.device, intent: intent, check: .intent,
+                                 detail: "intent \(intent) is not defined for \(g.map.device)")
+        return (decision, g.twin?.seq, g.map.sha256.isEmpty ? nil : g.map.sha256)
     }
 
     static func unknown(device: String, intent: String, check: GuardCheck, detail: String) -> SyncDecision {
@@ -274,7 +266,7 @@ public final class SyncGuard: Sendable {
     /// The decision tokens still held, oldest first (at most `auditCapacity`; the oldest are
     /// dropped first). Each links to its predecessor by `parent_id` and `prev_hash`.
     public func exportAudit() -> [TibetToken] {
-        state.withLock { $0.ring.ordered }
+        state.withLock { $0.ring.ordered }.map(\.token)
     }
 
     /// Counters in the original's shape: devices, checks, allowed, blocked, block rate.
@@ -291,15 +283,16 @@ public final class SyncGuard: Sendable {
             let rate = s.checks == 0 ? 0 : (Double(s.blocked) / Double(s.checks) * 1000).rounded() / 10
             return GuardStatus(monitoredDevices: monitored, physicalStates: phys, twinStates: twin,
                                checks: s.checks, allowed: s.allowed, blocked: s.blocked, blockRate: rate,
-                               maxDriftMs: adHoc?.maxDriftMs, tibetTokens: s.chain.count,
+                               maxDriftMs: adHoc?.maxDriftMs, tibetTokens: s.tokenCount,
                                tokensKept: s.ring.count, ignoredUpdates: s.ignoredUpdates)
         }
     }
 }
 
-/// The last `capacity` tokens, in a fixed-size ring: memory stays flat after any number of checks.
+/// The last `capacity` check records, in a fixed-size ring: memory stays flat after any number
+/// of checks.
 struct TokenRing: Sendable {
-    private var buffer: [TibetToken] = []
+    private var buffer: [CheckRecord] = []
     private var head = 0
     let capacity: Int
 
@@ -310,15 +303,15 @@ struct TokenRing: Sendable {
 
     var count: Int { buffer.count }
 
-    mutating func append(_ token: TibetToken) {
+    mutating func append(_ record: CheckRecord) {
         guard capacity > 0 else { return }
         if buffer.count < capacity {
-            buffer.append(token)
+            buffer.append(record)
         } else {
-            buffer[head] = token
+            buffer[head] = record
             head = (head + 1) % capacity
         }
     }
 
-    var ordered: [TibetToken] { Array(buffer[head...]) + Array(buffer[..<head]) }
+    var ordered: [CheckRecord] { Array(buffer[head...]) + Array(buffer[..<head]) }
 }

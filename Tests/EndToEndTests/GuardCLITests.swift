@@ -24,9 +24,6 @@ let craneMapYAML = """
 
     """
 
-/// Whether the map parser has landed (it is written in parallel; until then `check` cannot load maps).
-let mapParserAvailable: Bool = (try? MapLoader.parse(yaml: craneMapYAML, file: "probe.yaml")) != nil
-
 /// A scratch directory with the files of one `check` run, removed afterwards.
 final class CheckFiles {
     let dir: URL
@@ -103,7 +100,7 @@ struct GuardCLITests {
         #expect(out.contains("time drift 503ms > 200ms"))
     }
 
-    @Test(.enabled(if: mapParserAvailable)) func checkPermitsWhenInSync() throws {
+    @Test func checkPermitsWhenInSync() throws {
         let f = try CheckFiles()
         try f.write("maps/crane-01.yaml", craneMapYAML)
         try f.write("p.json", CheckFiles.physical())
@@ -124,7 +121,7 @@ struct GuardCLITests {
         #expect(d["delta"]?["twin_age_ms"] == .double(60))
     }
 
-    @Test(.enabled(if: mapParserAvailable)) func checkBlocksTheDeadlyScenarioWithExit1() throws {
+    @Test func checkBlocksTheDeadlyScenarioWithExit1() throws {
         let f = try CheckFiles()
         try f.write("maps/crane-01.yaml", craneMapYAML)
         try f.write("p.json", CheckFiles.physical(status: "fault", load: 2700))
@@ -150,7 +147,7 @@ struct GuardCLITests {
         #expect(text.contains("STATUS_MISMATCH (6) status: status mismatch: physical=fault, twin=operational"))
     }
 
-    @Test(.enabled(if: mapParserAvailable)) func checkMeasuresAgesFromTheWallClockByDefault() throws {
+    @Test func checkMeasuresAgesFromTheWallClockByDefault() throws {
         let f = try CheckFiles()
         try f.write("maps/crane-01.yaml", craneMapYAML)
         try f.write("p.json", CheckFiles.physical())
@@ -162,7 +159,7 @@ struct GuardCLITests {
         #expect(d["reason_code"] == 3)
     }
 
-    @Test(.enabled(if: mapParserAvailable)) func checkVerifiesTheTwinSignature() throws {
+    @Test func checkVerifiesTheTwinSignature() throws {
         let f = try CheckFiles()
         let key = Curve25519.Signing.PrivateKey()
         try f.write("maps/keys/crane-01.pub", KeyText.text(of: key.publicKey))
@@ -189,7 +186,7 @@ struct GuardCLITests {
         #expect(nokeyErr.contains("twin_key"))
     }
 
-    @Test(.enabled(if: mapParserAvailable)) func badInputExits2WithOneLineNamingFileAndField() throws {
+    @Test func badInputExits2WithOneLineNamingFileAndField() throws {
         let f = try CheckFiles()
         try f.write("maps/crane-01.yaml", craneMapYAML)
         try f.write("t.jsonl", CheckFiles.twin())

@@ -1,0 +1,85 @@
+import PropertyBased
+import Testing
+@testable import TibetTwin
+
+/// The byte-level canonical writer and its shortcuts must give exactly the bytes of the general
+/// form: every hash already written depends on it.
+@Suite("Canonical JSON fast paths")
+struct CanonicalFastPathTests {
+    @Test func doubleShortcutsEqualTheGeneralLayout() async {
+        let fixed: [Double] = [0, -0.0, 1, -1, 0.5, 1e-4, 0.0001234, 9.99e-5, 1e-5, 123.456, 1e15, 9.999999999999998e15,
+                               1e16, 1e17, 1.5e300, -2.5e-300, .leastNonzeroMagnitude, .greatestFiniteMagnitude, 4503599627370497.5,
+                               0.1 + 0.2, 503, 200.001, 12.345678]
+        for d in fixed { #expect(JSONValue.format(d) == JSONValue.formatGeneral(d), "\(d)") }
+        // Random bit patterns cover every magnitude; scaled integers and decimals the common ones.
+        await propertyCheck(count: 3000, input: Gen.uint64()) { bits in
+            let d = Double(bitPattern: bits)
+            #expect(JSONValue.format(d) == JSONValue.formatGeneral(d), "\(d)")
+        }
+        await propertyCheck(count: 3000, input: Gen.int64(in: -10_000_000_000...10_000_000_000), Gen.int(in: 0...12)) { n, e in
+            var scale = 1.0
+            for _ in 0..<e { scale *= 10 }
+            let d = Double(n) / scale
+            #expect(JSONValue.format(d) == JSONValue.formatGeneral(d), "\(d)")
+        }
+    }
+
+    @Test func stringEscapesAreTheCanonicalOnes() {
+        let s = "a\"b\\c\n\r\t\u{08}\u{0C}\u{01}\u{1F}\u{7F}é😀"
+        #expect(JSONValue.string(s).canonical == #""a\"b\\c\n\r\t\b\f\u0001\u001f"# + "\u{7F}é😀\"")
+        var viaString = ""
+        JSONValue.writeString(s, into: &viaString)
+        #expect(viaString == JSONValue.string(s).canonical)
+    }
+
+    @Test func tokenHashBytesEqualTheCanonicalObject() {
+        var chain = TokenChain(idPrefix: "t")
+        for i in 0..<3 {
+            let tok = chain.append(
+                action: .check, wallNs: 1_795_703_520_500_000_000 + Int64(i), actor: "jis:guard \"01\"",
+                erin: ["device": "crane-01", "allowed": false, "v": .double(0.1 + Double(i)), "e": "\n"],
+                eraan: ["jis": "jis:crane-01", "seq": .null], eromheen: ["node": "guard-01", "é": [1, 2.5]],
+                erachter: ["intent": "move_left", "safety_critical": true])
+            #expect(tok.hashedBytes == JSONValue.object(tok.hashedFields).canonicalBytes)
+            #expect(tok.contentHash == tok.computeContentHash())
+        }
+    }
+
+    @Test func rfc3339FormatPinned() {
+        #expect(RFC3339.format(wallNs: 1_795_703_521_003_000_000) == "2026-11-26T14:32:01.003Z")
+        #expect(RFC3339.format(wallNs: 1_795_703_521_003_000_000, fractionDigits: 6) == "2026-11-26T14:32:01.003000Z")
+        #expect(RFC3339.format(wallNs: -1, fractionDigits: 9) == "1969-12-31T23:59:59.999999999Z")
+        #expect(RFC3339.format(wallNs: 951_782_400_000_000_000, fractionDigits: 0) == "2000-02-29T00:00:00Z")
+    }
+}
+
+@Suite("Check records: direct canonical bytes")
+struct CheckRecordTests {
+    static let texts = ["", "crane-01", "é\"\\\n\t\u{01}", "😀 load", "status mismatch: physical=fault, twin=operational",
+                        "e\u{301}", "z", "A", "a_b", "ab"]
+
+    @Test func recordHashEqualsTheTokensCanonicalHash() async {
+        let gen = zip(Gen.int(in: 0...9).array(of: 8), Gen.uint64().array(of: 6), Gen.bool.array(of: 4))
+        await propertyCheck(count: 400, input: gen) { texts, bits, flags in
+            func t(_ i: Int) -> String { Self.texts[texts[i]] }
+            func d(_ i: Int) -> Double { Double(bitPattern: bits[i]) }
+            let checks = GuardCheck.allCases
+            var values: [String: Double] = [:]
+            for i in 0..<(texts[7] % 4) { values[t(i)] = d(i) }
+            let failing = (0..<(texts[6] % 3)).map { FailingCheck(check: checks[(texts[$0] + $0) % checks.count], detail: t($0 + 1)) }
+            let decision = SyncDecision(
+                device: t(0), intent: t(1), allowed: flags[0], reasonCode: failing.first?.code ?? .ok, reason: t(2),
+                failing: failing,
+                delta: StateDelta(driftMs: flags[1] ? d(0) : nil, physicalAgeMs: d(1), twinAgeMs: flags[2] ? nil : d(2),
+                                  values: values, maxSensor: flags[3] ? t(3) : nil, maxValueDelta: d(3),
+                                  physicalStatus: t(4), twinStatus: flags[1] ? nil : t(5)))
+            let r = CheckRecord(tokenId: "x-\(texts[0])", now: ClockReading(monotonicNs: Int64(bitPattern: bits[4]) / 2, wallNs: 1_795_703_520_000_000_000),
+                                node: t(6), host: t(7), decision: decision, mapSHA256: flags[0] ? t(5) : nil,
+                                twinSeq: flags[2] ? bits[5] : nil, safetyCritical: flags[3],
+                                parentId: flags[1] ? t(3) : nil, prevHash: flags[2] ? t(4) : nil)
+            let token = r.token
+            #expect(token.computeContentHash() == r.contentHash)
+            #expect(token.hashedBytes == JSONValue.object(token.hashedFields).canonicalBytes)
+        }
+    }
+}
