@@ -1,5 +1,3 @@
-import Crypto
-
 /// Why an input of `tibet-twin check` was refused: the file, the field, the problem.
 public struct CheckInputError: Error, Sendable, Hashable, CustomStringConvertible {
     public var file: String
@@ -21,24 +19,8 @@ public struct CheckInputError: Error, Sendable, Hashable, CustomStringConvertibl
 /// Offline, the monotonic clock is the wall clock: a state "arrived" at its own time (physical
 /// `time`, twin `ts`), and ages are measured from `--now`.
 ///
-/// The twin line is parsed minimally here, with its signature verified honestly (SPEC §3.3);
-/// the appliance's feeds use the full validating parser.
+/// The twin line is read by the feeds' own `TwinLineParser` (SPEC §3.3), signature included.
 public enum CheckInput {
-    /// The Ed25519 public key a device's twin signs its lines with (the map's `twin_key`).
-    public struct TwinKey: Sendable {
-        let raw: [UInt8]
-
-        /// Reads the key's text form (`KeyText`: one base64 line of the 32 raw bytes).
-        public init(text: String) throws(KeyText.Invalid) {
-            raw = Array(try KeyText.publicKey(from: text).rawRepresentation)
-        }
-
-        var key: Curve25519.Signing.PublicKey? { try? Curve25519.Signing.PublicKey(rawRepresentation: raw) }
-    }
-
-    /// The largest twin line accepted (SPEC §3.3).
-    public static let maxLineBytes = 64 * 1024
-
     /// A physical state file: `{"device":…,"time":"<RFC 3339>","status":"operational",
     /// "values":{"position_x":12.5,…}}`, where a value may also be `{"value":…,"quality":…}`
     /// (the output of `read --json` is accepted as is). Optional: `"identity"` (`ok`,
@@ -129,92 +111,86 @@ public enum CheckInput {
                              time: ClockReading(monotonicNs: wallNs, wallNs: wallNs))
     }
 
-    /// One twin feed line (SPEC §3.3). Where `twinKey` is given (the map has `twin_key`), the
-    /// signature is verified: a missing, misplaced or wrong `sig` is not an input error but a
-    /// state flagged `.missing`/`.invalid`, which blocks on IDENTITY.
-    public static func twin(line raw: String, file: String, map: DeviceMap,
-                            twinKey: TwinKey?) throws(CheckInputError) -> TwinState {
+    /// One twin feed line (SPEC §3.3), read by the appliance's own `TwinLineParser`, so `check`
+    /// and a running appliance accept exactly the same lines. Where `twinKey` is given (the map
+    /// has `twin_key`), the signature is verified: a missing, misplaced or wrong `sig` is not an
+    /// input error but a state flagged `.missing`/`.invalid`, which blocks on IDENTITY.
+    ///
+    /// Two differences from a feed, both because one line is judged alone: a `ts` ahead of
+    /// `--now` is not dropped but handed to the guard, which blocks it as TWIN_STALE and says
+    /// by how much; and `seq` ordering (replay) needs a history, so it does not apply. The line
+    /// "arrived" at its own `ts` (a line whose signature fails before its `ts` could be read is
+    /// dated `now`). Value names the map does not know are returned in `unknownValues` (a feed
+    /// reports and skips them as well).
+    public static func twin(line raw: String, file: String, map: DeviceMap, twinKey: TwinPublicKey?,
+                            now: ClockReading) throws(CheckInputError) -> (state: TwinState, unknownValues: [String]) {
+        var bytes = Array(raw.utf8)
+        // One line with its line end, as a feed splits it (`\n`, a preceding `\r` dropped too).
+        if bytes.last == 0x0A { bytes.removeLast() }
+        if bytes.last == 0x0D { bytes.removeLast() }
+        guard !bytes.contains(0x0A) else {
+            throw CheckInputError(file: file, field: "", problem: "expected one feed line, found several")
+        }
+        // Skew is left to the guard (max_skew_ms = ∞ here): it explains the block.
+        let rules = TwinDeviceRules(device: map.device, valueNames: Set(map.registers.map(\.name)),
+                                    maxSkewMs: .infinity, key: twinKey)
+        let outcome = TwinLineParser(rules: [rules]).parse(bytes, received: now)
+        var state: TwinState
+        var unknown: [String] = []
+        switch outcome {
+        case .accepted(let s, let u):
+            state = s
+            unknown = u
+        case .identityFailure(let s, _):
+            state = s
+        case .dropped(let drop):
+            throw inputError(drop, file: file, map: map)
+        }
+        state.received = ClockReading(monotonicNs: state.tsNs, wallNs: state.tsNs)
+        return (state, unknown)
+    }
+
+    /// A dropped line as `check`'s one-line error: the file, the field the drop names, why.
+    static func inputError(_ drop: TwinDrop, file: String, map: DeviceMap) -> CheckInputError {
+        let detail = drop.detail
         func fail(_ field: String, _ problem: String) -> CheckInputError {
             CheckInputError(file: file, field: field, problem: problem)
         }
-        var line = Substring(raw)
-        while let last = line.last, last == "\n" || last == "\r\n" || last == "\r" { line = line.dropLast() }
-        guard line.utf8.count <= maxLineBytes else { throw fail("", "line longer than 64 KiB") }
-        guard !line.contains("\n") else { throw fail("", "expected one feed line, found several") }
-        let root: JSONValue
-        do { root = try JSONParser.parse(String(line)) } catch { throw fail("", "not JSON: \(error)") }
-        guard case .object(let o) = root else { throw fail("", "expected a JSON object") }
-        let device = try string(o, "device", fail)
-        guard device == map.device else { throw fail("device", "\"\(device)\" is not the map's device \"\(map.device)\"") }
-        let tsText = try string(o, "ts", fail)
-        guard let tsNs = RFC3339.parse(tsText) else { throw fail("ts", "not an RFC 3339 time with offset: \"\(tsText)\"") }
-        let status = try string(o, "status", fail)
-        guard case .object(let vals) = o["values"] else {
-            throw fail("values", o["values"] == nil ? "missing" : "expected an object")
+        /// The text between `prefix` and the next quote.
+        func quoted(after prefix: String) -> String? {
+            guard detail.hasPrefix(prefix) else { return nil }
+            let rest = detail.dropFirst(prefix.count)
+            return rest.firstIndex(of: "\"").map { String(rest[..<$0]) }
         }
-        var values: [String: Double] = [:]
-        for (name, v) in vals {
-            switch v {
-            case .int(let i): values[name] = Double(i)
-            case .double(let d): values[name] = d
-            case .bool(let b): values[name] = b ? 1 : 0
-            default: throw fail("values.\(name)", "expected a number or a boolean")
-            }
+        switch drop.reason {
+        case .unknownDevice:
+            return fail("device", "\(detail) (the map's device is \"\(map.device)\")")
+        case .badTimestamp, .futureTimestamp:
+            return fail("ts", detail)
+        case .missingField:
+            // "ts, status missing" / "device is missing"
+            if detail.hasSuffix(" is missing") { return fail(String(detail.dropLast(11)), "missing") }
+            if detail.hasSuffix(" missing") { return fail(String(detail.dropLast(8)), "missing") }
+            return fail("", detail)
+        case .wrongType:
+            // "values.load_kg: expected a number"
+            guard let colon = detail.firstRange(of: ": ") else { return fail("", detail) }
+            return fail(String(detail[..<colon.lowerBound]), String(detail[colon.upperBound...]))
+        case .duplicateKey:
+            // `member "x" appears twice` / `values.x appears twice`
+            if let name = quoted(after: "member \"") { return fail(name, "appears twice") }
+            if detail.hasSuffix(" appears twice") { return fail(String(detail.dropLast(14)), "appears twice") }
+            return fail("", detail)
+        case .unknownField:
+            guard let name = quoted(after: "unknown member \"") else { return fail("", detail) }
+            return fail(name, "not a member of a feed line (device, ts, seq, status, values, predicted, model_version, sig)")
+        case .notJSON:
+            return fail("", "not JSON: \(detail)")
+        case .tooLong:
+            return fail("", "line longer than 64 KiB (\(detail))")
+        default:
+            return fail("", "\(drop.reason): \(detail)")
         }
-        var seq: UInt64?
-        switch o["seq"] {
-        case .none, .some(.null): break
-        case .some(.int(let i)) where i >= 0: seq = UInt64(i)
-        default: throw fail("seq", "expected a non-negative integer")
-        }
-        var predicted = false
-        switch o["predicted"] {
-        case .none, .some(.null): break
-        case .some(.bool(let b)): predicted = b
-        default: throw fail("predicted", "expected true or false")
-        }
-        var modelVersion: String?
-        switch o["model_version"] {
-        case .none, .some(.null): break
-        case .some(.string(let s)): modelVersion = s
-        default: throw fail("model_version", "expected a string")
-        }
-        let sig: String?
-        switch o["sig"] {
-        case .none: sig = nil
-        case .some(.string(let s)): sig = s
-        default: throw fail("sig", "expected a base64 string")
-        }
-        var signature = SignatureCheck.notRequired
-        if let twinKey {
-            signature = verify(line: line, sig: sig, key: twinKey.key)
-        }
-        return TwinState(device: device, tsNs: tsNs, seq: seq, status: status, values: values,
-                         predicted: predicted, modelVersion: modelVersion, signature: signature,
-                         received: ClockReading(monotonicNs: tsNs, wallNs: tsNs))
-    }
-
-    /// Ed25519 over the line's bytes with the final `,"sig":"…"` member taken out (SPEC §3.3).
-    static func verify(line: Substring, sig: String?, key: Curve25519.Signing.PublicKey?) -> SignatureCheck {
-        guard let sig else { return .missing }
-        guard let key else { return .invalid }
-        guard let signed = signedBytes(of: line, sig: sig), let raw = Base64.decode(sig) else { return .invalid }
-        return key.isValidSignature(raw, for: signed) ? .valid : .invalid
-    }
-
-    /// The signed bytes: the line without its last member `,"sig":"<sig>"`, which must be
-    /// written exactly so and be followed only by the closing brace (and blanks). `nil` if not.
-    static func signedBytes(of line: Substring, sig: String) -> [UInt8]? {
-        let bytes = Array(line.utf8)
-        let member = Array(",\"sig\":\"\(sig)\"".utf8)
-        var end = bytes.count
-        while end > 0, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09 { end -= 1 }
-        guard end > 0, bytes[end - 1] == UInt8(ascii: "}") else { return nil }
-        var close = end - 1
-        while close > 0, bytes[close - 1] == 0x20 || bytes[close - 1] == 0x09 { close -= 1 }
-        let start = close - member.count
-        guard start > 0, Array(bytes[start..<close]) == member else { return nil }
-        return Array(bytes[..<start]) + Array(bytes[close...])
     }
 
     /// `--now`: an RFC 3339 time as an offline clock reading.

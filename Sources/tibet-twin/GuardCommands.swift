@@ -108,7 +108,9 @@ struct CheckCommand: ParsableCommand {
         discussion: """
             --physical is {"device":…,"time":"<RFC 3339>","status":…,"values":{…}} (a value may be \
             {"value":…,"quality":…}; the output of `read --json` works as is). --twin is one feed \
-            line; where the map has twin_key its signature is verified. Ages are measured from \
+            line, read as a running appliance reads its feeds; where the map has twin_key its signature \
+            is verified (a bad or missing sig blocks on IDENTITY), and a ts ahead of --now by more than \
+            max_skew_ms blocks as TWIN_STALE. Ages are measured from \
             --now (default: the wall clock). One decision has no history, so re-arm and latch do \
             not apply.
 
@@ -165,11 +167,11 @@ struct CheckCommand: ParsableCommand {
         guard let index = deviceMap.intents.firstIndex(where: { $0.name == intent }) else {
             throw CLIInputError("--intent: \"\(intent)\" is not an intent of \(deviceMap.device) (intents: \(deviceMap.intents.map(\.name).joined(separator: ", ")))")
         }
-        var key: CheckInput.TwinKey?
+        var key: TwinPublicKey?
         if let keyPath = deviceMap.twinKey {
             let path = keyPath.hasPrefix("/") ? keyPath : CLIFiles.directory(of: map) + keyPath
             do {
-                key = try CheckInput.TwinKey(text: try CLIFiles.readText(path))
+                key = try TwinPublicKey(text: try CLIFiles.readText(path))
             } catch let e as KeyText.Invalid {
                 throw CLIInputError("\(map): twin_key: \(path): \(e)")
             } catch {
@@ -180,7 +182,14 @@ struct CheckCommand: ParsableCommand {
         let t: TwinState
         do {
             p = try CheckInput.physical(json: try CLIFiles.readText(physical), file: physical, map: deviceMap)
-            t = try CheckInput.twin(line: try CLIFiles.readText(twin), file: twin, map: deviceMap, twinKey: key)
+            let line = try CheckInput.twin(line: try CLIFiles.readText(twin), file: twin, map: deviceMap, twinKey: key,
+                                             now: nowReading)
+            t = line.state
+            // A feed applies the rest of such a line too; a misspelt name leaves the real one
+            // absent, which blocks. Said on stderr so the cause is visible.
+            for name in line.unknownValues {
+                CLIOut.error("\(twin): values.\(name): not a register of \(deviceMap.device), ignored")
+            }
         } catch let e as CheckInputError {
             throw CLIInputError(e.description)
         } catch {
