@@ -179,6 +179,26 @@ struct GuardCLITests {
         #expect(out2.contains("VALUE_DEVIATION"), "\(out2)")
     }
 
+    /// The two `check` examples of the README, with the repository's map and example files.
+    @Test func readmeCheckExamples() throws {
+        let root = packageRoot().path
+        func check(_ physical: String, _ twin: String, _ intent: String, _ extra: [String] = []) throws -> (Int32, String, String) {
+            try runTibetTwin(["check", "--map", root + "/maps/crane-01.yaml",
+                              "--physical", root + "/examples/check/" + physical,
+                              "--twin", root + "/examples/check/" + twin, "--intent", intent,
+                              "--now", "2026-11-26T14:32:01.010Z"] + extra)
+        }
+        let (ok, okOut, okErr) = try check("physical-ok.json", "twin-ok.jsonl", "hoist")
+        #expect(ok == 0, "\(okOut) \(okErr)")
+        #expect(okOut.hasPrefix("crane-01 hoist: PERMIT (OK 0)\n  Sync OK: drift=53ms, status match\n"), "\(okOut)")
+        let (deadly, out, err) = try check("physical-fault.json", "twin-deadly.jsonl", "move_left", ["--json"])
+        #expect(deadly == 1, "\(err)")
+        let d = try JSONParser.parse(out.trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(d["reason_code"] == 4)
+        #expect(d["reason"]?.stringValue?.hasPrefix("BLOCKED: twin stale: age 510ms > 200ms; time drift 503ms > 200ms; status mismatch: physical=fault, ") == true, "\(out)")
+        #expect(err.isEmpty)
+    }
+
     @Test func checkVerifiesTheTwinSignature() throws {
         let f = try CheckFiles()
         let key = Curve25519.Signing.PrivateKey()
