@@ -40,6 +40,8 @@ public struct DeviceGuard: Sendable {
 
     // Compiled from the map.
     var compared: [ComparedValue]
+    /// The mapped registers' names (row 1 walks these, not the full specs).
+    let registerNames: [String]
     var plans: [IntentPlan]
     let maxDriftNs: UInt64
     let maxAgeNs: Int64
@@ -80,6 +82,7 @@ public struct DeviceGuard: Sendable {
         self.map = map
         compared = map.registers.compactMap { r in r.tolerance.map { ComparedValue(name: r.name, tolerance: $0) } }
         plans = map.intents.map(IntentPlan.init)
+        registerNames = map.registers.map(\.name)
         maxDriftNs = UInt64(DeviceGuard.limitNs(map.limits.maxDriftMs))
         maxAgeNs = DeviceGuard.limitNs(map.limits.maxAgeMs)
         maxSkewNs = DeviceGuard.limitNs(map.limits.maxSkewMs)
@@ -331,18 +334,18 @@ public struct DeviceGuard: Sendable {
             s.fail(.comms) { "comms: status \(p.statusQuality)" }
             if !S.wantsDetail { return }
         }
-        for r in map.registers {
-            guard let reading = p.values[r.name] else {
-                s.fail(.comms) { "comms: \(r.name) not read" }
+        for name in registerNames {
+            guard let reading = p.values[name] else {
+                s.fail(.comms) { "comms: \(name) not read" }
                 if !S.wantsDetail { return }
                 continue
             }
             if !reading.quality.isGood {
-                s.fail(.comms) { "comms: \(r.name) \(reading.quality)" }
+                s.fail(.comms) { "comms: \(name) \(reading.quality)" }
                 if !S.wantsDetail { return }
             }
         }
-        if p.values.count > map.registers.count || S.wantsDetail {
+        if p.values.count > registerNames.count || S.wantsDetail {
             // Readings outside the map (library callers may hand in more): they must be Good too.
             for (name, reading) in p.values where !reading.quality.isGood && map.register(named: name) == nil {
                 s.fail(.comms) { "comms: \(name) \(reading.quality)" }
@@ -459,6 +462,7 @@ public struct DeviceGuard: Sendable {
     func fillValueDeltas(_ delta: inout StateDelta) {
         guard let p = physical, let t = twin else { return }
         var best: (String, Double)?
+        delta.values.reserveCapacity(p.values.count)
         for (name, reading) in p.values {
             guard reading.quality.isGood, let pv = reading.value?.number, let tv = t.values[name] else { continue }
             let d = Swift.abs(pv - tv)

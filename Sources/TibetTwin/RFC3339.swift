@@ -80,10 +80,21 @@ public enum RFC3339 {
         var out: [UInt8] = []
         out.reserveCapacity(32)
         func digits(_ v: Int, _ width: Int) {
-            if v < 0 { out.append(UInt8(ascii: "-")) }
-            let text = String(Swift.abs(v)).utf8
-            if text.count < width { out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width - text.count)) }
-            out.append(contentsOf: text)
+            var limit = 1
+            for _ in 0..<width { limit *= 10 }
+            guard v >= 0, v < limit else {
+                // Out of the usual range (years beyond 9999 or before 0): the general form.
+                if v < 0 { out.append(UInt8(ascii: "-")) }
+                let text = String(Swift.abs(v)).utf8
+                if text.count < width { out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width - text.count)) }
+                out.append(contentsOf: text)
+                return
+            }
+            var div = limit / 10
+            while div > 0 {
+                out.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v / div % 10))
+                div /= 10
+            }
         }
         digits(y, 4); out.append(UInt8(ascii: "-")); digits(m, 2); out.append(UInt8(ascii: "-")); digits(d, 2)
         out.append(UInt8(ascii: "T"))

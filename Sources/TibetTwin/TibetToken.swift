@@ -210,11 +210,12 @@ public struct TokenChain: Sendable {
 
 /// Lowercase hexadecimal.
 public enum Hex {
+    /// Lowercase hex, two digits a byte.
     public static func encode(_ bytes: some Sequence<UInt8>) -> String {
-        let digits: [UInt8] = Array("0123456789abcdef".utf8)
+        @inline(__always) func digit(_ n: UInt8) -> UInt8 { n < 10 ? 0x30 &+ n : 0x57 &+ n }  // 0-9, a-f
         var out: [UInt8] = []
         out.reserveCapacity(64)
-        for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0xF)]) }
+        for b in bytes { out.append(digit(b >> 4)); out.append(digit(b & 0xF)) }
         return String(decoding: out, as: UTF8.self)
     }
 

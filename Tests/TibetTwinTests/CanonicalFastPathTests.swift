@@ -50,6 +50,25 @@ struct CanonicalFastPathTests {
         #expect(RFC3339.format(wallNs: 1_795_703_521_003_000_000, fractionDigits: 6) == "2026-11-26T14:32:01.003000Z")
         #expect(RFC3339.format(wallNs: -1, fractionDigits: 9) == "1969-12-31T23:59:59.999999999Z")
         #expect(RFC3339.format(wallNs: 951_782_400_000_000_000, fractionDigits: 0) == "2000-02-29T00:00:00Z")
+        #expect(RFC3339.format(wallNs: .min, fractionDigits: 9).hasPrefix("1677-09-21T00:12:43.145224192"))
+        #expect(RFC3339.format(wallNs: .max, fractionDigits: 9) == "2262-04-11T23:47:16.854775807Z")
+    }
+
+    @Test func rfc3339FormatRoundTripsEveryInstant() async {
+        await propertyCheck(count: 2000, input: Gen.int64(in: -9_000_000_000_000_000_000...9_000_000_000_000_000_000)) { ns in
+            #expect(RFC3339.parse(RFC3339.format(wallNs: ns, fractionDigits: 9)) == ns)
+            let ms = RFC3339.format(wallNs: ns, fractionDigits: 3)
+            #expect(ms.utf8.count == 24 && ms.hasSuffix("Z"), "\(ms)")
+        }
+    }
+
+    @Test func hexIsLowercaseTwoDigitsAByte() {
+        let bytes = (0...255).map { UInt8($0) }
+        let hex = Hex.encode(bytes)
+        #expect(hex.utf8.count == 512)
+        #expect(hex.hasPrefix("000102030405060708090a0b0c0d0e0f10"))
+        #expect(hex.hasSuffix("f9fafbfcfdfeff"))
+        #expect(Hex.decode(hex) == bytes)
     }
 }
 
