@@ -220,14 +220,25 @@ public struct DeviceGuard: Sendable {
         physicalMonoNs = physical?.time.monotonicNs
         twinMonoNs = twin?.received.monotonicNs
         twinTsNs = twin?.tsNs
-        var device = MaskSink()
-        deviceChecks(physical, twin, &device)
-        staticMask = device.mask
+        // Through non-mutating helpers: the states are then borrowed from `self`, not copied.
+        staticMask = deviceMask()
         for i in staticIntentMasks.indices {
-            var m = MaskSink()
-            if let physical { intentChecks(i, physical, twin, &m) }
-            staticIntentMasks[i] = m.mask
+            staticIntentMasks[i] = intentMask(i)
         }
+    }
+
+    /// The state-only device checks (rows 1, 3–8) of the current states, as a mask.
+    func deviceMask() -> CheckMask {
+        var m = MaskSink()
+        deviceChecks(physical, twin, &m)
+        return m.mask
+    }
+
+    /// The state-only checks of one intent (rows 5, 9) of the current states, as a mask.
+    func intentMask(_ i: Int) -> CheckMask {
+        var m = MaskSink()
+        if let physical { intentChecks(i, physical, twin, &m) }
+        return m.mask
     }
 
     /// The last evaluation of one intent, explained: reason text, every failing check with its
@@ -376,18 +387,17 @@ public struct DeviceGuard: Sendable {
 
     /// Rows 5 (the intent's statuses) and 9 (`requires`) for one intent.
     func intentChecks<S: CheckSink>(_ i: Int, _ p: PhysicalState, _ t: TwinState?, _ s: inout S) {
-        let plan = plans[i]
         // A status mismatch is already reported by the device checks; only judge an agreed status.
-        if let st = p.status, t == nil || t!.status == st, !plan.allowedStatuses.contains(st) {
+        if let st = p.status, t == nil || t!.status == st, !plans[i].allowedStatuses.contains(st) {
             s.fail(.status) {
-                "status \(st) not allowed for \(plan.name) (allowed: \(plan.allowedStatuses.joined(separator: ", ")))"
+                "status \(st) not allowed for \(plans[i].name) (allowed: \(plans[i].allowedStatuses.joined(separator: ", ")))"
             }
         }
-        for r in plan.requires {
+        for r in plans[i].requires {
             let v: Double? = p.values[r.name].flatMap { $0.quality.isGood ? $0.value?.number : nil }
             guard let v, r.isSatisfied(by: v) else {
                 s.fail(.intent) {
-                    "intent \(plan.name) requires \(r.name) \(Self.describe(r)), got \(v.map(Fmt.num) ?? "no value")"
+                    "intent \(plans[i].name) requires \(r.name) \(Self.describe(r)), got \(v.map(Fmt.num) ?? "no value")"
                 }
                 if !S.wantsDetail { return }
                 continue
