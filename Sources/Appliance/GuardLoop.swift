@@ -289,6 +289,8 @@ public final class GuardLoop: @unchecked Sendable {
         /// Drop records built before their slot went away (reload), submitted after publishing.
         var records: [AuditRecord] = []
         var tableChanged = false
+        /// Replies that may only go out once the table they changed is on the coils (reload).
+        var afterPublish: [() -> Void] = []
     }
 
     private func iterate(physical: [String: PhysicalState], twin: [String: TwinState], commands: [GuardCommand]) {
@@ -328,6 +330,7 @@ public final class GuardLoop: @unchecked Sendable {
         if tick || pending.tableChanged {
             publishTable(buildTable(healthy: auditOK))
         }
+        for reply in pending.afterPublish { reply() }
         // Drops are on the coils now; their tokens follow.
         for d in pending.drops {
             submitDrop(slot: d.slot, intent: d.intent, why: d.why, now: now)
@@ -537,7 +540,11 @@ public final class GuardLoop: @unchecked Sendable {
         case .status(let done):
             statusRequests.append(done)
         case .reload(let reload, let done):
-            done(applyReload(reload, now: now, pending: &pending))
+            // The reply waits until the new table is published: whoever reloaded (the runtime
+            // restarting its poller) may rely on replaced devices' permits being 0 on the coils.
+            let result = applyReload(reload, now: now, pending: &pending)
+            pending.tableChanged = true
+            pending.afterPublish.append { done(result) }
         }
     }
 
