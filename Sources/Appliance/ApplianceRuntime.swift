@@ -403,6 +403,11 @@ public final class ApplianceRuntime: Sendable {
                    value: Double(s.held)),
             .gauge(name: "tibet_twin_audit_healthy", help: "1 while the audit chain is writable", labels: [],
                    value: s.healthy ? 1 : 0),
+            .gauge(name: "tibet_twin_audit_waiting", help: "Records submitted and not yet written (queue and writer backlog)",
+                   labels: [], value: Double(s.waiting)),
+            .counter(name: "tibet_twin_audit_backlog_episodes_total",
+                     help: "Times the audit backlog passed its bound (permits blocked with AUDIT until it drained)",
+                     labels: [], total: s.backlogEpisodes),
         ]
     }
 }

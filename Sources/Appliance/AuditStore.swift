@@ -89,6 +89,12 @@ public struct AuditStats: Sendable, Hashable {
     public var held = 0
     /// Held records dropped because more than `maxHeld` were waiting.
     public var lost: UInt64 = 0
+    /// Times more than `backlogHigh` records waited (health was 0 until the backlog drained),
+    /// and the most that waited.
+    public var backlogEpisodes: UInt64 = 0
+    public var backlogPeak = 0
+    /// Records submitted and not yet committed, refused or held, now.
+    public var waiting = 0
     /// Writes or fdatasyncs that took longer than `stallMs`, and the longest.
     public var stalls: UInt64 = 0
     public var longestStallNs: Int64 = 0
@@ -155,13 +161,19 @@ public final class AuditStore: Sendable {
         /// At most this many records wait in the queue; beyond it `submit` refuses at once
         /// (counted, and audited when the store catches up).
         public var maxQueued: Int
+        /// Backpressure: while more than this many submitted records wait for the disk,
+        /// `isHealthy` is false (the guard blocks every permit with `AUDIT`, so no new rise
+        /// adds to the backlog) until at most `backlogHigh / 4` wait. This bounds the memory the
+        /// queue takes when the writer falls behind (a starved CPU, a slow disk); the episode is
+        /// counted and audited.
+        public var backlogHigh: Int
         /// Test and benchmark hooks; nil in production.
         public var hooks: AuditIOHooks?
 
         public init(directory: String, keyPath: String, node: String, host: String? = nil,
                     version: String = ApplianceInfo.version, segmentBytes: Int = 64 << 20, maxBatch: Int = 4096,
                     retryIntervalMs: Int = 500, checkpointIntervalMs: Int? = nil, maxHeld: Int = 10_000,
-                    stallMs: Int = 2000, maxQueued: Int = 100_000, hooks: AuditIOHooks? = nil) {
+                    stallMs: Int = 2000, maxQueued: Int = 100_000, backlogHigh: Int = 2048, hooks: AuditIOHooks? = nil) {
             self.directory = directory
             self.keyPath = keyPath
             self.node = node
@@ -174,6 +186,7 @@ public final class AuditStore: Sendable {
             self.maxHeld = maxHeld
             self.stallMs = stallMs
             self.maxQueued = maxQueued
+            self.backlogHigh = max(1, backlogHigh)
             self.hooks = hooks
         }
     }
@@ -235,7 +248,7 @@ public final class AuditStore: Sendable {
             throw AuditError(e == EWOULDBLOCK ? .locked : .directory, function: "flock", errno: e, path: lockPath,
                              detail: e == EWOULDBLOCK ? "another tibet-twin process writes this audit directory" : "")
         }
-        let shared = AuditShared(stallMs: config.stallMs)
+        let shared = AuditShared(stallMs: config.stallMs, backlogHigh: config.backlogHigh)
         let writer: AuditWriter
         do {
             writer = try AuditWriter(config: config, key: key, lockFd: lockFd, shared: shared, time: time,
@@ -266,7 +279,8 @@ public final class AuditStore: Sendable {
     public func submit(_ record: AuditRecord, onDurable: (@Sendable (AuditAck) -> Void)? = nil) {
         switch queue.push(AuditPending(record: record, onDurable: onDurable), limit: maxQueued) {
         case .queued:
-            break
+            let waiting = shared.outstanding.add(1, ordering: .acquiringAndReleasing).newValue
+            if waiting > shared.backlogHigh { shared.backlogged.store(true, ordering: .releasing) }
         case .closed:
             onDurable?(AuditAck(error: AuditError(.closed, function: "submit", path: directory,
                                                   detail: "the audit store is closed")))
@@ -288,7 +302,7 @@ public final class AuditStore: Sendable {
     /// succeeds, and while a write or fdatasync has hung for more than `stallMs`. Lock-free;
     /// the guard loop reads it every evaluation (SPEC §2 row 10).
     public var isHealthy: Bool {
-        guard shared.healthy.load(ordering: .acquiring) else { return false }
+        guard shared.healthy.load(ordering: .acquiring), !shared.backlogged.load(ordering: .acquiring) else { return false }
         let busy = shared.busySinceNs.load(ordering: .acquiring)
         return busy == 0 || monotonicNowNs() - busy <= shared.stallNs
     }
@@ -297,6 +311,7 @@ public final class AuditStore: Sendable {
     public var stats: AuditStats {
         var s = shared.stats.withLock { $0 }
         s.healthy = isHealthy
+        s.waiting = shared.outstanding.load(ordering: .relaxed)
         return s
     }
 
@@ -340,10 +355,19 @@ final class AuditShared: Sendable {
     let stallNs: Int64
     /// Records refused because the queue was full, not yet audited.
     let refusedFull = Atomic<Int>(0)
+    /// Records submitted and not yet committed, refused or held (the queue and the writer's
+    /// backlog); above `backlogHigh` the store reports itself unhealthy (`backlogged`) until
+    /// the writer has brought it down to `backlogHigh / 4`.
+    let outstanding = Atomic<Int>(0)
+    let backlogged = Atomic<Bool>(false)
+    let backlogHigh: Int
     let stats = Mutex(AuditStats())
     let stopReason = Mutex<String?>(nil)
 
-    init(stallMs: Int) { stallNs = Int64(stallMs) * 1_000_000 }
+    init(stallMs: Int, backlogHigh: Int) {
+        stallNs = Int64(stallMs) * 1_000_000
+        self.backlogHigh = backlogHigh
+    }
 }
 
 struct AuditPending: Sendable {
@@ -396,6 +420,10 @@ final class AuditWriter {
     var stalledNs: Int64 = 0
     var nextRetryNs: Int64 = 0
     var nextCheckpointNs: Int64?
+    /// The most records seen waiting during the current backlog episode (0: none).
+    var backlogPeak = 0
+    /// Peaks of ended backlog episodes not yet audited.
+    var backlogReports: [Int] = []
 
     init(config: AuditStore.Configuration, key: Curve25519.Signing.PrivateKey, lockFd: Int32, shared: AuditShared,
          time: any TimeSource, checkpoint: (@Sendable () -> JSONValue)?,
@@ -462,7 +490,15 @@ final class AuditWriter {
             }
             let end = min(backlog.count, backlogStart + config.maxBatch)
             var work = Array(backlog[backlogStart..<end])
+            let fromQueue = work.count
             backlogStart = end
+            if backlogStart >= backlog.count {
+                backlog = []  // free the taken batch now, not at the next take
+                backlogStart = 0
+            }
+            if shared.backlogged.load(ordering: .acquiring) {
+                backlogPeak = max(backlogPeak, shared.outstanding.load(ordering: .acquiring))
+            }
             let now = monotonicNowNs()
             if let next = nextCheckpointNs, now >= next, let interval = config.checkpointIntervalMs, let cp = checkpoint {
                 let erin = cp()
@@ -477,11 +513,13 @@ final class AuditWriter {
             }
             if healthy {
                 if !work.isEmpty { commit(work) }
+                settleBacklog(fromQueue)
                 if healthy { reportDegradation() }
             } else {
                 for p in work {
                     if p.record.timing == .gating { refuse(p) } else { hold(p) }
                 }
+                settleBacklog(fromQueue)
                 if now >= nextRetryNs { attemptRecovery() }
             }
             if closed && backlogStart >= backlog.count && queue.count == 0 {
@@ -508,9 +546,28 @@ final class AuditWriter {
 
     /// Audits a stall (a write or fdatasync slower than `stallMs`, during which `isHealthy` was
     /// false) and records refused because the queue was full, once the store has caught up.
+    /// `done` records taken from the queue are committed, refused or held: ends a backlog
+    /// episode once at most `backlogHigh / 4` records wait (hysteresis, so health does not
+    /// flap at the mark); the next `audit_recovered` token reports it.
+    func settleBacklog(_ done: Int) {
+        let left = shared.outstanding.subtract(done, ordering: .acquiringAndReleasing).newValue
+        guard shared.backlogged.load(ordering: .acquiring), left <= shared.backlogHigh / 4 else { return }
+        shared.backlogged.store(false, ordering: .releasing)
+        let peak = max(backlogPeak, shared.backlogHigh + 1)
+        backlogPeak = 0
+        backlogReports.append(peak)
+        shared.stats.withLock {
+            $0.backlogEpisodes += 1
+            $0.backlogPeak = max($0.backlogPeak, peak)
+        }
+        logger.warning("audit backlog drained: health was 0 meanwhile", metadata: ["peak": "\(peak)", "high": "\(shared.backlogHigh)"])
+    }
+
     func reportDegradation() {
         let full = shared.refusedFull.exchange(0, ordering: .acquiringAndReleasing)
-        guard stalledNs > 0 || full > 0 else { return }
+        let backlogs = backlogReports
+        guard stalledNs > 0 || full > 0 || !backlogs.isEmpty else { return }
+        backlogReports = []
         let stall = stalledNs
         stalledNs = 0
         if stall > 0 {
@@ -528,10 +585,13 @@ final class AuditWriter {
                 "recovered_at": .string(RFC3339.format(wallNs: now.wallNs, fractionDigits: 6)),
                 "stalled_ms": .int(stall / 1_000_000),
                 "refused_queue_full": .int(Int64(full)),
+                "backlog_episodes": .int(Int64(backlogs.count)),
+                "backlog_peak": .int(Int64(backlogs.max() ?? 0)),
             ],
             eraan: ["jis": .string("jis:\(config.node)")],
             erachter: ["why": .string(stall > 0 ? "a write or fdatasync took \(stall / 1_000_000) ms (over \(config.stallMs) ms): health was 0 meanwhile"
-                                                : "records were refused while more than \(config.maxQueued) waited"),
+                                      : full > 0 ? "records were refused while more than \(config.maxQueued) waited"
+                                      : "more than \(config.backlogHigh) records waited for the disk: health was 0 until the backlog drained"),
                        "safety_critical": true],
             time: now)
         commit([AuditPending(record: record, onDurable: nil)])

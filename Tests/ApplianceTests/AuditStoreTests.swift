@@ -33,11 +33,12 @@ final class AuditFixture: @unchecked Sendable {
     }
 
     func config(segmentBytes: Int = 8 << 20, retryMs: Int = 20, checkpointMs: Int? = nil, stallMs: Int = 60_000,
-                maxQueued: Int = 100_000, maxBatch: Int = 4096, hooks: AuditIOHooks? = nil,
+                maxQueued: Int = 100_000, maxBatch: Int = 4096, backlogHigh: Int = 2048, hooks: AuditIOHooks? = nil,
                 keyPath: String? = nil) -> AuditStore.Configuration {
         AuditStore.Configuration(directory: dir, keyPath: keyPath ?? self.keyPath, node: "guard-01", host: "test-host",
                                  segmentBytes: segmentBytes, maxBatch: maxBatch, retryIntervalMs: retryMs,
-                                 checkpointIntervalMs: checkpointMs, stallMs: stallMs, maxQueued: maxQueued, hooks: hooks)
+                                 checkpointIntervalMs: checkpointMs, stallMs: stallMs, maxQueued: maxQueued,
+                                 backlogHigh: backlogHigh, hooks: hooks)
     }
 
     func segmentPath(_ n: Int) -> String { dir + "/" + AuditSegment.name(n) }
@@ -409,6 +410,40 @@ struct AuditStoreTests {
         let reports = try fx.tokens().filter { $0.action == .auditRecovered }
         #expect(reports.contains { ($0.erin["stalled_ms"]?.intValue ?? 0) >= 100 })
         #expect(reports.contains { $0.erin["refused_queue_full"] == 1 })
+        _ = try fx.verify().get()
+    }
+
+    /// Backpressure bounds the queue's memory: more than `backlogHigh` records waiting (here
+    /// behind a held fdatasync, so nothing depends on timing) turn health to 0, which blocks
+    /// every permit with AUDIT; health returns once the backlog has drained, no record is lost,
+    /// and the episode is counted and audited.
+    @Test func backlogOverItsBoundIsUnhealthyUntilDrained() async throws {
+        let fx = try AuditFixture()
+        let disk = DiskSwitch()
+        let store = try AuditStore.open(fx.config(stallMs: 600_000, backlogHigh: 8, hooks: disk.hooks))
+        disk.holdSync.store(true, ordering: .releasing)
+        let acks = Mutex<[AuditAck]>([])
+        store.submit(record(0, .gating)) { a in acks.withLock { $0.append(a) } }
+        #expect(await eventually { disk.syncsHeld.load(ordering: .acquiring) == 1 })
+        for i in 1..<8 { store.submit(record(i)) { a in acks.withLock { $0.append(a) } } }
+        #expect(store.stats.waiting == 8)
+        #expect(store.isHealthy)  // at the bound, not over it
+        store.submit(record(8, .gating)) { a in acks.withLock { $0.append(a) } }
+        #expect(store.stats.waiting == 9)
+        #expect(!store.isHealthy)
+        #expect(acks.withLock { $0.isEmpty })
+        disk.holdSync.store(false, ordering: .releasing)
+        #expect(await eventually { acks.withLock { $0.count } == 9 })
+        #expect(acks.withLock { $0.allSatisfy(\.isDurable) })
+        #expect(await eventually { store.isHealthy })
+        #expect(store.stats.waiting == 0)
+        store.close()
+        let stats = store.stats
+        #expect(stats.backlogEpisodes == 1 && stats.backlogPeak >= 9)
+        let tokens = try fx.tokens()
+        #expect(tokens.filter { $0.action == .permitChanged }.count == 9)
+        let reports = tokens.filter { $0.action == .auditRecovered }
+        #expect(reports.contains { $0.erin["backlog_episodes"] == 1 && ($0.erin["backlog_peak"]?.intValue ?? 0) >= 9 })
         _ = try fx.verify().get()
     }
 
