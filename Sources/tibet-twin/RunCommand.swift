@@ -38,6 +38,8 @@ struct RunCommand: AsyncParsableCommand {
         // kill the process; a peer closing a socket must not either.
         signal(SIGXFSZ, SIG_IGN)
         signal(SIGPIPE, SIG_IGN)
+        // Bounded memory under overload: fewer malloc arenas keep less freed memory resident.
+        MallocTuning.limitArenas()
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
