@@ -129,6 +129,7 @@ public final class ApplianceRuntime: Sendable {
             await http.stop()
             throw StartupError("\(config.sourceFile): audit: \(error)")
         }
+        audit.reserveBacklog(forIntents: loaded.maps.reduce(0) { $0 + $1.intents.count })
         let auditor = InterlockAuditor(audit: audit, node: config.node, clock: clock)
         auditBox.set(auditor)
 
@@ -255,6 +256,7 @@ public final class ApplianceRuntime: Sendable {
             return .refused(error.lines)
         }
         let restartOnly = next.restartOnlyChanges(from: old)
+        audit.reserveBacklog(forIntents: next.maps.reduce(0) { $0 + $1.intents.count })
         // From here on the running poller's states of devices whose map changes (or goes) never
         // reach the guard: the new slot of a replaced device sees only states read by its new map.
         let nextByName = Dictionary(next.maps.map { ($0.device, $0) }, uniquingKeysWith: { a, _ in a })

@@ -193,6 +193,7 @@ public final class AuditStore: Sendable {
 
     private let queue: WaitQueue<AuditPending>
     private let maxQueued: Int
+    private let baseBacklogHigh: Int
     private let shared: AuditShared
     private let exited: WaitQueue<Int>
     private let publicKeyRaw: [UInt8]
@@ -209,6 +210,7 @@ public final class AuditStore: Sendable {
                  publicKey: Curve25519.Signing.PublicKey, directory: String) {
         self.queue = queue
         self.maxQueued = maxQueued
+        self.baseBacklogHigh = shared.backlogHigh
         self.shared = shared
         self.exited = exited
         self.publicKeyRaw = Array(publicKey.rawRepresentation)
@@ -298,6 +300,18 @@ public final class AuditStore: Sendable {
         }
     }
 
+    /// Raises the backlog bound to at least four records per permit intent, so that one
+    /// evaluation of every intent (a rise or a drop each, e.g. arming at start) always fits
+    /// below it: otherwise the bound would block the very rises it waits for, forever. Call
+    /// at start and after a reload that changed the maps.
+    public func reserveBacklog(forIntents intents: Int) {
+        let want = max(baseBacklogHigh, 4 * intents)
+        shared.backlogHighNow.store(want, ordering: .relaxed)
+    }
+
+    /// The backlog bound now (`Configuration.backlogHigh`, raised by `reserveBacklog`).
+    public var backlogHigh: Int { shared.backlogHigh }
+
     /// Whether the store writes: false from the first failed write or fdatasync until a retry
     /// succeeds, and while a write or fdatasync has hung for more than `stallMs`. Lock-free;
     /// the guard loop reads it every evaluation (SPEC §2 row 10).
@@ -360,13 +374,14 @@ final class AuditShared: Sendable {
     /// the writer has brought it down to `backlogHigh / 4`.
     let outstanding = Atomic<Int>(0)
     let backlogged = Atomic<Bool>(false)
-    let backlogHigh: Int
+    let backlogHighNow: Atomic<Int>
+    var backlogHigh: Int { backlogHighNow.load(ordering: .relaxed) }
     let stats = Mutex(AuditStats())
     let stopReason = Mutex<String?>(nil)
 
     init(stallMs: Int, backlogHigh: Int) {
         stallNs = Int64(stallMs) * 1_000_000
-        self.backlogHigh = backlogHigh
+        backlogHighNow = Atomic(backlogHigh)
     }
 }
 
@@ -561,6 +576,9 @@ final class AuditWriter {
             $0.backlogPeak = max($0.backlogPeak, peak)
         }
         logger.warning("audit backlog drained: health was 0 meanwhile", metadata: ["peak": "\(peak)", "high": "\(shared.backlogHigh)"])
+        // The backlog's memory is free now; give it back to the system instead of keeping
+        // the high-water mark resident (glibc keeps freed memory in its arenas).
+        MallocTuning.trim()
     }
 
     func reportDegradation() {
@@ -591,7 +609,7 @@ final class AuditWriter {
             eraan: ["jis": .string("jis:\(config.node)")],
             erachter: ["why": .string(stall > 0 ? "a write or fdatasync took \(stall / 1_000_000) ms (over \(config.stallMs) ms): health was 0 meanwhile"
                                       : full > 0 ? "records were refused while more than \(config.maxQueued) waited"
-                                      : "more than \(config.backlogHigh) records waited for the disk: health was 0 until the backlog drained"),
+                                      : "more than \(shared.backlogHigh) records waited for the disk: health was 0 until the backlog drained"),
                        "safety_critical": true],
             time: now)
         commit([AuditPending(record: record, onDurable: nil)])

@@ -26,4 +26,18 @@ public enum MallocTuning {
         return false
         #endif
     }
+
+    /// Returns free memory at the top and inside glibc's arenas to the system (after a burst
+    /// has drained). Returns whether memory was released. The corresponding C function is
+    /// `malloc_trim`.
+    @discardableResult
+    public static func trim() -> Bool {
+        #if canImport(Glibc)
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return false }  // RTLD_DEFAULT
+        typealias MallocTrim = @convention(c) (Int) -> Int32
+        return unsafeBitCast(sym, to: MallocTrim.self)(0) == 1
+        #else
+        return false
+        #endif
+    }
 }

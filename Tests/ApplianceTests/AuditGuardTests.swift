@@ -98,4 +98,40 @@ struct AuditGuardTests {
         #expect(drop > recovered)
         _ = try fx.verify().get()
     }
+
+    /// The writer falls behind (its fdatasync held while more than `backlogHigh` records wait,
+    /// so nothing depends on timing): the guard blocks with AUDIT and shows the drop at once;
+    /// nothing rises until the backlog has drained; then the rise is shown with its token
+    /// durable, and every record is on the chain.
+    @Test func auditBacklogBlocksWithAuditUntilDrained() async throws {
+        let fx = try AuditFixture()
+        let disk = DiskSwitch()
+        let store = try AuditStore.open(fx.config(stallMs: 600_000, backlogHigh: 4, hooks: disk.hooks))
+        var device = GuardedDevice()
+        let (first, firstAck) = await device.tick(store: store)
+        #expect(first.permit && firstAck?.isDurable == true && device.published)
+
+        disk.holdSync.store(true, ordering: .releasing)
+        for i in 0..<5 { store.submit(record(i, action: .check)) }
+        #expect(!store.isHealthy)
+        let (blocked, _) = await device.tick(store: store)
+        #expect(!blocked.permit && blocked.reason == .audit && !device.published)
+        let (still, stillAck) = await device.tick(store: store)
+        #expect(!still.permit && still.reason == .audit && stillAck == nil && !device.published)
+
+        disk.holdSync.store(false, ordering: .releasing)
+        #expect(await eventually { store.isHealthy })
+        let (again, againAck) = await device.tick(store: store)
+        #expect(again.permit && again.reason == .ok)
+        #expect(againAck?.isDurable == true && device.published)
+        store.close()
+
+        let tokens = try fx.tokens()
+        let permits = tokens.filter { $0.action == .permitChanged }
+        #expect(permits.map { $0.erin["allowed"] } == [true, false, true])
+        #expect(permits[1].erin["reason_name"]?.stringValue == ReasonCode.audit.name)
+        #expect(tokens.filter { $0.action == .check }.count == 5)
+        #expect(tokens.contains { $0.action == .auditRecovered && $0.erin["backlog_episodes"] == 1 })
+        _ = try fx.verify().get()
+    }
 }

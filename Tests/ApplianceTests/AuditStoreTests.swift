@@ -447,6 +447,19 @@ struct AuditStoreTests {
         _ = try fx.verify().get()
     }
 
+    /// The bound leaves room for one evaluation of every intent (four records each), or arming
+    /// more intents than the bound would block the very rises it waits for.
+    @Test func backlogBoundMakesRoomForEveryIntent() throws {
+        let fx = try AuditFixture()
+        let store = try AuditStore.open(fx.config(backlogHigh: 8))
+        #expect(store.backlogHigh == 8)
+        store.reserveBacklog(forIntents: 10)
+        #expect(store.backlogHigh == 40)
+        store.reserveBacklog(forIntents: 1)
+        #expect(store.backlogHigh == 8)
+        store.close()
+    }
+
     /// What is queued beyond `maxBatch` goes out in slices, in order.
     @Test func largeBacklogIsCommittedInSlicesOfMaxBatch() async throws {
         let fx = try AuditFixture()
