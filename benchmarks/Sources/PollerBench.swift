@@ -211,20 +211,31 @@ final class BenchBox<T>: @unchecked Sendable {
 }
 
 /// `tibet-twin simulate --replicas N` as a child process (the release binary next to the bench).
-final class SimulatorProcess {
+/// It is started through `sh`, which leaves a watchdog behind and `exec`s the simulator: the
+/// watchdog kills the simulator if the bench process disappears without calling `stop()` (a
+/// trap, SIGKILL), since the simulator keeps serving at the end of its input.
+final class SimulatorProcess: @unchecked Sendable {
     let process = Process()
     let ports: [Int]
     var pid: Int32 { process.processIdentifier }
     private let input = Pipe()
 
-    init(mapFile: String, replicas: Int) throws {
+    /// `extra` goes after the fixed arguments, e.g. `["--set", "load_kg=2500"]`.
+    init(mapFile: String, replicas: Int, extra: [String] = []) throws {
         let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("tibet-twin")
         guard FileManager.default.isExecutableFile(atPath: bin.path) else {
             throw BenchError("\(bin.path) not found: build it with `swift build -c release --product tibet-twin`")
         }
         let out = Pipe()
-        process.executableURL = bin
-        process.arguments = ["simulate", "--map", mapFile, "--replicas", String(replicas), "--listen", "127.0.0.1:0"]
+        // $PPID is the bench, $$ becomes the simulator once `exec` has run.
+        let watchdog = """
+            B=$PPID; S=$$
+            (while kill -0 $B 2>/dev/null && kill -0 $S 2>/dev/null; do sleep 1; done; kill $S 2>/dev/null) </dev/null >/dev/null 2>&1 &
+            exec "$0" "$@"
+            """
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", watchdog, bin.path,
+                             "simulate", "--map", mapFile, "--replicas", String(replicas), "--listen", "127.0.0.1:0"] + extra
         process.standardInput = input
         process.standardOutput = out
         try process.run()
@@ -252,10 +263,13 @@ final class SimulatorProcess {
         self.ports = ports
     }
 
+    /// Asks the simulator to quit; SIGKILL if it has not after 10 s.
     func stop() {
-        if process.isRunning {
-            input.fileHandleForWriting.write(Data("quit\n".utf8))
-            process.waitUntilExit()
-        }
+        guard process.isRunning else { return }
+        input.fileHandleForWriting.write(Data("quit\n".utf8))
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
     }
 }
