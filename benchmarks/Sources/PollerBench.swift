@@ -211,11 +211,13 @@ final class BenchBox<T>: @unchecked Sendable {
 }
 
 /// `tibet-twin simulate --replicas N` as a child process (the release binary next to the bench).
-/// It is started through `sh`, which leaves a watchdog behind and `exec`s the simulator: the
-/// watchdog kills the simulator if the bench process disappears without calling `stop()` (a
-/// trap, SIGKILL), since the simulator keeps serving at the end of its input.
+/// A second child, a `sh` watchdog, kills the simulator if the bench process disappears without
+/// calling `stop()` (a trap, SIGKILL), since the simulator keeps serving at the end of its input.
+/// (The watchdog is not forked from the simulator's shell: it would inherit the descriptor
+/// through which Foundation learns that the simulator exited, and `stop()` would hang.)
 final class SimulatorProcess: @unchecked Sendable {
     let process = Process()
+    let watchdog = Process()
     let ports: [Int]
     var pid: Int32 { process.processIdentifier }
     private let input = Pipe()
@@ -227,18 +229,23 @@ final class SimulatorProcess: @unchecked Sendable {
             throw BenchError("\(bin.path) not found: build it with `swift build -c release --product tibet-twin`")
         }
         let out = Pipe()
-        // $PPID is the bench, $$ becomes the simulator once `exec` has run.
-        let watchdog = """
-            B=$PPID; S=$$
-            (while kill -0 $B 2>/dev/null && kill -0 $S 2>/dev/null; do sleep 1; done; kill $S 2>/dev/null) </dev/null >/dev/null 2>&1 &
-            exec "$0" "$@"
-            """
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", watchdog, bin.path,
-                             "simulate", "--map", mapFile, "--replicas", String(replicas), "--listen", "127.0.0.1:0"] + extra
+        process.executableURL = bin
+        process.arguments = ["simulate", "--map", mapFile, "--replicas", String(replicas), "--listen", "127.0.0.1:0"] + extra
         process.standardInput = input
         process.standardOutput = out
         try process.run()
+        let s = process.processIdentifier
+        watchdog.executableURL = URL(fileURLWithPath: "/bin/sh")
+        watchdog.arguments = ["-c", "while kill -0 \(getpid()) && kill -0 \(s); do sleep 1; done 2>/dev/null; kill \(s) 2>/dev/null"]
+        watchdog.standardInput = FileHandle.nullDevice
+        watchdog.standardOutput = FileHandle.nullDevice
+        watchdog.standardError = FileHandle.nullDevice
+        do {
+            try watchdog.run()
+        } catch {
+            process.terminate()
+            throw error
+        }
         var ports: [Int] = []
         var pending = Data()
         let handle = out.fileHandleForReading
@@ -258,6 +265,7 @@ final class SimulatorProcess: @unchecked Sendable {
         }
         guard ports.count == replicas else {
             process.terminate()
+            watchdog.terminate()
             throw BenchError("simulator did not start \(replicas) PLCs")
         }
         self.ports = ports
@@ -265,11 +273,14 @@ final class SimulatorProcess: @unchecked Sendable {
 
     /// Asks the simulator to quit; SIGKILL if it has not after 10 s.
     func stop() {
-        guard process.isRunning else { return }
-        input.fileHandleForWriting.write(Data("quit\n".utf8))
-        let deadline = Date().addingTimeInterval(10)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        if process.isRunning {
+            input.fileHandleForWriting.write(Data("quit\n".utf8))
+            let deadline = Date().addingTimeInterval(10)
+            while process.isRunning && Date() < deadline { usleep(10_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
+        if watchdog.isRunning { watchdog.terminate() }
+        watchdog.waitUntilExit()
     }
 }
