@@ -383,6 +383,8 @@ public final class GuardLoop: @unchecked Sendable {
     // MARK: Evaluation and the rise/drop rule
 
     private func evaluate(slot s: Int, now: ClockReading, auditOK: Bool, pending: inout Pending) {
+        // Identity and signature change only with new states: a tick alone need not look again.
+        let newStates = slots[s].guardState.hasUnevaluatedState
         slots[s].guardState.evaluate(now: now, auditOK: auditOK)
         for i in slots[s].published.indices {
             let v = slots[s].guardState.verdict(intent: i)
@@ -401,7 +403,7 @@ public final class GuardLoop: @unchecked Sendable {
                 submitRise(slot: s, intent: i, now: now)
             }
         }
-        checkIdentity(slot: s, now: now)
+        if newStates { checkIdentity(slot: s, now: now) }
     }
 
     private func submitRise(slot s: Int, intent i: Int, now: ClockReading) {
@@ -455,15 +457,14 @@ public final class GuardLoop: @unchecked Sendable {
     /// Audits the moment identity registers or the twin signature start failing (once per
     /// episode, not per poll).
     private func checkIdentity(slot s: Int, now: ClockReading) {
-        let g = slots[s].guardState
         var problems: [String] = []
-        if let p = g.physical {
+        if let p = slots[s].guardState.physical {
             switch p.identity {
             case .mismatch: problems.append("identity registers: \(p.identity)")
             default: break
             }
         }
-        if let t = g.twin, t.signature == .invalid || (slots[s].map.twinKey != nil && t.signature == .missing) {
+        if let t = slots[s].guardState.twin, t.signature == .invalid || (slots[s].map.twinKey != nil && t.signature == .missing) {
             problems.append("twin signature \(t.signature == .invalid ? "invalid" : "missing")")
         }
         let failing = !problems.isEmpty
@@ -506,6 +507,11 @@ public final class GuardLoop: @unchecked Sendable {
                     slots[s].published[intent] = true
                     pending.tableChanged = true
                     metrics.countRise()
+                    // That verdict is from the last evaluation, up to a tick old: judge the
+                    // device again at this iteration's `now` before the table is built, so a
+                    // state that went stale while the token was being written drops the rise
+                    // before it reaches the coils.
+                    slots[s].evaluate = true
                 }
             } else {
                 metrics.countAuditFailure()

@@ -163,6 +163,10 @@ public struct DeviceGuard: Sendable {
     /// The intents' names, in map order (the order of `verdicts`).
     public var intentNames: [String] { plans.map(\.name) }
 
+    /// A state was handed in (or the guard is new) since the last evaluation: the next one
+    /// judges new states, not just a later `now`.
+    public var hasUnevaluatedState: Bool { dirty }
+
     /// The newest physical and twin states handed in, evaluated or not.
     public var latestPhysical: PhysicalState? { pendingPhysical ?? physical }
     public var latestTwin: TwinState? { pendingTwin ?? twin }
