@@ -221,14 +221,12 @@ private func setFileSizeLimit(_ bytes: rlim_t?) {
 /// One line to stdout in one write(2), so lines from several threads never interleave and a
 /// SIGKILL leaves whole lines behind.
 private func loadOut(_ s: String) {
-    let bytes = Array((s + "\n").utf8)
-    bytes.withUnsafeBytes { raw in _ = write(1, raw.baseAddress!, raw.count) }
+    CLIOut.write(1, s + "\n")
 }
 
 /// One line to stderr.
 private func auditCommandError(_ s: String) {
-    let bytes = Array(("tibet-twin: " + s + "\n").utf8)
-    bytes.withUnsafeBytes { raw in _ = write(2, raw.baseAddress!, raw.count) }
+    CLIOut.error(s)
 }
 
 private final class LoadFlag: @unchecked Sendable {

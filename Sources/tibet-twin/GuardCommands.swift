@@ -234,10 +234,17 @@ enum CLIOut {
 
     /// Writes text to standard error as is.
     static func raw(_ text: String) {
+        write(2, text)
+    }
+
+    /// Writes all of `text` to a file descriptor, unbuffered, retrying after EINTR and partial
+    /// writes; gives up silently when the descriptor fails (nothing useful can be reported).
+    /// Every command's output to fd 1 and 2 goes through here.
+    static func write(_ fd: Int32, _ text: String) {
         var bytes = Array(text.utf8)
         var off = 0
         while off < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + off, $0.count - off) }
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
             if n <= 0 { if n < 0 && errno == EINTR { continue } else { return } }
             off += n
         }

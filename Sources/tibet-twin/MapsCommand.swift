@@ -40,7 +40,7 @@ struct MapsValidateCommand: ParsableCommand {
         do {
             maps = try MapFiles.load(paths: paths.isEmpty ? ["maps/"] : paths)
         } catch {
-            writeStderr(error.issues.map { "\($0)\n" }.joined())
+            CLIOut.raw(error.issues.map { "\($0)\n" }.joined())
             throw ExitCode(1)
         }
         for map in maps {
@@ -59,16 +59,3 @@ enum MapSummary {
     }
 }
 
-/// Writes text to file descriptor 2 (the Glibc `stderr` global is not concurrency-safe).
-private func writeStderr(_ text: String) {
-    var bytes = Array(text.utf8)
-    var offset = 0
-    while offset < bytes.count {
-        let n = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
-        if n < 0 {
-            if errno == EINTR { continue }
-            return
-        }
-        offset += n
-    }
-}

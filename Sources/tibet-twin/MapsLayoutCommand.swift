@@ -44,7 +44,7 @@ struct MapsLayoutCommand: ParsableCommand {
             do {
                 mapPaths = try ConfigMaps.paths(configPath: config)
             } catch {
-                writeStderr(error.issues.map { "\($0)\n" }.joined())
+                CLIOut.raw(error.issues.map { "\($0)\n" }.joined())
                 throw ExitCode(1)
             }
         }
@@ -52,30 +52,17 @@ struct MapsLayoutCommand: ParsableCommand {
         do {
             maps = try MapFiles.load(paths: mapPaths)
         } catch {
-            writeStderr(error.issues.map { "\($0)\n" }.joined())
+            CLIOut.raw(error.issues.map { "\($0)\n" }.joined())
             throw ExitCode(1)
         }
         let layout: InterlockLayout
         do {
             layout = try InterlockLayout(maps: maps)
         } catch {
-            writeStderr("\(error)\n")
+            CLIOut.raw("\(error)\n")
             throw ExitCode(1)
         }
         print(csv ? layout.csv() : layout.text(), terminator: "")
     }
 }
 
-/// Writes text to file descriptor 2 (the Glibc `stderr` global is not concurrency-safe).
-private func writeStderr(_ text: String) {
-    let bytes = Array(text.utf8)
-    var offset = 0
-    while offset < bytes.count {
-        let n = bytes.withUnsafeBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
-        if n < 0 {
-            if errno == EINTR { continue }
-            return
-        }
-        offset += n
-    }
-}

@@ -11,18 +11,8 @@ import Glibc
 /// Output helpers of the physical-side commands: whole lines straight to file descriptors 1
 /// and 2 (unbuffered, so a parent reading a pipe sees `listening …` at once).
 enum PhysicalCLI {
-    static func out(_ s: String) { write(1, s.hasSuffix("\n") ? s : s + "\n") }
-    static func err(_ s: String) { write(2, s.hasSuffix("\n") ? s : s + "\n") }
-
-    private static func write(_ fd: Int32, _ s: String) {
-        var bytes = Array(s.utf8)
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
-            if n <= 0 { if errno == EINTR { continue }; return }
-            off += n
-        }
-    }
+    static func out(_ s: String) { CLIOut.write(1, s.hasSuffix("\n") ? s : s + "\n") }
+    static func err(_ s: String) { CLIOut.write(2, s.hasSuffix("\n") ? s : s + "\n") }
 
     /// Loads maps (files or folders), printing every problem; exit 2 on any.
     static func loadMaps(_ paths: [String]) throws -> [DeviceMap] {

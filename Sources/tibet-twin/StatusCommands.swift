@@ -36,14 +36,12 @@ struct ApplianceURLOptions: ParsableArguments {
 /// Writes one line to stderr (file descriptor 2; the Glibc `stderr` global is not concurrency-safe).
 enum CLIOutput {
     static func errorLine(_ text: String) {
-        let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
-        bytes.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+        CLIOut.write(2, text.hasSuffix("\n") ? text : text + "\n")
     }
 
     /// Writes one line to stdout unbuffered (file descriptor 1), so a pipe sees it at once.
     static func outputLine(_ text: String) {
-        let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
-        bytes.withUnsafeBytes { _ = write(1, $0.baseAddress, $0.count) }
+        CLIOut.write(1, text.hasSuffix("\n") ? text : text + "\n")
     }
 
     static var stdoutIsTerminal: Bool { isatty(1) == 1 }

@@ -76,11 +76,5 @@ typealias Curve25519Key = TwinSignFilter.PrivateKey
 
 /// One line to stderr (fd 2; the Glibc `stderr` global is not concurrency-safe).
 private func twinCommandError(_ message: String) {
-    let bytes = Array((message + "\n").utf8)
-    var done = 0
-    while done < bytes.count {
-        let n = bytes.withUnsafeBytes { write(2, $0.baseAddress! + done, $0.count - done) }
-        if n <= 0 { break }
-        done += n
-    }
+    CLIOut.write(2, message + "\n")
 }
