@@ -1,11 +1,13 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// Linux only: the interlock server and the system-call layer are built on epoll, eventfd and
+// other Linux calls, and the appliance runs under systemd. No other platform is claimed.
+//
 // Versions are pinned exactly: the machines resolve packages from a local mirror that holds
 // only listed versions, and `from:` may pick a newer patch than the one we tested.
 let package = Package(
     name: "tibet-twin",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "TibetTwin", targets: ["TibetTwin"]),
         .executable(name: "tibet-twin", targets: ["tibet-twin"]),
@@ -18,7 +20,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", exact: "2.101.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
-        .package(url: "https://github.com/apple/swift-metrics", exact: "2.13.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
     ],
     targets: [
@@ -28,6 +29,9 @@ let package = Package(
             pkgConfig: "libmodbus",
             providers: [.apt(["libmodbus-dev"])]
         ),
+        // The system-call layer: errno names, calls retried after EINTR, threads, the monotonic
+        // condition, wait queue and rate limit every part uses. No protocol, no guard logic.
+        .target(name: "Platform"),
         // Swift over libmodbus: client, server-side reply helpers, typed errors. No guard logic.
         .target(
             name: "Modbus",
@@ -42,11 +46,13 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
-        // The running system: poller, feeds, interlock server, audit store, HTTP, wiring.
+        // The running system, a folder per subsystem: Poller, TwinFeeds, Guard, Interlock, Audit,
+        // Operator (HTTP API and status), Config, Runtime (the wiring of `run`). Not a product:
+        // its API is `package`.
         .target(
             name: "Appliance",
             dependencies: [
-                "TibetTwin", "Modbus",
+                "TibetTwin", "Modbus", "Platform",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -55,14 +61,22 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        // Commissioning tools, not the appliance: the PLC simulator (`simulate`) and the crane
+        // demo (`demo`). The command line links them; `run` does not depend on them.
+        .target(
+            name: "Commissioning",
+            dependencies: [
+                "TibetTwin", "Modbus", "Platform", "Appliance",
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The command line, thin: parse, call, print.
         .executableTarget(
             name: "tibet-twin",
             dependencies: [
-                "TibetTwin", "Appliance", "Modbus",
+                "TibetTwin", "Appliance", "Commissioning", "Modbus", "Platform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -71,7 +85,7 @@ let package = Package(
         .executableTarget(
             name: "tibet-twin-bench",
             dependencies: [
-                "TibetTwin", "Appliance", "Modbus", "CModbus",
+                "TibetTwin", "Appliance", "Commissioning", "Modbus", "Platform", "CModbus",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
@@ -91,12 +105,10 @@ let package = Package(
         .testTarget(
             name: "ApplianceTests",
             dependencies: [
-                "Appliance", "TibetTwin", "Modbus",
+                "Appliance", "Commissioning", "TibetTwin", "Modbus", "Platform",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .testTarget(

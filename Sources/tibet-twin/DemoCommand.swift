@@ -1,5 +1,6 @@
 import ArgumentParser
 import Appliance
+import Commissioning
 import Logging
 
 /// `tibet-twin demo`: the crane story end to end on loopback (SPEC §6).
@@ -33,7 +34,7 @@ struct DemoCommand: AsyncParsableCommand {
             h.logLevel = .error
             return h
         }
-        let demo = CraneDemo(auditDir: audit, color: color || CLIOutput.stdoutIsTerminal) { CLIOutput.outputLine($0) }
+        let demo = CraneDemo(auditDir: audit, color: color || CLIOut.stdoutIsTerminal) { CLIOut.outputLine($0) }
         if await !demo.run() { throw ExitCode(1) }
     }
 }

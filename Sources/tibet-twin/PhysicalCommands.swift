@@ -1,5 +1,6 @@
 import ArgumentParser
 import Appliance
+import Commissioning
 import Foundation
 import Modbus
 import TibetTwin

@@ -30,7 +30,7 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel) else {
-            CLIOutput.errorLine("tibet-twin run: --log-level \(logLevel): expected one of trace, debug, info, notice, warning, error, critical")
+            CLIOut.errorLine("tibet-twin run: --log-level \(logLevel): expected one of trace, debug, info, notice, warning, error, critical")
             throw ExitCode(2)
         }
         // A file-size limit (RLIMIT_FSIZE) must turn into a failed audit write (EFBIG: the store
@@ -49,16 +49,16 @@ struct RunCommand: AsyncParsableCommand {
         do {
             runtime = try await ApplianceRuntime.start(configPath: config)
         } catch {
-            for line in error.lines { CLIOutput.errorLine("tibet-twin run: \(line)") }
+            for line in error.lines { CLIOut.errorLine("tibet-twin run: \(line)") }
             throw ExitCode(2)
         }
         let ports = runtime.ports
         // One machine-readable line for scripts and tests (ports matter when the config says 0).
-        CLIOutput.outputLine("serving interlock=\(ports.interlock) http=\(ports.http) twin_tcp=\(ports.twinTCP.map(String.init).joined(separator: ","))")
+        CLIOut.outputLine("serving interlock=\(ports.interlock) http=\(ports.http) twin_tcp=\(ports.twinTCP.map(String.init).joined(separator: ","))")
         do {
             try await runtime.run()
         } catch {
-            CLIOutput.errorLine("tibet-twin run: \(error)")
+            CLIOut.errorLine("tibet-twin run: \(error)")
             throw ExitCode(1)
         }
     }

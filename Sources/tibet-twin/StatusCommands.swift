@@ -33,19 +33,6 @@ struct ApplianceURLOptions: ParsableArguments {
     }
 }
 
-/// Writes one line to stderr (file descriptor 2; the Glibc `stderr` global is not concurrency-safe).
-enum CLIOutput {
-    static func errorLine(_ text: String) {
-        CLIOut.write(2, text.hasSuffix("\n") ? text : text + "\n")
-    }
-
-    /// Writes one line to stdout unbuffered (file descriptor 1), so a pipe sees it at once.
-    static func outputLine(_ text: String) {
-        CLIOut.write(1, text.hasSuffix("\n") ? text : text + "\n")
-    }
-
-    static var stdoutIsTerminal: Bool { isatty(1) == 1 }
-}
 
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -65,29 +52,29 @@ struct StatusCommand: ParsableCommand {
     func run() throws {
         let url: String
         do { url = try target.resolvedURL() } catch {
-            CLIOutput.errorLine("tibet-twin status: \(error)")
+            CLIOut.errorLine("tibet-twin status: \(error)")
             throw ExitCode(2)
         }
         let response: (status: Int, body: [UInt8])
         do {
             response = try SimpleHTTPClient.request(method: "GET", url: url, path: "/status")
         } catch {
-            CLIOutput.errorLine("tibet-twin status: \(error)")
+            CLIOut.errorLine("tibet-twin status: \(error)")
             throw ExitCode(2)
         }
         let text = String(decoding: response.body, as: UTF8.self)
         guard response.status == 200 else {
-            CLIOutput.errorLine("tibet-twin status: \(url)/status answered \(response.status): \(text.trimmingSuffixNewlines())")
+            CLIOut.errorLine("tibet-twin status: \(url)/status answered \(response.status): \(text.trimmingSuffixNewlines())")
             throw ExitCode(2)
         }
         guard let value = try? JSONParser.parse(text), let snapshot = StatusSnapshot(json: value) else {
-            CLIOutput.errorLine("tibet-twin status: \(url)/status: not the status JSON")
+            CLIOut.errorLine("tibet-twin status: \(url)/status: not the status JSON")
             throw ExitCode(2)
         }
         if json {
             print(text.trimmingSuffixNewlines())
         } else {
-            print(snapshot.text(color: CLIOutput.stdoutIsTerminal), terminator: "")
+            print(snapshot.text(color: CLIOut.stdoutIsTerminal), terminator: "")
         }
         if !snapshot.healthy { throw ExitCode(1) }
     }
@@ -116,7 +103,7 @@ struct ResetCommand: ParsableCommand {
     func run() throws {
         let url: String
         do { url = try target.resolvedURL() } catch {
-            CLIOutput.errorLine("tibet-twin reset: \(error)")
+            CLIOut.errorLine("tibet-twin reset: \(error)")
             throw ExitCode(2)
         }
         var path = "/reset?device=\(Self.percentEncode(device))"
@@ -125,14 +112,14 @@ struct ResetCommand: ParsableCommand {
         do {
             response = try SimpleHTTPClient.request(method: "POST", url: url, path: path)
         } catch {
-            CLIOutput.errorLine("tibet-twin reset: \(error)")
+            CLIOut.errorLine("tibet-twin reset: \(error)")
             throw ExitCode(2)
         }
         let text = String(decoding: response.body, as: UTF8.self)
         let value = try? JSONParser.parse(text)
         guard response.status == 200, let value else {
             let message = value?["error"]?.stringValue ?? text.trimmingSuffixNewlines()
-            CLIOutput.errorLine("tibet-twin reset: \(message)")
+            CLIOut.errorLine("tibet-twin reset: \(message)")
             throw ExitCode(response.status == 404 || response.status == 503 ? 1 : 2)
         }
         let cleared = value["cleared"]?.arrayValue?.compactMap(\.stringValue) ?? []

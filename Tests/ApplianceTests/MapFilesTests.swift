@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Appliance
+import Commissioning
 import TibetTwin
 
 /// A fresh temporary directory, removed by `cleanup`.

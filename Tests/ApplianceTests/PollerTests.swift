@@ -4,6 +4,7 @@ import Logging
 import Testing
 import TibetTwin
 @testable import Appliance
+import Commissioning
 
 /// The registers pymodbus must hold so that `map` decodes to `values` (status code `status`,
 /// identity as expected), as a pymodbus_plc.py spec.

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Testing
 @testable import Appliance
+import Platform
 import TibetTwin
 
 /// Appends text to a file (creating it), the way a twin writer does.
@@ -164,7 +165,7 @@ struct TwinFileSourceTests {
     }
 
     @Test func rateLimitAllowsAgainAfterTheInterval() {
-        var limiter = DropLogLimiter(intervalSeconds: 60)
+        var limiter = RateLimit(intervalSeconds: 60)
         #expect(limiter.admit("not_json", nowNs: 0) == 0)
         #expect(limiter.admit("not_json", nowNs: 1_000_000_000) == nil)
         #expect(limiter.admit("replay", nowNs: 1_000_000_000) == 0)

@@ -261,7 +261,7 @@ struct GuardCLITests {
     @Test func missingFilesAndOptionsExit2() throws {
         let (code, _, err) = try runTibetTwin(["check", "--map", "/nonexistent/m.yaml", "--physical", "p", "--twin", "t", "--intent", "x"])
         #expect(code == 2)
-        #expect(err == "tibet-twin: /nonexistent/m.yaml: cannot open: no such file (ENOENT)\n")
+        #expect(err == "tibet-twin: /nonexistent/m.yaml: cannot open: no such file or directory (ENOENT)\n")
         let (usage, _, usageErr) = try runTibetTwin(["check", "--map", "m.yaml"])
         #expect(usage == 2)
         #expect(usageErr.contains("--physical"))

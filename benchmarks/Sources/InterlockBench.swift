@@ -1,4 +1,5 @@
 import Appliance
+import Commissioning
 import CModbus
 import Foundation
 import Modbus

@@ -1,4 +1,5 @@
 import Appliance
+import Commissioning
 import Foundation
 import Modbus
 import TibetTwin

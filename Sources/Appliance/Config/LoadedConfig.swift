@@ -1,0 +1,103 @@
+import Crypto
+import Foundation
+import Platform
+import TibetTwin
+
+/// Problems that stop the appliance from starting (or a reload from being applied): one line
+/// each, saying what and where.
+package struct StartupError: Error, Sendable, Hashable, CustomStringConvertible {
+    package var lines: [String]
+
+    package init(_ lines: [String]) { self.lines = lines }
+    package init(_ line: String) { self.lines = [line] }
+
+    package var description: String { lines.joined(separator: "\n") }
+}
+
+/// A config file and everything it names, read and validated completely: the config itself,
+/// the maps (in layout order), the interlock layout, the twins' public keys and the twin line
+/// parser built from them. Built the same way at start and on SIGHUP, so a reload accepts
+/// exactly what a start would.
+package struct LoadedConfig: Sendable {
+    package var config: ApplianceConfig
+    package var maps: [DeviceMap]
+    package var layout: InterlockLayout
+    package var twinKeys: [String: TwinPublicKey]
+    package var parser: TwinLineParser
+    /// SHA-256 of the config file's bytes.
+    package var configSHA256: String
+
+    /// Reads and validates `path` and every map it names. Every problem is reported.
+    package static func load(configPath path: String) throws(StartupError) -> LoadedConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let exists = FileManager.default.fileExists(atPath: path)
+            throw StartupError("\(path): \(exists ? "cannot read the config file" : "no such config file")")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw StartupError("\(path):1:1: not UTF-8 text (the config is YAML in UTF-8)")
+        }
+        let config: ApplianceConfig
+        do {
+            config = try ApplianceConfig.parse(yaml: text, file: path)
+        } catch {
+            throw StartupError(error.issues.map(\.description))
+        }
+        let maps: [DeviceMap]
+        do {
+            maps = try MapFiles.load(paths: config.maps)
+        } catch {
+            throw StartupError(error.issues.map(\.description))
+        }
+        let layout: InterlockLayout
+        do {
+            layout = try InterlockLayout(maps: maps)
+        } catch {
+            throw StartupError("\(path): \(error)")
+        }
+        let keys: [String: TwinPublicKey]
+        do {
+            keys = try TwinKeys.load(for: maps)
+        } catch {
+            throw StartupError("\(error)")
+        }
+        let parser: TwinLineParser
+        do {
+            parser = try TwinLineParser(maps: maps, keys: keys)
+        } catch {
+            throw StartupError("\(error)")
+        }
+        return LoadedConfig(config: config, maps: maps, layout: layout, twinKeys: keys, parser: parser,
+                            configSHA256: Hex.encode(SHA256.hash(data: data)))
+    }
+
+    /// The interlock server's settings from `interlock:`.
+    package var interlockConfig: InterlockConfig { InterlockConfig(config.interlock) }
+
+    /// What `config_loaded` tokens record: the config file and each map's file and SHA-256.
+    package var auditJSON: JSONValue {
+        var maps: [String: JSONValue] = [:]
+        for m in self.maps {
+            maps[m.device] = .object(["file": .string(m.sourceFile), "sha256": .string(m.sha256),
+                                      "profile": .string(m.profile.rawValue),
+                                      "intents": .array(m.intents.map { .string($0.name) })])
+        }
+        return .object([
+            "config_file": .string(config.sourceFile), "config_sha256": .string(configSHA256),
+            "node": .string(config.node), "maps": .object(maps),
+            "interlock_listen": .string(config.interlock.listen.description),
+            "twin_feeds": .array(config.twin.feeds.map { .string($0.description) }),
+        ])
+    }
+
+    /// Settings a reload cannot change in a running process (listeners, audit, node name):
+    /// named here so the operator learns they wait for a restart.
+    package func restartOnlyChanges(from old: LoadedConfig) -> [String] {
+        var out: [String] = []
+        if config.node != old.config.node { out.append("node") }
+        if config.interlock != old.config.interlock { out.append("interlock") }
+        if config.audit != old.config.audit { out.append("audit") }
+        if config.http != old.config.http { out.append("http") }
+        if config.twin != old.config.twin { out.append("twin.feeds") }
+        return out
+    }
+}

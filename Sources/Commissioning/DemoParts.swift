@@ -1,0 +1,262 @@
+import Appliance
+import Foundation
+import Modbus
+import Platform
+import Synchronization
+import TibetTwin
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A twin that speaks the feed protocol (SPEC §3.3) over TCP: one thread sends the current
+/// state of each of its devices as a JSON line every `periodMs` (a twin must send at least every
+/// `max_age_ms / 2`), with `ts` = now and an increasing `seq`. The demo and the benchmark change
+/// what it says, silence a device, or cut the connection.
+package final class TwinClient: @unchecked Sendable {
+    package struct Said: Sendable {
+        package var status: String
+        package var values: [String: Double]
+        package var silent = false
+        package var predicted = false
+
+        package init(status: String, values: [String: Double], silent: Bool = false, predicted: Bool = false) {
+            self.status = status
+            self.values = values
+            self.silent = silent
+            self.predicted = predicted
+        }
+    }
+
+    let host: String
+    let port: Int
+    let periodMs: Int
+    /// Device order as given; what each says.
+    let order: [String]
+    let said: Mutex<[String: Said]>
+    let lastSentMono = Mutex<[String: Int64]>([:])
+    let running = Atomic<Bool>(true)
+    let cut = Atomic<Bool>(false)
+    let sentCount = Atomic<Int>(0)
+    private let started = Atomic<Bool>(false)
+    private let done = DispatchSemaphore(value: 0)
+    private let kick = DispatchSemaphore(value: 0)
+
+    /// A twin for several devices, in the given order.
+    package init(host: String = "127.0.0.1", port: Int, periodMs: Int, devices: [(String, Said)]) {
+        self.host = host
+        self.port = port
+        self.periodMs = periodMs
+        self.order = devices.map(\.0)
+        self.said = Mutex(Dictionary(devices, uniquingKeysWith: { _, b in b }))
+    }
+
+    /// A twin for one device.
+    package convenience init(host: String = "127.0.0.1", port: Int, device: String, periodMs: Int, status: String,
+                            values: [String: Double]) {
+        self.init(host: host, port: port, periodMs: periodMs, devices: [(device, Said(status: status, values: values))])
+    }
+
+    /// Starts sending (reconnecting every 100 ms while the feed is not reachable).
+    package func start() {
+        let t = Thread { [self] in
+            loop()
+            done.signal()
+        }
+        t.name = "twin-client"
+        started.store(true, ordering: .relaxed)
+        t.start()
+    }
+
+    /// Changes what the twin says (every device) from the next line on.
+    package func update(_ body: (inout Said) -> Void) {
+        said.withLock { all in for k in all.keys { body(&all[k]!) } }
+    }
+
+    /// Changes what the twin says about one device from the next line on.
+    package func update(device: String, _ body: (inout Said) -> Void) {
+        said.withLock { all in if all[device] != nil { body(&all[device]!) } }
+    }
+
+    /// Sends every device's state right now (besides the periodic lines), if connected.
+    package func sendNow() { kick.signal() }
+
+    /// Closes the connection once; the client reconnects on its next line.
+    package func cutConnection() { cut.store(true, ordering: .relaxed) }
+
+    /// Monotonic ns of the last line written to the socket for `device` (the first device when nil).
+    package func lastSent(device: String? = nil) -> Int64 {
+        lastSentMono.withLock { $0[device ?? order.first ?? ""] ?? 0 }
+    }
+    package var lastSent: Int64 { lastSent() }
+    package var linesSent: Int { sentCount.load(ordering: .relaxed) }
+
+    package func stop() {
+        running.store(false, ordering: .relaxed)
+        kick.signal()
+        if started.exchange(false, ordering: .relaxed) { done.wait() }
+    }
+
+    private func loop() {
+        var fd: Int32 = -1
+        var seq = UInt64(SystemTimeSource().now().wallNs / 1_000_000)
+        while running.load(ordering: .relaxed) {
+            if cut.exchange(false, ordering: .relaxed), fd >= 0 {
+                close(fd)
+                fd = -1
+            }
+            let all = said.withLock { $0 }
+            let speaking = order.filter { all[$0]?.silent == false }
+            if !speaking.isEmpty {
+                if fd < 0 { fd = Self.connect(host: host, port: port) }
+                if fd >= 0 {
+                    let now = SystemTimeSource().now()
+                    var text = ""
+                    for d in speaking {
+                        seq += 1
+                        text += line(device: d, all[d]!, seq: seq, wallNs: now.wallNs) + "\n"
+                    }
+                    if Self.sendAll(fd, Array(text.utf8)) {
+                        lastSentMono.withLock { m in for d in speaking { m[d] = now.monotonicNs } }
+                        sentCount.add(speaking.count, ordering: .relaxed)
+                    } else {
+                        close(fd)
+                        fd = -1
+                    }
+                }
+            }
+            _ = kick.wait(timeout: .now() + .milliseconds(fd < 0 && !speaking.isEmpty ? 100 : periodMs))
+        }
+        if fd >= 0 { close(fd) }
+    }
+
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        (try? SystemCall.sendAll(fd, bytes)) != nil
+    }
+
+    /// One feed line: `device`, `ts` (RFC 3339, ms), `seq`, `status`, `values`, `predicted`.
+    /// Written directly (no JSON tree): the benchmark sends thousands a second.
+    func line(device: String, _ s: Said, seq: UInt64, wallNs: Int64) -> String {
+        var out = "{\"device\":"
+        JSONValue.writeString(device, into: &out)
+        out += ",\"ts\":\"\(RFC3339.format(wallNs: wallNs))\",\"seq\":\(seq),\"status\":"
+        JSONValue.writeString(s.status, into: &out)
+        out += ",\"values\":{"
+        var first = true
+        for (k, v) in s.values {
+            if !first { out += "," }
+            first = false
+            JSONValue.writeString(k, into: &out)
+            out += ":" + JSONValue.format(v)
+        }
+        out += "},\"predicted\":\(s.predicted)}"
+        return out
+    }
+
+    static func connect(host: String, port: Int) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return -1 }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &addr.sin_addr)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if rc != 0 {
+            close(fd)
+            return -1
+        }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        return fd
+    }
+}
+
+/// An interlock PLC stand-in: a libmodbus client on its own thread reading the permit coils
+/// every `periodMs` and remembering when each change was first seen, so the demo and the
+/// benchmark can say how many ms the coil took to follow.
+package final class CoilReader: @unchecked Sendable {
+    /// One observed value of the coils, from when it was first read.
+    package struct Change: Sendable {
+        package var monotonicNs: Int64
+        package var bits: [UInt8]
+    }
+
+    let host: String
+    let port: Int
+    let count: Int
+    let periodUs: UInt32
+    let changes = Mutex<[Change]>([])
+    let errors = Atomic<Int>(0)
+    let running = Atomic<Bool>(true)
+    private let done = DispatchSemaphore(value: 0)
+    private let started = Atomic<Bool>(false)
+
+    package init(host: String = "127.0.0.1", port: Int, count: Int, periodUs: UInt32 = 2000) {
+        self.host = host
+        self.port = port
+        self.count = count
+        self.periodUs = periodUs
+    }
+
+    package func start() {
+        started.store(true, ordering: .relaxed)
+        let t = Thread { [self] in
+            loop()
+            done.signal()
+        }
+        t.name = "coil-reader"
+        t.start()
+    }
+
+    package func stop() {
+        running.store(false, ordering: .relaxed)
+        if started.exchange(false, ordering: .relaxed) { done.wait() }
+    }
+
+    /// The coils as last read; nil before the first successful read.
+    package var current: [UInt8]? { changes.withLock { $0.last?.bits } }
+
+    /// Read errors so far (connection refused, timeouts).
+    package var errorCount: Int { errors.load(ordering: .relaxed) }
+
+    /// Waits until coil `index` reads `value`; returns the monotonic ns of the read that first
+    /// saw it (nil after `timeoutMs`). Only reads at or after `sinceNs` count.
+    package func waitFor(coil index: Int, _ value: Bool, sinceNs: Int64, timeoutMs: Int) -> Int64? {
+        let deadline = SystemTimeSource().now().monotonicNs + Int64(timeoutMs) * 1_000_000
+        while SystemTimeSource().now().monotonicNs < deadline {
+            let hit: Int64? = changes.withLock { cs in
+                // The latest change decides; its time is when the coil first showed the value.
+                guard let last = cs.last, last.bits.count > index, (last.bits[index] == 1) == value else { return nil }
+                return max(last.monotonicNs, sinceNs)
+            }
+            if let hit { return hit }
+            usleep(1000)
+        }
+        return nil
+    }
+
+    private func loop() {
+        var client: ModbusClient?
+        while running.load(ordering: .relaxed) {
+            do {
+                if client == nil || !(client!.isConnected) {
+                    let c = try ModbusClient(host: host, port: port, unit: 1, responseTimeoutMs: 500)
+                    try c.connect()
+                    client = c
+                }
+                let bits = try client!.readBits(table: .coil, address: 0, count: count)
+                let now = SystemTimeSource().now().monotonicNs
+                changes.withLock { cs in
+                    if cs.last?.bits != bits { cs.append(Change(monotonicNs: now, bits: bits)) }
+                }
+            } catch {
+                errors.add(1, ordering: .relaxed)
+                client = nil
+                usleep(20_000)
+            }
+            usleep(periodUs)
+        }
+    }
+}

@@ -1,0 +1,141 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A joinable POSIX thread for blocking work (libmodbus calls, server loops, the audit
+/// writer): never Swift's cooperative pool.
+package final class OSThread: @unchecked Sendable {
+    // pthread_t is only used by start (before any other thread sees it) and join.
+    private var tid = pthread_t()
+    private var started = false
+
+    private final class Body {
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
+
+    /// Starts `body` on a new thread; `name` is for error messages.
+    package init(name: String, _ body: @escaping @Sendable () -> Void) throws(ThreadStartError) {
+        // The box is handed to the new thread, which takes ownership and releases it.
+        let box = Unmanaged.passRetained(Body(body)).toOpaque()
+        let rc = pthread_create(&tid, nil, { arg in
+            let b = Unmanaged<Body>.fromOpaque(arg!).takeRetainedValue()
+            b.run()
+            return nil
+        }, box)
+        if rc != 0 {
+            Unmanaged<Body>.fromOpaque(box).release()
+            throw ThreadStartError(errno: Errno(rc), what: name)
+        }
+        started = true
+    }
+
+    /// Waits for the thread to finish.
+    package func join() {
+        guard started else { return }
+        started = false
+        pthread_join(tid, nil)
+    }
+}
+
+/// Starting a thread failed.
+public struct ThreadStartError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var errno: Errno
+    public var what: String
+    public var description: String { "cannot start thread \(what): \(errno)" }
+}
+
+/// A pthread mutex with a condition that waits on `CLOCK_MONOTONIC` (a wall-clock step never
+/// stretches or cuts a wait). The one such wrapper: the guard loop's inbox, the poller's
+/// schedule and the audit queue are built on it.
+///
+/// Any thread may `withLock`/`signal`; waits are for the consumer thread.
+public final class MonotonicCondition: @unchecked Sendable {
+    // Heap-allocated so their addresses never move (pthread objects must not be copied).
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let cond: UnsafeMutablePointer<pthread_cond_t>
+
+    public init() {
+        mutex = .allocate(capacity: 1)
+        cond = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Runs `body` with the lock held.
+    @inlinable
+    public func withLock<R>(_ body: () throws -> R) rethrows -> R {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+
+    @usableFromInline func lock() { pthread_mutex_lock(mutex) }
+    @usableFromInline func unlock() { pthread_mutex_unlock(mutex) }
+
+    /// Wakes one waiting thread (call with or without the lock held).
+    public func signal() { pthread_cond_signal(cond) }
+
+    /// Wakes every waiting thread.
+    public func broadcast() { pthread_cond_broadcast(cond) }
+
+    /// With the lock held: waits until signalled or until the monotonic clock reaches
+    /// `deadlineNs` (nil: no deadline). Returns false when the deadline passed. Spurious
+    /// wake-ups are possible: the caller re-checks its condition.
+    @discardableResult
+    public func wait(untilMonotonicNs deadlineNs: Int64?) -> Bool {
+        guard let deadlineNs else {
+            pthread_cond_wait(cond, mutex)
+            return true
+        }
+        var ts = timespec(tv_sec: Int(deadlineNs / 1_000_000_000), tv_nsec: Int(deadlineNs % 1_000_000_000))
+        return pthread_cond_timedwait(cond, mutex, &ts) != ETIMEDOUT
+    }
+}
+
+/// Sleeps until a monotonic deadline or until woken (a wake before the wait ends the next wait).
+public final class Parker: @unchecked Sendable {
+    private let cond = MonotonicCondition()
+    // Guarded by `cond`'s lock.
+    private var signalled = false
+
+    public init() {}
+
+    /// Waits until the monotonic clock reaches `deadlineNs` or `wake()` is called.
+    public func wait(untilMonotonicNs deadlineNs: Int64) {
+        cond.withLock {
+            while !signalled {
+                if !cond.wait(untilMonotonicNs: deadlineNs) { break }
+            }
+            signalled = false
+        }
+    }
+
+    /// Ends the current (or next) wait at once.
+    public func wake() {
+        cond.withLock {
+            signalled = true
+            cond.broadcast()
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the one monotonic clock helper below the core's
+/// `TimeSource` (poller schedules, simulator stalls, audit timers, log limits).
+@inline(__always)
+public func monotonicNowNs() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
