@@ -306,108 +306,34 @@ public struct JSONParser {
         }
     }
 
+    /// Runs one step of the shared lexer from here.
+    private mutating func lex<R>(_ step: (inout JSONLexer) throws(JSONParseError) -> R) throws(JSONParseError) -> R {
+        var l = JSONLexer(b: b, i: i)
+        defer { i = l.i }
+        return try step(&l)
+    }
+
     mutating func literal(_ word: StaticString) throws(JSONParseError) {
-        let n = word.utf8CodeUnitCount
-        guard i + n <= b.count else { throw err("invalid literal") }
-        let w = word.utf8Start
-        for k in 0..<n where b[i + k] != w[k] { throw err("invalid literal") }
-        i += n
+        try lex { (l: inout JSONLexer) throws(JSONParseError) in try l.literal(word) }
     }
 
     mutating func number() throws(JSONParseError) -> JSONValue {
         let start = i
-        var isDouble = false
-        if i < b.count, b[i] == UInt8(ascii: "-") { i += 1 }
-        guard i < b.count, b[i] >= 48, b[i] <= 57 else { throw err("invalid value") }
-        if b[i] == 48 { i += 1 } else { while i < b.count, b[i] >= 48, b[i] <= 57 { i += 1 } }
-        if i < b.count, b[i] == UInt8(ascii: ".") {
-            isDouble = true
-            i += 1
-            guard i < b.count, b[i] >= 48, b[i] <= 57 else { throw err("invalid number") }
-            while i < b.count, b[i] >= 48, b[i] <= 57 { i += 1 }
-        }
-        if i < b.count, b[i] == UInt8(ascii: "e") || b[i] == UInt8(ascii: "E") {
-            isDouble = true
-            i += 1
-            if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
-            guard i < b.count, b[i] >= 48, b[i] <= 57 else { throw err("invalid number") }
-            while i < b.count, b[i] >= 48, b[i] <= 57 { i += 1 }
-        }
+        let isInt = try lex { (l: inout JSONLexer) throws(JSONParseError) in try l.number() }
         let text = String(decoding: UnsafeBufferPointer(rebasing: b[start..<i]), as: UTF8.self)
-        if !isDouble, let v = Int64(text) { return .int(v) }
+        if isInt, let v = Int64(text) { return .int(v) }
         guard let d = Double(text), d.isFinite else { throw JSONParseError(offset: start, message: "number out of range") }
         return .double(d)
     }
 
     mutating func string() throws(JSONParseError) -> String {
-        i += 1  // opening quote
-        let start = i
-        // Fast path: no escapes.
-        while i < b.count, b[i] != UInt8(ascii: "\""), b[i] != UInt8(ascii: "\\"), b[i] >= 0x20 { i += 1 }
-        if i < b.count, b[i] == UInt8(ascii: "\"") {
-            let slice = UnsafeBufferPointer(rebasing: b[start..<i])
-            guard let s = String(validating: slice, as: UTF8.self) else { throw err("invalid UTF-8 in string") }
-            i += 1
-            return s
+        let (content, decoded) = try lex { (l: inout JSONLexer) throws(JSONParseError) in try l.string() }
+        let s: String? = if let decoded {
+            String(validating: decoded, as: UTF8.self)
+        } else {
+            String(validating: UnsafeBufferPointer(rebasing: b[content]), as: UTF8.self)
         }
-        var bytes = Array(UnsafeBufferPointer(rebasing: b[start..<i]))
-        while true {
-            guard i < b.count else { throw err("unterminated string") }
-            let c = b[i]
-            if c == UInt8(ascii: "\"") { i += 1; break }
-            if c < 0x20 { throw err("control character in string") }
-            if c != UInt8(ascii: "\\") { bytes.append(c); i += 1; continue }
-            i += 1
-            guard i < b.count else { throw err("unterminated escape") }
-            let e = b[i]
-            i += 1
-            switch e {
-            case UInt8(ascii: "\""): bytes.append(0x22)
-            case UInt8(ascii: "\\"): bytes.append(0x5C)
-            case UInt8(ascii: "/"): bytes.append(0x2F)
-            case UInt8(ascii: "b"): bytes.append(0x08)
-            case UInt8(ascii: "f"): bytes.append(0x0C)
-            case UInt8(ascii: "n"): bytes.append(0x0A)
-            case UInt8(ascii: "r"): bytes.append(0x0D)
-            case UInt8(ascii: "t"): bytes.append(0x09)
-            case UInt8(ascii: "u"):
-                var cp = try hex4()
-                if (0xD800...0xDBFF).contains(cp) {
-                    guard i + 1 < b.count, b[i] == UInt8(ascii: "\\"), b[i + 1] == UInt8(ascii: "u") else {
-                        throw err("unpaired surrogate")
-                    }
-                    i += 2
-                    let lo = try hex4()
-                    guard (0xDC00...0xDFFF).contains(lo) else { throw err("unpaired surrogate") }
-                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
-                } else if (0xDC00...0xDFFF).contains(cp) {
-                    throw err("unpaired surrogate")
-                }
-                guard let scalar = Unicode.Scalar(cp) else { throw err("invalid code point") }
-                bytes.append(contentsOf: Array(String(Character(scalar)).utf8))
-            default:
-                throw err("invalid escape")
-            }
-        }
-        guard let s = String(validating: bytes, as: UTF8.self) else { throw err("invalid UTF-8 in string") }
+        guard let s else { throw JSONParseError(offset: content.lowerBound, message: "invalid UTF-8 in string") }
         return s
-    }
-
-    mutating func hex4() throws(JSONParseError) -> UInt32 {
-        guard i + 4 <= b.count else { throw err("short \\u escape") }
-        var v: UInt32 = 0
-        for _ in 0..<4 {
-            let c = b[i]
-            let d: UInt32
-            switch c {
-            case 48...57: d = UInt32(c - 48)
-            case 65...70: d = UInt32(c - 55)
-            case 97...102: d = UInt32(c - 87)
-            default: throw err("invalid \\u escape")
-            }
-            v = v << 4 | d
-            i += 1
-        }
-        return v
     }
 }
