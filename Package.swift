@@ -101,11 +101,13 @@ let package = Package(
             ],
             resources: [.copy("Fixtures")]
         ),
+        // What the test targets share: package paths, the pymodbus PLC, waits, socket helpers.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CModbus"]),
         .testTarget(
             name: "ApplianceTests",
             dependencies: [
-                "Appliance", "Commissioning", "TibetTwin", "Modbus", "Platform",
+                "Appliance", "Commissioning", "TibetTwin", "Modbus", "Platform", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -113,7 +115,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["TibetTwin", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TibetTwin", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
     ]
 )

@@ -1,5 +1,6 @@
 import Testing
 @testable import Appliance
+import TestSupport
 
 @Suite("Appliance")
 struct ApplianceInfoTests {

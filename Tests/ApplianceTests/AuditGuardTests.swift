@@ -6,6 +6,7 @@ import Synchronization
 import Testing
 @testable import Appliance
 import TibetTwin
+import TestSupport
 
 /// A guard for one device whose states pass every check, evaluated the way the appliance does:
 /// `auditOK` is the store's lock-free health, a rise is published only after its token is

@@ -7,6 +7,7 @@ import Synchronization
 import Testing
 @testable import Appliance
 import TibetTwin
+import TestSupport
 
 /// A temporary audit directory with a signing key file (mode 0600), removed afterwards.
 final class AuditFixture: @unchecked Sendable {

@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 import TibetTwin
 @testable import Appliance
+import TestSupport
 
 /// One ordered log of what the guard loop did to the outside world: tables published and
 /// records submitted, so a test can check that a drop reached the coils before its token.

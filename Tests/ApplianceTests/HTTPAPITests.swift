@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 import TibetTwin
 @testable import Appliance
+import TestSupport
 
 /// A stand-in for the guard loop: answers status from a fixed snapshot and records resets.
 final class FakeControl: ApplianceControl {

@@ -7,6 +7,7 @@ import Synchronization
 import Testing
 import TibetTwin
 @testable import Appliance
+import TestSupport
 
 
 /// The Python with pymodbus 3.8.6: `$TIBET_TWIN_PYTHON` or `<package root>/.venv/bin/python`.

@@ -3,6 +3,7 @@ import Testing
 @testable import Appliance
 import Commissioning
 import TibetTwin
+import TestSupport
 
 /// A fresh temporary directory, removed by `cleanup`.
 private struct TempDir {

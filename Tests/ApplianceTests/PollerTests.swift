@@ -5,6 +5,7 @@ import Testing
 import TibetTwin
 @testable import Appliance
 import Commissioning
+import TestSupport
 
 /// The registers pymodbus must hold so that `map` decodes to `values` (status code `status`,
 /// identity as expected), as a pymodbus_plc.py spec.

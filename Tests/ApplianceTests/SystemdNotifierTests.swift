@@ -3,6 +3,7 @@ import Testing
 import Glibc
 #endif
 @testable import Appliance
+import TestSupport
 
 /// A unix datagram socket bound to `path` (or an abstract name when it starts with `@`) that
 /// receives what the notifier sends, as systemd's notify socket would.

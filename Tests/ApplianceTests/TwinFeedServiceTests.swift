@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import Appliance
 import TibetTwin
+import TestSupport
 
 @Suite("Twin feed service", .serialized)
 struct TwinFeedServiceTests {

@@ -4,6 +4,7 @@ import Testing
 @testable import Appliance
 import Platform
 import TibetTwin
+import TestSupport
 
 /// Appends text to a file (creating it), the way a twin writer does.
 func append(_ path: String, _ text: String) {

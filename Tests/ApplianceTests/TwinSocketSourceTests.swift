@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 @testable import Appliance
 import TibetTwin
+import TestSupport
 
 @Suite("Twin socket sources", .serialized)
 struct TwinSocketSourceTests {

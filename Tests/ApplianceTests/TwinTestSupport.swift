@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 @testable import Appliance
 import TibetTwin
+import TestSupport
 
 /// Maps, keys and lines for the twin feed tests: `crane-01` unsigned, `crane-02` signed,
 /// `hoist-77` unsigned (a name far from the others, for mutated lines).
@@ -70,26 +71,6 @@ final class Collector: Sendable {
     }
 
     var count: Int { store.states.withLock { $0.count } }
-}
-
-/// Polls `condition` until it holds or `timeout` seconds pass (a liveness bound, not a timing test).
-func eventually(within timeout: Double = 10, _ condition: () -> Bool) async -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(10))
-    }
-    return condition()
-}
-
-/// The same as `eventually`, for code that cannot await: blocks the calling thread.
-func waitUntil(within timeout: Double = 10, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return condition()
 }
 
 /// Captures log records for assertions.

@@ -3,6 +3,7 @@ import Testing
 import TibetTwin
 #if canImport(Glibc)
 import Glibc
+import TestSupport
 #endif
 
 /// A PLC (`tibet-twin simulate`) serving `yaml` (written into `dir`) on a free port, or on
@@ -47,7 +48,7 @@ struct ApplianceEndToEndTests {
         let dir = try TempDir("tibet-demo")
         defer { dir.cleanup() }
         let child = try Child(binaryURL().path, ["demo", "--audit", dir.file("audit")], name: "demo")
-        #expect(await waitUntil(120) { !child.isRunning })
+        #expect(await eventually(within: 120) { !child.isRunning })
         let code = child.waitForExit(timeout: 5)
         #expect(code == 0, "\(child.transcript)")
         let out = child.stdoutLines.joined(separator: "\n")
@@ -172,7 +173,7 @@ struct ApplianceEndToEndTests {
         await s.twin.command("cut")
         #expect(await s.coils.becomes(0, false), "the twin's connection is gone: stale")
         await s.twin.command("silent off")
-        #expect(await waitUntil(10) { s.twin.child.stdoutLines.filter { $0 == "connected" }.count >= 2 }, "reconnected")
+        #expect(await eventually(within: 10) { s.twin.child.stdoutLines.filter { $0 == "connected" }.count >= 2 }, "reconnected")
         #expect(await s.coils.becomes(0, true), "a new connection re-arms")
         try await s.stopAndVerify()
     }
@@ -189,7 +190,7 @@ struct ApplianceEndToEndTests {
         _ = s.sim.command("status fault")  // a drop: its token cannot be written
         #expect(await s.coils.becomes(0, false))
         _ = s.sim.command("status operational")
-        #expect(await waitUntil(15) {
+        #expect(await eventually(within: 15) {
             (try? healthz(s.rig.url)) == 503
         }, "healthz says the audit chain is not writable")
         // While the chain cannot be written nothing may rise (AUDIT).
@@ -212,7 +213,7 @@ struct ApplianceEndToEndTests {
         let seen = s.coils.history.count
         try s.rig.dir.write("maps/crane-01.yaml", rigMapYAML(port: s.sim.port).replacingOccurrences(of: "type: float32", with: "type: flaot32"))
         s.rig.child?.signal(SIGHUP)
-        #expect(await waitUntil(10) { s.rig.child?.stderrLines.contains { $0.contains("reload refused") } ?? false }, "\(s.rig.transcript)")
+        #expect(await eventually(within: 10) { s.rig.child?.stderrLines.contains { $0.contains("reload refused") } ?? false }, "\(s.rig.transcript)")
         let refusal = s.rig.child?.stderrLines.first { $0.contains("reload refused") } ?? ""
         #expect(refusal.contains("crane-01.yaml:"), "names the file and line: \(refusal)")
         #expect(refusal.contains("flaot32"))
@@ -248,7 +249,7 @@ struct ApplianceEndToEndTests {
         // The robot's rearm_ms changes (its map is replaced); a tolerance typo would be refused.
         try rig.dir.write("maps/robot-07.yaml", rigMapYAML(device: "robot-07", port: robot.port, coil: 4, rearmMs: 400))
         rig.child?.signal(SIGHUP)
-        #expect(await waitUntil(10) { rig.child?.stderrLines.contains { $0.contains("reload applied") } ?? false }, "\(rig.transcript)")
+        #expect(await eventually(within: 10) { rig.child?.stderrLines.contains { $0.contains("reload applied") } ?? false }, "\(rig.transcript)")
         #expect(await coils.becomes(4, false), "the replaced robot starts blocked")
         #expect(await coils.becomes(4, true, within: 20), "and re-arms")
         let after = coils.history.dropFirst(seen - 1)
@@ -272,10 +273,10 @@ struct ApplianceEndToEndTests {
         #expect(await s.coils.becomes(0, true))
         s.rig.child?.signal(SIGKILL)
         _ = s.rig.child?.waitForExit(timeout: 5)
-        #expect(await waitUntil(10) { s.coils.child.stdoutLines.last?.hasPrefix("error") ?? false }, "the interlock is gone")
+        #expect(await eventually(within: 10) { s.coils.child.stdoutLines.last?.hasPrefix("error") ?? false }, "the interlock is gone")
         let seen = s.coils.history.count
         try await s.rig.start()
-        #expect(await waitUntil(15) { s.coils.history.count > seen }, "the watcher reads the restarted appliance")
+        #expect(await eventually(within: 15) { s.coils.history.count > seen }, "the watcher reads the restarted appliance")
         let firstAfter = s.coils.history[seen]
         #expect(firstAfter == "00", "permits start at 0 after a restart, got \(firstAfter)")
         #expect(await s.coils.becomes(0, true, within: 20), "and re-arm\n\(s.rig.transcript)")
@@ -379,7 +380,7 @@ struct ApplianceNotifyTests {
         defer { _ = sim.quit() }
         let rig = try ApplianceRig(maps: ["crane-01": rigMapYAML(port: sim.port)])
         // A fixed http.listen, so `status --config` can find the API from the config alone.
-        let http = freePort()
+        let http = closedPort()
         let config = try String(contentsOfFile: rig.dir.file("tibet-twin.yaml"), encoding: .utf8)
         try rig.dir.write("tibet-twin.yaml", config.replacingOccurrences(of: "http: {listen: 127.0.0.1:0}",
                                                                          with: "http: {listen: 127.0.0.1:\(http)}"))
@@ -388,21 +389,21 @@ struct ApplianceNotifyTests {
                           environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"], name: "run",
                           currentDirectory: rig.dir.path)
         rig.child = c
-        #expect(await waitUntil(20) { notify.all.contains { $0.hasPrefix("READY=1") } }, "\(c.transcript)")
+        #expect(await eventually(within: 20) { notify.all.contains { $0.hasPrefix("READY=1") } }, "\(c.transcript)")
         let ready = notify.all.first { $0.hasPrefix("READY=1") } ?? ""
         #expect(ready.contains("STATUS=1 devices"), "\(ready)")
         // The watchdog is pinged from the evaluation tick, several times per WATCHDOG_USEC.
-        #expect(await waitUntil(10) { notify.all.filter { $0 == "WATCHDOG=1\n" }.count >= 5 })
+        #expect(await eventually(within: 10) { notify.all.filter { $0 == "WATCHDOG=1\n" }.count >= 5 })
 
         let (scode, sout, serr) = try runTibetTwin(["status", "--config", rig.dir.file("tibet-twin.yaml")])
         #expect(scode == 0, "status --config finds the API from http.listen: \(serr)")
         #expect(sout.contains("e2e-guard"))
 
         c.signal(SIGHUP)
-        #expect(await waitUntil(10) { notify.all.contains("RELOADING=1\n") })
-        #expect(await waitUntil(10) { notify.all.filter { $0.hasPrefix("READY=1") }.count >= 2 }, "READY=1 again after the reload")
+        #expect(await eventually(within: 10) { notify.all.contains("RELOADING=1\n") })
+        #expect(await eventually(within: 10) { notify.all.filter { $0.hasPrefix("READY=1") }.count >= 2 }, "READY=1 again after the reload")
         c.signal(SIGTERM)
-        #expect(await waitUntil(15) { !c.isRunning })
+        #expect(await eventually(within: 15) { !c.isRunning })
         #expect(c.waitForExit(timeout: 1) == 0)
         #expect(notify.all.contains { $0.hasPrefix("STOPPING=1") })
         let order = notify.all.firstIndex { $0.hasPrefix("STOPPING=1") } ?? -1

@@ -3,6 +3,7 @@ import Testing
 import TibetTwin
 #if canImport(Glibc)
 import Glibc
+import TestSupport
 #endif
 
 // The end-to-end rig of the appliance tests: the built binary (`run`, `simulate`, `keygen`,
@@ -28,30 +29,6 @@ func rigMapYAML(device: String = "crane-01", port: Int, coil: Int = 0, rearmMs: 
       hoist: {coil: \(coil + 1), requires: {load_kg: {max: 40000}}}
 
     """
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released: for a child that must be restarted on it).
-func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = 0
-    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-    return Int(UInt16(bigEndian: addr.sin_port))
-}
-
-/// Suspends (never blocks a cooperative thread) until `ok` holds or `timeout` seconds pass.
-func waitUntil(_ timeout: Double = 15, _ ok: () -> Bool) async -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if ok() { return true }
-        try? await Task.sleep(for: .milliseconds(10))
-    }
-    return ok()
 }
 
 /// A twin in Python speaking SPEC §3.3 over TCP: a line every 50 ms; on stdin `status S`,
@@ -105,7 +82,7 @@ final class PythonTwin {
 
     init(port: Int, device: String = "crane-01", values: [String: Double] = ["position_x": 12.5, "load_kg": 2500],
          dir: TempDir) throws {
-        guard let python = pymodbusPython() else { throw HarnessError("python venv missing: run scripts/setup.sh") }
+        guard let python = pythonWithPymodbus() else { throw HarnessError("python venv missing: run scripts/setup.sh") }
         try dir.write("twin.py", Self.script)
         let json = "{" + values.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"
         child = try Child(python, [dir.file("twin.py"), "127.0.0.1", String(port), device, json], name: "twin")
@@ -115,7 +92,7 @@ final class PythonTwin {
     func command(_ line: String) async {
         let before = child.stdoutLines.filter { $0.hasPrefix("ok ") }.count
         child.send(line)
-        _ = await waitUntil(5) { child.stdoutLines.filter { $0.hasPrefix("ok ") }.count > before }
+        _ = await eventually(within: 5) { child.stdoutLines.filter { $0.hasPrefix("ok ") }.count > before }
     }
 
     deinit { child.stop(grace: 1) }
@@ -134,8 +111,8 @@ final class ApplianceRig {
 
     init(maps: [String: String], fixedPorts: Bool = false) throws {
         dir = try TempDir("tibet-rig")
-        fixedInterlock = fixedPorts ? freePort() : 0
-        fixedTwin = fixedPorts ? freePort() : 0
+        fixedInterlock = fixedPorts ? closedPort() : 0
+        fixedTwin = fixedPorts ? closedPort() : 0
         for (name, yaml) in maps { try dir.write("maps/\(name).yaml", yaml) }
         let (code, _, err) = try runTibetTwin(["keygen", dir.file("guard.key")])
         guard code == 0 else { throw HarnessError("keygen failed: \(err)") }
@@ -161,7 +138,7 @@ final class ApplianceRig {
         let c = try Child(binaryURL().path, ["run", "--config", dir.file("tibet-twin.yaml")], name: "run",
                           currentDirectory: dir.path)
         child = c
-        guard await waitUntil(30, { c.stdoutLines.contains { $0.hasPrefix("serving ") } || !c.isRunning }),
+        guard await eventually(within: 30, { c.stdoutLines.contains { $0.hasPrefix("serving ") } || !c.isRunning }),
               let line = c.stdoutLines.first(where: { $0.hasPrefix("serving ") }) else {
             throw HarnessError("the appliance did not start:\n\(c.transcript)")
         }
@@ -179,7 +156,7 @@ final class ApplianceRig {
     func terminate() async -> Int32? {
         guard let c = child else { return nil }
         c.signal(SIGTERM)
-        _ = await waitUntil(15) { !c.isRunning }
+        _ = await eventually(within: 15) { !c.isRunning }
         return c.isRunning ? nil : c.waitForExit(timeout: 1)
     }
 
@@ -212,7 +189,7 @@ extension CoilWatcher {
 
     /// Suspends until coil `index` is `value` (liveness bound only).
     func becomes(_ index: Int, _ value: Bool, within timeout: Double = 15) async -> Bool {
-        await waitUntil(timeout) {
+        await eventually(within: timeout) {
             guard let bits = current, bits.count > index,
                   let last = child.stdoutLines.last, last.hasPrefix("coils ") else { return false }
             return (bits[bits.index(bits.startIndex, offsetBy: index)] == "1") == value

@@ -5,6 +5,7 @@ import Foundation
 import Synchronization
 import Testing
 import TibetTwin
+import TestSupport
 
 /// A temporary directory with an audit signing key (`guard.key`, 0600; `guard.key.pub`).
 final class AuditCLIFixture: @unchecked Sendable {

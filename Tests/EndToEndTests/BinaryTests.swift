@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 import TibetTwin
+import TestSupport
 
 /// Runs the built `tibet-twin` binary the way a user does and returns (exit code, stdout, stderr).
 func runTibetTwin(_ args: [String], stdin: String? = nil) throws -> (Int32, String, String) {

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Testing
 import TibetTwin
+import TestSupport
 
 /// The crane map of SPEC §3.2 (without its PLC clock), for `check` through the built binary.
 let craneMapYAML = """
@@ -181,7 +182,7 @@ struct GuardCLITests {
 
     /// The two `check` examples of the README, with the repository's map and example files.
     @Test func readmeCheckExamples() throws {
-        let root = packageRoot().path
+        let root = packageRoot.path
         func check(_ physical: String, _ twin: String, _ intent: String, _ extra: [String] = []) throws -> (Int32, String, String) {
             try runTibetTwin(["check", "--map", root + "/maps/crane-01.yaml",
                               "--physical", root + "/examples/check/" + physical,

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// The package root, from this file's path.
 private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()

@@ -4,6 +4,7 @@ import TibetTwin
 
 #if canImport(Glibc)
 import Glibc
+import TestSupport
 #endif
 
 /// `tibet-twin simulate` as a child; stopped with `quit` (SIGKILL if that fails, and by `Child`'s deinit).
@@ -59,7 +60,7 @@ final class SimulatorChild {
     }
 }
 
-let craneMapPath = packageRoot().appendingPathComponent("maps/crane-01.yaml").path
+let craneMapPath = packageRoot.appendingPathComponent("maps/crane-01.yaml").path
 
 /// Parses `read --json` output (one object per line).
 func readJSON(_ out: String) throws -> [JSONValue] {
@@ -108,7 +109,7 @@ struct PhysicalCLITests {
     /// by `read --json`: status, identity and every value good, and a value set through the
     /// simulator's stdin arrives decoded (scale, order and table of that map).
     @Test func everyExampleMapIsServedAndReadBackGood() throws {
-        let dir = packageRoot().appendingPathComponent("maps")
+        let dir = packageRoot.appendingPathComponent("maps")
         let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }.sorted()
         #expect(files.count >= 6)
         var maps: [String: (path: String, map: DeviceMap)] = [:]
@@ -194,11 +195,11 @@ struct PhysicalCLITests {
     }
 
     @Test func readJSONAgainstPymodbusPrintsWhatTheMapPromises() throws {
-        guard let python = pymodbusPython() else { throw HarnessError("pymodbus venv missing: run scripts/setup.sh") }
+        guard let python = pythonWithPymodbus() else { throw HarnessError("pymodbus venv missing: run scripts/setup.sh") }
         // crane-01 as pymodbus holds it: status 2 (maintenance), position 1.5 (0x3FC0 0x0000),
         // load 65537 CDAB (1, 1), hoist word 0, serial 4711, wind_speed input 4 = 120 (12.0 m/s).
         let spec = #"{"unit": 1, "holding": {"0": 2, "100": 16320, "101": 0, "102": 1, "103": 1, "7": 0, "9000": 0, "9001": 4711}, "input": {"4": 120}}"#
-        let plc = try Child(python, [packageRoot().appendingPathComponent("scripts/pymodbus_plc.py").path, spec], name: "pymodbus")
+        let plc = try Child(python, [packageRoot.appendingPathComponent("scripts/pymodbus_plc.py").path, spec], name: "pymodbus")
         defer { plc.signal(SIGKILL); _ = plc.waitForExit(timeout: 5) }
         let line = try #require(plc.waitForLine(timeout: 20) { $0.hasPrefix("listening ") }, "\(plc.transcript)")
         let port = try #require(line.split(separator: ":").last.flatMap { Int($0) })

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 #if canImport(Glibc)
 import Glibc
+import TestSupport
 #endif
 
 /// A child process a test starts: its stdout and stderr are collected line by line, the test
@@ -150,15 +151,6 @@ struct TempDir {
     func cleanup() { try? FileManager.default.removeItem(at: url) }
 }
 
-/// The Python with pymodbus 3.8.6 (`$TIBET_TWIN_PYTHON` or `<package>/.venv/bin/python`).
-func pymodbusPython() -> String? {
-    if let p = ProcessInfo.processInfo.environment["TIBET_TWIN_PYTHON"], FileManager.default.isExecutableFile(atPath: p) {
-        return p
-    }
-    let p = packageRoot().appendingPathComponent(".venv/bin/python").path
-    return FileManager.default.isExecutableFile(atPath: p) ? p : nil
-}
-
 /// An outside interlock client: a pymodbus 3.8.6 process that reads coils `0..<count` every
 /// 5 ms and prints `coils <bits>` whenever they change (and `error <what>` when a read fails),
 /// so a test can wait for the coil value an independent Modbus stack sees.
@@ -193,7 +185,7 @@ final class CoilWatcher {
         """
 
     init(port: Int, count: Int, dir: TempDir) throws {
-        guard let python = pymodbusPython() else { throw HarnessError("pymodbus venv missing: run scripts/setup.sh") }
+        guard let python = pythonWithPymodbus() else { throw HarnessError("pymodbus venv missing: run scripts/setup.sh") }
         try dir.write("coilwatch.py", Self.script)
         child = try Child(python, [dir.file("coilwatch.py"), "127.0.0.1", String(port), String(count)], name: "coilwatch")
     }

@@ -1,10 +1,6 @@
 import Testing
 import Foundation
-
-/// The package root, found from this file's path (Tests/EndToEndTests/…).
-func packageRoot(_ file: String = #filePath) -> URL {
-    URL(fileURLWithPath: file).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-}
+import TestSupport
 
 /// Runs a program (by absolute path) and returns (exit code, stdout + stderr).
 func runTool(_ path: String, _ args: [String], environment: [String: String]? = nil) throws -> (Int32, String) {
@@ -27,7 +23,7 @@ let systemdAnalyze = "/usr/bin/systemd-analyze"
 @Suite("systemd unit", .enabled(if: FileManager.default.isExecutableFile(atPath: systemdAnalyze),
                                 "systemd-analyze is not installed (scripts/setup.sh installs it)"))
 struct SystemdUnitTests {
-    let unit = packageRoot().appendingPathComponent("systemd/tibet-twin.service")
+    let unit = packageRoot.appendingPathComponent("systemd/tibet-twin.service")
 
     /// `systemd-analyze verify` works offline here (no systemd as PID 1). It checks that the
     /// ExecStart binary exists, so the test points it at the built binary in a temporary copy.
@@ -73,7 +69,7 @@ struct SystemdUnitTests {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-root-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: root.appendingPathComponent("etc"), withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: root) }
-        let conf = packageRoot().appendingPathComponent("systemd/tibet-twin.sysusers.conf").path
+        let conf = packageRoot.appendingPathComponent("systemd/tibet-twin.sysusers.conf").path
         let (code, out) = try runTool(sysusers, ["--dry-run", "--root=\(root.path)", conf])
         #expect(code == 0, "\(out)")
         #expect(out.contains("Creating user 'tibet-twin'"))

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TibetTwin
+import TestSupport
 
 /// `tibet-twin keygen` and `tibet-twin sign` as a twin integrator uses them, with OpenSSL as an
 /// outside opinion on the signatures.

@@ -1,0 +1,215 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// What every test target shares: paths into the package, outside peers (the pymodbus PLC),
+// waiting for a condition, small socket helpers. Test targets cannot share sources, so this is
+// a plain target that only test targets depend on.
+
+/// The package root (for scripts/ and .venv/).
+public let packageRoot: URL = {
+    var u = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { u.deleteLastPathComponent() }
+    return u
+}()
+
+/// The Python with pymodbus 3.8.6: `$TIBET_TWIN_PYTHON`, else `<root>/.venv/bin/python`.
+public func pythonWithPymodbus() -> String? {
+    if let p = ProcessInfo.processInfo.environment["TIBET_TWIN_PYTHON"], FileManager.default.isExecutableFile(atPath: p) { return p }
+    let p = packageRoot.appendingPathComponent(".venv/bin/python").path
+    return FileManager.default.isExecutableFile(atPath: p) ? p : nil
+}
+
+/// A pymodbus PLC (scripts/pymodbus_plc.py) as a child process; stopped by `stop()` or deinit.
+public final class PymodbusPLC: @unchecked Sendable {
+    public let process = Process()
+    public let port: Int
+    private let input = Pipe()
+    private let lines: LineReader
+
+    /// Starts the child with `spec` (see the script) and waits for its `listening` line.
+    public init(spec: String) throws {
+        guard let python = pythonWithPymodbus() else { throw SimpleError("pymodbus not installed: run scripts/setup.sh") }
+        let out = Pipe()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [packageRoot.appendingPathComponent("scripts/pymodbus_plc.py").path, spec]
+        process.standardInput = input
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        lines = LineReader(out.fileHandleForReading)
+        guard let first = lines.next(timeoutMs: 20_000), first.hasPrefix("listening "),
+              let p = first.split(separator: ":").last.flatMap({ Int($0) }) else {
+            kill(process.processIdentifier, SIGKILL)
+            throw SimpleError("pymodbus PLC did not start")
+        }
+        port = p
+    }
+
+    /// Sends one command and waits for its "ok".
+    public func command(_ line: String) throws {
+        input.fileHandleForWriting.write(Data((line + "\n").utf8))
+        guard lines.next(timeoutMs: 10_000) == "ok" else { throw SimpleError("pymodbus PLC: no ok for \(line)") }
+    }
+
+    /// Closes its stdin (it exits at end of input); SIGKILL if it has not gone within 5 s.
+    /// (SIGTERM is not used: children inherit the test runner's blocked-signal mask.)
+    public func stop() {
+        guard process.isRunning else { return }
+        try? input.fileHandleForWriting.close()
+        let deadline = Date().addingTimeInterval(5)
+        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+}
+
+/// Reads lines from a pipe on a background thread, handing them over with a timeout.
+public final class LineReader: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var queue: [String] = []
+    private var eof = false
+
+    public init(_ handle: FileHandle) {
+        let t = Thread { [self] in
+            var pending = Data()
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                pending.append(chunk)
+                while let nl = pending.firstIndex(of: 0x0A) {
+                    let line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
+                    pending.removeSubrange(pending.startIndex...nl)
+                    cond.lock(); queue.append(line); cond.broadcast(); cond.unlock()
+                }
+            }
+            cond.lock(); eof = true; cond.broadcast(); cond.unlock()
+        }
+        t.start()
+    }
+
+    /// The next line, or nil after `timeoutMs` or at end of file.
+    public func next(timeoutMs: Int) -> String? {
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        cond.lock(); defer { cond.unlock() }
+        while queue.isEmpty && !eof {
+            if !cond.wait(until: deadline) { return nil }
+        }
+        return queue.isEmpty ? nil : queue.removeFirst()
+    }
+}
+
+public struct SimpleError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// A port nothing listens on (bound, read back and closed).
+public func closedPort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+
+/// Polls `condition` every 10 ms until it holds or `seconds` pass (a liveness bound, not a
+/// timing test); sleeps without blocking a cooperative thread.
+public func eventually(within seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return condition()
+}
+
+/// The same as `eventually`, for code that cannot await: blocks the calling thread.
+public func waitUntil(within seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return condition()
+}
+
+/// Sleeps without blocking a cooperative thread.
+public func pause(_ ms: Int) async {
+    try? await Task.sleep(for: .milliseconds(ms))
+}
+
+/// A value handed between threads under a lock.
+public final class Locked<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: T
+    public init(_ value: T) { self.value = value }
+    public func get() -> T { lock.lock(); defer { lock.unlock() }; return value }
+    public func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
+    public func update<R>(_ body: (inout T) -> R) -> R { lock.lock(); defer { lock.unlock() }; return body(&value) }
+}
+
+/// A TCP listener on 127.0.0.1 that accepts every connection and closes it at once (a gateway
+/// out of sessions); counts the connections. Stopped by `stop()` (waits for its thread).
+public final class SlammingListener: @unchecked Sendable {
+    private let fd: Int32
+    public let port: Int
+    private let lock = NSLock()
+    private var accepted = 0
+    private var stopping = false
+    private let done = DispatchSemaphore(value: 0)
+
+    public init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw SimpleError("socket failed") }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0, listen(fd, 16) == 0 else { close(fd); throw SimpleError("bind/listen failed") }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        self.fd = fd
+        port = Int(UInt16(bigEndian: addr.sin_port))
+        startAccepting()
+    }
+
+    private func startAccepting() {
+        Thread { [self] in
+            while true {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&p, 1, 20)
+                lock.lock(); let stop = stopping; lock.unlock()
+                if stop { break }
+                if p.revents & Int16(POLLIN) != 0 {
+                    let c = accept(fd, nil, nil)
+                    if c >= 0 { close(c); lock.lock(); accepted += 1; lock.unlock() }
+                }
+            }
+            done.signal()
+        }.start()
+    }
+
+    public var connections: Int { lock.lock(); defer { lock.unlock() }; return accepted }
+
+    public func stop() {
+        lock.lock()
+        let already = stopping
+        stopping = true
+        lock.unlock()
+        if already { return }
+        done.wait()
+        close(fd)
+    }
+
+    deinit { stop() }
+}
