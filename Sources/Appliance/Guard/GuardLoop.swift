@@ -84,35 +84,35 @@ package final class GuardLoop: @unchecked Sendable {
 
     // MARK: Shared with producers (under `cond`'s lock)
 
-    private let cond = MonotonicCondition()
-    private var inPhysical: [String: PhysicalState] = [:]
-    private var inTwin: [String: TwinState] = [:]
-    private var inCommands: [GuardCommand] = []
-    private var stopRequested = false
-    private var thread: pthread_t?
+    let cond = MonotonicCondition()
+    var inPhysical: [String: PhysicalState] = [:]
+    var inTwin: [String: TwinState] = [:]
+    var inCommands: [GuardCommand] = []
+    var stopRequested = false
+    var thread: OSThread?
 
     // MARK: Read without locks by HTTP and health
 
-    private let lastTickMono = Atomic<Int64>(0)
-    private let heartbeatNow = Atomic<UInt16>(0)
-    private let readyFlag = Atomic<Bool>(false)
-    private let auditHealthyNow = Atomic<Bool>(false)
+    let lastTickMono = Atomic<Int64>(0)
+    let heartbeatNow = Atomic<UInt16>(0)
+    let readyFlag = Atomic<Bool>(false)
+    let auditHealthyNow = Atomic<Bool>(false)
 
     // MARK: Owned by the loop thread
 
-    private var slots: [Slot] = []
-    private var slotIndex: [String: Int] = [:]
-    private var layout: InterlockLayout
-    private var heartbeat: UInt16 = 0
-    private var tickNs: Int64 = 100_000_000
-    private var nextTickNs: Int64 = 0
-    private var nextCheckpointNs: Int64 = 0
-    private var nextAuditId: UInt64 = 0
-    private var pendingAcks: [UInt64: (device: String, intent: Int)] = [:]
-    private var lastWatchdogNs: Int64 = 0
-    private var lastStatusNs: Int64 = 0
-    private var lastStatusText = ""
-    private var lastPublished: PermitTable?
+    var slots: [Slot] = []
+    var slotIndex: [String: Int] = [:]
+    var layout: InterlockLayout
+    var heartbeat: UInt16 = 0
+    var tickNs: Int64 = 100_000_000
+    var nextTickNs: Int64 = 0
+    var nextCheckpointNs: Int64 = 0
+    var nextAuditId: UInt64 = 0
+    var pendingAcks: [UInt64: (device: String, intent: Int)] = [:]
+    var lastWatchdogNs: Int64 = 0
+    var lastStatusNs: Int64 = 0
+    var lastStatusText = ""
+    var lastPublished: PermitTable?
 
     let config: Configuration
     let clock: any TimeSource
@@ -166,7 +166,7 @@ package final class GuardLoop: @unchecked Sendable {
         install(maps)
     }
 
-    private func install(_ maps: [DeviceMap]) {
+    func install(_ maps: [DeviceMap]) {
         slots = maps.map(Slot.init)
         slotIndex = Dictionary(uniqueKeysWithValues: maps.enumerated().map { ($1.device, $0) })
         tickNs = Self.tickNs(maps)
@@ -192,7 +192,7 @@ package final class GuardLoop: @unchecked Sendable {
         cond.signal()
     }
 
-    private func submit(_ command: GuardCommand) {
+    func submit(_ command: GuardCommand) {
         cond.withLock { inCommands.append(command) }
         cond.signal()
     }
@@ -231,34 +231,28 @@ package final class GuardLoop: @unchecked Sendable {
 
     /// Starts the loop thread.
     package func start() throws(GuardLoopError) {
-        let box = Unmanaged.passRetained(self)
-        var t = pthread_t()
-        let rc = pthread_create(&t, nil, { arg in
-            let loop = Unmanaged<GuardLoop>.fromOpaque(arg!).takeRetainedValue()
-            loop.run()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
-            throw GuardLoopError(errno: rc)
+        do {
+            let t = try OSThread(name: "guard") { [self] in run() }
+            cond.withLock { thread = t }
+        } catch {
+            throw GuardLoopError(errno: error.errno.rawValue)
         }
-        cond.withLock { thread = t }
     }
 
     /// Stops the loop and waits for its thread. Permits stay as last published: the caller
     /// (shutdown) has the interlock serve zeros first.
     package func stop() {
-        let t: pthread_t? = cond.withLock {
+        let t: OSThread? = cond.withLock {
             stopRequested = true
             let t = thread
             thread = nil
             return t
         }
         cond.signal()
-        if let t { pthread_join(t, nil) }
+        t?.join()
     }
 
-    private func run() {
+    func run() {
         setThreadName("guard")
         let start = clock.now()
         nextTickNs = start.monotonicNs
@@ -286,7 +280,7 @@ package final class GuardLoop: @unchecked Sendable {
     // MARK: One iteration
 
     /// What an evaluation changed and must be done after publishing.
-    private struct Pending {
+    struct Pending {
         var drops: [(slot: Int, intent: Int, why: String)] = []
         /// Drop records built before their slot went away (reload), submitted after publishing.
         var records: [AuditRecord] = []
@@ -295,7 +289,7 @@ package final class GuardLoop: @unchecked Sendable {
         var afterPublish: [() -> Void] = []
     }
 
-    private func iterate(physical: [String: PhysicalState], twin: [String: TwinState], commands: [GuardCommand]) {
+    func iterate(physical: [String: PhysicalState], twin: [String: TwinState], commands: [GuardCommand]) {
         for (device, state) in physical {
             if let s = slotIndex[device] {
                 slots[s].guardState.updatePhysical(state)
@@ -352,7 +346,7 @@ package final class GuardLoop: @unchecked Sendable {
         }
     }
 
-    private func afterTick(now: ClockReading, auditOK: Bool) {
+    func afterTick(now: ClockReading, auditOK: Bool) {
         if !readyFlag.load(ordering: .relaxed) {
             readyFlag.store(true, ordering: .releasing)
             try? notifier.ready(status: statusLine(auditOK: auditOK))
@@ -376,332 +370,10 @@ package final class GuardLoop: @unchecked Sendable {
         }
     }
 
-    private func statusLine(auditOK: Bool) -> String {
+    func statusLine(auditOK: Bool) -> String {
         let permits = slots.reduce(0) { $0 + $1.published.filter { $0 }.count }
         let intents = slots.reduce(0) { $0 + $1.published.count }
         return "\(slots.count) devices, \(permits)/\(intents) permits, audit \(auditOK ? "ok" : "FAILING")"
-    }
-
-    // MARK: Evaluation and the rise/drop rule
-
-    private func evaluate(slot s: Int, now: ClockReading, auditOK: Bool, pending: inout Pending) {
-        // Identity and signature change only with new states: a tick alone need not look again.
-        let newStates = slots[s].guardState.hasUnevaluatedState
-        slots[s].guardState.evaluate(now: now, auditOK: auditOK)
-        for i in slots[s].published.indices {
-            let v = slots[s].guardState.verdict(intent: i)
-            if !v.permit {
-                if slots[s].published[i] {
-                    slots[s].published[i] = false
-                    pending.tableChanged = true
-                    pending.drops.append((s, i, "blocked"))
-                    metrics.countDrop(reason: v.reason)
-                } else if slots[s].pendingRise[i] != nil {
-                    // The rise never reached the coils; its token is on its way, so a drop follows it.
-                    slots[s].pendingRise[i] = nil
-                    pending.drops.append((s, i, "blocked before the rise was durable"))
-                }
-            } else if !slots[s].published[i] && slots[s].pendingRise[i] == nil {
-                submitRise(slot: s, intent: i, now: now)
-            }
-        }
-        if newStates { checkIdentity(slot: s, now: now) }
-    }
-
-    private func submitRise(slot s: Int, intent i: Int, now: ClockReading) {
-        nextAuditId += 1
-        let id = nextAuditId
-        slots[s].pendingRise[i] = id
-        pendingAcks[id] = (slots[s].map.device, i)
-        let record = permitRecord(slot: s, intent: i, rise: true, why: "every check held for rearm_ms", now: now)
-        slots[s].riseRecorded[i] = true
-        audit.submit(record) { [weak self] ack in
-            self?.submit(.auditAck(id: id, ok: ack.isDurable))
-        }
-    }
-
-    /// The token of a drop, if a rise token was written before it (so the chain reads rise,
-    /// drop, rise … per intent).
-    private func submitDrop(slot s: Int, intent i: Int, why: String, now: ClockReading) {
-        guard let record = dropRecord(slot: s, intent: i, why: why, now: now) else { return }
-        audit.submit(record) { [metrics] ack in if !ack.isDurable { metrics.countAuditFailure() } }
-    }
-
-    private func dropRecord(slot s: Int, intent i: Int, why: String, now: ClockReading) -> AuditRecord? {
-        guard slots[s].riseRecorded[i] else { return nil }
-        slots[s].riseRecorded[i] = false
-        return permitRecord(slot: s, intent: i, rise: false, why: why, now: now)
-    }
-
-    private func permitRecord(slot s: Int, intent i: Int, rise: Bool, why: String, now: ClockReading) -> AuditRecord {
-        let slot = slots[s]
-        let decision = slot.guardState.decision(intent: i)
-        var erin = decision.erin.objectValue ?? [:]
-        erin["coil"] = .int(Int64(slot.map.intents[i].coil))
-        erin["permit"] = .bool(rise)
-        erin["change"] = .string(rise ? "rise" : "drop")
-        return AuditRecord(action: .permitChanged, erin: .object(erin), eraan: eraan(slot), erachter: .object([
-            "intent": .string(slot.map.intents[i].name),
-            "why": .string(rise ? "permit rise: \(why)" : "permit drop: \(why): \(decision.reason)"),
-            "safety_critical": .bool(IndustryProfile.named(slot.map.profile).safetyCritical),
-        ]), time: now, timing: rise ? .gating : .reporting)
-    }
-
-    private func eraan(_ slot: Slot) -> JSONValue {
-        .object([
-            "device": .string("jis:\(slot.map.device)"),
-            "map_file": .string(slot.map.sourceFile),
-            "map_sha256": .string(slot.map.sha256),
-            "twin_seq": slot.guardState.twin?.seq.map { .int(Int64(truncatingIfNeeded: $0)) } ?? .null,
-        ])
-    }
-
-    /// Audits the moment identity registers or the twin signature start failing (once per
-    /// episode, not per poll).
-    private func checkIdentity(slot s: Int, now: ClockReading) {
-        var problems: [String] = []
-        if let p = slots[s].guardState.physical {
-            switch p.identity {
-            case .mismatch: problems.append("identity registers: \(p.identity)")
-            default: break
-            }
-        }
-        if let t = slots[s].guardState.twin, t.signature == .invalid || (slots[s].map.twinKey != nil && t.signature == .missing) {
-            problems.append("twin signature \(t.signature == .invalid ? "invalid" : "missing")")
-        }
-        let failing = !problems.isEmpty
-        if failing && !slots[s].identityFailing {
-            let intervalNs = Int64(config.identityAuditIntervalMs) * 1_000_000
-            if let last = slots[s].identityAuditedNs, now.monotonicNs - last < intervalNs {
-                // Within the interval: the permit blocks all the same; the episode is counted
-                // in the next token instead of writing one now.
-                slots[s].identityEpisodesFolded += 1
-            } else {
-                audit.submit(AuditRecord(action: .identityFailed, erin: .object([
-                    "device": .string(slots[s].map.device),
-                    "problems": .array(problems.map { .string($0) }),
-                    "episodes_not_written_before": .int(Int64(slots[s].identityEpisodesFolded)),
-                ]), eraan: eraan(slots[s]), erachter: .object([
-                    "why": .string("the PLC answering or the twin speaking is not the one the map names"),
-                    "safety_critical": .bool(IndustryProfile.named(slots[s].map.profile).safetyCritical),
-                ]), time: now), onDurable: nil)
-                logger.warning("identity failed", metadata: ["device": "\(slots[s].map.device)", "problems": "\(problems)",
-                                                             "episodes_folded": "\(slots[s].identityEpisodesFolded)"])
-                slots[s].identityAuditedNs = now.monotonicNs
-                slots[s].identityEpisodesFolded = 0
-            }
-        }
-        slots[s].identityFailing = failing
-    }
-
-    // MARK: Commands
-
-    private func handle(_ command: GuardCommand, now: ClockReading, pending: inout Pending,
-                        statusRequests: inout [@Sendable (StatusSnapshot) -> Void]) {
-        switch command {
-        case .auditAck(let id, let ok):
-            guard let (device, intent) = pendingAcks.removeValue(forKey: id) else { return }
-            guard let s = slotIndex[device], slots[s].pendingRise.indices.contains(intent),
-                  slots[s].pendingRise[intent] == id else { return }
-            slots[s].pendingRise[intent] = nil
-            if ok {
-                if slots[s].guardState.verdict(intent: intent).permit {
-                    slots[s].published[intent] = true
-                    pending.tableChanged = true
-                    metrics.countRise()
-                    // That verdict is from the last evaluation, up to a tick old: judge the
-                    // device again at this iteration's `now` before the table is built, so a
-                    // state that went stale while the token was being written drops the rise
-                    // before it reaches the coils.
-                    slots[s].evaluate = true
-                }
-            } else {
-                metrics.countAuditFailure()
-                slots[s].riseRecorded[intent] = false
-                logger.error("audit chain did not make a permit rise durable: permit stays 0",
-                             metadata: ["device": "\(device)", "intent": "\(slots[s].map.intents[intent].name)"])
-            }
-        case .reset(let device, let intent, let client, let done):
-            guard let s = slotIndex[device] else { return done(.unknownDevice(device)) }
-            var cleared: [String] = []
-            if let intent {
-                guard let i = slots[s].guardState.intentIndex(named: intent) else {
-                    return done(.unknownIntent(device: device, intent: intent))
-                }
-                guard audit.isHealthy else { return done(.auditFailed("audit store unhealthy")) }
-                if slots[s].guardState.reset(intent: i) { cleared = [intent] }
-            } else {
-                guard audit.isHealthy else { return done(.auditFailed("audit store unhealthy")) }
-                cleared = slots[s].guardState.resetAll()
-            }
-            audit.submit(AuditRecord(action: .reset, erin: .object([
-                "device": .string(device), "intent": intent.map { .string($0) } ?? .null,
-                "cleared": .array(cleared.map { .string($0) }), "client": .string(client),
-            ]), eraan: eraan(slots[s]), erachter: .object([
-                "why": .string("operator reset via the local HTTP API"),
-                "safety_critical": .bool(IndustryProfile.named(slots[s].map.profile).safetyCritical),
-            ]), time: now), onDurable: nil)
-            metrics.countReset()
-            logger.notice("reset", metadata: ["device": "\(device)", "cleared": "\(cleared)", "client": "\(client)"])
-            slots[s].evaluate = true
-            done(.done(device: device, cleared: cleared))
-        case .status(let done):
-            statusRequests.append(done)
-        case .reload(let reload, let done):
-            // The reply waits until the new table is published: whoever reloaded (the runtime
-            // restarting its poller) may rely on replaced devices' permits being 0 on the coils.
-            let result = applyReload(reload, now: now, pending: &pending)
-            pending.tableChanged = true
-            pending.afterPublish.append { done(result) }
-        }
-    }
-
-    private func applyReload(_ reload: GuardReload, now: ClockReading, pending: inout Pending) -> GuardReloadResult {
-        var result = GuardReloadResult()
-        var newSlots: [Slot] = []
-        let newNames = Set(reload.maps.map(\.device))
-        for map in reload.maps {
-            if let s = slotIndex[map.device] {
-                if slots[s].map == map {
-                    newSlots.append(slots[s])
-                    result.kept.append(map.device)
-                } else {
-                    result.replaced.append(map.device)
-                    newSlots.append(Slot(map: map))
-                    dropAllForReload(slot: s, why: "map replaced", now: now, pending: &pending)
-                }
-            } else {
-                result.added.append(map.device)
-                newSlots.append(Slot(map: map))
-            }
-        }
-        for (s, slot) in slots.enumerated() where !newNames.contains(slot.map.device) {
-            result.removed.append(slot.map.device)
-            dropAllForReload(slot: s, why: "device removed from the maps", now: now, pending: &pending)
-        }
-        // Acks for rises of replaced or removed devices no longer match anything.
-        pendingAcks = pendingAcks.filter { result.kept.contains($0.value.device) }
-        slots = newSlots
-        slotIndex = Dictionary(uniqueKeysWithValues: slots.enumerated().map { ($1.map.device, $0) })
-        layout = reload.layout
-        tickNs = Self.tickNs(reload.maps)
-        nextTickNs = min(nextTickNs, now.monotonicNs + tickNs)
-        pending.tableChanged = true
-        for s in slots.indices { slots[s].evaluate = true }
-        return result
-    }
-
-    /// Before a slot is replaced: its published permits go with it, and their drops are audited
-    /// (the new table, published in this iteration, no longer carries them).
-    private func dropAllForReload(slot s: Int, why: String, now: ClockReading, pending: inout Pending) {
-        for i in slots[s].published.indices {
-            if slots[s].published[i] { metrics.countDrop(reason: .noPhysical) }
-            slots[s].published[i] = false
-            slots[s].pendingRise[i] = nil
-            // Built now, while the slot exists; submitted after the new table is published.
-            if let r = dropRecord(slot: s, intent: i, why: why, now: now) { pending.records.append(r) }
-        }
-    }
-
-    // MARK: Publishing
-
-    private func deviceReason(_ slot: Slot) -> ReasonCode {
-        for i in slot.published.indices where !slot.published[i] {
-            let v = slot.guardState.verdict(intent: i)
-            return v.permit ? .audit : v.reason
-        }
-        return .ok
-    }
-
-    private func buildTable(healthy: Bool) -> PermitTable {
-        var devices: [String: DeviceDiagnostics] = [:]
-        devices.reserveCapacity(slots.count)
-        var blocked: [ReasonCode: Int] = [:]
-        var permits = 0, intents = 0
-        for slot in slots {
-            let g = slot.guardState
-            var names = Set<String>()
-            for i in slot.published.indices {
-                intents += 1
-                if slot.published[i] {
-                    names.insert(slot.map.intents[i].name)
-                    permits += 1
-                } else {
-                    let v = g.verdict(intent: i)
-                    blocked[v.permit ? .audit : v.reason, default: 0] += 1
-                }
-            }
-            devices[slot.map.device] = DeviceDiagnostics(
-                reason: g.lastEvaluation == nil ? nil : deviceReason(slot), driftMs: g.lastDriftMs,
-                physicalAgeMs: g.lastPhysicalAgeMs, twinAgeMs: g.lastTwinAgeMs, permits: names,
-                blockCount: g.blockCount)
-        }
-        metrics.setTable(permits: permits, intents: intents, devices: slots.count, healthy: healthy,
-                         blockedByReason: blocked)
-        return PermitTable(layout: layout, heartbeat: heartbeat, healthy: healthy, devices: devices)
-    }
-
-    private func publishTable(_ table: PermitTable) {
-        lastPublished = table
-        publish(table)
-    }
-
-    private func permitTableJSON() -> JSONValue {
-        var devs: [String: JSONValue] = [:]
-        for slot in slots {
-            var intents: [String: JSONValue] = [:]
-            for (i, spec) in slot.map.intents.enumerated() {
-                let v = slot.guardState.verdict(intent: i)
-                intents[spec.name] = .object([
-                    "coil": .int(Int64(spec.coil)), "permit": .bool(slot.published[i]),
-                    "reason_code": .int(Int64((slot.published[i] ? ReasonCode.ok : v.permit ? .audit : v.reason).rawValue)),
-                ])
-            }
-            devs[slot.map.device] = .object(["intents": .object(intents), "map_sha256": .string(slot.map.sha256),
-                                             "block_count": .int(Int64(truncatingIfNeeded: slot.guardState.blockCount))])
-        }
-        return .object(["heartbeat": .int(Int64(heartbeat)), "healthy": .bool(audit.isHealthy), "devices": .object(devs)])
-    }
-
-    // MARK: Status
-
-    private func snapshot(now: ClockReading) -> StatusSnapshot {
-        var devices: [DeviceStatus] = []
-        for slot in slots {
-            let g = slot.guardState
-            var intents: [IntentStatus] = []
-            for (i, spec) in slot.map.intents.enumerated() {
-                let v = g.verdict(intent: i)
-                let reasonCode: ReasonCode
-                let reason: String
-                if slot.published[i] {
-                    reasonCode = .ok
-                    reason = g.decision(intent: i).reason
-                } else if v.permit {
-                    reasonCode = .audit
-                    reason = "BLOCKED: waiting for the audit chain to make the rise durable"
-                } else {
-                    reasonCode = v.reason
-                    reason = g.decision(intent: i).reason
-                }
-                intents.append(IntentStatus(intent: spec.name, coil: spec.coil, permit: slot.published[i],
-                                            reasonCode: reasonCode, reason: reason, latched: g.isLatched(intent: i)))
-            }
-            let p = g.latestPhysical, t = g.latestTwin
-            var values: [ValueStatus] = []
-            for r in slot.map.registers {
-                let reading = p?.values[r.name]
-                values.append(ValueStatus(name: r.name, physical: reading?.value, quality: reading?.quality,
-                                          twin: t?.values[r.name], unit: r.unit, tolerance: r.tolerance))
-            }
-            devices.append(DeviceStatus(
-                device: slot.map.device, intents: intents, driftMs: g.lastDriftMs, physicalAgeMs: g.lastPhysicalAgeMs,
-                twinAgeMs: g.lastTwinAgeMs, physicalStatus: p?.status, twinStatus: t?.status,
-                identity: p.map { "\($0.identity)" }, twinSeq: t?.seq, blockCount: g.blockCount, values: values))
-        }
-        let auditOK = audit.isHealthy
-        return StatusSnapshot(node: config.node, healthy: auditOK && isReady, auditHealthy: auditOK,
-                              heartbeat: heartbeat, wallNs: now.wallNs, devices: devices)
     }
 }
 

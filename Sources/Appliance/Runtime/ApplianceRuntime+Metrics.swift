@@ -1,0 +1,117 @@
+import Foundation
+import Logging
+import Modbus
+import Platform
+import ServiceLifecycle
+import Synchronization
+import TibetTwin
+import UnixSignals
+
+// The metrics page: every part's snapshot turned into Prometheus figures.
+
+extension ApplianceRuntime {
+    // MARK: Metrics
+
+    func registerMetrics() {
+        metrics.addSource { [weak self] in self?.pollerSamples() ?? [] }
+        metrics.addSource { [twin] in Self.twinSamples(twin.counters) }
+        metrics.addSource { [interlock] in Self.interlockSamples(interlock.counters()) }
+        metrics.addSource { [audit] in Self.auditSamples(audit.stats) }
+    }
+
+    func pollerSamples() -> [MetricSample] {
+        let (live, retired) = state.withLock { ($0.poller, $0.retiredPolls) }
+        let now = live.stats()
+        var latency = retired.latency
+        latency.merge(now.latency)
+        var samples: [MetricSample] = [
+            .counter(name: "tibet_twin_polls_total", help: "Polls of every device", labels: [],
+                     total: UInt64(retired.polls + now.polls)),
+            .counter(name: "tibet_twin_polls_good_total", help: "Polls that read every register", labels: [],
+                     total: UInt64(retired.goodPolls + now.goodPolls)),
+            .counter(name: "tibet_twin_poll_missed_slots_total", help: "Poll slots skipped because a poll ran late",
+                     labels: [], total: UInt64(retired.missedSlots + now.missedSlots)),
+        ]
+        var errors = retired.errors
+        for (k, v) in now.errors { errors[k, default: 0] += v }
+        for kind in PollErrorKind.allCases {
+            samples.append(.counter(name: "tibet_twin_poll_errors_total", help: "Failed polls, by kind",
+                                    labels: [("kind", kind.rawValue)], total: UInt64(errors[kind] ?? 0)))
+        }
+        samples.append(.gauge(name: "tibet_twin_plcs_connected", help: "PLC connections open", labels: [],
+                              value: Double(now.devices.filter(\.connected).count)))
+        var cumulative: [UInt64] = []
+        var running = 0
+        for c in latency.counts.dropLast() {
+            running += c
+            cumulative.append(UInt64(running))
+        }
+        samples.append(.histogram(name: "tibet_twin_poll_latency_seconds", help: "Poll duration, request to last answer",
+                                  labels: [], bounds: PollLatencyHistogram.boundsUs.map { Double($0) / 1e6 },
+                                  counts: cumulative, sum: Double(latency.sumNs) / 1e9, count: UInt64(latency.count)))
+        return samples
+    }
+
+    static func twinSamples(_ counters: [TwinFeedCounters]) -> [MetricSample] {
+        var out: [MetricSample] = []
+        for c in counters {
+            out.append(.counter(name: "tibet_twin_twin_lines_accepted_total", help: "Twin feed lines accepted",
+                                labels: [("source", c.source)], total: c.accepted))
+            for reason in TwinDropReason.allCases {
+                out.append(.counter(name: "tibet_twin_twin_lines_dropped_total", help: "Twin feed lines dropped, by reason",
+                                    labels: [("source", c.source), ("reason", reason.rawValue)], total: c.dropped[reason] ?? 0))
+            }
+            out.append(.gauge(name: "tibet_twin_twin_clients", help: "Twin feed clients connected",
+                              labels: [("source", c.source)], value: Double(c.clientsConnected)))
+        }
+        return out
+    }
+
+    static func interlockSamples(_ c: ModbusServerCounters) -> [MetricSample] {
+        let help = "Interlock requests answered with an exception, by code"
+        return [
+            .counter(name: "tibet_twin_interlock_requests_total", help: "Interlock requests received", labels: [], total: c.requests),
+            .counter(name: "tibet_twin_interlock_exceptions_total", help: help, labels: [("code", "1")], total: c.exceptionIllegalFunction),
+            .counter(name: "tibet_twin_interlock_exceptions_total", help: help, labels: [("code", "2")], total: c.exceptionIllegalAddress),
+            .counter(name: "tibet_twin_interlock_exceptions_total", help: help, labels: [("code", "3")], total: c.exceptionIllegalValue),
+            .counter(name: "tibet_twin_interlock_exceptions_total", help: help, labels: [("code", "11")], total: c.exceptionGatewayTarget),
+            .counter(name: "tibet_twin_interlock_writes_rejected_total", help: "Write requests refused (read-only)", labels: [],
+                     total: c.writesRejected),
+            .counter(name: "tibet_twin_interlock_refused_total", help: "Connections refused at accept, by reason",
+                     labels: [("reason", "not_allowed")], total: c.refusedNotAllowed),
+            .counter(name: "tibet_twin_interlock_refused_total", help: "Connections refused at accept, by reason",
+                     labels: [("reason", "too_many_clients")], total: c.refusedTooManyClients),
+            .counter(name: "tibet_twin_interlock_refused_total", help: "Connections refused at accept, by reason",
+                     labels: [("reason", "descriptor_limit")], total: c.refusedDescriptorLimit),
+            .counter(name: "tibet_twin_interlock_closed_malformed_total", help: "Connections closed for malformed frames",
+                     labels: [], total: c.closedMalformed),
+            .gauge(name: "tibet_twin_interlock_clients", help: "Interlock clients connected", labels: [], value: Double(c.clients)),
+        ]
+    }
+
+    static func auditSamples(_ s: AuditStats) -> [MetricSample] {
+        [
+            .counter(name: "tibet_twin_audit_tokens_total", help: "Audit tokens made durable", labels: [], total: s.tokensWritten),
+            .counter(name: "tibet_twin_audit_fsyncs_total", help: "Group commits (one write and one fdatasync each)",
+                     labels: [], total: s.batches),
+            .counter(name: "tibet_twin_audit_fsync_seconds_total", help: "Time spent in fdatasync",
+                     labels: [], total: UInt64(max(s.totalSyncNs, 0))),
+            .gauge(name: "tibet_twin_audit_fsync_last_seconds", help: "Duration of the last fdatasync", labels: [],
+                   value: Double(s.lastSyncNs) / 1e9),
+            .gauge(name: "tibet_twin_audit_fsync_max_seconds", help: "Longest fdatasync since start", labels: [],
+                   value: Double(s.maxSyncNs) / 1e9),
+            .counter(name: "tibet_twin_audit_write_failures_total", help: "Failed writes or fdatasyncs", labels: [], total: s.failures),
+            .counter(name: "tibet_twin_audit_recoveries_total", help: "Recoveries after a failure", labels: [], total: s.recoveries),
+            .counter(name: "tibet_twin_audit_lost_total", help: "Held records dropped during a long outage", labels: [], total: s.lost),
+            .gauge(name: "tibet_twin_audit_held", help: "Records held in memory while the store fails", labels: [],
+                   value: Double(s.held)),
+            .gauge(name: "tibet_twin_audit_healthy", help: "1 while the audit chain is writable", labels: [],
+                   value: s.healthy ? 1 : 0),
+            .gauge(name: "tibet_twin_audit_waiting", help: "Records submitted and not yet written (queue and writer backlog)",
+                   labels: [], value: Double(s.waiting)),
+            .counter(name: "tibet_twin_audit_backlog_episodes_total",
+                     help: "Times the audit backlog passed its bound (permits blocked with AUDIT until it drained)",
+                     labels: [], total: s.backlogEpisodes),
+        ]
+    }
+}
