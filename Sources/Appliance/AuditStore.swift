@@ -7,7 +7,7 @@ import Logging
 import Synchronization
 import TibetTwin
 
-/// One thing to put on the record (SPEC §5). The store adds the token id, the links, the
+/// One thing to put on the record (docs/audit.md). The store adds the token id, the links, the
 /// content hash, the signature, the actor and the circumstances (EROMHEEN: node, host,
 /// version, wall and monotonic time of `time`).
 public struct AuditRecord: Sendable {
@@ -105,7 +105,7 @@ public struct AuditStats: Sendable, Hashable {
     public var segment = ""
 }
 
-/// The TIBET audit chain on disk (SPEC §5, DESIGN "audit writer"): one writer thread owns the
+/// The TIBET audit chain on disk (docs/audit.md, DESIGN "audit writer"): one writer thread owns the
 /// segment files `<dir>/tibet-<n>.jsonl`, the chain head and the signing key. Records are
 /// queued by any thread without waiting; the writer takes whatever is queued, chains and signs
 /// it, writes it in one `write`, `fdatasync`s, and then acknowledges every record of the batch
@@ -314,7 +314,7 @@ public final class AuditStore: Sendable {
 
     /// Whether the store writes: false from the first failed write or fdatasync until a retry
     /// succeeds, and while a write or fdatasync has hung for more than `stallMs`. Lock-free;
-    /// the guard loop reads it every evaluation (SPEC §2 row 10).
+    /// the guard loop reads it every evaluation (docs/decision-rule.md, check 10).
     public var isHealthy: Bool {
         guard shared.healthy.load(ordering: .acquiring), !shared.backlogged.load(ordering: .acquiring) else { return false }
         let busy = shared.busySinceNs.load(ordering: .acquiring)

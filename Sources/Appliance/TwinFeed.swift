@@ -93,7 +93,7 @@ public struct TwinFeedCounters: Sendable, Hashable {
     }
 }
 
-/// Logs dropped lines at most once per reason per interval (SPEC §3.3: once per minute),
+/// Logs dropped lines at most once per reason per interval (docs/twin-feed.md: once per minute),
 /// with how many were suppressed in between.
 struct DropLogLimiter {
     let intervalNs: Int64

@@ -7,7 +7,7 @@ import TibetTwin
 import Glibc
 #endif
 
-/// One twin source to run: an entry of SPEC §3.1 `twin.feeds` (`ApplianceConfig.Feed`) in the
+/// One twin source to run: an entry of docs/config.md `twin.feeds` (`ApplianceConfig.Feed`) in the
 /// terms the sources take.
 public enum TwinFeedSpec: Sendable, Hashable, CustomStringConvertible {
     /// A file followed like `tail -F`; `fromStart` reads what is already in it too.
@@ -59,7 +59,7 @@ public final class TwinFeedService: Service, Sendable {
     public let sources: [any TwinSource]
     public let pipeline: TwinFeedPipeline
 
-    /// Makes one source per configured feed (SPEC §3.1 `twin.feeds`), all feeding `pipeline`.
+    /// Makes one source per configured feed (docs/config.md `twin.feeds`), all feeding `pipeline`.
     public convenience init(feeds: [ApplianceConfig.Feed], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin"),
                             socketOptions: TwinSocketSource.Options = .init()) {
         self.init(specs: feeds.map(TwinFeedSpec.init), pipeline: pipeline, logger: logger, socketOptions: socketOptions)
@@ -101,7 +101,7 @@ public final class TwinFeedService: Service, Sendable {
     }
 }
 
-/// `tibet-twin sign`: reads feed lines, writes them signed (SPEC §3.3), one output line per input
+/// `tibet-twin sign`: reads feed lines, writes them signed (docs/twin-feed.md), one output line per input
 /// line. A line that cannot be signed (not a JSON object, already signed, too long) is reported
 /// on the error stream with its number and not written; the rest go on.
 public enum TwinSignFilter {

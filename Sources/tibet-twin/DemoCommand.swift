@@ -2,7 +2,7 @@ import ArgumentParser
 import Appliance
 import Logging
 
-/// `tibet-twin demo`: the crane story end to end on loopback (SPEC §6).
+/// `tibet-twin demo`: the crane story end to end on loopback (docs/cli.md).
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
