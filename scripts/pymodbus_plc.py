@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A PLC stand-in on pymodbus 3.8.6 for tibet-twin's tests: an outside Modbus/TCP peer.
 
-Usage: pymodbus_plc.py SPEC_JSON
-  SPEC_JSON: {"unit": 1, "sparse": false, "port": 0,
+Usage: pymodbus_plc.py PLC_JSON
+  PLC_JSON: {"unit": 1, "sparse": false, "port": 0,
               "holding": {"0": 0, "100": 16712}, "input": {...}, "coil": {...}, "discrete": {...},
               "encode": [{"table": "holding", "address": 10, "type": "float32", "order": "CDAB",
                           "value": 1234.5}, ...]}

@@ -24,7 +24,7 @@ package struct CraneDemo: Sendable {
         self.output = output
     }
 
-    /// The demo crane: SPEC §3.2's crane-01 (port profile: 200 ms drift and age, polled every
+    /// The demo crane: the crane-01 of docs/register-maps.md (port profile: 200 ms drift and age, polled every
     /// 50 ms, re-arm 100 ms), with two intents.
     static let mapYAML = """
         device: crane-01

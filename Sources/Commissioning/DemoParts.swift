@@ -9,7 +9,7 @@ import TibetTwin
 import Glibc
 #endif
 
-/// A twin that speaks the feed protocol (SPEC §3.3) over TCP: one thread sends the current
+/// A twin that speaks the feed protocol (docs/twin-feed.md) over TCP: one thread sends the current
 /// state of each of its devices as a JSON line every `periodMs` (a twin must send at least every
 /// `max_age_ms / 2`), with `ts` = now and an increasing `seq`. The demo and the benchmark change
 /// what it says, silence a device, or cut the connection.

@@ -1,6 +1,6 @@
 import Yams
 
-/// The appliance config file (`tibet-twin.yaml`, SPEC §3.1), parsed and resolved: defaults
+/// The appliance config file (`tibet-twin.yaml`, docs/config.md), parsed and resolved: defaults
 /// applied, relative paths made relative to the config file's directory, addresses and CIDRs
 /// checked. Errors have the same form as map errors: `file:line:col: key.path: message`.
 public struct ApplianceConfig: Sendable, Hashable {
@@ -17,7 +17,7 @@ public struct ApplianceConfig: Sendable, Hashable {
     /// Where each top-level key's value was written, for errors found after parsing.
     public var keyLocations: [String: SourceLocation]
 
-    /// The Modbus/TCP server the interlock PLCs read their permits from (SPEC §4).
+    /// The Modbus/TCP server the interlock PLCs read their permits from (docs/interlock.md).
     public struct Interlock: Sendable, Hashable {
         /// Listen address, default `0.0.0.0:502`.
         public var listen: HostPort
@@ -55,7 +55,7 @@ public struct ApplianceConfig: Sendable, Hashable {
         }
     }
 
-    /// One source of twin feed lines (SPEC §3.3).
+    /// One source of twin feed lines (docs/twin-feed.md).
     public enum Feed: Sendable, Hashable, CustomStringConvertible {
         /// A file followed like `tail -F`; from its current end unless `fromStart`.
         case file(path: String, fromStart: Bool)
@@ -78,7 +78,7 @@ public struct ApplianceConfig: Sendable, Hashable {
         public init(feeds: [Feed]) { self.feeds = feeds }
     }
 
-    /// The TIBET audit chain (SPEC §5).
+    /// The TIBET audit chain (docs/audit.md).
     public struct Audit: Sendable, Hashable {
         /// Directory of `tibet-<n>.jsonl` segments, default `/var/lib/tibet-twin/audit`.
         public var dir: String

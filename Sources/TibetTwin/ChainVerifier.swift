@@ -1,6 +1,6 @@
 import Crypto
 
-/// Names of the audit directory's files (SPEC §5): segments `tibet-<n>.jsonl` numbered from 1,
+/// Names of the audit directory's files (docs/audit.md): segments `tibet-<n>.jsonl` numbered from 1,
 /// and torn tails moved aside as `tibet-<n>.jsonl.<offset>.torn`.
 public enum AuditSegment {
     /// `tibet-<n>.jsonl`.
@@ -20,7 +20,7 @@ public enum AuditSegment {
     public static func tornName(segment number: Int, offset: Int) -> String { "\(name(number)).\(offset).torn" }
 }
 
-/// Verifies a TIBET chain one line at a time (SPEC §5): every line parses as a token, its
+/// Verifies a TIBET chain one line at a time (docs/audit.md): every line parses as a token, its
 /// `content_hash` matches its content, it links to the line before (`parent_id`, `prev_hash`,
 /// across segments), and its signature verifies with the key in effect. Stops at the first
 /// failure and names its file and line.

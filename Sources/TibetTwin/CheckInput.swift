@@ -14,12 +14,12 @@ public struct CheckInputError: Error, Sendable, Hashable, CustomStringConvertibl
     public var description: String { field.isEmpty ? "\(file): \(problem)" : "\(file): \(field): \(problem)" }
 }
 
-/// The offline inputs of `tibet-twin check` (SPEC §6), parsed into the states the guard judges.
+/// The offline inputs of `tibet-twin check` (docs/cli.md), parsed into the states the guard judges.
 ///
 /// Offline, the monotonic clock is the wall clock: a state "arrived" at its own time (physical
 /// `time`, twin `ts`), and ages are measured from `--now`.
 ///
-/// The twin line is read by the feeds' own `TwinLineParser` (SPEC §3.3), signature included.
+/// The twin line is read by the feeds' own `TwinLineParser` (docs/twin-feed.md), signature included.
 public enum CheckInput {
     /// A physical state file: `{"device":…,"time":"<RFC 3339>","status":"operational",
     /// "values":{"position_x":12.5,…}}`, where a value may also be `{"value":…,"quality":…}`
@@ -111,7 +111,7 @@ public enum CheckInput {
                              time: ClockReading(monotonicNs: wallNs, wallNs: wallNs))
     }
 
-    /// One twin feed line (SPEC §3.3), read by the appliance's own `TwinLineParser`, so `check`
+    /// One twin feed line (docs/twin-feed.md), read by the appliance's own `TwinLineParser`, so `check`
     /// and a running appliance accept exactly the same lines. Where `twinKey` is given (the map
     /// has `twin_key`), the signature is verified: a missing, misplaced or wrong `sig` is not an
     /// input error but a state flagged `.missing`/`.invalid`, which blocks on IDENTITY.

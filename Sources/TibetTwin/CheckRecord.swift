@@ -71,7 +71,7 @@ final class CheckRecord: Sendable {
         ["intent": .string(decision.intent), "why": .string(CheckRecord.why), "safety_critical": .bool(safetyCritical)]
     }
 
-    /// The TIBET token (SPEC §5) of this check: action `check`, ERIN the decision's JSON.
+    /// The TIBET token (docs/audit.md) of this check: action `check`, ERIN the decision's JSON.
     var token: TibetToken {
         var t = TibetToken(tokenId: tokenId, action: .check, timestamp: timestamp, actor: actor,
                            erin: decision.json, eraan: eraan, eromheen: eromheen, erachter: erachter,

@@ -1,4 +1,4 @@
-/// The checks of SPEC §2, in table order: the raw value is the position in the table, so the
+/// The checks of docs/decision-rule.md, in table order: the raw value is the position in the table, so the
 /// first failing check of a set is its lowest bit.
 ///
 /// Rows 1 and 3 have two outcomes each (`NO_PHYSICAL`/`COMMS`, `NO_TWIN`/`TWIN_STALE`), and
@@ -35,7 +35,7 @@ public enum GuardCheck: UInt8, Sendable, Hashable, CaseIterable, CustomStringCon
     /// Row 11: the intent is latched after a trip and waits for an operator reset.
     case latch
 
-    /// The reason code this check blocks with (SPEC §2).
+    /// The reason code this check blocks with (docs/decision-rule.md).
     @inlinable
     public var code: ReasonCode {
         switch self {
@@ -174,7 +174,7 @@ public struct StateDelta: Sendable, Hashable {
         self.twinStatus = twinStatus
     }
 
-    /// The `delta` object of `check --json` (SPEC §6).
+    /// The `delta` object of `check --json` (docs/cli.md).
     public var json: JSONValue {
         var v: [String: JSONValue] = [:]
         v.reserveCapacity(values.count)
@@ -192,7 +192,7 @@ public struct StateDelta: Sendable, Hashable {
     }
 }
 
-/// The verdict for one device and intent, explained (SPEC §2): allowed or blocked, *the* reason
+/// The verdict for one device and intent, explained (docs/decision-rule.md): allowed or blocked, *the* reason
 /// (the first failing check in table order), every failing check, and the evidence.
 ///
 /// Built by `DeviceGuard.decision(intent:)`; `SyncGuard.check(device:intent:)` adds the token.
@@ -244,7 +244,7 @@ public struct SyncDecision: Sendable, Hashable {
         h.combine(record?.contentHash)
     }
 
-    /// The `check --json` object (SPEC §6), also the ERIN of decision tokens (SPEC §5).
+    /// The `check --json` object (docs/cli.md), also the ERIN of decision tokens (docs/audit.md).
     public var json: JSONValue {
         .object([
             "device": .string(device),

@@ -25,7 +25,7 @@ public struct DecodeError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// Decoding is a pure function from raw registers to typed values (SPEC §3.2): word order,
+/// Decoding is a pure function from raw registers to typed values (docs/register-maps.md): word order,
 /// `bit`, then `value = raw × scale + offset`.
 public enum RegisterDecoder {
     /// Decodes one value from the 16-bit registers starting at its address.

@@ -21,12 +21,12 @@ public struct IntentVerdict: Sendable, Hashable {
         self.permitChanged = permitChanged
     }
 
-    /// Before the first evaluation: blocked, as if re-arming after a block (SPEC §4.2: at start
+    /// Before the first evaluation: blocked, as if re-arming after a block (docs/interlock.md: at start
     /// every permit is 0 until a full evaluation passes).
     public static let initial = IntentVerdict(permit: false, reason: .rearming, failing: CheckMask(.rearm))
 }
 
-/// The decision rule of SPEC §2 for one device: holds the latest physical and twin states, the
+/// The decision rule of docs/decision-rule.md for one device: holds the latest physical and twin states, the
 /// re-arm timers and latches of each intent, and evaluates every intent against a `now` it is
 /// handed. The only place the rule lives: `check`, `SyncGuard` and the appliance's guard loop
 /// all call it.
@@ -135,7 +135,7 @@ public struct DeviceGuard: Sendable {
         return plans.count - 1
     }
 
-    /// Clears the latch of one intent after a trip (operator reset, SPEC §4.3). The permit then
+    /// Clears the latch of one intent after a trip (operator reset, docs/decision-rule.md). The permit then
     /// returns only after every check has held for `rearm_ms` from the next evaluation on.
     /// Returns whether the intent was latched.
     @discardableResult
@@ -192,7 +192,7 @@ public struct DeviceGuard: Sendable {
 
     // MARK: - Evaluation
 
-    /// Evaluates every intent at `now` (SPEC §2, rows 1–11). `auditOK` is whether the audit
+    /// Evaluates every intent at `now` (docs/decision-rule.md, checks 1–11). `auditOK` is whether the audit
     /// chain accepted the last decision token (row 10, fail-closed). Returns whether any
     /// intent's verdict changed (permit or reason code); read them with `verdict(intent:)`.
     @discardableResult

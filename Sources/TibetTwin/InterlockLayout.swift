@@ -1,4 +1,4 @@
-/// Where the interlock server puts every permit and diagnostic (SPEC §4.1), computed from the
+/// Where the interlock server puts every permit and diagnostic (docs/interlock.md), computed from the
 /// loaded maps. Pure: the same maps always give the same layout, which `maps layout` prints and
 /// the interlock serves.
 ///

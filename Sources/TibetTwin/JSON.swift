@@ -1,5 +1,5 @@
 /// A JSON value with a canonical serialisation (keys sorted by their UTF-8 bytes, no
-/// whitespace), the form TIBET hashes cover (SPEC §5). Integers and doubles stay apart so a
+/// whitespace), the form TIBET hashes cover (docs/audit.md). Integers and doubles stay apart so a
 /// parsed token serialises back to the same bytes.
 public enum JSONValue: Sendable, Hashable {
     case null

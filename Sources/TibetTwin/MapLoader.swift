@@ -43,7 +43,7 @@ public struct MapErrors: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String { issues.map(\.description).joined(separator: "\n") }
 }
 
-/// Parses register maps (SPEC §3.2) from YAML text. Pure: the caller reads the files.
+/// Parses register maps (docs/register-maps.md) from YAML text. Pure: the caller reads the files.
 public enum MapLoader {
     /// The keys a map file may have at its top level.
     public static let topLevelKeys = [
@@ -634,7 +634,7 @@ struct MapParser {
             let path = "intents.\(e.key)"
             let name = ctx.name(e.keyNode, path, what: "intent name")
             if i == 16 {
-                ctx.error(e.keyNode, path, "too many intents: a device has at most 16 (its permit bits fill one 16-bit register of the interlock layout, SPEC §4.1)")
+                ctx.error(e.keyNode, path, "too many intents: a device has at most 16 (its permit bits fill one 16-bit register of the interlock layout, see docs/interlock.md)")
             }
             guard let im = MappingReader(ctx, e.value, path, keys: ["coil", "requires", "latch", "statuses"],
                                          what: "a mapping with coil (and optionally requires, latch, statuses)")

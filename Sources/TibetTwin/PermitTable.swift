@@ -1,7 +1,7 @@
 /// What one device contributes to a `PermitTable`: the permits granted now and the diagnostics
 /// the interlock PLC can read beside them.
 public struct DeviceDiagnostics: Sendable, Hashable {
-    /// The device's reason code (SPEC §2): `.ok` when its intents permit, otherwise the reason
+    /// The device's reason code (docs/decision-rule.md): `.ok` when its intents permit, otherwise the reason
     /// the guard reports for the device. `nil` means "not evaluated" (served as 65535), and then
     /// no permit of the device is served as 1, whatever `permits` says.
     public var reason: ReasonCode?
@@ -27,7 +27,7 @@ public struct DeviceDiagnostics: Sendable, Hashable {
 }
 
 /// One evaluation's verdict as the interlock serves it: an immutable value, already encoded as
-/// the bit and register arrays of the `InterlockLayout` (SPEC §4.1).
+/// the bit and register arrays of the `InterlockLayout` (docs/interlock.md).
 ///
 /// The guard loop builds one per evaluation and publishes it; the interlock server answers each
 /// request from exactly one table, so a reply never mixes two evaluations. Coils and discrete

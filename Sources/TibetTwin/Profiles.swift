@@ -1,4 +1,4 @@
-/// The industry profiles (SPEC §2): defaults for a device's timing limits, and what an
+/// The industry profiles (docs/decision-rule.md): defaults for a device's timing limits, and what an
 /// integrator should expect to find in that sector.
 public enum ProfileID: String, Sendable, Hashable, CaseIterable, Codable {
     case port, manufacturing, energy, steel, semiconductor, building

@@ -1,5 +1,5 @@
 /// How one device is read: every register the map names (values, status, identity) grouped
-/// per table into as few requests as the protocol allows (SPEC §3.2), and how the answers turn
+/// per table into as few requests as the protocol allows (docs/register-maps.md), and how the answers turn
 /// into a `PhysicalState`. Pure: the poller does the I/O and hands the raw answers back.
 public struct ReadPlan: Sendable, Hashable {
     /// The most registers one read may ask for (FC 3/4).

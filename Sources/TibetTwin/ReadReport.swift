@@ -1,7 +1,7 @@
-/// How `tibet-twin read` shows one poll: the JSON of SPEC §6 and a table for people.
+/// How `tibet-twin read` shows one poll: the JSON of docs/cli.md and a table for people.
 public enum ReadReport {
     /// `{"device":…,"time":"<RFC 3339>","status":…,"identity":"ok","values":{"name":{"value":…,
-    /// "unit":…,"quality":"good"}}}` (SPEC §6), plus `status_raw`, `status_quality`,
+    /// "unit":…,"quality":"good"}}}` (docs/cli.md), plus `status_raw`, `status_quality`,
     /// `identity_detail` (for a mismatch) and `poll_error` (null when the poll was good).
     /// Values that could not be read are `null` with their quality.
     public static func json(_ state: PhysicalState, map: DeviceMap) -> JSONValue {

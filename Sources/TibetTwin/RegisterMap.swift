@@ -1,4 +1,4 @@
-/// The model of a register map file (`maps/<device>.yaml`, SPEC §3.2), after parsing and
+/// The model of a register map file (`maps/<device>.yaml`, docs/register-maps.md), after parsing and
 /// validation. Every value here is resolved: defaults applied, Modicon addresses converted,
 /// profile limits filled in.
 
@@ -227,7 +227,7 @@ public struct PLCEndpoint: Sendable, Hashable {
     }
 }
 
-/// The timing limits of one device, resolved against its profile (SPEC §2 defaults:
+/// The timing limits of one device, resolved against its profile (docs/decision-rule.md defaults:
 /// `max_age_ms` = `max_drift_ms`, `max_skew_ms` = 1000, `rearm_ms` = 2 × poll interval).
 public struct Limits: Sendable, Hashable {
     public var maxDriftMs: Double
@@ -328,7 +328,7 @@ public enum PLCClockUnit: String, Sendable, Hashable, CaseIterable {
 ///
 /// When a map names one, the poller decodes it with every poll and sets
 /// `PhysicalState.plcWallNs` to `wallNs(from:)` of the decoded value: the instant the PLC says
-/// its values were sampled, in ns since the epoch. Drift (SPEC §2 row 4) is then measured between
+/// its values were sampled, in ns since the epoch. Drift (docs/decision-rule.md, check 4) is then measured between
 /// that instant and the twin's `ts`, so network and poll latency no longer count as drift, but
 /// the PLC's own clock offset does (keep it NTP/PTP-synchronised). Ages stay on the appliance's
 /// monotonic clock. A clock value that cannot be converted (`nil`) makes the poll's state bad.

@@ -1,4 +1,4 @@
-/// The reason codes of SPEC §2. The numbers are part of the contract: the interlock serves
+/// The reason codes of docs/decision-rule.md. The numbers are part of the contract: the interlock serves
 /// them in input registers and PLC programs compare against them.
 public enum ReasonCode: UInt16, Sendable, Hashable, CaseIterable, Codable {
     case ok = 0
@@ -79,7 +79,7 @@ public enum IdentityResult: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// What the PLC said, one poll's worth (SPEC §2 row 1–2).
+/// What the PLC said, one poll's worth (docs/decision-rule.md, checks 1–2).
 ///
 /// A failed poll is still a `PhysicalState`: `pollError` is set and every value's quality
 /// says why. The last good values are never passed off as fresh.
@@ -134,7 +134,7 @@ public enum SignatureCheck: Sendable, Hashable {
     case invalid
 }
 
-/// What the twin believes, one feed line's worth (SPEC §3.3).
+/// What the twin believes, one feed line's worth (docs/twin-feed.md).
 public struct TwinState: Sendable, Hashable {
     public var device: String
     /// The twin's own timestamp, ns since epoch.

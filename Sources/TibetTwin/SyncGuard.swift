@@ -47,7 +47,7 @@ public struct GuardStatus: Sendable, Hashable {
     }
 }
 
-/// The original Python API in Swift (SPEC §7): hand in physical and twin states, ask whether an
+/// The original Python API in Swift (docs/library.md): hand in physical and twin states, ask whether an
 /// intent may proceed, get an explained `SyncDecision` with a hash-linked TIBET token.
 ///
 /// The rule is `DeviceGuard`'s, with the clock read from the injected `TimeSource` at each

@@ -1,6 +1,6 @@
 import Crypto
 
-/// What a token records (SPEC §5 `action`). Open for additions; none renamed.
+/// What a token records (docs/audit.md `action`). Open for additions; none renamed.
 public struct TokenAction: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
     public var rawValue: String
     public init(rawValue: String) { self.rawValue = rawValue }
@@ -17,12 +17,12 @@ public struct TokenAction: RawRepresentable, Sendable, Hashable, CustomStringCon
     public static let started = TokenAction(rawValue: "started")
     public static let stopped = TokenAction(rawValue: "stopped")
     /// The audit store could write again after a failed write or fsync (ERIN: when it failed,
-    /// why, how many tokens were refused and held meanwhile). Not in SPEC §5's list: added so
+    /// why, how many tokens were refused and held meanwhile). Not in the original TIBET action list (docs/audit.md): added so
     /// the outage itself is on the record.
     public static let auditRecovered = TokenAction(rawValue: "audit_recovered")
 }
 
-/// A TIBET token (SPEC §5): ERIN (what was decided), ERAAN (what it is attached to),
+/// A TIBET token (docs/audit.md): ERIN (what was decided), ERAAN (what it is attached to),
 /// EROMHEEN (the circumstances), ERACHTER (the intent behind it), hash-linked to its parent.
 ///
 /// `contentHash` is SHA-256 (hex) of the canonical JSON of every other field except

@@ -9,7 +9,7 @@ public struct TokenSigningError: Error, Sendable, Hashable, CustomStringConverti
 
 extension TibetToken {
     /// The bytes the signature covers: the UTF-8 bytes of the lowercase hex `contentHash`
-    /// (SPEC §5: "Ed25519 over `content_hash`"). The hash already binds every other field.
+    /// (docs/audit.md: over the ASCII bytes of the hex `content_hash`). The hash already binds every other field.
     public var signedBytes: [UInt8] { Array(contentHash.utf8) }
 
     /// Signs the token with the audit key (Ed25519 over `signedBytes`, base64) and stores the

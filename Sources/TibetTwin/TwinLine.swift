@@ -1,6 +1,6 @@
 import Crypto
 
-/// Why a twin feed line was not applied (SPEC §3.3). The raw value is the stable label used in
+/// Why a twin feed line was not applied (docs/twin-feed.md). The raw value is the stable label used in
 /// metrics and logs (`tibet_twin_lines_dropped_total{reason="replay"}`).
 public enum TwinDropReason: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
     /// Longer than `TwinLineParser.maxLineBytes` (64 KiB) before its newline.
@@ -125,7 +125,7 @@ public struct TwinKeyMissing: Error, Sendable, Hashable, CustomStringConvertible
     public var description: String { "device \(device): twin_key \(keyPath) was not loaded" }
 }
 
-/// Parses one twin feed line (SPEC §3.3) into a `TwinState`, or says why not. Pure and
+/// Parses one twin feed line (docs/twin-feed.md) into a `TwinState`, or says why not. Pure and
 /// stateless: `seq` ordering is `TwinValidator`'s job. Safe to call from several threads.
 ///
 /// A hand-written scanner over the line's bytes: no generic JSON tree, one pass, numbers
@@ -135,7 +135,7 @@ public struct TwinKeyMissing: Error, Sendable, Hashable, CustomStringConvertible
 /// a key (before anything else in the line is believed), unknown or mistyped members, required
 /// members, `ts` (RFC 3339 with offset, not ahead by more than `max_skew_ms`).
 public struct TwinLineParser: Sendable {
-    /// The longest line accepted, newline excluded (SPEC §3.3: 64 KiB).
+    /// The longest line accepted, newline excluded (docs/twin-feed.md: 64 KiB).
     public static let maxLineBytes = 65_536
 
     public let devices: [String: TwinDeviceRules]
@@ -274,7 +274,7 @@ public struct TwinLineParser: Sendable {
         guard let raw = Base64.decode(s.string(sig)), raw.count == 64 else {
             return TwinDrop(reason: .badSignature, device: device, detail: "sig is not base64 of 64 bytes")
         }
-        // The signed bytes: the line with `,"sig":"…"` taken out (SPEC §3.3).
+        // The signed bytes: the line with `,"sig":"…"` taken out (docs/twin-feed.md).
         let b = s.b
         let end = sig.upperBound + 1  // past the closing quote
         var message = [UInt8]()
@@ -304,7 +304,7 @@ public struct TwinLineParser: Sendable {
 }
 
 /// Orders accepted lines per device: `seq` must increase (an older or repeated `seq` is a
-/// replay or reorder and is dropped, SPEC §3.3); where the line or the last accepted one has no
+/// replay or reorder and is dropped, docs/twin-feed.md); where the line or the last accepted one has no
 /// `seq`, the line's `ts` must not be older than the last accepted `ts` of its device.
 ///
 /// A value type holding per-device state. It is not internally synchronised: whoever owns it

@@ -26,7 +26,7 @@ public struct TwinSignError: Error, Sendable, Hashable, CustomStringConvertible 
     public var description: String { detail }
 }
 
-/// Signs twin feed lines the way SPEC §3.3 verifies them: Ed25519 over the exact bytes of the
+/// Signs twin feed lines the way the feeds verify them (docs/twin-feed.md): Ed25519 over the exact bytes of the
 /// line as given (trailing whitespace and CR removed), then `,"sig":"<base64>"` inserted as the
 /// last member before the closing brace. For twin integrators (`tibet-twin sign`) and tests.
 public enum TwinLineSigner {

@@ -7,7 +7,7 @@ import Crypto
 import Foundation
 import TibetTwin
 
-/// `tibet-twin audit …`: verify and read the TIBET audit chain (SPEC §5, §6).
+/// `tibet-twin audit …`: verify and read the TIBET audit chain (docs/audit.md, docs/cli.md).
 struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",

@@ -3,7 +3,7 @@ import Appliance
 import Commissioning
 import Logging
 
-/// `tibet-twin demo`: the crane story end to end on loopback (SPEC §6).
+/// `tibet-twin demo`: the crane story end to end on loopback (docs/cli.md).
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",

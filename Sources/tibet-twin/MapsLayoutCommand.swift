@@ -7,7 +7,7 @@ import Glibc
 #endif
 
 /// `tibet-twin maps layout [--csv] [--config FILE | PATH…]`: the interlock address table
-/// (SPEC §4.1) for the loaded maps, as a PLC programmer needs it.
+/// (docs/interlock.md) for the loaded maps, as a PLC programmer needs it.
 struct MapsLayoutCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "layout",

@@ -211,7 +211,7 @@ struct ReadCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Register map file or folder (repeatable).", valueName: "M"))
     var map: [String]
 
-    @Flag(name: .long, help: "Print JSON (SPEC §6).")
+    @Flag(name: .long, help: "Print JSON (see docs/cli.md).")
     var json = false
 
     @Flag(name: .long, help: "Poll every poll_ms until interrupted, one line per poll.")

@@ -22,7 +22,7 @@ struct RunCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "The appliance config (SPEC §3.1).")
+    @Option(help: "The appliance config (see docs/config.md).")
     var config: String
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")

@@ -46,7 +46,7 @@ struct StatusCommand: ParsableCommand {
 
     @OptionGroup var target: ApplianceURLOptions
 
-    @Flag(help: "Print the /status JSON (SPEC §6) instead of the table.")
+    @Flag(help: "Print the /status JSON (see docs/cli.md) instead of the table.")
     var json = false
 
     func run() throws {
@@ -86,7 +86,7 @@ struct ResetCommand: ParsableCommand {
         abstract: "Clear a latched intent (or all of a device's) after a trip; the reset is audited.",
         discussion: """
             The intent then re-arms: its permit returns only after every check has held for \
-            rearm_ms (SPEC §4.3). Exit codes: 0 reset applied (it prints which intents were \
+            rearm_ms (see docs/decision-rule.md). Exit codes: 0 reset applied (it prints which intents were \
             latched); 1 refused (unknown device or intent, audit not writable); 2 bad usage or the \
             appliance cannot be reached.
             """

@@ -42,7 +42,7 @@ struct SignCommand: ParsableCommand {
         discussion: """
             Each input line must be one JSON object without a sig. The signature is Ed25519 over \
             the line's exact bytes (trailing whitespace removed), as the guard verifies it \
-            (SPEC §3.3). Output is written as input arrives, so it works in a live pipe. A line \
+            (see docs/twin-feed.md). Output is written as input arrives, so it works in a live pipe. A line \
             that cannot be signed is reported on stderr with its number and left out.
 
             Exit codes: 0 every line signed; 1 some lines could not be signed; 2 the key cannot \

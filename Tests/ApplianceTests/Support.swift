@@ -9,7 +9,7 @@ import TestSupport
 
 // Test support for the appliance tests; what all test targets share is in TestSupport.
 
-/// The crane map of SPEC §3.2, built in code, pointed at `port`.
+/// The crane map of docs/register-maps.md, built in code, pointed at `port`.
 /// A generous default timeout: tests about timeouts pass their own; the rest must not flake under load.
 func craneMap(port: Int, pollMs: Int = 50, timeoutMs: Int = 1000, maxGap: Int = 16) -> DeviceMap {
     DeviceMap(

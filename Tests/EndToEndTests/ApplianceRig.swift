@@ -10,7 +10,7 @@ import TestSupport
 // `audit verify`), a twin that speaks the feed protocol from Python, and pymodbus reading the
 // permit coils — everything over real sockets on 127.0.0.1, every child stopped by the test.
 
-/// A register map for the rig (the crane of SPEC §3.2, two intents), its PLC at `port`.
+/// A register map for the rig (the crane of docs/register-maps.md, two intents), its PLC at `port`.
 func rigMapYAML(device: String = "crane-01", port: Int, coil: Int = 0, rearmMs: Int = 100, tolerance: Int = 100) -> String {
     """
     device: \(device)
@@ -31,7 +31,7 @@ func rigMapYAML(device: String = "crane-01", port: Int, coil: Int = 0, rearmMs: 
     """
 }
 
-/// A twin in Python speaking SPEC §3.3 over TCP: a line every 50 ms; on stdin `status S`,
+/// A twin in Python speaking the twin feed protocol (docs/twin-feed.md) over TCP: a line every 50 ms; on stdin `status S`,
 /// `set NAME VALUE`, `silent on|off`, `cut` (close the connection; it reconnects on its next
 /// line), `port N` (send to another port from now on).
 final class PythonTwin {

@@ -168,7 +168,7 @@ struct AuditCLITests {
         #expect(nc == 2 && !nerr.isEmpty)
     }
 
-    /// The README's way, with `tibet-twin keygen` making the audit key: the store signs with it,
+    /// As docs/audit.md describes it, with `tibet-twin keygen` making the audit key: the store signs with it,
     /// `audit verify --key OUT.pub` pins it; a key file others may read is refused and changes
     /// nothing; a second keygen never overwrites the key.
     @Test func keygenKeySignsAndPinsTheChainAsTheReadmeSays() throws {

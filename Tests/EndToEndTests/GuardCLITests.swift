@@ -4,7 +4,7 @@ import Testing
 import TibetTwin
 import TestSupport
 
-/// The crane map of SPEC §3.2 (without its PLC clock), for `check` through the built binary.
+/// The crane map of docs/register-maps.md (without its PLC clock), for `check` through the built binary.
 let craneMapYAML = """
     device: crane-01
     profile: port
@@ -180,7 +180,7 @@ struct GuardCLITests {
         #expect(out2.contains("VALUE_DEVIATION"), "\(out2)")
     }
 
-    /// The two `check` examples of the README, with the repository's map and example files.
+    /// The two `check` examples of docs/cli.md, with the repository's map and example files.
     @Test func readmeCheckExamples() throws {
         let root = packageRoot.path
         func check(_ physical: String, _ twin: String, _ intent: String, _ extra: [String] = []) throws -> (Int32, String, String) {

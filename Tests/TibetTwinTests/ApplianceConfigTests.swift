@@ -1,7 +1,7 @@
 import Testing
 @testable import TibetTwin
 
-/// The config of SPEC §3.1, verbatim.
+/// A config with every section, in the shape of the example in docs/config.md.
 let specConfig = """
     node: guard-01                      # this appliance's name, in every audit token
     maps: maps/                         # folder of register maps, one device per file

@@ -194,7 +194,7 @@ struct CheckInputTests {
         #expect(d.failing.contains { $0.code == .twinStale && $0.detail.contains("ahead of the wall clock") })
     }
 
-    // Signatures (SPEC §3.3): Ed25519 over the line without its final `,"sig":"…"`.
+    // Signatures (docs/twin-feed.md): Ed25519 over the line without its final `,"sig":"…"`.
 
     static func signed(_ line: String, _ key: Curve25519.Signing.PrivateKey) throws -> String {
         let sig = try key.signature(for: Array(line.utf8))

@@ -96,7 +96,7 @@ struct DecodingTests {
     }
 
     @Test func wordOrdersOf32Bit() throws {
-        // 0x11223344 as the four orders of SPEC §3.2.
+        // 0x11223344 as the four orders of docs/register-maps.md.
         let cases: [(WordOrder, [UInt16])] = [
             (.ABCD, [0x1122, 0x3344]), (.CDAB, [0x3344, 0x1122]),
             (.BADC, [0x2211, 0x4433]), (.DCBA, [0x4433, 0x2211]),

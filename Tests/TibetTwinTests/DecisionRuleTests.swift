@@ -1,7 +1,7 @@
 import Testing
 @testable import TibetTwin
 
-/// One row of SPEC §2 broken on its own: what to hand in, and the exact reason text expected.
+/// One check of docs/decision-rule.md broken on its own: what to hand in, and the exact reason text expected.
 struct RowCase: Sendable, CustomTestStringConvertible {
     let name: String
     let check: GuardCheck
@@ -98,7 +98,7 @@ struct RowCase: Sendable, CustomTestStringConvertible {
     ]
 }
 
-@Suite("Decision rule: SPEC §2 row by row")
+@Suite("Decision rule: docs/decision-rule.md check by check")
 struct DecisionRuleTests {
     @Test(arguments: ProfileID.allCases, RowCase.all)
     func onlyThisCheckFails(profile: ProfileID, row: RowCase) throws {
@@ -288,7 +288,7 @@ struct DecisionRuleTests {
     }
 }
 
-@Suite("Decision rule: re-arm and latch (SPEC §4.3)")
+@Suite("Decision rule: re-arm and latch (docs/decision-rule.md)")
 struct RearmTests {
     /// Fresh states as of `now`.
     static func feed(_ g: inout DeviceGuard, _ f: Fixture, good: Bool) {

@@ -47,7 +47,7 @@ func minimalMap(_ replacements: [(String, String)] = []) -> String {
 
 @Suite("Register map errors")
 struct MapErrorTests {
-    /// One fixture per error class of SPEC §3.2, with the exact `file:line:col: key: message`.
+    /// One fixture per error class of maps/README.md, with the exact `file:line:col: key: message`.
     @Test(arguments: [
         ("yaml-syntax.yaml",
          #"Fixtures/maps/yaml-syntax.yaml:4:7: YAML syntax error: did not find expected ',' or '}' (while parsing a flow mapping at 3:6)"#),

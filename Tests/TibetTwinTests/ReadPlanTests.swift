@@ -1,7 +1,7 @@
 import Testing
 @testable import TibetTwin
 
-/// A crane-like map built in code (SPEC §3.2 example).
+/// A crane-like map built in code (docs/register-maps.md example).
 func craneMap(maxGap: Int = 16, identityExpect: Value = .uint(4711)) -> DeviceMap {
     DeviceMap(
         device: "crane-01", profile: .port,

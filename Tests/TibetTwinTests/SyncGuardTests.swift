@@ -1,9 +1,9 @@
 import Testing
 @testable import TibetTwin
 
-@Suite("SyncGuard: the library API (SPEC §7)")
+@Suite("SyncGuard: the library API (docs/library.md)")
 struct SyncGuardTests {
-    /// The README's quick start, verbatim (keep the two in step).
+    /// The quick start of docs/library.md, verbatim (keep the two in step).
     @Test func readmeQuickStart() {
         let syncGuard = SyncGuard(maxDriftMs: 200,
                                   valueTolerances: ["crane-01": ["position_x": 0.5, "load_kg": 100]])
@@ -16,7 +16,7 @@ struct SyncGuardTests {
         if decision.blocked {
             print(decision.reason)  // BLOCKED: status mismatch: physical=fault, twin=operational
         }
-        print(decision.token!.line)  // the decision as a hash-linked TIBET token (SPEC §5)
+        print(decision.token!.line)  // the decision as a hash-linked TIBET token (docs/audit.md)
         print(syncGuard.status().blockRate)  // 100.0
 
         #expect(decision.blocked)

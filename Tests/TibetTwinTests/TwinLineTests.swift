@@ -26,7 +26,7 @@ enum TwinFixtures {
                             keys: ["crane-02": TwinPublicKey(key.publicKey)])
     }
 
-    /// 2026-11-26T14:32:00.500Z, the SPEC's example time.
+    /// 2026-11-26T14:32:00.500Z, the example time of docs/twin-feed.md.
     static let wall: Int64 = 1_795_703_520_500_000_000
     static let received = ClockReading(monotonicNs: 5_000_000_000, wallNs: wall)
 

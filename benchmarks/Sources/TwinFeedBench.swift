@@ -27,7 +27,7 @@ struct TwinFeedBench: BenchSuite {
             twinKey: signed ? "k.pub" : nil, intents: [IntentSpec(name: "move_left", coil: 0)])
     }
 
-    /// Lines as a twin sends them (SPEC §3.3 example shape), `count` of them round-robin over
+    /// Lines as a twin sends them (the docs/twin-feed.md example shape), `count` of them round-robin over
     /// the devices, `seq` increasing, `ts` now.
     static func lines(count: Int, signedWith key: TwinSignFilter.PrivateKey? = nil) -> [[UInt8]] {
         let ts = RFC3339.format(wallNs: SystemTimeSource().now().wallNs)

@@ -8,7 +8,7 @@ import Synchronization
 import TibetTwin
 import Platform
 
-/// One thing to put on the record (SPEC §5). The store adds the token id, the links, the
+/// One thing to put on the record (docs/audit.md). The store adds the token id, the links, the
 /// content hash, the signature, the actor and the circumstances (EROMHEEN: node, host,
 /// version, wall and monotonic time of `time`).
 package struct AuditRecord: Sendable {
@@ -106,7 +106,7 @@ package struct AuditStats: Sendable, Hashable {
     package var segment = ""
 }
 
-/// The TIBET audit chain on disk (SPEC §5, DESIGN "audit writer"): one writer thread owns the
+/// The TIBET audit chain on disk (docs/audit.md, DESIGN "audit writer"): one writer thread owns the
 /// segment files `<dir>/tibet-<n>.jsonl`, the chain head and the signing key. Records are
 /// queued by any thread without waiting; the writer takes whatever is queued, chains and signs
 /// it, writes it in one `write`, `fdatasync`s, and then acknowledges every record of the batch
@@ -315,7 +315,7 @@ package final class AuditStore: Sendable {
 
     /// Whether the store writes: false from the first failed write or fdatasync until a retry
     /// succeeds, and while a write or fdatasync has hung for more than `stallMs`. Lock-free;
-    /// the guard loop reads it every evaluation (SPEC §2 row 10).
+    /// the guard loop reads it every evaluation (docs/decision-rule.md, check 10).
     package var isHealthy: Bool {
         guard shared.healthy.load(ordering: .acquiring), !shared.backlogged.load(ordering: .acquiring) else { return false }
         let busy = shared.busySinceNs.load(ordering: .acquiring)

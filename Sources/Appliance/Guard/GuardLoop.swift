@@ -8,7 +8,7 @@ import TibetTwin
 import Glibc
 #endif
 
-/// The audit chain as the guard loop sees it (SPEC §5): a health flag read on every evaluation
+/// The audit chain as the guard loop sees it (docs/audit.md): a health flag read on every evaluation
 /// without locks, and a queue that acknowledges each record once it is durable. `AuditStore`
 /// is the real one.
 package protocol AuditTrail: Sendable {
@@ -197,7 +197,7 @@ package final class GuardLoop: @unchecked Sendable {
         cond.signal()
     }
 
-    /// Clears latches (operator reset, SPEC §4.3); the reset is audited first.
+    /// Clears latches (operator reset, docs/decision-rule.md); the reset is audited first.
     package func reset(device: String, intent: String?, client: String, done: @escaping @Sendable (ResetOutcome) -> Void) {
         submit(.reset(device: device, intent: intent, client: client, done: done))
     }

@@ -3,7 +3,7 @@ import Synchronization
 import TibetTwin
 
 /// Turns the interlock server's events (refused writes, refused clients) into audit tokens
-/// (SPEC §4.2, §5: `write_rejected`, `client_refused`, with the client's address).
+/// (docs/interlock.md, docs/audit.md: `write_rejected`, `client_refused`, with the client's address).
 ///
 /// Every event is counted in the chain, but a flood cannot flood it: per client address and
 /// kind, the first event of a second is written at once and the rest of that second are

@@ -9,7 +9,7 @@ import TibetTwin
 import Glibc
 #endif
 
-/// The interlock server's settings (SPEC §3.1 `interlock:`), filled by the appliance from its
+/// The interlock server's settings (docs/config.md `interlock:`), filled by the appliance from its
 /// config file.
 package struct InterlockConfig: Sendable {
     /// IPv4 or IPv6 literal to listen on (`0.0.0.0`, `::`, `127.0.0.1`).
@@ -28,7 +28,7 @@ package struct InterlockConfig: Sendable {
     /// A partial frame older than this closes its connection.
     package var byteTimeoutMs: Int
 
-    /// Defaults of SPEC §3.1, but loopback only: nobody else is served until the config says so.
+    /// Defaults of docs/config.md, but loopback only: nobody else is served until the config says so.
     package init(host: String = "0.0.0.0", port: Int = 502, unit: UInt8 = 1,
                 allow: @escaping @Sendable (PeerAddress) -> Bool = InterlockConfig.loopbackOnly,
                 maxClients: Int = 16, stopGraceMs: Int = 2000, idleTimeoutMs: Int = 60_000,
@@ -60,7 +60,7 @@ package struct InterlockConfig: Sendable {
     }
 }
 
-/// What the interlock reports for the audit trail (SPEC §4.2, §5: `write_rejected`,
+/// What the interlock reports for the audit trail (docs/interlock.md, docs/audit.md: `write_rejected`,
 /// `client_refused`). Every occurrence is reported; only the log is rate-limited.
 package enum InterlockEvent: Sendable, Hashable {
     /// A write function was refused with an exception; nothing changed.
@@ -75,7 +75,7 @@ package struct InterlockError: Error, Sendable, Hashable, CustomStringConvertibl
     package var description: String { "interlock server \(underlying)" }
 }
 
-/// The interlock server of SPEC §4: serves the current `PermitTable` as read-only coils,
+/// The interlock server (docs/interlock.md): serves the current `PermitTable` as read-only coils,
 /// discrete inputs, input and holding registers over Modbus/TCP to the interlock PLCs.
 ///
 /// Fail-safe by construction: it serves `PermitTable.allBlocked` until the first `publish`;

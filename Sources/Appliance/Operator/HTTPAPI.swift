@@ -1,7 +1,7 @@
 import Platform
 import TibetTwin
 
-/// The outcome of an operator reset (SPEC §4.3).
+/// The outcome of an operator reset (docs/decision-rule.md).
 package enum ResetOutcome: Sendable, Hashable {
     /// The named intents were latched and are now re-arming (an empty list: nothing was latched).
     case done(device: String, cleared: [String])
@@ -16,7 +16,7 @@ package enum ResetOutcome: Sendable, Hashable {
 package protocol ApplianceControl: Sendable {
     /// A status snapshot, built by the guard loop; `nil` if it does not answer in time.
     func status(_ done: @escaping @Sendable (StatusSnapshot?) -> Void)
-    /// Clears latches (SPEC §4.3), audited with the client's address.
+    /// Clears latches (docs/decision-rule.md), audited with the client's address.
     func reset(device: String, intent: String?, client: String, _ done: @escaping @Sendable (ResetOutcome) -> Void)
     /// The Prometheus text exposition of every metric.
     func metricsText() -> [UInt8]
@@ -51,7 +51,7 @@ package struct HealthSnapshot: Sendable, Hashable {
 /// | route | answers |
 /// |---|---|
 /// | `GET /` | the status page (HTML, refreshes itself) |
-/// | `GET /status` | SPEC §6 JSON |
+/// | `GET /status` | status JSON (docs/cli.md) |
 /// | `GET /metrics` | Prometheus text |
 /// | `GET /healthz` | 200 `ok` or 503 with what is wrong |
 /// | `POST /reset?device=D[&intent=I]` | clears latches; JSON `{"device":…,"cleared":[…]}` |

@@ -105,7 +105,7 @@ package struct ValueStatus: Sendable, Hashable {
 }
 
 extension StatusSnapshot {
-    /// The JSON of `GET /status` and `tibet-twin status --json` (SPEC §6): `node`, `healthy`,
+    /// The JSON of `GET /status` and `tibet-twin status --json` (docs/cli.md): `node`, `healthy`,
     /// `heartbeat`, `devices` by name with `intents` (`permit`, `reason_code`, `reason`), `drift_ms`,
     /// `physical_age_ms`, `twin_age_ms`; plus `audit_healthy`, `time`, and per device the statuses,
     /// identity, twin seq, block count and `values` (`value`, `quality`, `twin`, `unit`).

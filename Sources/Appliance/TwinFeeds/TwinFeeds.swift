@@ -8,7 +8,7 @@ import TibetTwin
 import Glibc
 #endif
 
-/// One twin source to run: an entry of SPEC §3.1 `twin.feeds` (`ApplianceConfig.Feed`) in the
+/// One twin source to run: an entry of docs/config.md `twin.feeds` (`ApplianceConfig.Feed`) in the
 /// terms the sources take.
 package enum TwinFeedSpec: Sendable, Hashable, CustomStringConvertible {
     /// A file followed like `tail -F`; `fromStart` reads what is already in it too.
@@ -60,7 +60,7 @@ package final class TwinFeedService: Service, Sendable {
     package let sources: [any TwinSource]
     package let pipeline: TwinFeedPipeline
 
-    /// Makes one source per configured feed (SPEC §3.1 `twin.feeds`), all feeding `pipeline`.
+    /// Makes one source per configured feed (docs/config.md `twin.feeds`), all feeding `pipeline`.
     package convenience init(feeds: [ApplianceConfig.Feed], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin"),
                             socketOptions: TwinSocketSource.Options = .init()) {
         self.init(specs: feeds.map(TwinFeedSpec.init), pipeline: pipeline, logger: logger, socketOptions: socketOptions)
@@ -102,7 +102,7 @@ package final class TwinFeedService: Service, Sendable {
     }
 }
 
-/// `tibet-twin sign`: reads feed lines, writes them signed (SPEC §3.3), one output line per input
+/// `tibet-twin sign`: reads feed lines, writes them signed (docs/twin-feed.md), one output line per input
 /// line. A line that cannot be signed (not a JSON object, already signed, too long) is reported
 /// on the error stream with its number and not written; the rest go on.
 package enum TwinSignFilter {

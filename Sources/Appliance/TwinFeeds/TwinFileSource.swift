@@ -39,7 +39,7 @@ package struct TwinSourceError: Error, Sendable, Hashable, CustomStringConvertib
     }
 }
 
-/// Follows a twin feed file like `tail -F` (SPEC §3.1 `file:`): appended lines are read as they
+/// Follows a twin feed file like `tail -F` (docs/config.md `file:`): appended lines are read as they
 /// arrive; a rotation (the path renamed away and a new file created) is followed after the old
 /// file has been read to its end; a truncation restarts at the beginning; a partial last line
 /// waits for its newline. It starts at the end of an existing file (old lines are history, not
@@ -64,7 +64,7 @@ package final class TwinFileSource: Sendable {
         var stopping = false
     }
 
-    /// `logIntervalSeconds` bounds drop logs per reason (SPEC: once per minute).
+    /// `logIntervalSeconds` bounds drop logs per reason (docs/twin-feed.md: once per minute).
     package init(path: String, fromStart: Bool = false, pipeline: TwinFeedPipeline,
                 logger: Logger = Logger(label: "tibet-twin.twin.file"), clock: any TimeSource = SystemTimeSource(),
                 pollIntervalMs: Int32 = 100, logIntervalSeconds: Double = 60) {

@@ -9,7 +9,7 @@ import TibetTwin
 import Glibc
 #endif
 
-/// A TCP or unix-socket listener for twin clients (SPEC §3.1 `tcp:` / `unix:`): several clients
+/// A TCP or unix-socket listener for twin clients (docs/config.md `tcp:` / `unix:`): several clients
 /// at once, each sending feed lines; line framing with the 64 KiB cap. A client that exceeds the
 /// cap, or sends `garbageLimit` bad lines in a row (nothing accepted in between), is
 /// disconnected; everyone else carries on. Nothing is ever written back.
@@ -38,11 +38,11 @@ package final class TwinSocketSource: Sendable {
     package struct Options: Sendable, Hashable {
         /// Clients connected at once; more are closed at accept (descriptors stay bounded).
         package var maxClients: Int
-        /// Consecutive bad lines after which a client is cut off (SPEC §3.3: garbage-only clients).
+        /// Consecutive bad lines after which a client is cut off (docs/twin-feed.md: garbage-only clients).
         package var garbageLimit: Int
         /// Mode of the unix socket file.
         package var unixMode: mode_t
-        /// Minimum seconds between two logs of the same drop reason (SPEC: once per minute).
+        /// Minimum seconds between two logs of the same drop reason (docs/twin-feed.md: once per minute).
         package var logIntervalSeconds: Double
 
         package init(maxClients: Int = 32, garbageLimit: Int = 100, unixMode: mode_t = 0o660, logIntervalSeconds: Double = 60) {
