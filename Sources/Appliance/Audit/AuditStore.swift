@@ -106,7 +106,7 @@ package struct AuditStats: Sendable, Hashable {
     package var segment = ""
 }
 
-/// The TIBET audit chain on disk (docs/audit.md, DESIGN "audit writer"): one writer thread owns the
+/// The TIBET audit chain on disk (docs/audit.md, docs/architecture.md#the-audit-writer): one writer thread owns the
 /// segment files `<dir>/tibet-<n>.jsonl`, the chain head and the signing key. Records are
 /// queued by any thread without waiting; the writer takes whatever is queued, chains and signs
 /// it, writes it in one `write`, `fdatasync`s, and then acknowledges every record of the batch

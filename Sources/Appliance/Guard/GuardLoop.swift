@@ -51,7 +51,7 @@ enum GuardCommand: Sendable {
     case reload(GuardReload, done: @Sendable (GuardReloadResult) -> Void)
 }
 
-/// The guard loop of DESIGN.md: one thread, the only writer of guard state.
+/// The guard loop (docs/architecture.md#the-guard-loop): one thread, the only writer of guard state.
 ///
 /// Producers (poll workers, twin feeds, HTTP, the audit writer's acknowledgements) put states
 /// and commands into the inbox — a lock and a wake-up; a burst coalesces to the latest state per

@@ -7,7 +7,7 @@ import Synchronization
 import TibetTwin
 import UnixSignals
 
-/// The running appliance (`tibet-twin run`): every part wired together, DESIGN.md's one-way flow.
+/// The running appliance (`tibet-twin run`): every part wired together, the one-way flow of docs/architecture.md.
 ///
 /// ```
 /// poller ──PhysicalState──┐
