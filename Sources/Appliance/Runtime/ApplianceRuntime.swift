@@ -19,9 +19,10 @@ import UnixSignals
 /// listeners bound, the audit chain opened (`started` token) — and throws one line per problem
 /// otherwise, closing whatever it had opened. `run` then serves until SIGTERM/SIGINT (or
 /// `shutdown()`), as a swift-service-lifecycle `ServiceGroup` whose reverse-order graceful
-/// shutdown is the safe stop: HTTP closes, the interlock serves every permit as 0 for
-/// `stop_grace_ms` and closes, the feeds and the poller stop, the guard loop stops, and the
-/// audit chain is closed last with a `stopped` token. SIGHUP reloads (`reload()`).
+/// shutdown is the safe stop: systemd is told STOPPING, the interlock serves every permit as 0
+/// for `stop_grace_ms` and closes, HTTP closes, the feeds stop, the guard loop and the poller
+/// stop, and the audit chain is closed last with a `stopped` token (the reverse of the order the
+/// services are listed in `run`). SIGHUP reloads (`reload()`).
 package final class ApplianceRuntime: Sendable {
     package let configPath: String
     package let audit: AuditStore
