@@ -28,10 +28,12 @@ let package = Package(
             pkgConfig: "libmodbus",
             providers: [.apt(["libmodbus-dev"])]
         ),
+        // Linux calls Glibc does not give Swift (epoll, eventfd, accept4, pthread_setname_np).
+        .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // Swift over libmodbus: client, server-side reply helpers, typed errors. No guard logic.
         .target(
             name: "Modbus",
-            dependencies: ["CModbus"]
+            dependencies: ["CModbus", "CLinux"]
         ),
         // The pure core: maps, decoding, states, the decision rule, profiles, tokens.
         // No sockets, no files it is not handed, no clocks it does not get handed.
@@ -71,7 +73,7 @@ let package = Package(
         .executableTarget(
             name: "tibet-twin-bench",
             dependencies: [
-                "TibetTwin", "Appliance", "Modbus", "CModbus",
+                "TibetTwin", "Appliance", "Modbus", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
@@ -87,7 +89,7 @@ let package = Package(
             ],
             resources: [.copy("Fixtures")]
         ),
-        .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CModbus"]),
+        .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CLinux"]),
         .testTarget(
             name: "ApplianceTests",
             dependencies: [

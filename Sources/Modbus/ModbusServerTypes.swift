@@ -104,6 +104,9 @@ public enum ModbusCloseReason: Sendable, Hashable, CustomStringConvertible {
     case socketError(Int32)
     /// The server stopped.
     case serverStopped
+    /// The server's owner closed it (a `.delegate` policy's `.close` answer or
+    /// `ModbusServerControl.closeConnections`, e.g. the simulator's `drop`).
+    case closedByOwner
 
     public var description: String {
         switch self {
@@ -114,11 +117,12 @@ public enum ModbusCloseReason: Sendable, Hashable, CustomStringConvertible {
         case .malformed(let p): return "malformed frame: \(p)"
         case .socketError(let e): return "socket error \(ModbusError.errnoName(e))"
         case .serverStopped: return "server stopped"
+        case .closedByOwner: return "closed by the server's owner"
         }
     }
 }
 
-/// What a read-only server reports to its owner, on the server's loop thread.
+/// What a `ModbusServer` reports to its owner, on the server's loop thread.
 public enum ModbusServerEvent: Sendable, Hashable {
     case accepted(PeerAddress)
     /// Closed at accept; nothing was read from the peer.
@@ -132,11 +136,11 @@ public enum ModbusServerEvent: Sendable, Hashable {
     case replyFailed(PeerAddress, ModbusError)
 }
 
-/// Counters of a read-only server since it was created: a snapshot for metrics.
+/// Counters of a `ModbusServer` since it was created: a snapshot for metrics.
 public struct ModbusServerCounters: Sendable, Hashable {
     /// Complete request frames received (valid or not).
     public var requests: UInt64 = 0
-    /// Reads answered with data.
+    /// Reads answered with data (`.delegate`: every `.reply` answered, writes included).
     public var readsAnswered: UInt64 = 0
     /// Of those, replies written straight onto an idle client socket (the rest went through
     /// the output buffer; see `ModbusReplier.replyDirect`).

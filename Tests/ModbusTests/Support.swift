@@ -1,6 +1,6 @@
-// SOCK_STREAM/MSG_NOSIGNAL: depending on build order the clang importer attributes them to the
-// libmodbus module (its header includes <sys/socket.h>), not Glibc; one debug build failed here.
-import CModbus
+// SOCK_STREAM/MSG_NOSIGNAL: depending on build order the clang importer credits them to another C
+// module than Glibc; importing the project's Linux shim as well keeps the lookup independent of that.
+import CLinux
 import Dispatch
 import Foundation
 import Modbus
@@ -30,48 +30,26 @@ func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thr
     }
 }
 
-/// A libmodbus-replying `ModbusServer` on a thread of its own, bound to 127.0.0.1:0.
-final class InProcessServer: @unchecked Sendable {
+/// A `ModbusServer` with a `.delegate` policy (libmodbus replies from a mapping), bound to
+/// 127.0.0.1:0, on its own loop thread.
+final class InProcessServer: Sendable {
     let port: Int
-    let waker: ModbusServerWaker
-    private let done = DispatchSemaphore(value: 0)
-    private var stopped = false
+    let server: ModbusServer
 
     /// `makeDelegate` runs on the server thread (the delegate and its mapping live there).
+    /// `frameTimeoutMs` is the server's byte timeout: how long a begun frame may stay incomplete.
     init(frameTimeoutMs: Int = 2000, _ makeDelegate: @escaping @Sendable () throws -> ModbusServerDelegate) throws {
-        let ready = DispatchSemaphore(value: 0)
-        let result = Locked<Result<(Int, ModbusServerWaker), Error>?>(nil)
-        let done = self.done
-        let t = Thread {
-            do {
-                let s = try ModbusServer(frameTimeoutMs: frameTimeoutMs)
-                let (_, p) = try s.listen(host: "127.0.0.1", port: 0)
-                let d = try makeDelegate()
-                result.set(.success((p, s.waker)))
-                ready.signal()
-                s.run(delegate: d)
-            } catch {
-                result.set(.failure(error))
-                ready.signal()
-            }
-            done.signal()
-        }
-        t.start()
-        ready.wait()
-        switch result.get()! {
-        case .success(let (p, w)):
-            port = p
-            waker = w
-        case .failure(let e):
-            throw e
-        }
+        let config = ModbusServer.Configuration(
+            host: "127.0.0.1", port: 0, maxClients: 32, idleTimeoutMs: 0, byteTimeoutMs: frameTimeoutMs,
+            threadName: "test-delegate")
+        server = try ModbusServer(configuration: config, policy: .delegate({ try! makeDelegate() }))
+        port = server.port
+        try server.start()
     }
 
     func stop() {
-        guard !stopped else { return }
-        stopped = true
-        waker.requestStop()
-        done.wait()
+        server.stop()
+        server.join()
     }
 
     deinit { stop() }
@@ -88,12 +66,10 @@ final class MappingDelegate: ModbusServerDelegate {
         self.hook = hook
     }
 
-    func answer(_ request: ModbusRequest, server: ModbusServer) -> ModbusServerAction {
+    func answer(_ request: ModbusRequest, server: ModbusServerControl) -> ModbusServerAction {
         requests += 1
         return hook(requests, request, mapping) ?? .reply(mapping)
     }
-
-    func serverWoken(_ server: ModbusServer) {}
 }
 
 /// A plain TCP client socket for sending hand-made frames.
