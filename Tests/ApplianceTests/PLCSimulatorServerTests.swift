@@ -1,0 +1,41 @@
+import Foundation
+import Testing
+import TibetTwin
+@testable import Appliance
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("PLC simulator on the hardened Modbus server")
+struct PLCSimulatorServerTests {
+    /// The simulator runs on the interlock's engine: a slow-loris client (half a frame, then
+    /// nothing) is closed after the byte timeout (2 s) while a good client keeps reading.
+    /// The old poll-loop server had its own frame timeout; this checks the shared one.
+    @Test func closesASlowLorisWhileAGoodClientKeepsReading() throws {
+        let sim = try PLCSimulator(maps: [craneMap(port: 0)], initial: ["load_kg": "2500"])
+        defer { sim.stop() }
+        let port = sim.endpoints[0].port
+        let slow = try ApplianceModbusClient(port: port, timeoutMs: 5000)
+        // The MBAP header announces 6 more bytes; only 2 come.
+        let half: [UInt8] = [0, 1, 0, 0, 0, 6, 1, 3]
+        #expect(half.withUnsafeBytes { send(slow.fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) } == half.count)
+        let good = try ApplianceModbusClient(port: port)
+        let start = Date()
+        var reads = 0
+        while Date().timeIntervalSince(start) < 2.6 {
+            // load_kg: uint32 CDAB at holding 102 (low word first).
+            #expect(try good.readRegisters(102, 2) == [2500, 0])
+            reads += 1
+            usleep(20_000)
+        }
+        #expect(reads >= 20)
+        // Closed by the server (EOF at once), not left hanging until the 5 s receive timeout.
+        var byte: UInt8 = 0
+        let t0 = Date()
+        #expect(recv(slow.fd, &byte, 1, 0) == 0)
+        #expect(Date().timeIntervalSince(t0) < 1)
+        // And the good client is still served.
+        #expect(try good.readRegisters(102, 2) == [2500, 0])
+    }
+}
