@@ -136,7 +136,7 @@ public final class PLCSimulator: Sendable {
         let handoff = UncheckedHandoff<SimulatorCore>()
         let config = ModbusServer.Configuration(
             host: host, port: port, maxClients: 32, idleTimeoutMs: 0, byteTimeoutMs: 2000,
-            descriptorLimit: 65536, threadName: "tt-simulator")
+            descriptorLimit: PLCSimulator.descriptorCeiling(), threadName: "tt-simulator")
         let server: ModbusServer
         do {
             server = try ModbusServer(configuration: config, policy: .delegate({ handoff.take() }))
@@ -175,6 +175,15 @@ public final class PLCSimulator: Sendable {
     }
 
     deinit { stop() }
+
+    /// The server's descriptor limit: what this process may open (at most 65536). The 1024 of
+    /// the interlock guards libmodbus's `select()`; the simulator's server never calls it, and a
+    /// simulator of hundreds of devices holds a listener and a client per device.
+    private static func descriptorCeiling() -> Int32 {
+        var lim = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 else { return 65536 }
+        return Int32(min(lim.rlim_cur, 65536))
+    }
 
     /// Runs one command line (see `SimulatorCommand`) and returns its one-line answer.
     @discardableResult

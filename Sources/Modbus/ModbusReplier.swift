@@ -14,7 +14,8 @@ import Glibc
 /// every reply. The one exception is `replyDirect`: when the client socket's send queue is
 /// empty, a reply (at most 260 bytes) goes in whole or not at all, so it is sent there directly.
 ///
-/// Only requests that `ModbusRequestCheck.decide` passed as reads reach `modbus_reply`, so it
+/// Only requests that `ModbusRequestCheck.decide` passed as reads (`.readOnly` policy) or that
+/// `ModbusRequestCheck.replyProblem` found fine (`.delegate` policy) reach `modbus_reply`, so it
 /// never takes its 0.5 s sleep-and-flush path (bad quantity, unknown function).
 ///
 /// Thread confinement: not thread-safe (one libmodbus context); use it from one thread only.

@@ -46,6 +46,7 @@ public struct ModbusRequest: Sendable, Hashable {
     public var address: UInt16
     public var quantity: UInt16
 
+    /// A request as a delegate sees it (for tests of delegates without a socket).
     public init(listener: Int, transactionID: UInt16, unit: UInt8, function: UInt8, address: UInt16, quantity: UInt16) {
         self.listener = listener
         self.transactionID = transactionID
