@@ -104,8 +104,9 @@ public struct SimulatorCommand: Sendable, Hashable {
 ///
 /// It runs on the project's one `ModbusServer` engine (a `.delegate` policy), so it gets the
 /// same protections as the interlock: a client whose frame is still incomplete 2 s after its
-/// first byte is closed (slow-loris), malformed frames close their connection, at most 32
-/// clients per device. A `stall` holds back only the stalled devices' clients.
+/// first byte is closed (slow-loris), so is one with no request for 60 s (not counted while
+/// its device is stalled), malformed frames close their connection, at most 32 clients per
+/// device. A `stall` holds back only the stalled devices' clients.
 ///
 /// Starting values: the status register holds the code of `operational` (else the lowest
 /// code), identity registers their `expect`, a clock register the wall clock at each request
@@ -135,7 +136,7 @@ public final class PLCSimulator: Sendable {
         // The delegate is made on the server thread from what this init builds.
         let handoff = UncheckedHandoff<SimulatorCore>()
         let config = ModbusServer.Configuration(
-            host: host, port: port, maxClients: 32, idleTimeoutMs: 0, byteTimeoutMs: 2000,
+            host: host, port: port, maxClients: 32, idleTimeoutMs: 60_000, byteTimeoutMs: 2000,
             descriptorLimit: PLCSimulator.descriptorCeiling(), threadName: "tt-simulator")
         let server: ModbusServer
         do {
