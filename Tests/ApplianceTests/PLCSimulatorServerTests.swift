@@ -38,4 +38,20 @@ struct PLCSimulatorServerTests {
         // And the good client is still served.
         #expect(try good.readRegisters(102, 2) == [2500, 0])
     }
+
+    /// A stall holds back the stalled device's clients only: its requests are answered late,
+    /// another device on the same simulator answers at once meanwhile.
+    @Test func aStalledDeviceDoesNotHoldAnother() throws {
+        let sim = try PLCSimulator(maps: [craneMap(port: 0), craneMap(port: 0)], initial: ["load_kg": "7"])
+        defer { sim.stop() }
+        let one = try ApplianceModbusClient(port: sim.endpoints[0].port)
+        let two = try ApplianceModbusClient(port: sim.endpoints[1].port)
+        #expect(try two.readRegisters(102, 2) == [7, 0])
+        try sim.execute("@2 stall 500")
+        let t0 = Date()
+        #expect(try one.readRegisters(102, 2) == [7, 0])
+        #expect(Date().timeIntervalSince(t0) < 0.25)
+        #expect(try two.readRegisters(102, 2) == [7, 0])  // late, not lost
+        #expect(Date().timeIntervalSince(t0) > 0.4)
+    }
 }
