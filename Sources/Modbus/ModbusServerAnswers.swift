@@ -13,8 +13,9 @@ extension ServerLoop {
         }
         if ev & (ServerLoop.epollIn | ServerLoop.epollErr) != 0 {
             if isStalled(c) {
-                // Not registered for input while stalled: only an error or hang-up gets here.
-                closeConnection(c, .peerClosed)
+                // Input waits in the kernel until the stall ends (an EPOLLIN here was collected
+                // before the stall began, in the same batch); an error or hang-up closes.
+                if ev & ServerLoop.epollErr != 0 { closeConnection(c, .peerClosed) }
                 return
             }
             readAndAnswer(c)

@@ -306,11 +306,12 @@ final class ServerLoop {
 
     func pause(listener l: Int, until: Int64) {
         guard listeners.indices.contains(l) else { return }
-        now = monotonicNanoseconds()
-        listeners[l].stalledUntil = until > now ? until : 0
-        if listeners[l].stalledUntil != 0 {
-            stallEnd = stallEnd == 0 ? until : min(stallEnd, until)
-        }
+        if until <= 0 && listeners[l].stalledUntil == 0 { return }
+        // A time already past still ends through `endStalls` (next turn of the loop), which
+        // also answers frames read before the stall.
+        let at = max(until, 1)
+        listeners[l].stalledUntil = at
+        stallEnd = stallEnd == 0 ? at : min(stallEnd, at)
         for case let c? in connections where c.listener == l { updateInterest(c) }
     }
 

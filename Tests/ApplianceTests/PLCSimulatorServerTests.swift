@@ -54,4 +54,23 @@ struct PLCSimulatorServerTests {
         #expect(try two.readRegisters(102, 2) == [7, 0])  // late, not lost
         #expect(Date().timeIntervalSince(t0) > 0.4)
     }
+
+    /// `stall 0` ends a stall at once, and a request that waited during it is answered then.
+    @Test func stallZeroEndsAStallAndAnswersWhatWaited() throws {
+        let sim = try PLCSimulator(maps: [craneMap(port: 0)], initial: ["load_kg": "7"])
+        defer { sim.stop() }
+        let c = try ApplianceModbusClient(port: sim.endpoints[0].port, timeoutMs: 5000)
+        #expect(try c.readRegisters(102, 2) == [7, 0])
+        try sim.execute("stall 60000")
+        let frame: [UInt8] = [0, 9, 0, 0, 0, 6, 1, 3, 0, 102, 0, 2]
+        #expect(frame.withUnsafeBytes { send(c.fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) } == frame.count)
+        usleep(200_000)
+        let t0 = Date()
+        try sim.execute("stall 0")
+        var reply = [UInt8](repeating: 0, count: 13)
+        let n = reply.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress!, 13, Int32(MSG_WAITALL)) }
+        #expect(n == 13)
+        #expect(reply == [0, 9, 0, 0, 0, 7, 1, 3, 4, 0, 7, 0, 0])
+        #expect(Date().timeIntervalSince(t0) < 2)
+    }
 }
