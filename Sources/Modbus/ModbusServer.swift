@@ -205,9 +205,6 @@ public final class ModbusServer: Sendable {
         if let tid { pthread_join(tid, nil) }
     }
 
-    /// Whether the loop has ended (by `stop()`, or by a delegate's `ModbusServerControl.stop()`).
-    public var hasStopped: Bool { shared.control.withLock { $0.finished } }
-
     /// Waits until the loop thread has closed every socket (after `stop()`).
     public func waitUntilStopped() async {
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
