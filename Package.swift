@@ -29,13 +29,15 @@ let package = Package(
             pkgConfig: "libmodbus",
             providers: [.apt(["libmodbus-dev"])]
         ),
+        // Linux calls Glibc does not give Swift (epoll, eventfd, accept4, pthread_setname_np).
+        .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // The system-call layer: errno names, calls retried after EINTR, threads, the monotonic
         // condition, wait queue and rate limit every part uses. No protocol, no guard logic.
-        .target(name: "Platform"),
+        .target(name: "Platform", dependencies: ["CLinux"]),
         // Swift over libmodbus: client, server-side reply helpers, typed errors. No guard logic.
         .target(
             name: "Modbus",
-            dependencies: ["CModbus"]
+            dependencies: ["CModbus", "CLinux", "Platform"]
         ),
         // The pure core: maps, decoding, states, the decision rule, profiles, tokens.
         // No sockets, no files it is not handed, no clocks it does not get handed.
@@ -85,12 +87,23 @@ let package = Package(
         .executableTarget(
             name: "tibet-twin-bench",
             dependencies: [
-                "TibetTwin", "Appliance", "Commissioning", "Modbus", "Platform", "CModbus",
+                "TibetTwin", "Appliance", "Commissioning", "Modbus", "Platform", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "benchmarks/Sources"
+        ),
+        // `make fuzz`: libFuzzer over the map/config reader, the twin line parser and the Modbus
+        // request framer (built with -sanitize=fuzzer -DFUZZING); without those flags, a tool
+        // that replays the committed corpus through the same invariants (a test runs it).
+        .executableTarget(
+            name: "tibet-twin-fuzz",
+            dependencies: [
+                "TibetTwin", "Modbus",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "fuzz/Sources"
         ),
         .testTarget(
             name: "TibetTwinTests",
@@ -103,7 +116,7 @@ let package = Package(
         ),
         // What the test targets share: package paths, the pymodbus PLC, waits, socket helpers.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CModbus"]),
+        .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CLinux", "Platform", "TestSupport"]),
         .testTarget(
             name: "ApplianceTests",
             dependencies: [

@@ -29,27 +29,13 @@ static inline int CModbus_EMBUNKEXC(void) { return EMBUNKEXC; }
 static inline int CModbus_EMBMDATA(void) { return EMBMDATA; }
 static inline int CModbus_EMBBADSLAVE(void) { return EMBBADSLAVE; }
 
-// fd_set helpers: FD_ZERO/FD_SET/FD_CLR/FD_ISSET are macros Swift does not import.
+// fd_set helpers: FD_ZERO/FD_SET/FD_CLR/FD_ISSET are macros Swift does not import. They stay
+// here, not in CLinux: FD_SETSIZE is the limit of the select() inside libmodbus (a descriptor
+// at or above it aborts the process), which ModbusClient guards against.
 static inline void CModbus_FD_ZERO(fd_set *set) { FD_ZERO(set); }
 static inline void CModbus_FD_SET(int fd, fd_set *set) { FD_SET(fd, set); }
 static inline void CModbus_FD_CLR(int fd, fd_set *set) { FD_CLR(fd, set); }
 static inline int CModbus_FD_ISSET(int fd, fd_set *set) { return FD_ISSET(fd, set); }
 static inline int CModbus_FD_SETSIZE(void) { return FD_SETSIZE; }
-
-// Linux event-loop calls for the read-only server in `Modbus` (ReadOnlyModbusServer): the Swift
-// Glibc module does not include <sys/epoll.h> or <sys/eventfd.h>, and it is built without
-// _GNU_SOURCE, so accept4 and pthread_setname_np are not declared. They are bound here under
-// CModbus_ names (an asm label names the libc symbol), which cannot clash with a declaration
-// that glibc makes under _GNU_SOURCE. Their parameters use plain C types on purpose: including
-// <sys/socket.h> or <pthread.h> here would pull SOCK_STREAM & co. into this module and hide
-// them from Swift files that import Glibc but not CModbus.
-#if defined(__linux__)
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-/// accept4(2); `addr` is a `struct sockaddr *`, `addrlen` a `socklen_t *`.
-extern int CModbus_accept4(int sockfd, void *addr, unsigned int *addrlen, int flags) __asm__("accept4");
-/// pthread_setname_np(3); `thread` is a `pthread_t`.
-extern int CModbus_pthread_setname_np(unsigned long thread, const char *name) __asm__("pthread_setname_np");
-#endif
 
 #endif

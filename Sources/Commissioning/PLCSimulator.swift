@@ -104,6 +104,12 @@ package struct SimulatorCommand: Sendable, Hashable {
 /// A PLC simulator: serves the registers of one or more maps over Modbus/TCP (libmodbus
 /// replies), each map on its own listening port, with values settable while it runs.
 ///
+/// It runs on the project's one `ModbusServer` engine (a `.delegate` policy), so it gets the
+/// same protections as the interlock: a client whose frame is still incomplete 2 s after its
+/// first byte is closed (slow-loris), so is one with no request for 60 s (not counted while
+/// its device is stalled), malformed frames close their connection, at most 32 clients per
+/// device. A `stall` holds back only the stalled devices' clients.
+///
 /// Starting values: the status register holds the code of `operational` (else the lowest
 /// code), identity registers their `expect`, a clock register the wall clock at each request
 /// (until `set clock VALUE` freezes it; `set clock now` lets it run again), every other register
@@ -120,9 +126,8 @@ package final class PLCSimulator: Sendable {
 
     /// Where each map is served, in order.
     package let endpoints: [Endpoint]
-    private let waker: ModbusServerWaker
+    private let server: ModbusServer
     private let mailbox = SimulatorMailbox()
-    private let thread = Mutex<OSThread?>(nil)
 
     /// Opens one listener per map on `host` (port `port + i` for the i-th map, or any free port
     /// when `port` is 0) and starts serving. `initial` sets values by name on every device that
@@ -130,14 +135,23 @@ package final class PLCSimulator: Sendable {
     package init(maps: [DeviceMap], host: String = "127.0.0.1", port: Int = 0, initial: [String: String] = [:],
                 strict: Bool = false) throws(SimulatorError) {
         guard !maps.isEmpty else { throw SimulatorError("no maps to serve") }
+        // The delegate is made on the server thread from what this init builds.
+        let handoff = UncheckedHandoff<SimulatorCore>()
+        let config = ModbusServer.Configuration(
+            host: host, port: port, maxClients: 32, idleTimeoutMs: 60_000, byteTimeoutMs: 2000,
+            descriptorLimit: PLCSimulator.descriptorCeiling(), threadName: "tt-simulator")
         let server: ModbusServer
-        do { server = try ModbusServer() } catch { throw SimulatorError("cannot create server: \(error)") }
+        do {
+            server = try ModbusServer(configuration: config, policy: .delegate({ handoff.take() }))
+        } catch {
+            throw SimulatorError("cannot listen on \(host):\(port) for \(maps[0].device): \(error)")
+        }
         var endpoints: [Endpoint] = []
         var devices: [SimulatedDevice] = []
         for (i, map) in maps.enumerated() {
             let p = port == 0 ? 0 : port + i
             do {
-                let (listener, bound) = try server.listen(host: host, port: p)
+                let (listener, bound) = try i == 0 ? (0, server.port) : server.addListener(port: p)
                 let d = try SimulatedDevice(map: map, listener: listener, strict: strict)
                 for (name, text) in initial where d.has(name) {
                     try d.set(name: name, text: text)
@@ -154,22 +168,25 @@ package final class PLCSimulator: Sendable {
             throw SimulatorError("--set \(name): no device has a value named \(name)")
         }
         self.endpoints = endpoints
-        waker = server.waker
-        let core = SimulatorCore(server: server, devices: devices, mailbox: mailbox)
-        let handoff = UncheckedHandoff(core)
+        self.server = server
+        handoff.put(SimulatorCore(devices: devices, mailbox: mailbox))
         do {
-            let t = try OSThread(name: "tt-simulator") {
-                let core = handoff.take()
-                core.server.run(delegate: core)
-                core.finish()
-            }
-            thread.withLock { $0 = t }
+            try server.start()
         } catch {
             throw SimulatorError("\(error)")
         }
     }
 
     deinit { stop() }
+
+    /// The server's descriptor limit: what this process may open (at most 65536). The 1024 of
+    /// the interlock guards libmodbus's `select()`; the simulator's server never calls it, and a
+    /// simulator of hundreds of devices holds a listener and a client per device.
+    private static func descriptorCeiling() -> Int32 {
+        var lim = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 else { return 65536 }
+        return Int32(min(lim.rlim_cur, 65536))
+    }
 
     /// Runs one command line (see `SimulatorCommand`) and returns its one-line answer.
     @discardableResult
@@ -185,7 +202,7 @@ package final class PLCSimulator: Sendable {
         let done = DispatchSemaphore(value: 0)
         guard !mailbox.isFinished else { throw SimulatorError("the simulator has stopped") }
         mailbox.post(command) { r in box.withLock { $0 = r }; done.signal() }
-        waker.wake()
+        server.wake()
         while done.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
             if mailbox.isFinished { break }
         }
@@ -208,9 +225,10 @@ package final class PLCSimulator: Sendable {
 
     /// Stops serving, closes every socket and joins the thread.
     package func stop() {
-        waker.requestStop()
-        let t = thread.withLock { t -> OSThread? in defer { t = nil }; return t }
-        t?.join()
+        server.stop()
+        server.join()
+        // The loop finished the mailbox as it ended; if it never ran (start failed), do it here.
+        if !mailbox.isFinished { mailbox.finish() }
     }
 }
 
@@ -242,13 +260,17 @@ final class SimulatorMailbox: Sendable {
     }
 }
 
-/// Hands a non-Sendable value to exactly one other thread (the creator never touches it again).
+/// Hands a non-Sendable value to exactly one other thread (the creator never touches it again
+/// after `put`; the server thread's `take` happens after `ModbusServer.start`).
 private final class UncheckedHandoff<T>: @unchecked Sendable {
+    private let lock = Mutex(())
     private var value: T?
-    init(_ value: T) { self.value = value }
+    func put(_ v: T) { lock.withLock { _ in value = v } }
     func take() -> T {
-        defer { value = nil }
-        return value!
+        lock.withLock { _ in
+            defer { value = nil }
+            return value!
+        }
     }
 }
 
@@ -416,19 +438,17 @@ final class SimulatedDevice {
 /// The server delegate: answers from the devices' mappings and applies posted commands.
 /// Confined to the simulator thread.
 final class SimulatorCore: ModbusServerDelegate {
-    let server: ModbusServer
     let devices: [SimulatedDevice]
     private let byListener: [Int: SimulatedDevice]
     private let mailbox: SimulatorMailbox
 
-    init(server: ModbusServer, devices: [SimulatedDevice], mailbox: SimulatorMailbox) {
-        self.server = server
+    init(devices: [SimulatedDevice], mailbox: SimulatorMailbox) {
         self.devices = devices
         self.byListener = Dictionary(uniqueKeysWithValues: devices.map { ($0.listener, $0) })
         self.mailbox = mailbox
     }
 
-    func answer(_ request: ModbusRequest, server: ModbusServer) -> ModbusServerAction {
+    func answer(_ request: ModbusRequest, server: ModbusServerControl) -> ModbusServerAction {
         guard let d = byListener[request.listener] else { return .close }
         let unit = Int(request.unit)
         if unit != d.map.plc.unit && unit != 0 && unit != 255 { return .exception(11) }
@@ -442,13 +462,13 @@ final class SimulatorCore: ModbusServerDelegate {
         return .reply(d.mapping)
     }
 
-    func serverWoken(_ server: ModbusServer) {
+    func serverWoken(_ server: ModbusServerControl) {
         for (command, reply) in mailbox.take() {
-            reply(apply(command))
+            reply(apply(command, server: server))
         }
     }
 
-    func finish() { mailbox.finish() }
+    func serverStopped() { mailbox.finish() }
 
     private func targets(_ target: String?) throws(SimulatorError) -> [SimulatedDevice] {
         guard let target else { return devices }
@@ -461,7 +481,7 @@ final class SimulatorCore: ModbusServerDelegate {
         return named
     }
 
-    func apply(_ command: SimulatorCommand) -> Result<String, SimulatorError> {
+    func apply(_ command: SimulatorCommand, server: ModbusServerControl) -> Result<String, SimulatorError> {
         do throws(SimulatorError) {
             let ds = try targets(command.target)
             switch command.action {

@@ -1,4 +1,5 @@
 import CModbus
+import Platform
 
 #if canImport(Glibc)
 import Glibc
@@ -110,21 +111,6 @@ public struct ModbusError: Error, Sendable, Hashable, CustomStringConvertible {
                 return "libmodbus error \(e - base)"
             }
         }
-        switch e {
-        case ECONNREFUSED: return "ECONNREFUSED"
-        case ECONNRESET: return "ECONNRESET"
-        case ETIMEDOUT: return "ETIMEDOUT"
-        case EINPROGRESS: return "EINPROGRESS"
-        case EPIPE: return "EPIPE"
-        case EHOSTUNREACH: return "EHOSTUNREACH"
-        case ENETUNREACH: return "ENETUNREACH"
-        case EBADF: return "EBADF"
-        case EINVAL: return "EINVAL"
-        case EMFILE: return "EMFILE"
-        case ENOTCONN: return "ENOTCONN"
-        case EAGAIN: return "EAGAIN"
-        case EINTR: return "EINTR"
-        default: return "errno \(e)"
-        }
+        return Errno(e).name
     }
 }

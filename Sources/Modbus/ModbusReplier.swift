@@ -14,7 +14,8 @@ import Glibc
 /// every reply. The one exception is `replyDirect`: when the client socket's send queue is
 /// empty, a reply (at most 260 bytes) goes in whole or not at all, so it is sent there directly.
 ///
-/// Only requests that `ModbusRequestCheck.decide` passed as reads reach `modbus_reply`, so it
+/// Only requests that `ModbusRequestCheck.decide` passed as reads (`.readOnly` policy) or that
+/// `ModbusRequestCheck.replyProblem` found fine (`.delegate` policy) reach `modbus_reply`, so it
 /// never takes its 0.5 s sleep-and-flush path (bad quantity, unknown function).
 ///
 /// Thread confinement: not thread-safe (one libmodbus context); use it from one thread only.
@@ -98,6 +99,14 @@ public final class ModbusReplier {
         guard let mapping else {
             throw ModbusError(kind: .other, errno: EINVAL, function: "modbus_reply")
         }
+        try reply(to: frame, from: mapping, into: &out)
+    }
+
+    /// Answers a request from `mapping` (a `.delegate` server's `ModbusMapping`; writes change
+    /// it), appending the reply frame to `out`. The caller has checked the frame with
+    /// `ModbusRequestCheck.replyProblem`. The corresponding C function is `modbus_reply`.
+    func reply(to frame: UnsafeRawBufferPointer, from mapping: UnsafeMutablePointer<modbus_mapping_t>,
+               into out: inout [UInt8]) throws(ModbusError) {
         let p = frame.baseAddress!.assumingMemoryBound(to: UInt8.self)
         let rc = modbus_reply(ctx, p, Int32(frame.count), mapping)
         if rc < 0 { throw ModbusError(kind: .other, errno: errno, function: "modbus_reply") }
@@ -118,6 +127,14 @@ public final class ModbusReplier {
         guard let mapping else {
             throw ModbusError(kind: .other, errno: EINVAL, function: "modbus_reply")
         }
+        return try replyDirect(to: frame, from: mapping, socket: fd)
+    }
+
+    /// `replyDirect(to:socket:)` from `mapping` instead of the loaded tables. A write that is
+    /// answered here is not applied again by a later `reply(to:from:into:)`: that is only
+    /// called when this returned false, and then `modbus_reply` wrote the same values anyway.
+    func replyDirect(to frame: UnsafeRawBufferPointer, from mapping: UnsafeMutablePointer<modbus_mapping_t>,
+                     socket fd: Int32) throws(ModbusError) -> Bool {
         var queued: Int32 = -1
         if ioctl(fd, UInt(TIOCOUTQ), &queued) != 0 || queued != 0 { return false }
         let p = frame.baseAddress!.assumingMemoryBound(to: UInt8.self)

@@ -130,3 +130,37 @@ public enum ModbusRequestCheck {
         return .read(table, address: address, count: count)
     }
 }
+
+extension ModbusRequestCheck {
+    /// For a server that lets `modbus_reply` answer any function from a writable mapping (the
+    /// `.delegate` policy's `.reply`): the exception code to send instead, for what
+    /// `modbus_reply` would otherwise answer by sleeping and flushing (a bad quantity or byte
+    /// count, an unknown function), or nil if `modbus_reply` may answer. Quantities are the
+    /// protocol's limits, which are libmodbus's `MODBUS_MAX_*` constants.
+    public static func replyProblem(_ b: UnsafeRawBufferPointer) -> UInt8? {
+        let length = b.count
+        func u16(_ at: Int) -> Int { Int(b[at]) << 8 | Int(b[at + 1]) }
+        switch b[7] {
+        case 1, 2:
+            guard length == 12 else { return 3 }
+            return (1...2000).contains(u16(10)) ? nil : 3
+        case 3, 4:
+            guard length == 12 else { return 3 }
+            return (1...125).contains(u16(10)) ? nil : 3
+        case 5, 6:
+            return length == 12 ? nil : 3
+        case 15:
+            guard length >= 13 else { return 3 }
+            let q = u16(10), bytes = Int(b[12])
+            guard (1...1968).contains(q), bytes == (q + 7) / 8, length == 13 + bytes else { return 3 }
+            return nil
+        case 16:
+            guard length >= 13 else { return 3 }
+            let q = u16(10), bytes = Int(b[12])
+            guard (1...123).contains(q), bytes == 2 * q, length == 13 + bytes else { return 3 }
+            return nil
+        default:
+            return 1
+        }
+    }
+}

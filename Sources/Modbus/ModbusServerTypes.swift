@@ -1,3 +1,4 @@
+import Platform
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -104,6 +105,9 @@ public enum ModbusCloseReason: Sendable, Hashable, CustomStringConvertible {
     case socketError(Int32)
     /// The server stopped.
     case serverStopped
+    /// The server's owner closed it (a `.delegate` policy's `.close` answer or
+    /// `ModbusServerControl.closeConnections`, e.g. the simulator's `drop`).
+    case closedByOwner
 
     public var description: String {
         switch self {
@@ -114,11 +118,12 @@ public enum ModbusCloseReason: Sendable, Hashable, CustomStringConvertible {
         case .malformed(let p): return "malformed frame: \(p)"
         case .socketError(let e): return "socket error \(ModbusError.errnoName(e))"
         case .serverStopped: return "server stopped"
+        case .closedByOwner: return "closed by the server's owner"
         }
     }
 }
 
-/// What a read-only server reports to its owner, on the server's loop thread.
+/// What a `ModbusServer` reports to its owner, on the server's loop thread.
 public enum ModbusServerEvent: Sendable, Hashable {
     case accepted(PeerAddress)
     /// Closed at accept; nothing was read from the peer.
@@ -132,11 +137,11 @@ public enum ModbusServerEvent: Sendable, Hashable {
     case replyFailed(PeerAddress, ModbusError)
 }
 
-/// Counters of a read-only server since it was created: a snapshot for metrics.
+/// Counters of a `ModbusServer` since it was created: a snapshot for metrics.
 public struct ModbusServerCounters: Sendable, Hashable {
     /// Complete request frames received (valid or not).
     public var requests: UInt64 = 0
-    /// Reads answered with data.
+    /// Reads answered with data (`.delegate`: every `.reply` answered, writes included).
     public var readsAnswered: UInt64 = 0
     /// Of those, replies written straight onto an idle client socket (the rest went through
     /// the output buffer; see `ModbusReplier.replyDirect`).
@@ -255,15 +260,7 @@ public struct ModbusServerError: Error, Sendable, Hashable, CustomStringConverti
 
 /// errno names for socket set-up and accept failures (thread-safe, unlike `strerror`).
 func socketErrnoName(_ e: Int32) -> String {
-    switch e {
-    case EADDRINUSE: return "EADDRINUSE (address already in use)"
-    case EADDRNOTAVAIL: return "EADDRNOTAVAIL (address not on this host)"
-    case EACCES: return "EACCES (permission denied; ports below 1024 need CAP_NET_BIND_SERVICE)"
-    case EAFNOSUPPORT: return "EAFNOSUPPORT"
-    case ENFILE: return "ENFILE"
-    case ENOBUFS: return "ENOBUFS"
-    case ENOMEM: return "ENOMEM"
-    case ECONNABORTED: return "ECONNABORTED"
-    default: return ModbusError.errnoName(e)
-    }
+    let errno = Errno(e)
+    if e == EACCES { return errno.description + " (ports below 1024 need CAP_NET_BIND_SERVICE)" }
+    return errno.meaning == nil ? ModbusError.errnoName(e) : errno.description
 }

@@ -1,3 +1,5 @@
+import CLinux
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,15 +13,18 @@ package final class OSThread: @unchecked Sendable {
 
     private final class Body {
         let run: @Sendable () -> Void
-        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+        let name: String
+        init(_ run: @escaping @Sendable () -> Void, name: String) { self.run = run; self.name = name }
     }
 
-    /// Starts `body` on a new thread; `name` is for error messages.
+    /// Starts `body` on a new thread named `name` (as `top -H` and debuggers show it; the first
+    /// 15 bytes), which also names it in error messages.
     package init(name: String, _ body: @escaping @Sendable () -> Void) throws(ThreadStartError) {
         // The box is handed to the new thread, which takes ownership and releases it.
-        let box = Unmanaged.passRetained(Body(body)).toOpaque()
+        let box = Unmanaged.passRetained(Body(body, name: name)).toOpaque()
         let rc = pthread_create(&tid, nil, { arg in
             let b = Unmanaged<Body>.fromOpaque(arg!).takeRetainedValue()
+            _ = CLinux_pthread_setname_np(UInt(pthread_self()), String(decoding: b.name.utf8.prefix(15), as: UTF8.self))
             b.run()
             return nil
         }, box)
@@ -30,11 +35,16 @@ package final class OSThread: @unchecked Sendable {
         started = true
     }
 
-    /// Waits for the thread to finish.
+    /// Waits for the thread to finish. Called on that thread itself (an owner released from
+    /// its own thread), it detaches instead: the thread's resources go when it ends.
     package func join() {
         guard started else { return }
         started = false
-        pthread_join(tid, nil)
+        if pthread_equal(tid, pthread_self()) != 0 {
+            pthread_detach(tid)
+        } else {
+            pthread_join(tid, nil)
+        }
     }
 }
 

@@ -235,7 +235,7 @@ struct PhysicalCLITests {
         let code = child.waitForExit(timeout: 20)
         if code == nil { child.signal(SIGKILL) }
         #expect(code == 1, "\(child.transcript)")
-        #expect(child.stderrLines.contains { $0.hasPrefix("error: cannot listen") && $0.hasSuffix("EMFILE") }, "\(child.transcript)")
+        #expect(child.stderrLines.contains { $0.hasPrefix("error: cannot listen") && $0.hasSuffix("EMFILE (too many open files)") }, "\(child.transcript)")
     }
 
     @Test func simulateRejectsBadInputWithExitTwo() throws {

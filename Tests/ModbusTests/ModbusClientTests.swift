@@ -1,10 +1,10 @@
-import CModbus
 import Foundation
 import Testing
 @testable import Modbus
 
 #if canImport(Glibc)
 import Glibc
+import TestSupport
 #endif
 
 /// A mapping with recognisable values in every table: holding h = 1000 + h, input i = 2000 + i,
@@ -50,7 +50,7 @@ struct ModbusClientTests {
             } catch {
                 #expect(error.kind == .exception(2))
                 #expect(error.exceptionCode == 2)
-                #expect(error.errno == CModbus_EMBXILADD())
+                #expect(error.errno == ModbusError.exceptionErrno(2))
                 #expect(error.function == "modbus_read_input_registers")
                 #expect(error.unit == 1 && error.table == "input" && error.address == 0 && error.count == 2)
                 #expect(error.endpoint == "127.0.0.1:\(port)")
@@ -195,9 +195,9 @@ struct ModbusClientTests {
     }
 
     @Test func classifiesErrno() {
-        #expect(ModbusError.classify(errno: CModbus_EMBXSFAIL()) == .exception(4))
-        #expect(ModbusError.classify(errno: CModbus_EMBBADDATA()) == .badResponse)
-        #expect(ModbusError.classify(errno: CModbus_EMBBADSLAVE()) == .badResponse)
+        #expect(ModbusError.classify(errno: ModbusError.exceptionErrno(4)) == .exception(4))
+        #expect(ModbusError.classify(errno: ModbusError.badDataErrno) == .badResponse)
+        #expect(ModbusError.classify(errno: ModbusError.badUnitErrno) == .badResponse)
         #expect(ModbusError.classify(errno: ETIMEDOUT) == .timeout)
         #expect(ModbusError.classify(errno: ECONNRESET) == .connectionLost)
         #expect(ModbusError.classify(errno: EPIPE) == .connectionLost)

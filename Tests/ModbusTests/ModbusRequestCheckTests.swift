@@ -1,5 +1,6 @@
 import Testing
 @testable import Modbus
+import TestSupport
 
 /// An MBAP frame: tid 0x1234, the given protocol id and unit, the PDU, and a length field that
 /// is right unless `length` overrides it.

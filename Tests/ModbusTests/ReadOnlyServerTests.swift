@@ -1,10 +1,10 @@
-import CModbus
 import Foundation
 import Testing
 @testable import Modbus
 
 #if canImport(Glibc)
 import Glibc
+import TestSupport
 #endif
 
 /// The hardened read-only server over real sockets on 127.0.0.1: libmodbus as the reference
@@ -19,9 +19,9 @@ struct ReadOnlyServerTests {
             #expect(try c.readRegisters(0, 32) == sampleImage.holdingRegisters)
             #expect(try c.readRegisters(0, 32, input: true) == sampleImage.inputRegisters)
             #expect(try c.readRegisters(30, 2, input: true) == [130, 131])
-            #expect(c.errnoOf { modbus_read_bits($0, 16, 2, nil) } == CModbus_EMBXILADD())
+            #expect(c.errnoOf { var b = [UInt8](repeating: 0, count: 2); return $0.readBits(16, 2, into: &b) } == ModbusError.exceptionErrno(2))
             var regs = [UInt16](repeating: 0, count: 2)
-            #expect(c.errnoOf { modbus_read_registers($0, 31, 2, &regs) } == CModbus_EMBXILADD())
+            #expect(c.errnoOf { $0.readRegisters(31, 2, into: &regs) } == ModbusError.exceptionErrno(2))
             let n = server.counters()
             #expect(n.readsAnswered == 5)
             // The first reply on a fresh connection finds an empty send queue, so at least it
@@ -37,18 +37,18 @@ struct ReadOnlyServerTests {
         try await withServer(events: log) { server in
             let c = try LibmodbusClient(port: server.port)
             let before = try c.readBits(0, 17)
-            var bits: [UInt8] = [1, 1, 1]
-            var regs: [UInt16] = [7, 7]
+            let bits: [UInt8] = [1, 1, 1]
+            let regs: [UInt16] = [7, 7]
             var readBack = [UInt16](repeating: 0, count: 2)
             let results = [
-                c.errnoOf { modbus_write_bit($0, 1, 1) },
-                c.errnoOf { modbus_write_register($0, 2, 9) },
-                c.errnoOf { modbus_write_bits($0, 0, 3, &bits) },
-                c.errnoOf { modbus_write_registers($0, 0, 2, &regs) },
-                c.errnoOf { modbus_mask_write_register($0, 3, 0xFF00, 0x00FF) },
-                c.errnoOf { modbus_write_and_read_registers($0, 4, 2, &regs, 0, 2, &readBack) },
+                c.errnoOf { $0.writeBit(1, true) },
+                c.errnoOf { $0.writeRegister(2, 9) },
+                c.errnoOf { $0.writeBits(0, bits) },
+                c.errnoOf { $0.writeRegisters(0, regs) },
+                c.errnoOf { $0.maskWriteRegister(3, and: 0xFF00, or: 0x00FF) },
+                c.errnoOf { $0.writeAndReadRegisters(write: 4, regs, read: 0, 2, into: &readBack) },
             ]
-            #expect(results == [Int32](repeating: CModbus_EMBXILFUN(), count: 6))
+            #expect(results == [Int32](repeating: ModbusError.exceptionErrno(1), count: 6))
             #expect(try c.readBits(0, 17) == before)
             #expect(try c.readRegisters(0, 32) == sampleImage.holdingRegisters)
             #expect(server.image === sampleImage)
@@ -73,7 +73,7 @@ struct ReadOnlyServerTests {
             #expect(try c.readRegisters(0, 1) == [5])
             #expect(try c.readRegisters(0, 1, input: true) == [6])
             // Smaller image: the old addresses are gone.
-            #expect(c.errnoOf { modbus_read_bits($0, 2, 1, nil) } == CModbus_EMBXILADD())
+            #expect(c.errnoOf { var b: [UInt8] = [0]; return $0.readBits(2, 1, into: &b) } == ModbusError.exceptionErrno(2))
             // Sealed: nothing published afterwards is served.
             server.seal(ModbusImage(coils: [0, 0], discreteInputs: [0, 0], holdingRegisters: [0], inputRegisters: [0]))
             #expect(!server.publish(next))
@@ -139,7 +139,7 @@ struct ReadOnlyServerTests {
                 #expect(try c.readBits(0, 3) == [1, 0, 0], "unit \(unit)")
             }
             let wrong = try LibmodbusClient(port: server.port, unit: 1)
-            #expect(wrong.errnoOf { modbus_read_bits($0, 0, 1, nil) } == CModbus_EMBXGTAR())
+            #expect(wrong.errnoOf { var b: [UInt8] = [0]; return $0.readBits(0, 1, into: &b) } == ModbusError.exceptionErrno(11))
             #expect(server.counters().exceptionGatewayTarget == 1)
         }
     }
@@ -274,17 +274,17 @@ struct ReadOnlyServerTests {
     @Test func descriptorsAtOrAboveTheLimitAreRefusedAtAccept() async throws {
         // A listener at or above the limit fails at init, with a typed error.
         #expect {
-            try ReadOnlyModbusServer(configuration: .init(host: "127.0.0.1", port: 0, descriptorLimit: 3), image: .empty)
+            try ModbusServer(configuration: .init(host: "127.0.0.1", port: 0, descriptorLimit: 3), image: .empty)
         } throws: { ($0 as? ModbusServerError)?.kind == .descriptorLimit }
         // A limit a few descriptors above the lowest free one: the listener, the epoll and the
         // reply pair fit below it, and the clients opened here soon reach it. Other tests open
         // descriptors at the same time, so a listener that lands above it just means try again.
-        var made: ReadOnlyModbusServer?
+        var made: ModbusServer?
         let log = EventLog()
         for _ in 0..<20 where made == nil {
             let lowest = open("/dev/null", O_RDONLY)
             close(lowest)
-            made = try? ReadOnlyModbusServer(
+            made = try? ModbusServer(
                 configuration: .init(host: "127.0.0.1", port: 0, maxClients: 1000, descriptorLimit: lowest + 8),
                 image: sampleImage, events: log.sink)
         }
@@ -399,9 +399,9 @@ struct ReadOnlyServerTests {
     @Test func stopAfterAGracePeriodKeepsServingUntilThen() async throws {
         // On 127.0.0.2, so no other test's port-0 listener on 127.0.0.1 can take the port
         // after this one closes and make "connection refused" untestable.
-        var config = ReadOnlyModbusServer.Configuration(host: "127.0.0.2", port: 0)
+        var config = ModbusServer.Configuration(host: "127.0.0.2", port: 0)
         config.idleTimeoutMs = 0
-        let server = try ReadOnlyModbusServer(configuration: config, image: sampleImage)
+        let server = try ModbusServer(configuration: config, image: sampleImage)
         try server.start()
         defer { server.stop(); server.join() }
         let c = try LibmodbusClient(port: server.port, host: "127.0.0.2")
@@ -416,16 +416,16 @@ struct ReadOnlyServerTests {
     @Test func aTakenPortOrBadAddressFailsAtInit() async throws {
         try await withServer { server in
             #expect {
-                try ReadOnlyModbusServer(configuration: .init(host: "127.0.0.1", port: server.port), image: .empty)
+                try ModbusServer(configuration: .init(host: "127.0.0.1", port: server.port), image: .empty)
             } throws: { ($0 as? ModbusServerError)?.kind == .listen }
         }
         #expect {
-            try ReadOnlyModbusServer(configuration: .init(host: "not an address", port: 0), image: .empty)
+            try ModbusServer(configuration: .init(host: "not an address", port: 0), image: .empty)
         } throws: { ($0 as? ModbusServerError)?.kind == .badAddress }
     }
 
     @Test func listensOnAHostName() async throws {
-        let server = try ReadOnlyModbusServer(configuration: .init(host: "localhost", port: 0), image: sampleImage)
+        let server = try ModbusServer(configuration: .init(host: "localhost", port: 0), image: sampleImage)
         try server.start()
         defer { server.stop(); server.join() }
         let c = try LibmodbusClient(port: server.port)
@@ -433,22 +433,20 @@ struct ReadOnlyServerTests {
     }
 
     @Test func servesIPv6Loopback() async throws {
-        let server: ReadOnlyModbusServer
+        let server: ModbusServer
         do {
-            server = try ReadOnlyModbusServer(configuration: .init(host: "::1", port: 0), image: sampleImage)
+            server = try ModbusServer(configuration: .init(host: "::1", port: 0), image: sampleImage)
         } catch {
             // No IPv6 on this host: nothing to test.
             return
         }
         try server.start()
         defer { server.stop(); server.join() }
-        guard let ctx = modbus_new_tcp_pi("::1", String(server.port)) else { return }
-        defer { modbus_free(ctx) }
-        modbus_set_slave(ctx, 1)
-        #expect(modbus_connect(ctx) == 0)
+        guard let c = try? LibmodbusBaselineClient(host: "::1", port: server.port) else { return }
+        #expect(c.connect() == 0)
         var bits = [UInt8](repeating: 9, count: 3)
-        #expect(modbus_read_bits(ctx, 0, 3, &bits) == 3)
+        #expect(c.readBits(0, 3, into: &bits) == 3)
         #expect(bits == [1, 0, 0])
-        modbus_close(ctx)
+        c.close()
     }
 }

@@ -1,10 +1,11 @@
-import CModbus
+import CLinux
 import Foundation
 import Synchronization
 @testable import Modbus
 
 #if canImport(Glibc)
 import Glibc
+import TestSupport
 #endif
 
 /// Something a test client could not do, with errno.
@@ -20,32 +21,6 @@ final class EventLog: Sendable {
     func append(_ e: ModbusServerEvent) { events.withLock { $0.append(e) } }
     var all: [ModbusServerEvent] { events.withLock { $0 } }
     var sink: @Sendable (ModbusServerEvent) -> Void { { [self] in self.append($0) } }
-}
-
-/// Polls `condition` every 10 ms until it holds or `seconds` pass (a liveness bound, not a
-/// timing test); sleeps without blocking a cooperative thread.
-func eventually(within seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(10))
-    }
-    return condition()
-}
-
-/// The same as `eventually`, for code that cannot await: blocks the calling thread.
-func waitUntil(within seconds: Double = 10, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return condition()
-}
-
-/// Sleeps without blocking a cooperative thread.
-func pause(_ ms: Int) async {
-    try? await Task.sleep(for: .milliseconds(ms))
 }
 
 /// A raw TCP client for frames libmodbus would never send.
@@ -145,44 +120,30 @@ final class RawClient: Sendable {
 
 /// A libmodbus client (the reference peer), blocking; use it from one thread.
 final class LibmodbusClient {
-    let ctx: OpaquePointer
+    let client: LibmodbusBaselineClient
 
     init(port: Int, host: String = "127.0.0.1", unit: Int32 = 1, timeoutMs: UInt32 = 2000) throws {
-        guard let c = modbus_new_tcp(host, Int32(port)) else { throw ClientFailure(what: "modbus_new_tcp", errno: errno) }
-        ctx = c
-        modbus_set_slave(ctx, unit)
-        modbus_set_response_timeout(ctx, timeoutMs / 1000, (timeoutMs % 1000) * 1000)
-        if modbus_connect(ctx) != 0 {
-            let e = errno
-            modbus_free(ctx)
-            throw ClientFailure(what: "modbus_connect", errno: e)
-        }
-    }
-
-    deinit {
-        modbus_close(ctx)
-        modbus_free(ctx)
+        client = try LibmodbusBaselineClient(host: host, port: port, unit: unit, responseTimeoutMs: timeoutMs)
+        if client.connect() != 0 { throw ClientFailure(what: "modbus_connect", errno: client.lastErrno) }
     }
 
     func readBits(_ address: Int, _ count: Int, discrete: Bool = false) throws -> [UInt8] {
         var out = [UInt8](repeating: 0xEE, count: count)
-        let rc = discrete ? modbus_read_input_bits(ctx, Int32(address), Int32(count), &out)
-            : modbus_read_bits(ctx, Int32(address), Int32(count), &out)
-        if rc != count { throw ClientFailure(what: discrete ? "modbus_read_input_bits" : "modbus_read_bits", errno: errno) }
+        let rc = client.readBits(address, count, into: &out, discrete: discrete)
+        if rc != count { throw ClientFailure(what: discrete ? "modbus_read_input_bits" : "modbus_read_bits", errno: client.lastErrno) }
         return out
     }
 
     func readRegisters(_ address: Int, _ count: Int, input: Bool = false) throws -> [UInt16] {
         var out = [UInt16](repeating: 0xEEEE, count: count)
-        let rc = input ? modbus_read_input_registers(ctx, Int32(address), Int32(count), &out)
-            : modbus_read_registers(ctx, Int32(address), Int32(count), &out)
-        if rc != count { throw ClientFailure(what: input ? "modbus_read_input_registers" : "modbus_read_registers", errno: errno) }
+        let rc = client.readRegisters(address, count, into: &out, input: input)
+        if rc != count { throw ClientFailure(what: input ? "modbus_read_input_registers" : "modbus_read_registers", errno: client.lastErrno) }
         return out
     }
 
     /// errno of a failed call (`MODBUS_ENOBASE + code` for an exception), 0 on success.
-    func errnoOf(_ call: (OpaquePointer) -> Int32) -> Int32 {
-        call(ctx) < 0 ? errno : 0
+    func errnoOf(_ call: (LibmodbusBaselineClient) -> Int32) -> Int32 {
+        call(client) < 0 ? client.lastErrno : 0
     }
 }
 
@@ -255,13 +216,13 @@ let bigImage = ModbusImage(coils: [1], discreteInputs: [1], holdingRegisters: (0
 /// Starts a server on 127.0.0.1 port 0 and always stops it, also when the body throws.
 @discardableResult
 func withServer<R>(image: ModbusImage = sampleImage, events: EventLog? = nil,
-                   _ configure: (inout ReadOnlyModbusServer.Configuration) -> Void = { _ in },
-                   _ body: (ReadOnlyModbusServer) async throws -> R) async throws -> R {
-    var config = ReadOnlyModbusServer.Configuration(host: "127.0.0.1", port: 0, threadName: "test-server")
+                   _ configure: (inout ModbusServer.Configuration) -> Void = { _ in },
+                   _ body: (ModbusServer) async throws -> R) async throws -> R {
+    var config = ModbusServer.Configuration(host: "127.0.0.1", port: 0, threadName: "test-server")
     configure(&config)
     let log = events ?? EventLog()
     let sink = log.sink
-    let server = try ReadOnlyModbusServer(configuration: config, image: image, events: sink)
+    let server = try ModbusServer(configuration: config, image: image, events: sink)
     try server.start()
     defer {
         server.stop()

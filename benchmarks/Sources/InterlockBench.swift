@@ -1,6 +1,6 @@
 import Appliance
+import CLinux
 import Commissioning
-import CModbus
 import Foundation
 import Modbus
 import Synchronization
@@ -259,9 +259,8 @@ enum Load {
         let finished = DispatchSemaphore(value: 0)
         for _ in 0..<clients {
             Thread {
-                let ctx = modbus_new_tcp("127.0.0.1", Int32(port))!
-                modbus_set_response_timeout(ctx, 2, 0)
-                let connected = modbus_connect(ctx) == 0
+                let ctx = try! LibmodbusBaselineClient(host: "127.0.0.1", port: port, responseTimeoutMs: 2000)
+                let connected = ctx.connect() == 0
                 ready.signal()
                 go.wait()
                 var n = 0
@@ -269,11 +268,10 @@ enum Load {
                 let end = start.withLock { $0 } + Int64(seconds * 1e9)
                 if connected {
                     while monotonicNs() < end {
-                        if modbus_read_bits(ctx, 0, 8, &bits) == 8 { n += 1 }
+                        if ctx.readBits(0, 8, into: &bits) == 8 { n += 1 }
                     }
                 }
-                modbus_close(ctx)
-                modbus_free(ctx)
+                ctx.close()
                 total.withLock { $0 += n }
                 finished.signal()
             }.start()
@@ -369,26 +367,24 @@ enum Load {
         // The well-behaved client.
         let result = Mutex(AttackResult(samplesMs: [], failed: 0))
         onThreads(1) { _ in
-            let ctx = modbus_new_tcp("127.0.0.1", Int32(port))!
-            modbus_set_response_timeout(ctx, 3, 0)
-            guard modbus_connect(ctx) == 0 else { result.withLock { $0.failed += 1 }; modbus_free(ctx); return }
+            let ctx = try! LibmodbusBaselineClient(host: "127.0.0.1", port: port, responseTimeoutMs: 3000)
+            guard ctx.connect() == 0 else { result.withLock { $0.failed += 1 }; return }
             var bits = [UInt8](repeating: 0, count: 8)
             let end = monotonicNs() + Int64(seconds * 1e9)
             var samples: [Double] = []
             var failed = 0
             while monotonicNs() < end {
                 let t0 = monotonicNs()
-                if modbus_read_bits(ctx, 0, 8, &bits) == 8 {
+                if ctx.readBits(0, 8, into: &bits) == 8 {
                     samples.append(Double(monotonicNs() - t0) / 1e6)
                 } else {
                     failed += 1
-                    modbus_close(ctx)
-                    _ = modbus_connect(ctx)
+                    ctx.close()
+                    _ = ctx.connect()
                 }
                 usleep(1000)
             }
-            modbus_close(ctx)
-            modbus_free(ctx)
+            ctx.close()
             result.withLock { $0 = AttackResult(samplesMs: samples, failed: failed) }
         }
         stop.withLock { $0 = true }

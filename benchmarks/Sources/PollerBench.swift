@@ -1,6 +1,5 @@
 import Appliance
 import Commissioning
-import CModbus
 import Foundation
 import Logging
 import Modbus
@@ -152,15 +151,16 @@ struct PollerBench: BenchSuite {
     }
 
     /// The baseline: `modbus_read_registers` of the same 10 registers in a tight loop, straight
-    /// through CModbus (no Swift wrapper, no decoding).
+    /// through libmodbus (`LibmodbusBaselineClient`: no typed errors, no decoding).
     static func bareLoop(port: Int, reads: Int, periodNs: Int64 = 0) throws -> BareResult {
-        guard let ctx = modbus_new_tcp_pi("127.0.0.1", String(port)) else { throw BenchError("modbus_new_tcp_pi failed") }
-        defer { modbus_free(ctx) }
-        modbus_set_slave(ctx, 1)
-        guard modbus_connect(ctx) == 0 else { throw BenchError("modbus_connect failed: errno \(errno)") }
-        defer { modbus_close(ctx) }
+        let ctx: LibmodbusBaselineClient
+        do { ctx = try LibmodbusBaselineClient(host: "127.0.0.1", port: port) } catch {
+            throw BenchError("modbus_new_tcp_pi failed: \(error)")
+        }
+        guard ctx.connect() == 0 else { throw BenchError("modbus_connect failed: errno \(ctx.lastErrno)") }
+        defer { ctx.close() }
         var regs = [UInt16](repeating: 0, count: 10)
-        for _ in 0..<500 { _ = modbus_read_registers(ctx, 0, 10, &regs) }  // warm-up
+        for _ in 0..<500 { _ = ctx.readRegisters(0, 10, into: &regs) }  // warm-up
         let cpu0 = cpuNs(), wall0 = monoNs()
         var deadline = wall0
         for _ in 0..<reads {
@@ -169,7 +169,7 @@ struct PollerBench: BenchSuite {
                 var ts = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
                 while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nil) == EINTR {}
             }
-            if modbus_read_registers(ctx, 0, 10, &regs) != 10 { throw BenchError("read failed: errno \(errno)") }
+            if ctx.readRegisters(0, 10, into: &regs) != 10 { throw BenchError("read failed: errno \(ctx.lastErrno)") }
         }
         let cpu1 = cpuNs(), wall1 = monoNs()
         return BareResult(reads: reads, cpuUsPerRead: Double(cpu1 - cpu0) / 1000 / Double(reads),

@@ -1,7 +1,8 @@
 import Appliance
-// SOCK_STREAM and MSG_NOSIGNAL: this toolchain's Glibc module does not export them; the libmodbus
-// module (which includes <sys/socket.h>) does. Without it the release build fails.
-import CModbus
+// SOCK_STREAM and MSG_NOSIGNAL: this toolchain's Glibc module does not reliably export them;
+// importing a C shim module as well does (it was CModbus; now the Linux shim). Without it the
+// release build fails.
+import CLinux
 import Foundation
 import Synchronization
 import TibetTwin

@@ -232,7 +232,7 @@ package final class GuardLoop: @unchecked Sendable {
     /// Starts the loop thread.
     package func start() throws(GuardLoopError) {
         do {
-            let t = try OSThread(name: "guard") { [self] in run() }
+            let t = try OSThread(name: "tt-guard") { [self] in run() }
             cond.withLock { thread = t }
         } catch {
             throw GuardLoopError(errno: error.errno.rawValue)
@@ -253,7 +253,6 @@ package final class GuardLoop: @unchecked Sendable {
     }
 
     func run() {
-        setThreadName("guard")
         let start = clock.now()
         nextTickNs = start.monotonicNs
         nextCheckpointNs = start.monotonicNs + Int64(config.checkpointS) * 1_000_000_000
@@ -381,9 +380,4 @@ package final class GuardLoop: @unchecked Sendable {
 package struct GuardLoopError: Error, Sendable, Hashable, CustomStringConvertible {
     package var errno: Int32
     package var description: String { "guard loop: pthread_create failed: \(Errno(errno).name)" }
-}
-
-/// Names the calling thread (shown by `top -H`, `gdb`); at most 15 bytes.
-func setThreadName(_ name: String) {
-    Thread.current.name = String(name.prefix(15))
 }

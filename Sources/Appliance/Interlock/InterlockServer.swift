@@ -81,7 +81,7 @@ package struct InterlockError: Error, Sendable, Hashable, CustomStringConvertibl
 /// Fail-safe by construction: it serves `PermitTable.allBlocked` until the first `publish`;
 /// `beginShutdown()` serves every permit as 0 for `stopGraceMs` (and ignores later publishes)
 /// before the listener closes. Writes are refused with exception 1 and reported to `events`.
-/// The socket work runs on the server's own thread (`ReadOnlyModbusServer`); `publish` only
+/// The socket work runs on the server's own thread (`ModbusServer`); `publish` only
 /// swaps a reference under a lock and never waits on a client.
 package final class InterlockServer: Service, Sendable {
     /// The port actually bound.
@@ -89,7 +89,7 @@ package final class InterlockServer: Service, Sendable {
     /// `host:port` as bound.
     package var address: String { server.address }
 
-    private let server: ReadOnlyModbusServer
+    private let server: ModbusServer
     private let config: InterlockConfig
     private let state: Mutex<State>
     private let logLimiter: LogRateLimiter
@@ -107,12 +107,12 @@ package final class InterlockServer: Service, Sendable {
                 events: @escaping @Sendable (InterlockEvent) -> Void = { _ in }) throws(InterlockError) {
         let initial = PermitTable.allBlocked(layout: layout)
         let limiter = LogRateLimiter(logger: logger, intervalNs: 10_000_000_000)
-        let serverConfig = ReadOnlyModbusServer.Configuration(
+        let serverConfig = ModbusServer.Configuration(
             host: config.host, port: config.port, unit: config.unit, maxClients: config.maxClients,
             idleTimeoutMs: config.idleTimeoutMs, byteTimeoutMs: config.byteTimeoutMs,
             allow: config.allow, threadName: "interlock")
         do {
-            server = try ReadOnlyModbusServer(configuration: serverConfig, image: InterlockServer.image(initial)) { event in
+            server = try ModbusServer(configuration: serverConfig, image: InterlockServer.image(initial)) { event in
                 InterlockServer.report(event, events: events, log: limiter)
             }
         } catch {
@@ -227,7 +227,7 @@ package final class InterlockServer: Service, Sendable {
             log.logger.debug("interlock client connected", metadata: ["client": "\(peer)"])
         case .closed(let peer, let reason):
             switch reason {
-            case .peerClosed, .serverStopped, .idleTimeout:
+            case .peerClosed, .serverStopped, .closedByOwner, .idleTimeout:
                 log.logger.debug("interlock client closed", metadata: ["client": "\(peer)", "reason": "\(reason)"])
             case .malformed, .byteTimeout, .writeStall, .socketError:
                 log.warning("closed", "interlock client closed", ["client": "\(peer)", "reason": "\(reason)"])

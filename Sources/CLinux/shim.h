@@ -1,0 +1,30 @@
+#ifndef TIBET_TWIN_CLINUX_SHIM_H
+#define TIBET_TWIN_CLINUX_SHIM_H
+
+// Linux calls the Modbus server's event loop needs and Swift's Glibc module does not give:
+// it does not include <sys/epoll.h> or <sys/eventfd.h>, and it is built without _GNU_SOURCE,
+// so accept4 and pthread_setname_np are not declared. Kept apart from CModbus, which is only
+// the door to libmodbus, the way swift-nio keeps CNIOLinux.
+//
+// accept4 and pthread_setname_np are bound under CLinux_ names (an asm label names the libc
+// symbol), which cannot clash with a declaration glibc makes under _GNU_SOURCE. Their
+// parameters use plain C types on purpose: including <sys/socket.h> or <pthread.h> here would
+// pull SOCK_STREAM & co. into this module and hide them from Swift files that import Glibc
+// but not CLinux.
+// The system headers libmodbus's and the old CModbus shim pulled in, so a Swift file that
+// imports CLinux for a socket constant finds it whatever the build order (see the ModbusTests
+// support files).
+#include <sys/param.h>
+#include <sys/select.h>
+#include <errno.h>
+
+#if defined(__linux__)
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+/// accept4(2); `addr` is a `struct sockaddr *`, `addrlen` a `socklen_t *`.
+extern int CLinux_accept4(int sockfd, void *addr, unsigned int *addrlen, int flags) __asm__("accept4");
+/// pthread_setname_np(3); `thread` is a `pthread_t`.
+extern int CLinux_pthread_setname_np(unsigned long thread, const char *name) __asm__("pthread_setname_np");
+#endif
+
+#endif
