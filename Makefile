@@ -5,7 +5,7 @@ SWIFT ?= swift
 BIN := .build/debug/tibet-twin
 export TIBET_TWIN_PYTHON := $(CURDIR)/.venv/bin/python
 
-.PHONY: all setup build demo test bench clean
+.PHONY: all setup build demo test bench fuzz clean
 
 all: build
 
@@ -26,6 +26,22 @@ bench: setup
 	$(SWIFT) build -c release --product tibet-twin-bench
 	$(SWIFT) build -c release --product tibet-twin
 	.build/release/tibet-twin-bench
+
+# libFuzzer over the three readers of untrusted bytes, FUZZ_SECONDS each (default 60); new
+# inputs go to .build/fuzz-corpus/, crashes and hangs to fuzz-*.out files (see docs/fuzzing.md).
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(SWIFT) build --scratch-path .build/fuzz -c release --product tibet-twin-fuzz \
+		-Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING
+	@for t in yaml twin modbus; do \
+		mkdir -p .build/fuzz-corpus/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		TIBET_FUZZ_TARGET=$$t .build/fuzz/release/tibet-twin-fuzz .build/fuzz-corpus/$$t fuzz/corpus/$$t \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=5 -rss_limit_mb=2048 -max_len=65600 \
+			-artifact_prefix=fuzz-$$t- -print_final_stats=1 2>&1 | grep -E "^#|stat::|ERROR|SUMMARY|Done" | tail -8 \
+			|| exit 1; \
+		ls fuzz-$$t-* >/dev/null 2>&1 && { echo "fuzz: $$t found a failing input: fuzz-$$t-*"; exit 1; }; \
+	done; true
 
 clean:
 	rm -rf .build

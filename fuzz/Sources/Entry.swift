@@ -1,0 +1,52 @@
+#if FUZZING
+// libFuzzer's entry point (`make fuzz` builds with -sanitize=fuzzer -DFUZZING; libFuzzer brings
+// `main`). The target is chosen once, from $TIBET_FUZZ_TARGET.
+import Foundation
+
+nonisolated(unsafe) private var selected: FuzzTarget?
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    if selected == nil {
+        let name = ProcessInfo.processInfo.environment["TIBET_FUZZ_TARGET"] ?? ""
+        guard let t = FuzzTarget(rawValue: name) else {
+            fatalError("set TIBET_FUZZ_TARGET to one of \(FuzzTarget.allCases.map(\.rawValue))")
+        }
+        selected = t
+    }
+    selected!.run(UnsafeRawBufferPointer(start: data, count: size))
+    return 0
+}
+#else
+// Without libFuzzer: replays inputs (the committed corpus, or a crash libFuzzer saved) through
+// the same checks. `make test` replays fuzz/corpus this way.
+import Foundation
+
+@main
+struct FuzzReplay {
+    static func main() {
+        let args = CommandLine.arguments.dropFirst()
+        guard let name = args.first, let target = FuzzTarget(rawValue: name), args.count >= 2 else {
+            print("usage: tibet-twin-fuzz yaml|twin|modbus FILE_OR_DIR...")
+            exit(2)
+        }
+        var count = 0
+        for path in args.dropFirst() {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+                print("no such file: \(path)")
+                exit(2)
+            }
+            let files = isDir.boolValue
+                ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { path + "/" + $0 }
+                : [path]
+            for f in files {
+                guard let data = FileManager.default.contents(atPath: f) else { continue }
+                data.withUnsafeBytes { target.run($0) }
+                count += 1
+            }
+        }
+        print("\(target.rawValue): \(count) inputs replayed, every invariant held")
+    }
+}
+#endif
