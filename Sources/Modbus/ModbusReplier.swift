@@ -1,4 +1,5 @@
 import CModbus
+import Platform
 
 #if canImport(Glibc)
 import Glibc
@@ -166,17 +167,20 @@ public final class ModbusReplier {
                       UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0),
                       UInt64(0), UInt64(0), UInt64(0), UInt64(0))  // 288 bytes ≥ the largest ADU (260)
         while got < count {
-            let n = withUnsafeMutableBytes(of: &buffer) { raw -> Int in
-                let want = min(raw.count, count - got)
-                let n = recv(readEnd, raw.baseAddress!, want, Int32(MSG_DONTWAIT))
-                if n > 0 { out.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[0..<n])) }
-                return n
+            let n: Int
+            do {
+                n = try SystemCall.retrying {
+                    withUnsafeMutableBytes(of: &buffer) { raw -> Int in
+                        let want = min(raw.count, count - got)
+                        let n = recv(readEnd, raw.baseAddress!, want, Int32(MSG_DONTWAIT))
+                        if n > 0 { out.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[0..<n])) }
+                        return n
+                    }
+                }
+            } catch {
+                throw ModbusError(kind: .other, errno: error.rawValue, function: function)
             }
-            if n <= 0 {
-                let e = n < 0 ? errno : EIO
-                if e == EINTR { continue }
-                throw ModbusError(kind: .other, errno: e, function: function)
-            }
+            if n == 0 { throw ModbusError(kind: .other, errno: EIO, function: function) }
             got += n
         }
     }

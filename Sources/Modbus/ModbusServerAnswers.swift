@@ -1,4 +1,5 @@
 import CLinux
+import Platform
 
 #if canImport(Glibc)
 import Glibc
@@ -24,19 +25,18 @@ extension ServerLoop {
 
     private func readAndAnswer(_ c: ServerConnection) {
         let room = min(ServerLoop.readChunk, ServerConnection.inputCapacity - c.inputCount)
-        var n: Int
-        repeat {
-            n = recv(c.fd, c.input.baseAddress! + c.inputCount, room, 0)
-        } while n < 0 && errno == EINTR
+        let n: Int
+        do {
+            n = try SystemCall.retrying { recv(c.fd, c.input.baseAddress! + c.inputCount, room, 0) }
+        } catch {
+            let e = error.rawValue
+            if e == EAGAIN || e == EWOULDBLOCK { return }
+            closeConnection(c, e == ECONNRESET ? .peerClosed : .socketError(e))
+            return
+        }
         if n == 0 {
             _ = flush(c)
             if connections[Int(c.fd)] === c { closeConnection(c, .peerClosed) }
-            return
-        }
-        if n < 0 {
-            let e = errno
-            if e == EAGAIN || e == EWOULDBLOCK { return }
-            closeConnection(c, e == ECONNRESET ? .peerClosed : .socketError(e))
             return
         }
         c.inputCount += n
@@ -200,17 +200,23 @@ extension ServerLoop {
     /// False if the connection was closed.
     func flush(_ c: ServerConnection) -> Bool {
         while c.pendingOutput > 0 {
-            let n = c.output.withUnsafeBytes {
-                send(c.fd, $0.baseAddress! + c.outputOffset, c.pendingOutput, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            let e: Int32
+            do {
+                let n = try SystemCall.retrying {
+                    c.output.withUnsafeBytes {
+                        send(c.fd, $0.baseAddress! + c.outputOffset, c.pendingOutput, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                    }
+                }
+                if n > 0 {
+                    c.outputOffset += n
+                    c.stalledSince = 0
+                    continue
+                }
+                e = EIO  // send never returns 0 for a non-empty buffer
+            } catch {
+                e = error.rawValue
             }
-            if n > 0 {
-                c.outputOffset += n
-                c.stalledSince = 0
-                continue
-            }
-            let e = errno
-            if n < 0 && e == EINTR { continue }
-            if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) {
+            if e == EAGAIN || e == EWOULDBLOCK {
                 if c.stalledSince == 0 { c.stalledSince = now }
                 break
             }
