@@ -16,6 +16,28 @@ public enum ModbusTable: String, Sendable, Hashable, CaseIterable {
     public var maxReadCount: Int {
         isBitTable ? Int(MODBUS_MAX_READ_BITS) : Int(MODBUS_MAX_READ_REGISTERS)
     }
+
+    /// The Modbus function code that reads this table (1 coils, 2 discrete inputs, 3 holding
+    /// registers, 4 input registers).
+    public var readFunction: UInt8 {
+        switch self {
+        case .coil: return 1
+        case .discrete: return 2
+        case .holding: return 3
+        case .input: return 4
+        }
+    }
+
+    /// The table a read function code (1–4) reads; nil for any other function.
+    public init?(readFunction: UInt8) {
+        switch readFunction {
+        case 1: self = .coil
+        case 2: self = .discrete
+        case 3: self = .holding
+        case 4: self = .input
+        default: return nil
+        }
+    }
 }
 
 /// A Modbus/TCP client over one libmodbus context: one persistent connection to one PLC.

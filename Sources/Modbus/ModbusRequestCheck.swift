@@ -28,21 +28,10 @@ public enum ModbusFrameProblem: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// The Modbus read functions a read-only server answers.
-public enum ModbusReadTable: UInt8, Sendable, Hashable, CaseIterable {
-    case coils = 1
-    case discreteInputs = 2
-    case holdingRegisters = 3
-    case inputRegisters = 4
-
-    /// The protocol's largest quantity for one read: 2000 bits or 125 registers.
-    public var maxQuantity: Int { rawValue <= 2 ? 2000 : 125 }
-}
-
 /// What the server does with one complete request frame.
 public enum ModbusRequestDecision: Sendable, Hashable {
     /// A valid read: answer it from the current image (through `modbus_reply`).
-    case read(ModbusReadTable, address: Int, count: Int)
+    case read(ModbusTable, address: Int, count: Int)
     /// Answer with this exception code (through `modbus_reply_exception`).
     case exception(UInt8)
     /// A write function: answer with `exception` (1, or 0x0B for a foreign unit), change
@@ -114,17 +103,17 @@ public enum ModbusRequestCheck {
             return .writeRejected(exception: ours ? 1 : 0x0B, function: fc, address: address, count: count)
         }
         if !ours { return .exception(0x0B) }
-        guard let table = ModbusReadTable(rawValue: fc) else { return .exception(1) }
+        guard let table = ModbusTable(readFunction: fc) else { return .exception(1) }
         if pdu != 5 { return .close(.pduLength(function: fc, expected: 5, got: pdu)) }
         let address = Int(frame[8]) << 8 | Int(frame[9])
         let count = Int(frame[10]) << 8 | Int(frame[11])
-        if count < 1 || count > table.maxQuantity { return .exception(3) }
+        if count < 1 || count > table.maxReadCount { return .exception(3) }
         let size: Int
         switch table {
-        case .coils: size = sizes.coils
-        case .discreteInputs: size = sizes.discrete
-        case .holdingRegisters: size = sizes.holding
-        case .inputRegisters: size = sizes.input
+        case .coil: size = sizes.coils
+        case .discrete: size = sizes.discrete
+        case .holding: size = sizes.holding
+        case .input: size = sizes.input
         }
         if address + count > size { return .exception(2) }
         return .read(table, address: address, count: count)

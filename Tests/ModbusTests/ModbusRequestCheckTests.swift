@@ -49,10 +49,10 @@ struct ModbusRequestCheckTests {
     }
 
     @Test func validReadsOfEveryTable() {
-        #expect(decide(mbap(readPDU(1, 0, 17))) == .read(.coils, address: 0, count: 17))
-        #expect(decide(mbap(readPDU(2, 16, 1))) == .read(.discreteInputs, address: 16, count: 1))
-        #expect(decide(mbap(readPDU(3, 0, 32))) == .read(.holdingRegisters, address: 0, count: 32))
-        #expect(decide(mbap(readPDU(4, 31, 1))) == .read(.inputRegisters, address: 31, count: 1))
+        #expect(decide(mbap(readPDU(1, 0, 17))) == .read(.coil, address: 0, count: 17))
+        #expect(decide(mbap(readPDU(2, 16, 1))) == .read(.discrete, address: 16, count: 1))
+        #expect(decide(mbap(readPDU(3, 0, 32))) == .read(.holding, address: 0, count: 32))
+        #expect(decide(mbap(readPDU(4, 31, 1))) == .read(.input, address: 31, count: 1))
     }
 
     @Test(arguments: [
@@ -96,9 +96,9 @@ struct ModbusRequestCheckTests {
     }
 
     @Test func unitIds() {
-        #expect(decide(mbap(unit: 0, readPDU(1, 0, 1))) == .read(.coils, address: 0, count: 1))
-        #expect(decide(mbap(unit: 255, readPDU(1, 0, 1))) == .read(.coils, address: 0, count: 1))
-        #expect(decide(mbap(unit: 7, readPDU(1, 0, 1)), unit: 7) == .read(.coils, address: 0, count: 1))
+        #expect(decide(mbap(unit: 0, readPDU(1, 0, 1))) == .read(.coil, address: 0, count: 1))
+        #expect(decide(mbap(unit: 255, readPDU(1, 0, 1))) == .read(.coil, address: 0, count: 1))
+        #expect(decide(mbap(unit: 7, readPDU(1, 0, 1)), unit: 7) == .read(.coil, address: 0, count: 1))
         #expect(decide(mbap(unit: 2, readPDU(1, 0, 1))) == .exception(0x0B))
         #expect(decide(mbap(unit: 2, [0x11])) == .exception(0x0B))
         #expect(decide(mbap(unit: 2, [6, 0, 1, 0, 1])) == .writeRejected(exception: 0x0B, function: 6, address: 1, count: 1))

@@ -85,10 +85,10 @@ enum FuzzTarget: String, CaseIterable {
                 let sizes = (coils: 16, discrete: 16, holding: 40, input: 0)
                 if case .read(let table, let address, let count) = ModbusRequestCheck.decide(frame, unit: 1, sizes: sizes) {
                     let size: Int = switch table {
-                    case .coils: sizes.coils
-                    case .discreteInputs: sizes.discrete
-                    case .holdingRegisters: sizes.holding
-                    case .inputRegisters: sizes.input
+                    case .coil: sizes.coils
+                    case .discrete: sizes.discrete
+                    case .holding: sizes.holding
+                    case .input: sizes.input
                     }
                     require(count >= 1 && address >= 0 && address + count <= size, "read outside the tables")
                 }
