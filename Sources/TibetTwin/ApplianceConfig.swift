@@ -98,11 +98,59 @@ public struct ApplianceConfig: Sendable, Hashable {
         }
     }
 
-    /// The local HTTP API (`/metrics`, `/status`, `/healthz`, reset).
+    /// The local HTTP API (`/metrics`, `/status`, `/healthz`, reset; docs/operations.md#the-http-api).
     public struct HTTP: Sendable, Hashable {
         /// Default `127.0.0.1:9102`.
         public var listen: HostPort
-        public init(listen: HostPort = HostPort(host: "127.0.0.1", port: 9102)) { self.listen = listen }
+        /// A request (head and body) must have arrived this long after the connection was
+        /// accepted or the previous answer sent, or the connection is closed; default 2000.
+        public var requestTimeoutMs: Int
+        /// Connections at once from one client address (of the 32 in all); default 8.
+        public var maxConnectionsPerClient: Int
+        /// The file holding the bearer token `POST /reset` must present; nil: resets are not
+        /// authenticated (allowed only while `listen` is a loopback address).
+        public var resetTokenFile: String?
+        /// Where `reset_token_file` was written, for start-up errors about the file.
+        public var resetTokenFileLocation: SourceLocation?
+        /// Resets accepted per second from one client address (and as a burst); default 5.
+        public var resetsPerSecond: Int
+
+        public init(listen: HostPort = HostPort(host: "127.0.0.1", port: 9102), requestTimeoutMs: Int = 2000,
+                    maxConnectionsPerClient: Int = 8, resetTokenFile: String? = nil,
+                    resetTokenFileLocation: SourceLocation? = nil, resetsPerSecond: Int = 5) {
+            self.listen = listen
+            self.requestTimeoutMs = requestTimeoutMs
+            self.maxConnectionsPerClient = maxConnectionsPerClient
+            self.resetTokenFile = resetTokenFile
+            self.resetTokenFileLocation = resetTokenFileLocation
+            self.resetsPerSecond = resetsPerSecond
+        }
+
+        /// Whether `host` names this machine only: `localhost`, 127.0.0.0/8, `::1` (or
+        /// `::ffff:127.x.x.x`). A wildcard (`0.0.0.0`, `::`) or any other name is not.
+        public static func isLoopback(host: String) -> Bool {
+            if host.lowercased() == "localhost" { return true }
+            guard let b = IPAddress.parse(host) else { return false }
+            if b.count == 4 { return b[0] == 127 }
+            if b == [UInt8](repeating: 0, count: 15) + [1] { return true }
+            return b[0..<10].allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff && b[12] == 127
+        }
+
+        // The location is where the key was written, not part of the setting: moving a line
+        // must not make a reload report "http" as changed.
+        public static func == (a: HTTP, b: HTTP) -> Bool {
+            a.listen == b.listen && a.requestTimeoutMs == b.requestTimeoutMs
+                && a.maxConnectionsPerClient == b.maxConnectionsPerClient && a.resetTokenFile == b.resetTokenFile
+                && a.resetsPerSecond == b.resetsPerSecond
+        }
+
+        public func hash(into h: inout Hasher) {
+            h.combine(listen)
+            h.combine(requestTimeoutMs)
+            h.combine(maxConnectionsPerClient)
+            h.combine(resetTokenFile)
+            h.combine(resetsPerSecond)
+        }
     }
 
     public init(node: String, maps: [String] = ["maps/"], interlock: Interlock = Interlock(), twin: Twin,
@@ -313,12 +361,36 @@ struct ConfigParser {
     }
 
     func parseHTTP(_ node: Node) -> ApplianceConfig.HTTP? {
-        guard let hm = MappingReader(ctx, node, "http", keys: ["listen"], what: "a mapping with listen") else { return nil }
+        let keys = ["listen", "request_timeout_ms", "max_connections_per_client", "reset_token_file", "resets_per_s"]
+        guard let hm = MappingReader(ctx, node, "http", keys: keys, what: "a mapping (\(keys.joined(separator: ", ")))")
+        else { return nil }
+        var ok = true
         var r = ApplianceConfig.HTTP()
-        if let n = hm.take("listen") {
-            guard let hp = hostPort(n, "http.listen") else { return nil }
-            r.listen = hp
+        let listenNode = hm.take("listen")
+        if let n = listenNode { if let hp = hostPort(n, "http.listen") { r.listen = hp } else { ok = false } }
+        func int(_ key: String, _ range: ClosedRange<Int>, _ expected: String) -> Int? {
+            guard let n = hm.take(key) else { return nil }
+            let v = ctx.int(n, keyPath("http", key), range, expected: expected)
+            if v == nil { ok = false }
+            return v
         }
-        return r
+        if let v = int("request_timeout_ms", 100...60_000, "milliseconds 100…60000") { r.requestTimeoutMs = v }
+        if let v = int("max_connections_per_client", 1...32, "1…32 connections (32 in all)") { r.maxConnectionsPerClient = v }
+        if let v = int("resets_per_s", 1...1000, "resets per second 1…1000") { r.resetsPerSecond = v }
+        if let n = hm.take("reset_token_file") {
+            if let s = ctx.string(n, "http.reset_token_file", expected: "a token file path") {
+                r.resetTokenFile = ApplianceConfig.resolve(s, against: baseDir)
+                r.resetTokenFileLocation = ctx.location(n)
+            } else { ok = false }
+        }
+        // Anyone who can reach a non-loopback listener could clear latches: refuse to start
+        // rather than serve an unauthenticated reset to the network.
+        if ok, r.resetTokenFile == nil, !ApplianceConfig.HTTP.isLoopback(host: r.listen.host) {
+            ctx.error(listenNode ?? node, "http.listen",
+                      "\(r.listen) is not a loopback address and http.reset_token_file is not set: anyone who can reach it "
+                      + "could clear latches; set http.reset_token_file (docs/operations.md#resets) or listen on 127.0.0.1")
+            ok = false
+        }
+        return ok ? r : nil
     }
 }

@@ -15,17 +15,21 @@ struct ApplianceURLOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The appliance config, to take http.listen from.", valueName: "FILE"))
     var config: String?
 
-    /// The URL to ask; throws a one-line message if the config cannot be read.
-    func resolvedURL() throws -> String {
-        if let url { return url }
-        guard let config else { return "http://127.0.0.1:9102" }
+    /// `--config`, parsed; nil without `--config`. Throws a one-line message if it cannot be read.
+    func parsedConfig() throws -> ApplianceConfig? {
+        guard let config else { return nil }
         guard let data = FileManager.default.contents(atPath: config), let text = String(data: data, encoding: .utf8) else {
             throw ValidationError("\(config): cannot read the config file")
         }
-        let parsed: ApplianceConfig
-        do { parsed = try ApplianceConfig.parse(yaml: text, file: config) } catch {
+        do { return try ApplianceConfig.parse(yaml: text, file: config) } catch {
             throw ValidationError(error.issues.first.map(\.description) ?? "\(config): invalid config")
         }
+    }
+
+    /// The URL to ask; throws a one-line message if the config cannot be read.
+    func resolvedURL() throws -> String {
+        if let url { return url }
+        guard let parsed = try parsedConfig() else { return "http://127.0.0.1:9102" }
         let listen = parsed.http.listen
         // A wildcard listen address is reached over loopback.
         let host = listen.host == "0.0.0.0" ? "127.0.0.1" : listen.host == "::" ? "::1" : listen.host
@@ -86,9 +90,11 @@ struct ResetCommand: ParsableCommand {
         abstract: "Clear a latched intent (or all of a device's) after a trip; the reset is audited.",
         discussion: """
             The intent then re-arms: its permit returns only after every check has held for \
-            rearm_ms (see docs/decision-rule.md). Exit codes: 0 reset applied (it prints which intents were \
-            latched); 1 refused (unknown device or intent, audit not writable); 2 bad usage or the \
-            appliance cannot be reached.
+            rearm_ms (see docs/decision-rule.md). When the appliance has http.reset_token_file, the \
+            token is read from --token-file, else from the file named by --config, and sent as \
+            Authorization: Bearer. Exit codes: 0 reset applied (it prints which intents were \
+            latched); 1 refused (unknown device or intent, audit not writable, missing or wrong \
+            token, too many resets); 2 bad usage or the appliance cannot be reached.
             """
     )
 
@@ -100,9 +106,20 @@ struct ResetCommand: ParsableCommand {
 
     @OptionGroup var target: ApplianceURLOptions
 
+    @Option(help: ArgumentHelp("The reset token file (default: http.reset_token_file of --config).", valueName: "FILE"))
+    var tokenFile: String?
+
     func run() throws {
         let url: String
-        do { url = try target.resolvedURL() } catch {
+        var headers: [(String, String)] = []
+        do {
+            url = try target.resolvedURL()
+            if let path = try tokenFile ?? target.parsedConfig()?.http.resetTokenFile {
+                let token: [UInt8]
+                do { token = try ResetTokenFile.read(path: path) } catch { throw ValidationError("\(error)") }
+                headers.append(("Authorization", "Bearer " + String(decoding: token, as: UTF8.self)))
+            }
+        } catch {
             CLIOut.errorLine("tibet-twin reset: \(error)")
             throw ExitCode(2)
         }
@@ -110,7 +127,7 @@ struct ResetCommand: ParsableCommand {
         if let intent { path += "&intent=\(Self.percentEncode(intent))" }
         let response: (status: Int, body: [UInt8])
         do {
-            response = try SimpleHTTPClient.request(method: "POST", url: url, path: path)
+            response = try SimpleHTTPClient.request(method: "POST", url: url, path: path, headers: headers)
         } catch {
             CLIOut.errorLine("tibet-twin reset: \(error)")
             throw ExitCode(2)
@@ -120,7 +137,7 @@ struct ResetCommand: ParsableCommand {
         guard response.status == 200, let value else {
             let message = value?["error"]?.stringValue ?? text.trimmingSuffixNewlines()
             CLIOut.errorLine("tibet-twin reset: \(message)")
-            throw ExitCode(response.status == 404 || response.status == 503 ? 1 : 2)
+            throw ExitCode([401, 403, 404, 429, 503].contains(response.status) ? 1 : 2)
         }
         let cleared = value["cleared"]?.arrayValue?.compactMap(\.stringValue) ?? []
         if cleared.isEmpty {

@@ -145,9 +145,9 @@ struct HTTPAPITests {
             let json = try JSONParser.parse(String(decoding: body, as: UTF8.self))
             #expect(json["cleared"] == .array(["hoist"]))
 
-            let (form, _) = try SimpleHTTPClient.request(method: "POST", url: url, path: "/reset",
-                                                         body: Array("device=crane-01".utf8))
-            #expect(form == 200)
+            let (jsonBody, _) = try SimpleHTTPClient.request(method: "POST", url: url, path: "/reset",
+                                                         body: Array(#"{"device":"crane-01"}"#.utf8))
+            #expect(jsonBody == 200)
 
             let (unknown, ubody) = try SimpleHTTPClient.request(method: "POST", url: url, path: "/reset?device=nope")
             #expect(unknown == 404)

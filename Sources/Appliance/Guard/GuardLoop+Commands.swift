@@ -51,14 +51,15 @@ extension GuardLoop {
                 guard audit.isHealthy else { return done(.auditFailed("audit store unhealthy")) }
                 cleared = slots[s].guardState.resetAll()
             }
-            audit.submit(AuditRecord(action: .reset, erin: .object([
-                "device": .string(device), "intent": intent.map { .string($0) } ?? .null,
-                "cleared": .array(cleared.map { .string($0) }), "client": .string(client),
-            ]), eraan: eraan(slots[s]), erachter: .object([
-                "why": .string("operator reset via the local HTTP API"),
-                "safety_critical": .bool(IndustryProfile.named(slots[s].map.profile).safetyCritical),
-            ]), time: now), onDurable: nil)
             metrics.countReset()
+            if cleared.isEmpty {
+                // Nothing was latched: answered and counted, but a flood of these must not
+                // flood the chain (docs/operations.md#resets).
+                metrics.countNoopReset()
+                foldNoopReset(slot: s, device: device, intent: intent, client: client, now: now)
+                return done(.done(device: device, cleared: []))
+            }
+            submitReset(slot: s, device: device, intent: intent, cleared: cleared, client: client, count: nil, now: now)
             logger.notice("reset", metadata: ["device": "\(device)", "cleared": "\(cleared)", "client": "\(client)"])
             slots[s].evaluate = true
             done(.done(device: device, cleared: cleared))
@@ -70,6 +71,59 @@ extension GuardLoop {
             let result = applyReload(reload, now: now, pending: &pending)
             pending.tableChanged = true
             pending.afterPublish.append { done(result) }
+        }
+    }
+
+    // MARK: Resets
+
+    func submitReset(slot s: Int, device: String, intent: String?, cleared: [String], client: String, count: Int?,
+                     now: ClockReading) {
+        var erin: [String: JSONValue] = [
+            "device": .string(device), "intent": intent.map { .string($0) } ?? .null,
+            "cleared": .array(cleared.map { .string($0) }), "client": .string(client),
+        ]
+        var why = "operator reset via the local HTTP API"
+        if let count {
+            erin["count"] = .int(Int64(count))
+            why += "; nothing was latched (repeats from one client within a second are folded into count)"
+        }
+        audit.submit(AuditRecord(action: .reset, erin: .object(erin), eraan: eraan(slots[s]), erachter: .object([
+            "why": .string(why),
+            "safety_critical": .bool(IndustryProfile.named(slots[s].map.profile).safetyCritical),
+        ]), time: now), onDurable: nil)
+    }
+
+    /// A reset that cleared nothing: the first per device, intent and client address in a
+    /// second is written at once (with the count folded since the last one); the rest of that
+    /// second only count, and are written by `flushNoopResets` on a later tick. Like the
+    /// interlock's refused writes (`InterlockAuditor`): every reset is in the chain, as a count.
+    func foldNoopReset(slot s: Int, device: String, intent: String?, client: String, now: ClockReading) {
+        let key = "\(device)|\(intent ?? "")|\(InterlockAuditor.host(of: client))"
+        var entry = noopResets[key] ?? FoldedReset(device: device, intent: intent, client: client)
+        entry.count += 1
+        entry.client = client
+        if entry.lastWrittenNs.map({ now.monotonicNs - $0 >= FoldedReset.intervalNs }) ?? true {
+            submitReset(slot: s, device: device, intent: intent, cleared: [], client: client, count: entry.count, now: now)
+            entry.count = 0
+            entry.lastWrittenNs = now.monotonicNs
+        }
+        noopResets[key] = entry
+    }
+
+    /// Writes the folded no-op resets whose second is over (`all`: every one, at stop) and
+    /// forgets the keys that have been quiet for a second.
+    func flushNoopResets(now: ClockReading, all: Bool) {
+        for (key, var e) in noopResets {
+            let due = all || e.lastWrittenNs.map { now.monotonicNs - $0 >= FoldedReset.intervalNs } ?? true
+            guard due else { continue }
+            if e.count > 0, let s = slotIndex[e.device] {
+                submitReset(slot: s, device: e.device, intent: e.intent, cleared: [], client: e.client, count: e.count, now: now)
+                e.count = 0
+                e.lastWrittenNs = now.monotonicNs
+                noopResets[key] = e
+            } else {
+                noopResets[key] = nil
+            }
         }
     }
 
@@ -119,4 +173,16 @@ extension GuardLoop {
             if let r = dropRecord(slot: s, intent: i, why: why, now: now) { pending.records.append(r) }
         }
     }
+}
+
+/// No-op resets from one client for one device and intent, not yet written.
+struct FoldedReset {
+    static let intervalNs: Int64 = 1_000_000_000
+    var device: String
+    var intent: String?
+    /// The last client (address and port) that sent one.
+    var client: String
+    var count = 0
+    /// When the last token for this key was written; nil: never.
+    var lastWrittenNs: Int64?
 }

@@ -113,6 +113,9 @@ package final class GuardLoop: @unchecked Sendable {
     var lastStatusNs: Int64 = 0
     var lastStatusText = ""
     var lastPublished: PermitTable?
+    /// Resets that cleared nothing, folded per device, intent and client address (one token
+    /// per key per second; GuardLoop+Commands.swift).
+    var noopResets: [String: FoldedReset] = [:]
 
     let config: Configuration
     let clock: any TimeSource
@@ -274,6 +277,7 @@ package final class GuardLoop: @unchecked Sendable {
             if stop { break }
             iterate(physical: physical, twin: twin, commands: commands)
         }
+        flushNoopResets(now: clock.now(), all: true)
     }
 
     // MARK: One iteration
@@ -363,6 +367,7 @@ package final class GuardLoop: @unchecked Sendable {
                 try? notifier.status(line)
             }
         }
+        if !noopResets.isEmpty { flushNoopResets(now: now, all: false) }
         if config.checkpointS > 0, now.monotonicNs >= nextCheckpointNs {
             nextCheckpointNs = now.monotonicNs + Int64(config.checkpointS) * 1_000_000_000
             audit.submit(AuditRecord(action: .checkpoint, erin: permitTableJSON(), time: now), onDurable: nil)

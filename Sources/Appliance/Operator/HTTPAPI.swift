@@ -57,21 +57,26 @@ package struct HealthSnapshot: Sendable, Hashable {
 /// | `POST /reset?device=D[&intent=I]` | clears latches; JSON `{"device":…,"cleared":[…]}` |
 ///
 /// Everything else is 404 (or 405 for a known path with the wrong method). Reset is a POST so a
-/// browser prefetch or a crawler can never re-arm a machine.
+/// browser prefetch or a crawler can never re-arm a machine, and it passes `ResetGate` first:
+/// rate limit per address, Host and Origin, content type, bearer token (docs/operations.md#resets).
 package struct HTTPAPI: Sendable {
     let control: any ApplianceControl
+    package let resetGate: ResetGate
 
-    package init(control: any ApplianceControl) {
+    package init(control: any ApplianceControl, resetPolicy: ResetPolicy = ResetPolicy()) {
         self.control = control
+        self.resetGate = ResetGate(policy: resetPolicy)
     }
 
     /// The handler to give `HTTPServer`.
     package var handler: HTTPHandler {
         let control = self.control
-        return { request, respond in HTTPAPI.route(request, control: control, respond: respond) }
+        let gate = self.resetGate
+        return { request, respond in HTTPAPI.route(request, control: control, gate: gate, respond: respond) }
     }
 
-    static func route(_ req: HTTPRequest, control: any ApplianceControl, respond: @escaping @Sendable (HTTPResponse) -> Void) {
+    static func route(_ req: HTTPRequest, control: any ApplianceControl, gate: ResetGate,
+                      respond: @escaping @Sendable (HTTPResponse) -> Void) {
         let get = req.method == "GET" || req.method == "HEAD"
         switch req.path {
         case "/", "/index.html":
@@ -104,11 +109,18 @@ package struct HTTPAPI: Sendable {
             }
         case "/reset":
             guard req.method == "POST" else { return respond(methodNotAllowed("POST")) }
+            if let refused = gate.check(req) { return respond(refused) }
             var params = req.query
-            // A form body (`device=…&intent=…`) works as well as the query string.
+            // A JSON body (`{"device":…,"intent":…}`) works as well as the query string.
             if !req.body.isEmpty {
-                let (_, form) = HTTPRequestHandler.split(uri: "?" + String(decoding: req.body, as: UTF8.self))
-                params.merge(form) { q, _ in q }
+                guard let body = try? JSONParser.parse(String(decoding: req.body, as: UTF8.self)), body.objectValue != nil else {
+                    return respond(jsonError(400, "the body is not a JSON object"))
+                }
+                for key in ["device", "intent"] {
+                    guard let v = body[key], v != .null else { continue }
+                    guard let text = v.stringValue else { return respond(jsonError(400, "\(key) must be a string")) }
+                    if params[key] == nil { params[key] = text }
+                }
             }
             guard let device = params["device"], !device.isEmpty else {
                 return respond(jsonError(400, "missing parameter: device"))
@@ -141,8 +153,8 @@ package struct HTTPAPI: Sendable {
         HTTPResponse(status: 503, text: "guard loop did not answer in time\n")
     }
 
-    static func jsonError(_ status: Int, _ message: String) -> HTTPResponse {
+    static func jsonError(_ status: Int, _ message: String, headers: [(String, String)] = []) -> HTTPResponse {
         HTTPResponse(status: status, contentType: "application/json",
-                     text: JSONValue.object(["error": .string(message)]).canonical + "\n")
+                     text: JSONValue.object(["error": .string(message)]).canonical + "\n", headers: headers)
     }
 }

@@ -68,8 +68,10 @@ package enum SimpleHTTPClient {
         return (String(host), p, base)
     }
 
-    /// Sends one request and returns the status and body.
+    /// Sends one request and returns the status and body. A body is sent as `contentType`
+    /// (JSON unless said otherwise); `headers` are added as given (`Authorization`).
     package static func request(method: String, url: String, path: String, body: [UInt8] = [],
+                               contentType: String = "application/json", headers: [(String, String)] = [],
                                timeoutMs: Int = 5000) throws(HTTPClientError) -> (status: Int, body: [UInt8]) {
         guard let (host, port, base) = parse(url: url) else {
             throw HTTPClientError(kind: .badURL, url: url, errno: 0, detail: "")
@@ -113,7 +115,8 @@ package enum SimpleHTTPClient {
         let hostHeader = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         var head = "\(method) \(base)\(path) HTTP/1.1\r\nHost: \(hostHeader)\r\nConnection: close\r\n"
         head += "User-Agent: tibet-twin\r\nContent-Length: \(body.count)\r\n"
-        if !body.isEmpty { head += "Content-Type: application/x-www-form-urlencoded\r\n" }
+        if !body.isEmpty { head += "Content-Type: \(contentType)\r\n" }
+        for (name, value) in headers { head += "\(name): \(value)\r\n" }
         head += "\r\n"
         let out = Array(head.utf8) + body
         do { try SystemCall.sendAll(fd, out) } catch {

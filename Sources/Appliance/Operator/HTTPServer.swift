@@ -64,32 +64,55 @@ package struct HTTPServerError: Error, Sendable, CustomStringConvertible {
     package var description: String { "http.listen \(address): cannot listen: \(underlying)" }
 }
 
+/// What the HTTP server refused or cut off, for `/metrics`.
+package struct HTTPServerCounters: Sendable, Hashable {
+    /// Connections closed at accept because 32 were open.
+    package var refusedTotal: UInt64 = 0
+    /// Connections closed at accept because their address had `maxPerClient` open.
+    package var refusedPerClient: UInt64 = 0
+    /// Connections closed because a request did not arrive in full within the request timeout.
+    package var requestTimeouts: UInt64 = 0
+    /// Requests that were not HTTP (answered 400 and closed).
+    package var badRequests: UInt64 = 0
+}
+
 /// A small HTTP/1.1 server on SwiftNIO for the appliance's local API (`/metrics`, `/status`,
 /// `/healthz`, the status page, `POST /reset`).
 ///
 /// One event loop thread of its own; requests are limited in size (64 KiB body), connections in
-/// number (`maxConnections`, so the HTTP side can never eat the descriptor budget below 1024 that
-/// libmodbus needs) and in idle time. It owns nothing of the guard: the handler reads snapshots
-/// and sends commands.
+/// number (`maxConnections` in all, so the HTTP side can never eat the descriptor budget below
+/// 1024 that libmodbus needs, and `maxPerClient` per address, so one client cannot take them
+/// all) and in time: a request, head and body, must arrive within `requestTimeout` of the accept
+/// or of the previous answer (a client that trickles a header byte every few seconds is closed
+/// at that deadline, not kept alive by each byte), and a connection is closed after any error
+/// answer (4xx, 5xx) and after a request that is not HTTP. It owns nothing of the guard: the
+/// handler reads snapshots and sends commands.
 package final class HTTPServer: Sendable {
     package let host: String
     package let requestedPort: Int
     let handler: HTTPHandler
     let maxConnections: Int
+    let maxPerClient: Int
+    let requestTimeout: TimeAmount
     let idleTimeout: TimeAmount
     let group: MultiThreadedEventLoopGroup
     let state = Mutex<(channel: Channel?, port: Int?)>((nil, nil))
     let connections = Atomic<Int>(0)
+    /// Open connections per client address.
+    let perClient = Mutex<[String: Int]>([:])
+    let stats = Mutex(HTTPServerCounters())
 
     /// The largest request body accepted.
     package static let maxBody = 64 * 1024
 
-    package init(host: String, port: Int, maxConnections: Int = 32, idleTimeoutSeconds: Int64 = 30,
-                handler: @escaping HTTPHandler) {
+    package init(host: String, port: Int, maxConnections: Int = 32, maxPerClient: Int = 8,
+                requestTimeoutMs: Int = 2000, idleTimeoutSeconds: Int64 = 30, handler: @escaping HTTPHandler) {
         self.host = host
         self.requestedPort = port
         self.handler = handler
         self.maxConnections = maxConnections
+        self.maxPerClient = maxPerClient
+        self.requestTimeout = .milliseconds(Int64(requestTimeoutMs))
         self.idleTimeout = .seconds(idleTimeoutSeconds)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     }
@@ -97,12 +120,34 @@ package final class HTTPServer: Sendable {
     /// The port actually bound (differs from `requestedPort` when that was 0); `nil` before `start`.
     package var port: Int? { state.withLock { $0.port } }
 
+    /// What was refused or cut off so far.
+    package var counters: HTTPServerCounters { stats.withLock { $0 } }
+
+    /// Counts a connection from `address` in; false (and nothing counted) if that address has
+    /// `maxPerClient` open already.
+    func admit(address: String) -> Bool {
+        perClient.withLock { m in
+            let n = m[address, default: 0]
+            guard n < maxPerClient else { return false }
+            m[address] = n + 1
+            return true
+        }
+    }
+
+    func release(address: String) {
+        perClient.withLock { m in
+            let n = m[address, default: 1] - 1
+            m[address] = n > 0 ? n : nil
+        }
+    }
+
     /// Binds and starts serving; returns the bound port.
     @discardableResult
     package func start() async throws(HTTPServerError) -> Int {
         let handler = self.handler
         let maxConnections = self.maxConnections
         let idle = self.idleTimeout
+        let requestTimeout = self.requestTimeout
         let server = self
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
@@ -112,13 +157,20 @@ package final class HTTPServer: Sendable {
                 let now = server.connections.add(1, ordering: .relaxed).newValue
                 channel.closeFuture.whenComplete { _ in server.connections.subtract(1, ordering: .relaxed) }
                 if now > maxConnections {
+                    server.stats.withLock { $0.refusedTotal += 1 }
                     return channel.close()
                 }
+                let address = channel.remoteAddress?.ipAddress ?? "?"
+                guard server.admit(address: address) else {
+                    server.stats.withLock { $0.refusedPerClient += 1 }
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in server.release(address: address) }
                 return channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(IdleStateHandler(readTimeout: idle))
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
-                    try sync.addHandler(HTTPRequestHandler(handler: handler))
+                    try sync.addHandler(HTTPRequestHandler(handler: handler, requestTimeout: requestTimeout, server: server))
                 }
             }
         do {
@@ -150,12 +202,55 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     let handler: HTTPHandler
+    let requestTimeout: TimeAmount
+    let server: HTTPServer?
     var head: HTTPRequestHead?
     var body: [UInt8] = []
     var tooLarge = false
+    /// Closes the connection unless the next request has arrived in full by then; armed at
+    /// accept and after each answer, cancelled when a request is complete.
+    var deadline: Scheduled<Void>?
 
-    init(handler: @escaping HTTPHandler) {
+    init(handler: @escaping HTTPHandler, requestTimeout: TimeAmount = .seconds(2), server: HTTPServer? = nil) {
         self.handler = handler
+        self.requestTimeout = requestTimeout
+        self.server = server
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { armDeadline(context: context) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if deadline == nil { armDeadline(context: context) }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        context.fireChannelInactive()
+    }
+
+    func armDeadline(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        let server = self.server
+        deadline = context.eventLoop.assumeIsolated().scheduleTask(in: requestTimeout) {
+            server?.stats.withLock { $0.requestTimeouts += 1 }
+            context.close(promise: nil)
+        }
+    }
+
+    /// A request that is not HTTP: the protocol error handler has answered 400; close rather
+    /// than leave the socket open until the idle timeout.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is HTTPParserError { server?.stats.withLock { $0.badRequests += 1 } }
+        context.close(promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -173,6 +268,8 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .end:
             guard let head else { return }
             self.head = nil
+            deadline?.cancel()
+            deadline = nil
             let keepAlive = head.isKeepAlive
             if tooLarge {
                 write(context: context, head: head, keepAlive: false,
@@ -205,6 +302,9 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func write(context: ChannelHandlerContext, head: HTTPRequestHead, keepAlive: Bool, response: HTTPResponse) {
         guard context.channel.isActive else { return }
+        // After an error answer the connection closes: a client that got something wrong
+        // starts again on a new one rather than hold this one.
+        let keepAlive = keepAlive && response.status < 400
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: String(response.body.count))
@@ -224,6 +324,8 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         if !keepAlive {
             let channel = context.channel
             done.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            armDeadline(context: context)
         }
     }
 

@@ -37,6 +37,7 @@ package final class ApplianceMetrics: Sendable {
     let reloadOK: Counter
     let reloadFailed: Counter
     let resets: Counter
+    let noopResets: Counter
     let auditSubmitFailures: Counter
     let blockedNow: [Gauge]
     /// Snapshot counters: the collector and the last total seen.
@@ -71,6 +72,8 @@ package final class ApplianceMetrics: Sendable {
         reloadOK = registry.makeCounter(descriptor: d("reloads", "total", "Config reloads (SIGHUP)"), labels: [("result", "ok")])
         reloadFailed = registry.makeCounter(descriptor: d("reloads", "total", "Config reloads (SIGHUP)"), labels: [("result", "refused")])
         resets = registry.makeCounter(descriptor: d("resets", "total", "Operator resets of latched intents"))
+        noopResets = registry.makeCounter(descriptor: d("resets_noop", "total",
+                                                        "Operator resets that found nothing latched (folded in the audit chain)"))
         auditSubmitFailures = registry.makeCounter(descriptor: d("audit_failures", "total", "Audit records the store did not make durable"))
     }
 
@@ -98,6 +101,7 @@ package final class ApplianceMetrics: Sendable {
     }
     package func countReload(ok: Bool) { (ok ? reloadOK : reloadFailed).increment() }
     package func countReset() { resets.increment() }
+    package func countNoopReset() { noopResets.increment() }
     package func countAuditFailure() { auditSubmitFailures.increment() }
 
     /// The current table: permits up, intents and devices configured, blocked intents by reason.

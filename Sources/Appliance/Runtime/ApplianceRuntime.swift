@@ -95,6 +95,17 @@ package final class ApplianceRuntime: Sendable {
         } catch {
             throw StartupError("descriptor limit: \(error)")
         }
+        // The reset token is read before anything is bound: a missing or readable-by-all
+        // file stops the start like any other config error.
+        var resetToken: [UInt8]?
+        if let path = config.http.resetTokenFile {
+            do {
+                resetToken = try ResetTokenFile.read(path: path)
+            } catch {
+                let at = config.http.resetTokenFileLocation?.description ?? config.sourceFile
+                throw StartupError("\(at): http.reset_token_file: \(error)")
+            }
+        }
         let metrics = ApplianceMetrics()
 
         // The audit store is opened after the listeners are bound (a taken port must not leave a
@@ -112,8 +123,11 @@ package final class ApplianceRuntime: Sendable {
         }
         let controlBox = LateBox<GuardLoop>()
         let control = RuntimeControl(guardBox: controlBox, metrics: metrics)
+        let api = HTTPAPI(control: control, resetPolicy: ResetPolicy(
+            token: resetToken, listenHost: config.http.listen.host, perSecond: config.http.resetsPerSecond))
         let http = HTTPServer(host: config.http.listen.host, port: config.http.listen.port,
-                              handler: HTTPAPI(control: control).handler)
+                              maxPerClient: config.http.maxConnectionsPerClient,
+                              requestTimeoutMs: config.http.requestTimeoutMs, handler: api.handler)
         do {
             try await http.start()
         } catch {
@@ -180,6 +194,7 @@ package final class ApplianceRuntime: Sendable {
             throw StartupError("start: \(error)")
         }
         runtime.registerMetrics()
+        metrics.addSource { [http, gate = api.resetGate] in HTTPMetrics.samples(server: http.counters, resets: gate.counters) }
         audit.submit(AuditRecord(action: .configLoaded, erin: .object([
             "accepted": .bool(true), "reason": .string("start"), "config": loaded.auditJSON,
         ]), erachter: .object(["why": .string("the config and maps the guard judges by from now on")]),
@@ -189,6 +204,11 @@ package final class ApplianceRuntime: Sendable {
             "interlock": "\(interlock.address)", "http": "\(config.http.listen.host):\(http.port ?? 0)",
             "audit": "\(config.audit.dir)",
         ])
+        if let path = config.http.resetTokenFile {
+            logger.notice("resets: authenticated (Authorization: Bearer, the token of http.reset_token_file \(path))")
+        } else {
+            logger.notice("resets: NOT authenticated: any local user may reset (loopback only, Host and Origin checked); set http.reset_token_file to require a token")
+        }
         return runtime
     }
 
