@@ -3,57 +3,8 @@ import Platform
 import Glibc
 #endif
 
-/// A client's address as the server saw it at accept. IPv4-mapped IPv6 addresses (what a
-/// dual-stack socket reports for IPv4 peers) are stored as the 4-byte IPv4 address.
-public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
-    /// 4 bytes (IPv4) or 16 bytes (IPv6), network order.
-    public var bytes: [UInt8]
-    public var port: UInt16
-
-    /// An address from its bytes; an IPv4-mapped IPv6 address is stored as IPv4.
-    public init(bytes: [UInt8], port: UInt16) {
-        if bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
-            self.bytes = Array(bytes[12...])
-        } else {
-            self.bytes = bytes
-        }
-        self.port = port
-    }
-
-    /// The address without the port: `10.0.0.5` or `fd00::5`.
-    public var host: String {
-        if bytes.count == 4 { return bytes.map(String.init).joined(separator: ".") }
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        var raw = bytes
-        let ok = raw.withUnsafeMutableBytes { b in
-            text.withUnsafeMutableBufferPointer { inet_ntop(AF_INET6, b.baseAddress, $0.baseAddress, socklen_t($0.count)) != nil }
-        }
-        if !ok { return bytes.map { String($0, radix: 16) }.joined(separator: ":") }
-        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    /// `10.0.0.5:50212` or `[fd00::5]:50212`.
-    public var description: String {
-        bytes.count == 4 ? "\(host):\(port)" : "[\(host)]:\(port)"
-    }
-
-    /// Reads the address out of a `sockaddr_storage` filled by `accept`/`getpeername`.
-    init?(_ storage: sockaddr_storage) {
-        var s = storage
-        switch Int32(s.ss_family) {
-        case AF_INET:
-            let sin = withUnsafeBytes(of: &s) { $0.load(as: sockaddr_in.self) }
-            let addr = withUnsafeBytes(of: sin.sin_addr) { Array($0) }
-            self.init(bytes: addr, port: UInt16(bigEndian: sin.sin_port))
-        case AF_INET6:
-            let sin6 = withUnsafeBytes(of: &s) { $0.load(as: sockaddr_in6.self) }
-            let addr = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
-            self.init(bytes: addr, port: UInt16(bigEndian: sin6.sin6_port))
-        default:
-            return nil
-        }
-    }
-}
+/// A client's address as the server reports it (the system layer's `NetAddress`).
+public typealias PeerAddress = NetAddress
 
 /// The four data tables a read-only server answers from: one immutable snapshot. Every request
 /// is answered from exactly one image, so a reply never mixes two snapshots.
