@@ -36,7 +36,7 @@ fuzz: setup
 	@for t in yaml twin modbus; do \
 		mkdir -p .build/fuzz-corpus/$$t; \
 		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
-		TIBET_FUZZ_TARGET=$$t .build/fuzz/release/tibet-twin-fuzz .build/fuzz-corpus/$$t fuzz/corpus/$$t \
+		SWIFT_BACKTRACE=enable=no TIBET_FUZZ_TARGET=$$t .build/fuzz/release/tibet-twin-fuzz .build/fuzz-corpus/$$t fuzz/corpus/$$t \
 			-max_total_time=$(FUZZ_SECONDS) -timeout=5 -rss_limit_mb=2048 -max_len=65600 \
 			-artifact_prefix=fuzz-$$t- -print_final_stats=1 2>&1 | grep -E "^#|stat::|ERROR|SUMMARY|Done" | tail -8 \
 			|| exit 1; \

@@ -1,7 +1,22 @@
 #if FUZZING
-// libFuzzer's entry point (`make fuzz` builds with -sanitize=fuzzer -DFUZZING; libFuzzer brings
-// `main`). The target is chosen once, from $TIBET_FUZZ_TARGET.
+// libFuzzer's entry point (`make fuzz` builds with -sanitize=fuzzer -DFUZZING). SwiftPM links an
+// executable's `main` to `<module>_main`, so that function starts libFuzzer's driver itself.
+// The target is chosen once, from $TIBET_FUZZ_TARGET.
 import Foundation
+
+@_silgen_name("LLVMFuzzerRunDriver")
+private func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<Int32>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
+) -> Int32
+
+@_cdecl("tibet_twin_fuzz_main")
+func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    var count = argc
+    var vector = argv
+    return LLVMFuzzerRunDriver(&count, &vector) { data, size in fuzzOne(data, size) }
+}
 
 nonisolated(unsafe) private var selected: FuzzTarget?
 
