@@ -3,11 +3,13 @@ import Foundation
 import TibetTwin
 import TestSupport
 
-/// Runs the built `tibet-twin` binary the way a user does and returns (exit code, stdout, stderr).
-func runTibetTwin(_ args: [String], stdin: String? = nil) throws -> (Int32, String, String) {
+/// Runs the built `tibet-twin` binary the way a user does (in `cwd`, by default the test
+/// runner's) and returns (exit code, stdout, stderr).
+func runTibetTwin(_ args: [String], stdin: String? = nil, cwd: URL? = nil) throws -> (Int32, String, String) {
     let p = Process()
     p.executableURL = binaryURL()
     p.arguments = args
+    if let cwd { p.currentDirectoryURL = cwd }
     let out = Pipe(), err = Pipe(), inp = Pipe()
     p.standardOutput = out
     p.standardError = err

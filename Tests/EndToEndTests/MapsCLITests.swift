@@ -2,25 +2,9 @@ import Foundation
 import Testing
 import TestSupport
 
-/// The package root, from this file's path.
-private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    .deletingLastPathComponent().deletingLastPathComponent()
-
 /// Runs the built binary in `cwd` (the package root by default); returns (exit code, stdout, stderr).
-private func run(_ args: [String], cwd: URL = root) throws -> (Int32, String, String) {
-    let p = Process()
-    p.executableURL = binaryURL()
-    p.arguments = args
-    p.currentDirectoryURL = cwd
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+private func run(_ args: [String], cwd: URL = packageRoot) throws -> (Int32, String, String) {
+    try runTibetTwin(args, cwd: cwd)
 }
 
 @Suite("tibet-twin maps validate")
@@ -35,7 +19,7 @@ struct MapsValidateCLITests {
     }
 
     @Test func explicitDirectoryAndFiles() throws {
-        let (code, out, _) = try run(["maps", "validate", "maps/"], cwd: root)
+        let (code, out, _) = try run(["maps", "validate", "maps/"], cwd: packageRoot)
         #expect(code == 0)
         #expect(out.split(separator: "\n").map { $0.split(separator: ":")[0] } ==
             ["crane-01", "etch-02", "ahu-03", "robot-cell-01", "mill-f3", "wtg-07"])
@@ -64,7 +48,7 @@ struct MapsValidateCLITests {
 
     /// maps/README.md shows a broken map and the output of `maps validate` for it: keep them true.
     @Test func readmeErrorExampleIsWhatTheToolPrints() throws {
-        let readme = try String(contentsOf: root.appendingPathComponent("maps/README.md"), encoding: .utf8)
+        let readme = try String(contentsOf: packageRoot.appendingPathComponent("maps/README.md"), encoding: .utf8)
         func block(after marker: String) throws -> String {
             let start = try #require(readme.range(of: marker)).upperBound
             let open = try #require(readme.range(of: "```", range: start..<readme.endIndex))
@@ -88,7 +72,7 @@ struct MapsValidateCLITests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-cli-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let crane = try String(contentsOf: root.appendingPathComponent("maps/crane-01.yaml"), encoding: .utf8)
+        let crane = try String(contentsOf: packageRoot.appendingPathComponent("maps/crane-01.yaml"), encoding: .utf8)
         try Data(crane.utf8).write(to: dir.appendingPathComponent("a.yaml"))
         try Data(crane.replacingOccurrences(of: "device: crane-01", with: "device: crane-02").utf8)
             .write(to: dir.appendingPathComponent("b.yaml"))

@@ -2,25 +2,9 @@ import Foundation
 import Testing
 import TestSupport
 
-/// The package root, from this file's path.
-private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    .deletingLastPathComponent().deletingLastPathComponent()
-
-/// Runs the built binary in the package root; returns (exit code, stdout, stderr).
-private func run(_ args: [String]) throws -> (Int32, String, String) {
-    let p = Process()
-    p.executableURL = binaryURL()
-    p.arguments = args
-    p.currentDirectoryURL = root
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+/// Runs the built binary in `cwd` (the package root by default); returns (exit code, stdout, stderr).
+private func run(_ args: [String], cwd: URL = packageRoot) throws -> (Int32, String, String) {
+    try runTibetTwin(args, cwd: cwd)
 }
 
 @Suite("tibet-twin maps layout")
