@@ -29,11 +29,7 @@ struct DemoCommand: AsyncParsableCommand {
     var color = false
 
     func run() async throws {
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = .error
-            return h
-        }
+        LoggingSystem.bootstrap { LineLogHandler(label: $0, level: .error) }
         let demo = CraneDemo(auditDir: audit, color: color || CLIOut.stdoutIsTerminal) { CLIOut.outputLine($0) }
         if await !demo.run() { throw ExitCode(1) }
     }

@@ -40,11 +40,7 @@ struct RunCommand: AsyncParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         // Bounded memory under overload: fewer malloc arenas keep less freed memory resident.
         MallocTuning.limitArenas()
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        LoggingSystem.bootstrap { LineLogHandler(label: $0, level: level) }
         let runtime: ApplianceRuntime
         do {
             runtime = try await ApplianceRuntime.start(configPath: config)

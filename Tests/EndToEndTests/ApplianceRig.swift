@@ -133,10 +133,10 @@ final class ApplianceRig {
             """)
     }
 
-    /// Starts `tibet-twin run` and waits for its `serving …` line.
-    func start() async throws {
-        let c = try Child(binaryURL().path, ["run", "--config", dir.file("tibet-twin.yaml")], name: "run",
-                          currentDirectory: dir.path)
+    /// Starts `tibet-twin run` (with `environment` added) and waits for its `serving …` line.
+    func start(environment: [String: String] = [:]) async throws {
+        let c = try Child(binaryURL().path, ["run", "--config", dir.file("tibet-twin.yaml")], environment: environment,
+                          name: "run", currentDirectory: dir.path)
         child = c
         guard await eventually(within: 30, { c.stdoutLines.contains { $0.hasPrefix("serving ") } || !c.isRunning }),
               let line = c.stdoutLines.first(where: { $0.hasPrefix("serving ") }) else {
