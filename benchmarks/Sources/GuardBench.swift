@@ -9,7 +9,7 @@ import Glibc
 /// `SyncGuard.check(device:intent:)` with its token and hash, for 1 and 1,000 devices, beside
 /// the seed's Python `check()` (tibet-twin 0.1.1) measured in the same run.
 struct GuardBench: BenchSuite {
-    let name = "guard"
+    let name = "GuardBench"
 
     func run() async throws {
         print("one thread, release build; each figure the best of 3 runs")

@@ -9,7 +9,7 @@ import Yams
 /// loader uses) — the share that validation adds on top of YAML parsing. Figures are thread CPU
 /// time, so they hold on a busy machine.
 struct MapsBench: BenchSuite {
-    let name = "maps"
+    let name = "MapsBench"
 
     func run() async throws {
         let dir = "maps/"

@@ -7,11 +7,11 @@ import Foundation
 import Synchronization
 import TibetTwin
 
-/// `tibet-twin-bench twin`: twin feed lines per second, parsed + validated + applied, against
+/// `tibet-twin-bench TwinFeedBench`: twin feed lines per second, parsed + validated + applied, against
 /// Foundation's `JSONDecoder` (and the project's generic `JSONParser`) on the same lines, in
 /// the same run; from memory, a file and a TCP client; RSS during a 1M-line burst.
 struct TwinFeedBench: BenchSuite {
-    let name = "twin"
+    let name = "TwinFeedBench"
 
     static let devices = (0..<10).map { "dev-\($0)" }
 
