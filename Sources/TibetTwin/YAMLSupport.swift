@@ -40,6 +40,12 @@ final class YAMLContext {
     /// Parses the text into one document's root node; a syntax error becomes an issue.
     /// Returns nil (with an issue) for syntax errors and for an empty document.
     func compose(_ yaml: String, emptyMessage: String) -> Node? {
+        // Anchors, aliases, too many values or too deep a nesting are refused before Yams sees
+        // the text: composing an alias bomb costs exponential time (YAMLPreScan.swift).
+        if let refused = YAMLPreScan.check(yaml) {
+            error(at: SourceLocation(file: file, line: refused.line, column: refused.column), "", refused.message)
+            return nil
+        }
         do {
             // The basic resolver: scalars are interpreted here, never by Yams' implicit-tag
             // regexes, which cost more than the rest of the parse (see `make bench`, maps).
