@@ -46,6 +46,9 @@ package final class ApplianceRuntime: Sendable {
         /// Counters of pollers retired by reloads, so metrics keep counting up.
         var retiredPolls = PollerStats()
         var reloading = false
+        /// A reload's validation that overran its time limit and was abandoned, while its
+        /// thread still runs: no second one starts until it is over.
+        var abandonedValidation: BoundedWork?
     }
 
     /// The ports actually bound (differ from the config where it says port 0).
@@ -229,33 +232,65 @@ package final class ApplianceRuntime: Sendable {
         case busy
     }
 
+    /// How long a reload may spend reading and validating the config and maps before it is
+    /// abandoned and the running set stays (docs/operations.md).
+    package static let reloadValidationLimit: Duration = .seconds(10)
+
     /// SIGHUP: reads and validates the config and every map again. Invalid: the running set
     /// stays; the refusal is logged and audited. Valid: unchanged devices keep their state and
     /// permits, replaced and new devices start blocked and re-arm (the guard drops their permits
     /// in the same step), and the poller restarts with the new maps.
+    ///
+    /// Reading and validating run on a thread of their own, bounded by `limit`: validation that
+    /// takes longer (a hostile file, a map path on a FIFO or a hung disk) is abandoned and the
+    /// reload refused, and a cancelled reload (SIGTERM) returns at once; neither holds up the
+    /// lifecycle or a thread of Swift's pool. `load` is `LoadedConfig.load`, replaceable in tests.
     @discardableResult
-    package func reload() async -> ReloadOutcome {
-        let (old, wasBusy) = state.withLock { s -> (LoadedConfig, Bool) in
+    package func reload(limit: Duration = ApplianceRuntime.reloadValidationLimit,
+                        load: @escaping @Sendable (String) throws(StartupError) -> LoadedConfig = { path throws(StartupError) in
+                            try LoadedConfig.load(configPath: path)
+                        }) async -> ReloadOutcome {
+        let (old, wasBusy, abandoned) = state.withLock { s -> (LoadedConfig, Bool, BoundedWork?) in
             defer { s.reloading = true }
-            return (s.loaded, s.reloading)
+            s.abandonedValidation?.reap()
+            if s.abandonedValidation?.finished == true { s.abandonedValidation = nil }
+            return (s.loaded, s.reloading, s.abandonedValidation)
         }
         if wasBusy { return .busy }
         defer { state.withLock { $0.reloading = false } }
         try? notifier.reloading()
         let now = clock.now()
+        if abandoned != nil {
+            return refuseReload([
+                "\(configPath): reload refused: the validation of an earlier reload overran its time limit and is still running",
+            ], now: now)
+        }
+        let path = configPath
+        let (outcome, work) = await BoundedWork.run(name: "reload validation", limit: limit) {
+            () -> Result<LoadedConfig, StartupError> in
+            do throws(StartupError) {
+                return .success(try load(path))
+            } catch {
+                return .failure(error)
+            }
+        }
         let next: LoadedConfig
-        do {
-            next = try LoadedConfig.load(configPath: configPath)
-        } catch {
-            for line in error.lines { logger.error("reload refused: \(line)") }
-            metrics.countReload(ok: false)
-            audit.submit(AuditRecord(action: .configLoaded, erin: .object([
-                "accepted": .bool(false), "reason": .string("reload"), "errors": .array(error.lines.map { .string($0) }),
-                "config_file": .string(configPath),
-            ]), erachter: .object(["why": .string("SIGHUP: the new config or maps are invalid; the running set stays")]),
-                time: now), onDurable: nil)
-            try? notifier.ready(status: "reload refused: \(error.lines.first ?? "")")
-            return .refused(error.lines)
+        switch outcome {
+        case .done(.success(let loaded)):
+            next = loaded
+        case .done(.failure(let error)):
+            return refuseReload(error.lines, now: now)
+        case .timedOut:
+            state.withLock { $0.abandonedValidation = work }
+            let seconds = Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18
+            return refuseReload([
+                "\(configPath): reload abandoned: reading and validating the config and maps took longer than \(formatSeconds(seconds)) s",
+            ], now: now)
+        case .cancelled:
+            state.withLock { $0.abandonedValidation = work }
+            return refuseReload(["\(configPath): reload abandoned: the appliance is stopping"], now: now)
+        case .threadFailed(let error):
+            return refuseReload(["\(configPath): reload refused: \(error)"], now: now)
         }
         let restartOnly = next.restartOnlyChanges(from: old)
         audit.reserveBacklog(forIntents: next.maps.reduce(0) { $0 + $1.intents.count })
@@ -309,4 +344,22 @@ package final class ApplianceRuntime: Sendable {
         try? notifier.ready(status: "reloaded: \(next.maps.count) devices")
         return .applied(result, restartOnly: restartOnly)
     }
+
+    /// Logs, counts and audits a refused reload; the running set stays.
+    private func refuseReload(_ lines: [String], now: ClockReading) -> ReloadOutcome {
+        for line in lines { logger.error("reload refused: \(line)") }
+        metrics.countReload(ok: false)
+        audit.submit(AuditRecord(action: .configLoaded, erin: .object([
+            "accepted": .bool(false), "reason": .string("reload"), "errors": .array(lines.map { .string($0) }),
+            "config_file": .string(configPath),
+        ]), erachter: .object(["why": .string("SIGHUP: the new config or maps are invalid; the running set stays")]),
+            time: now), onDurable: nil)
+        try? notifier.ready(status: "reload refused: \(lines.first ?? "")")
+        return .refused(lines)
+    }
+}
+
+/// `0.5`, `10`: seconds as an operator reads them.
+private func formatSeconds(_ s: Double) -> String {
+    s == s.rounded() ? String(Int(s)) : String(s)
 }

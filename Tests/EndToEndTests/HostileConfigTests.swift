@@ -1,0 +1,106 @@
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+import TestSupport
+#endif
+
+// Issue 17: config and map files that used to hang or confuse the appliance, through the binary.
+
+/// The 400-byte alias bomb: ten aliases per level, the last level used as a mapping key
+/// (Yams hashes the expanded tree when it checks keys for duplicates: depth 9 took over 30 s).
+func aliasBombYAML(levels: Int = 9) -> String {
+    var text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+    for level in 1...levels {
+        text += "a\(level): &a\(level) [" + Array(repeating: "*a\(level - 1)", count: 10).joined(separator: ", ") + "]\n"
+    }
+    return text + "? *a\(levels)\n: boom\n"
+}
+
+private let anchorRefusal = "an anchor (&name): anchors and aliases are not supported"
+
+@Suite("Hostile config and map files", .serialized)
+struct HostileConfigTests {
+    @Test func mapsValidateRefusesTheAliasBombFast() async throws {
+        let dir = try TempDir("tibet-bomb")
+        defer { dir.cleanup() }
+        try dir.write("bomb.yaml", aliasBombYAML())
+        let child = try Child(binaryURL().path, ["maps", "validate", dir.file("bomb.yaml")], name: "validate")
+        // Liveness bound only: before the fix this ran for minutes.
+        #expect(await eventually(within: 20) { !child.isRunning }, "maps validate did not return")
+        let code = child.waitForExit(timeout: 5)
+        #expect(code == 1)
+        #expect(child.stderrLines.first?.hasPrefix("\(dir.file("bomb.yaml")):1:5: \(anchorRefusal)") == true,
+                "\(child.transcript)")
+    }
+
+    @Test func runRefusesTheAliasBombConfigAtStart() async throws {
+        let dir = try TempDir("tibet-bomb")
+        defer { dir.cleanup() }
+        try dir.write("tibet-twin.yaml", "node: x\n" + aliasBombYAML())
+        let child = try Child(binaryURL().path, ["run", "--config", dir.file("tibet-twin.yaml")], name: "run")
+        #expect(await eventually(within: 20) { !child.isRunning }, "run did not return")
+        #expect(child.waitForExit(timeout: 5) == 2)
+        #expect(child.stderrLines.contains { $0.hasPrefix("tibet-twin run: \(dir.file("tibet-twin.yaml")):2:5: \(anchorRefusal)") },
+                "\(child.transcript)")
+    }
+
+    /// SIGHUP with the bomb as a map: refused at once with file:line:col, the old map keeps the
+    /// coil up, and SIGTERM still stops the appliance cleanly.
+    @Test func sighupWithAnAliasBombMapKeepsTheOldSetAndStops() async throws {
+        let s = try await System.start()
+        #expect(await s.coils.becomes(0, true))
+        let seen = s.coils.history.count
+        try s.rig.dir.write("maps/crane-01.yaml", aliasBombYAML())
+        s.rig.child?.signal(SIGHUP)
+        #expect(await eventually(within: 10) { s.rig.child?.stderrLines.contains { $0.contains("reload refused") } ?? false },
+                "\(s.rig.transcript)")
+        let refusal = s.rig.child?.stderrLines.first { $0.contains("reload refused") } ?? ""
+        #expect(refusal.contains("crane-01.yaml:1:5: \(anchorRefusal)"), "\(refusal)")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(s.coils.history.dropFirst(seen - 1).allSatisfy { $0.first == "1" }, "the old map keeps serving")
+        try await s.stopAndVerify()
+    }
+
+    /// A reload whose validation never ends (a map that is a FIFO nobody writes: `open` blocks,
+    /// like a hung disk): SIGTERM in the middle of it still stops the appliance, exit 0.
+    @Test func sigtermDuringAHungReloadStops() async throws {
+        let s = try await System.start()
+        #expect(await s.coils.becomes(0, true))
+        let map = s.rig.dir.file("maps/crane-01.yaml")
+        try FileManager.default.removeItem(atPath: map)
+        #expect(mkfifo(map, 0o600) == 0)
+        s.rig.child?.signal(SIGHUP)
+        try await Task.sleep(for: .milliseconds(500))
+        let code = await s.rig.terminate()
+        #expect(code == 0, "exit after SIGTERM during a reload\n\(s.rig.transcript)")
+        #expect(s.rig.child?.stderrLines.contains { $0.contains("reload abandoned: the appliance is stopping") } == true,
+                "\(s.rig.transcript)")
+        let (vcode, vout) = try s.rig.verifyAudit()
+        #expect(vcode == 0, "\(vout)")
+        _ = s.sim.quit()
+    }
+
+    /// The same hung validation without SIGTERM: abandoned after the time limit with the old set
+    /// kept, and a second SIGHUP is refused while the abandoned validation still runs.
+    @Test func aHungReloadIsAbandonedAndTheOldSetKept() async throws {
+        let s = try await System.start()
+        #expect(await s.coils.becomes(0, true))
+        let seen = s.coils.history.count
+        let map = s.rig.dir.file("maps/crane-01.yaml")
+        try FileManager.default.removeItem(atPath: map)
+        #expect(mkfifo(map, 0o600) == 0)
+        s.rig.child?.signal(SIGHUP)
+        #expect(await eventually(within: 30) {
+            s.rig.child?.stderrLines.contains { $0.contains("reload abandoned") && $0.contains("took longer than 10 s") } ?? false
+        }, "\(s.rig.transcript)")
+        #expect(s.coils.history.dropFirst(seen - 1).allSatisfy { $0.first == "1" }, "the old map kept serving")
+        s.rig.child?.signal(SIGHUP)
+        #expect(await eventually(within: 10) {
+            s.rig.child?.stderrLines.contains { $0.contains("an earlier reload overran its time limit and is still running") } ?? false
+        }, "\(s.rig.transcript)")
+        try await s.stopAndVerify()
+        let show = try s.rig.auditShow(json: true)
+        #expect(show.contains("took longer than 10 s"), "the abandoned reload is audited")
+    }
+}
