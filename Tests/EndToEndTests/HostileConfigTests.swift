@@ -103,4 +103,91 @@ struct HostileConfigTests {
         let show = try s.rig.auditShow(json: true)
         #expect(show.contains("took longer than 10 s"), "the abandoned reload is audited")
     }
+
+    // MARK: Start-up errors name the config file, the line and column of the key, and the key.
+
+    /// A config dir with a valid map and key; `feeds` and `audit` are YAML lines of the config.
+    private func startupConfig(_ dir: TempDir, feeds: [String], auditKey: String = "guard.key") throws -> String {
+        try dir.write("maps/crane-01.yaml", rigMapYAML(port: closedPort()))
+        let (code, _, err) = try runTibetTwin(["keygen", dir.file("guard.key")])
+        guard code == 0 else { throw HarnessError("keygen failed: \(err)") }
+        try dir.write("tibet-twin.yaml", """
+            node: t
+            maps: maps/
+            interlock: {listen: 127.0.0.1:0, allow: [127.0.0.0/8]}
+            twin:
+              feeds:
+            \(feeds.map { "    - \($0)" }.joined(separator: "\n"))
+            audit:
+              dir: audit
+              key: \(auditKey)
+            http: {listen: 127.0.0.1:0}
+
+            """)
+        return dir.file("tibet-twin.yaml")
+    }
+
+    /// `tibet-twin run --config` that must refuse to start: exit 2 and its error lines.
+    private func refusedStart(_ config: String) async throws -> [String] {
+        let child = try Child(binaryURL().path, ["run", "--config", config], name: "run")
+        #expect(await eventually(within: 30) { !child.isRunning }, "run did not return")
+        #expect(child.waitForExit(timeout: 5) == 2, "\(child.transcript)")
+        // The error lines (log lines of the parts that were closed again are not counted).
+        return child.stderrLines.filter { $0.hasPrefix("tibet-twin run: ") }
+    }
+
+    @Test func aMissingAuditKeyNamesTheKeyLine() async throws {
+        let dir = try TempDir("tibet-start")
+        defer { dir.cleanup() }
+        let config = try startupConfig(dir, feeds: ["tcp: 127.0.0.1:0"], auditKey: "missing.key")
+        let lines = try await refusedStart(config)
+        #expect(lines == ["tibet-twin run: \(config):9:8: audit.key: \(dir.file("missing.key")): stat failed: "
+                          + "ENOENT (no such file or directory) — the audit signing key (tibet-twin keygen)"], "\(lines)")
+    }
+
+    @Test func aDuplicateTCPFeedIsCaughtAtValidation() async throws {
+        let dir = try TempDir("tibet-start")
+        defer { dir.cleanup() }
+        let port = closedPort()
+        let config = try startupConfig(dir, feeds: ["tcp: 127.0.0.1:\(port)", "tcp: 127.0.0.1:\(port)"])
+        let lines = try await refusedStart(config)
+        #expect(lines == ["tibet-twin run: \(config):7:12: twin.feeds[1].tcp: 127.0.0.1:\(port) collides with "
+                          + "twin.feeds[0].tcp 127.0.0.1:\(port) (first at \(config):6:12): two listeners cannot share a port; give each its own"],
+                "\(lines)")
+    }
+
+    @Test func aUnixFeedPathThatIsARegularFileNamesTheKeyLine() async throws {
+        let dir = try TempDir("tibet-start")
+        defer { dir.cleanup() }
+        try dir.write("feed.sock", "not a socket\n")
+        let config = try startupConfig(dir, feeds: ["unix: feed.sock"])
+        let lines = try await refusedStart(config)
+        #expect(lines == ["tibet-twin run: \(config):6:13: twin.feeds[0].unix: \(dir.file("feed.sock")) exists and is "
+                          + "a regular file, not a socket: remove it or choose another path"], "\(lines)")
+        #expect(try String(contentsOfFile: dir.file("feed.sock"), encoding: .utf8) == "not a socket\n", "the file is left alone")
+    }
+
+    /// A feed port another process holds fails only at bind: the line still names the key.
+    @Test func aFeedPortInUseNamesTheKeyLine() async throws {
+        let dir = try TempDir("tibet-start")
+        defer { dir.cleanup() }
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p in
+                bind(holder, p, len) == 0 && listen(holder, 1) == 0 && getsockname(holder, p, &len) == 0
+            }
+        }
+        #expect(bound)
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        let config = try startupConfig(dir, feeds: ["tcp: 127.0.0.1:\(port)"])
+        let lines = try await refusedStart(config)
+        #expect(lines == ["tibet-twin run: \(config):6:12: twin.feeds[0].tcp: cannot listen on 127.0.0.1:\(port): "
+                          + "EADDRINUSE (address already in use)"], "\(lines)")
+    }
 }

@@ -111,7 +111,7 @@ package final class ApplianceRuntime: Sendable {
                 auditBox.value?.record(event)
             }
         } catch {
-            throw StartupError("\(config.sourceFile): interlock.listen \(config.interlock.listen): \(error)")
+            throw StartupError(config.startupLine("interlock.listen", "cannot serve on \(config.interlock.listen): \(error)"))
         }
         let controlBox = LateBox<GuardLoop>()
         let control = RuntimeControl(guardBox: controlBox, metrics: metrics)
@@ -121,7 +121,7 @@ package final class ApplianceRuntime: Sendable {
             try await http.start()
         } catch {
             interlock.stopImmediately()
-            throw StartupError("\(config.sourceFile): \(error)")
+            throw StartupError(config.startupLine("http.listen", "\(error)"))
         }
 
         let audit: AuditStore
@@ -132,7 +132,8 @@ package final class ApplianceRuntime: Sendable {
         } catch {
             interlock.stopImmediately()
             await http.stop()
-            throw StartupError("\(config.sourceFile): audit: \(error)")
+            let key = error.kind == .key || error.kind == .keyPermissions ? "audit.key" : "audit.dir"
+            throw StartupError(config.startupLine(key, "\(error)"))
         }
         audit.reserveBacklog(forIntents: loaded.maps.reduce(0) { $0 + $1.intents.count })
         let auditor = InterlockAuditor(audit: audit, node: config.node, clock: clock)
@@ -151,7 +152,7 @@ package final class ApplianceRuntime: Sendable {
         }
         let twin = TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))
         var started: [any TwinSource] = []
-        for source in twin.sources {
+        for (index, source) in twin.sources.enumerated() {
             do {
                 try await source.start()
                 started.append(source)
@@ -160,7 +161,7 @@ package final class ApplianceRuntime: Sendable {
                 interlock.stopImmediately()
                 await http.stop()
                 audit.close(reason: "start failed: twin feed \(source.name): \(error)")
-                throw StartupError("\(config.sourceFile): twin.feeds \(source.name): \(error)")
+                throw StartupError(config.startupLine(Self.feedKeyPath(config.twin.feeds, index), Self.describe(error)))
             }
         }
 
@@ -193,6 +194,30 @@ package final class ApplianceRuntime: Sendable {
             "audit": "\(config.audit.dir)",
         ])
         return runtime
+    }
+
+    /// `twin.feeds[1].tcp`: the key of a feed, for start-up errors.
+    static func feedKeyPath(_ feeds: [ApplianceConfig.Feed], _ index: Int) -> String {
+        guard feeds.indices.contains(index) else { return "twin.feeds" }
+        switch feeds[index] {
+        case .file: return "twin.feeds[\(index)].file"
+        case .tcp: return "twin.feeds[\(index)].tcp"
+        case .unix: return "twin.feeds[\(index)].unix"
+        }
+    }
+
+    /// A feed's start-up failure in words: the errno's name and meaning where there is one,
+    /// never a Swift type name of the event-loop library.
+    static func describe(_ error: TwinSourceError) -> String {
+        switch error.kind {
+        case .bind:
+            let address = error.source.split(separator: ":", maxSplits: 1).last.map(String.init) ?? error.source
+            if let e = error.errno { return "cannot listen on \(address): \(Errno(e).description)" }
+            return "cannot listen on \(address)"
+        default:
+            if let e = error.errno { return "\(error.function) failed: \(Errno(e).description): \(error.detail)" }
+            return "\(error.function) failed: \(error.detail)"
+        }
     }
 
     // MARK: Running
