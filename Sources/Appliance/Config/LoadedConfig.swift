@@ -69,12 +69,17 @@ package struct LoadedConfig: Sendable {
         do {
             layout = try InterlockLayout(maps: maps)
         } catch {
-            throw StartupError("\(path): \(error)")
+            throw StartupError(config.startupLine("maps", "\(error)"))
         }
         let keys: [String: TwinPublicKey]
         do {
             keys = try TwinKeys.load(for: maps)
         } catch {
+            // Checked with the maps already; a key changed since then is named at its map's line.
+            if let map = maps.first(where: { MapFiles.twinKeyPath(of: $0) == error.path }),
+               let at = map.keyLocations["twin_key"] {
+                throw StartupError("\(at): twin_key: \(error)")
+            }
             throw StartupError("\(error)")
         }
         let parser: TwinLineParser
