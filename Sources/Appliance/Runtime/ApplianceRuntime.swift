@@ -111,7 +111,7 @@ package final class ApplianceRuntime: Sendable {
                 auditBox.value?.record(event)
             }
         } catch {
-            throw StartupError(config.startupLine("interlock.listen", "cannot serve on \(config.interlock.listen): \(error)"))
+            throw StartupError(config.startupLine("interlock.listen", "\(error)"))
         }
         let controlBox = LateBox<GuardLoop>()
         let control = RuntimeControl(guardBox: controlBox, metrics: metrics)
