@@ -238,6 +238,10 @@ package final class ApplianceRuntime: Sendable {
             gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
             logger: Logger(label: "tibet-twin.lifecycle"))
         config.maximumGracefulShutdownDuration = .seconds(Double(loaded.config.interlock.stopGraceMs) / 1000 + 10)
+        // A part that ignores cancellation must not keep the process alive: 5 s after the
+        // graceful shutdown overran, the lifecycle ends the process (fatalError) and systemd
+        // restarts it. The permits were 0 since the first moment of the stop.
+        config.maximumCancellationDuration = .seconds(5)
         let group = ServiceGroup(configuration: config)
         self.group.withLock { $0 = group }
         try await group.run()
@@ -325,8 +329,16 @@ package final class ApplianceRuntime: Sendable {
         let leaving = old.maps.filter { nextByName[$0.device] != $0 }.map(\.device)
         let (oldPoller, oldGate) = state.withLock { ($0.poller, $0.gate) }
         oldGate.shutOut(leaving)
-        let result: GuardReloadResult = await withCheckedContinuation { c in
-            guardLoop.reload(GuardReload(maps: next.maps, layout: next.layout)) { c.resume(returning: $0) }
+        // Cancelled (SIGTERM) while the guard applies it: the stop goes on without waiting.
+        let applied = OneShot<GuardReloadResult?>()
+        let answer = await withTaskCancellationHandler {
+            guardLoop.reload(GuardReload(maps: next.maps, layout: next.layout)) { applied.resolve($0) }
+            return await applied.wait()
+        } onCancel: {
+            applied.resolve(nil)
+        }
+        guard let result = answer else {
+            return refuseReload(["\(configPath): reload abandoned: the appliance is stopping"], now: now)
         }
         twin.pipeline.replace(parser: next.parser, forgetting: result.replaced + result.removed)
         if !result.restarted.isEmpty || !result.removed.isEmpty {
