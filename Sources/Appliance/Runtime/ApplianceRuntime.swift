@@ -271,7 +271,7 @@ package final class ApplianceRuntime: Sendable {
     /// in the same step), and the poller restarts with the new maps.
     ///
     /// Reading and validating run on a thread of their own, bounded by `limit`: validation that
-    /// takes longer (a hostile file, a map path on a FIFO or a hung disk) is abandoned and the
+    /// takes longer (a hung disk or network mount) is abandoned and the
     /// reload refused, and a cancelled reload (SIGTERM) returns at once; neither holds up the
     /// lifecycle or a thread of Swift's pool. `load` is `LoadedConfig.load`, replaceable in tests.
     @discardableResult
