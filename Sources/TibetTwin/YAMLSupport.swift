@@ -190,6 +190,7 @@ final class MappingReader {
             return nil
         }
         var out: [(key: String, keyNode: Node, value: Node)] = []
+        var firstIndex: [String: Int] = [:]   // not a scan of `out`: free mappings may be long
         for (k, v) in mapping {
             guard case .scalar(let ks) = k, !isNull(k) else {
                 ctx.error(k, path, "a key must be a plain word, got \(describe(k))")
@@ -201,10 +202,11 @@ final class MappingReader {
             }
             // Yams reports repeated keys while composing (with the basic resolver "a" and a are
             // equal too); this guards the rule should the resolver ever change.
-            if let first = out.first(where: { $0.key == ks.string }) {
-                ctx.error(k, keyPath(path, ks.string), "duplicate key \"\(ks.string)\" (first at \(ctx.location(first.keyNode)))")
+            if let first = firstIndex[ks.string] {
+                ctx.error(k, keyPath(path, ks.string), "duplicate key \"\(ks.string)\" (first at \(ctx.location(out[first].keyNode)))")
                 continue
             }
+            firstIndex[ks.string] = out.count
             out.append((ks.string, k, v))
         }
         return out

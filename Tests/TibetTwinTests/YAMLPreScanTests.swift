@@ -107,4 +107,24 @@ func aliasBomb(levels: Int = 9, prefix: String = "") -> String {
         let issue = try #require(YAMLPreScan.check(many))
         #expect(issue.message.contains("more than \(YAMLLimits.maxNodes) values"))
     }
+
+    /// A large map within the caps (20,000 registers, 3,000 intents) is read in linear time:
+    /// the overlap check compared every pair of entries and free mappings scanned for repeated
+    /// keys, minutes in a debug build (53 s for 15,000 registers). Liveness bound only.
+    @Test func aLargeMapWithinTheCapsIsReadInLinearTime() throws {
+        var text = "device: big-01\nprofile: port\nplc: {host: 127.0.0.1, port: 1502}\n"
+            + "status: {address: 0, values: {0: operational}}\nregisters:\n"
+        for i in 0..<20_000 { text += "  - name: r\(i)\n    address: \(100 + 2 * i)\n    type: float32\n" }
+        text += "  - name: clash\n    address: 100\n    type: uint16\n"
+        text += "intents:\n"
+        for i in 0..<3_000 { text += "  i\(i):\n    coil: \(i)\n" }
+        #expect(YAMLPreScan.check(text) == nil)
+        let start = ContinuousClock.now
+        let issues = mapIssues(text, file: "big.yaml")
+        #expect(ContinuousClock.now - start < .seconds(30), "liveness bound")
+        #expect(issues.first == "big.yaml:60007:14: registers[20000].address: holding 100 overlaps \"r0\" (holding 100…101) at big.yaml:7:14",
+                "\(issues.prefix(2))")
+        #expect(issues.count == 2 && issues.last?.contains("intents.i16: too many intents") == true, "\(issues)")
+    }
 }
+
