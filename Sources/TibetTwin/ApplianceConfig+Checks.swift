@@ -6,6 +6,9 @@ import Yams
 // EADDRINUSE at bind, without a line; two feeds on one file read every line twice).
 
 extension ApplianceConfig {
+    /// The most `twin.feeds` entries a config may have.
+    public static let maxFeeds = 32
+
     /// Where `keyPath` (`audit.key`, `twin.feeds[1].tcp`, …) was written; for a key that was
     /// left out (its default applies), where its nearest written parent was, else line 1.
     public func location(of keyPath: String) -> SourceLocation {
@@ -48,6 +51,13 @@ extension ConfigParser {
         ]
         var paths: [(path: String, kind: String, file: String, node: Node?)] = []
         guard case .sequence(let items)? = entry(entry(root, "twin"), "feeds") else { return }
+        // Each feed is a thread or an event loop and its descriptors; the checks below compare
+        // feeds pairwise.
+        if items.count > ApplianceConfig.maxFeeds {
+            ctx.error(entry(entry(root, "twin"), "feeds"), "twin.feeds",
+                      "\(items.count) feeds; at most \(ApplianceConfig.maxFeeds) (one listener or file serves any number of twin clients or devices)")
+            return
+        }
         for (i, (item, feed)) in zip(items, config.twin.feeds).enumerated() {
             let base = keyPath("twin.feeds", index: i)
             note(base, item)

@@ -60,4 +60,10 @@ import Testing
         #expect(config.location(of: "twin.feeds[1].unix").description == "c.yaml:4:46")
         #expect(config.location(of: "http.listen").description == "c.yaml:1:1", "no http at all: line 1")
     }
+
+    @Test func feedsAreCapped() {
+        let many = (0..<33).map { "tcp: 127.0.0.1:\(7000 + $0)" }
+        #expect(issues(feeds: many) == ["etc/c.yaml:6:5: twin.feeds: 33 feeds; at most 32 (one listener or file serves any number of twin clients or devices)"])
+        #expect(issues(feeds: Array(many.prefix(32))).isEmpty)
+    }
 }
