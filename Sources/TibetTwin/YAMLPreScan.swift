@@ -17,6 +17,10 @@
 // - Comments are skipped only on lines with no quote character, where a `#` after a blank is
 //   certainly a comment or text inside a string (in a string the rest of the line is text too).
 // - Line breaks are LF, CR, NEL, LS and PS, as libyaml counts them.
+// - Keys are plain words: the explicit key indicator `?` where a node starts, and a `]` or `}`
+//   followed by `:` (a collection used as a key, unless it looks quoted: "[::1]:9102") are
+//   refused. This one is best effort: without aliases a collection key costs Yams' duplicate
+//   check time in proportion to its size, not exponential time.
 // - Depth is estimated from indentation (each deeper indentation may hold a mapping and a list),
 //   the `-`/`?`/`:` indicators on the line and the flow brackets open; the estimate may run high,
 //   never low, except for brackets inside quoted text. The total number of flow collections is
@@ -129,6 +133,11 @@ enum YAMLPreScan {
                             "\(what): anchors and aliases are not supported, write the value out "
                             + "(a word that starts with * or & after a blank, '-', ':', '?', ',', '[' or '{' reads as one, even in quotes)")
                     }
+                    if c == question {
+                        return YAMLPreScanIssue(line: line, column: column, message:
+                            "explicit keys (? key) are not supported: a key is a plain word "
+                            + "(a word that starts with ? after a blank, '-', ':', ',', '[' or '{' reads as one)")
+                    }
                     if c == lbracket || c == lbrace {
                         flowOpen += 1
                         flowTotal += 1
@@ -144,7 +153,22 @@ enum YAMLPreScan {
                             "nested more than \(YAMLLimits.maxDepth) levels deep")
                     }
                 }
-                if (c == rbracket || c == rbrace) && flowOpen > 0 { flowOpen -= 1 }
+                if c == rbracket || c == rbrace {
+                    if flowOpen > 0 { flowOpen -= 1 }
+                    // `[a, b]: x` or `{a: 1}: x`: a collection used as a key, which Yams hashes
+                    // whole on its duplicate check. Keys are plain words.
+                    // Not when an odd number of quotes precede it on the line: most likely text
+                    // in quotes such as "[::1]:9102" (without aliases, a collection key that
+                    // slips through costs time in proportion to its size, not more).
+                    var quotes = 0
+                    for q in start..<k where b[q] == dquote || b[q] == squote { quotes += 1 }
+                    var m = k + 1
+                    while m < end, blankLength(b, m) > 0 { m += blankLength(b, m) }
+                    if quotes % 2 == 0, m < end, b[m] == colon {
+                        return YAMLPreScanIssue(line: line, column: column, message:
+                            "a [ ] or { } collection used as a key: a key is a plain word")
+                    }
+                }
                 previous = c
                 afterBlank = false
                 // Columns count characters: UTF-8 continuation bytes do not start one.

@@ -42,7 +42,7 @@ func aliasBomb(levels: Int = 9, prefix: String = "") -> String {
     @Test(arguments: [
         ("k: *a\n", 1, 4), ("- *a\n", 1, 3), ("--- *a\n", 1, 5), ("k:\n  *a : 1\n", 2, 3),
         ("k: [x, *a]\n", 1, 8), ("k: [*a]\n", 1, 5), ("k: {*a: 1}\n", 1, 5), ("k: {\"q\":*a}\n", 1, 9),
-        ("? *a\n: 1\n", 1, 3), ("k:\t*a\n", 1, 4), ("k: v\u{2028}*a: 1\n", 2, 1), ("k: v\u{85}*a: 1\n", 2, 1),
+        ("- x\n- *a\n", 2, 3), ("k:\t*a\n", 1, 4), ("k: v\u{2028}*a: 1\n", 2, 1), ("k: v\u{85}*a: 1\n", 2, 1),
         ("k: v\r*a: 1\n", 2, 1), ("k: [\"#x\", *a]\n", 1, 11), ("k: \"x\n  , *a\"\n", 2, 5),
         ("<<: *base\n", 1, 5), ("k: &a v\n", 1, 4)
     ])
@@ -54,10 +54,22 @@ func aliasBomb(levels: Int = 9, prefix: String = "") -> String {
     /// Text that YAML reads as words, not anchors or aliases, passes.
     @Test(arguments: [
         "k: R&D\n", "k: 2 * 3\n", "k: see *manual*\n", "k: \"see *manual*\"\n", "# - *commented\nk: v\n",
-        "k: v   # [*x, &y]\n", "k: m/s*2\n", "k: - * x\n", "k: café *ü\n",
+        "k: v   # [*x, &y]\n", "k: m/s*2\n", "k: - * x\n", "k: café *ü\n", "listen: \"[::1]:9102\"\n",
+        "allow: ['::1/128', \"[fd00::1]:502\"]\n", "k: what?\n",
     ])
     func wordsWithStarsPass(_ text: String) {
         #expect(YAMLPreScan.check(text) == nil)
+    }
+
+    /// Collections as keys (hashed whole on Yams' duplicate check) are refused too.
+    @Test(arguments: [
+        ("? [a, b]\n: 1\n", 1, 1), ("k: {? x: 1}\n", 1, 5), ("[a, b]: 1\n", 1, 6), ("k: {{a: 1} : 2}\n", 1, 10),
+        ("k:\n  [[a]]: 1\n", 2, 7),
+    ])
+    func collectionKeysAreRefused(_ text: String, _ line: Int, _ column: Int) throws {
+        let issue = try #require(YAMLPreScan.check(text))
+        #expect((issue.line, issue.column) == (line, column), "\(issue)")
+        #expect(issue.message.contains("key"))
     }
 
     @Test func theShippedMapsAndExampleConfigPass() throws {
