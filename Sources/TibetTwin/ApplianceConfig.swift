@@ -175,7 +175,13 @@ public struct ApplianceConfig: Sendable, Hashable {
         let ctx = YAMLContext(file: file)
         var config: ApplianceConfig?
         if let root = ctx.compose(yaml, emptyMessage: "empty config file (expected a mapping with node, maps, interlock, twin, audit, http)") {
-            config = ConfigParser(ctx: ctx, baseDir: directory(of: file)).parse(root)
+            let parser = ConfigParser(ctx: ctx, baseDir: directory(of: file))
+            config = parser.parse(root)
+            // Key locations for start-up errors, and feeds or listeners that would collide.
+            if var c = config {
+                parser.checkAcrossKeys(root, &c)
+                config = c
+            }
         }
         guard ctx.issues.isEmpty, var config else {
             var issues = ctx.sortedIssues

@@ -51,7 +51,8 @@ public struct ChainVerifier: Sendable {
             case key
             /// A segment is missing from the numbering.
             case segment
-            /// The last line has no newline: a write cut short (the store moves it aside on start).
+            /// The last segment's last line has no newline: a write cut short (the store moves it
+            /// aside on start). In an earlier segment the same is a `link` failure: lost records.
             case torn
         }
         public var file: String
@@ -209,6 +210,21 @@ public struct ChainVerifier: Sendable {
                 detail: "last line is incomplete (\(bytes) bytes without a newline): a write cut short; the audit store moves it aside into a .torn file when it next opens the directory")
     }
 
+    /// The failure for an unterminated last line at `line` of a segment that is not the last
+    /// one. The store only ever repairs the tail of the last segment (it never writes to an
+    /// earlier one again), so bytes without a newline there are not a crash: records after
+    /// them were lost, or the file was changed.
+    public func cutSegment(line: Int, bytes: Int) -> Failure {
+        Failure(file: file, line: line, kind: .link,
+                detail: "ends in \(bytes) bytes without a newline, but it is not the last segment: the audit store never "
+                    + "writes to an earlier segment again, so records were lost here or the file was tampered with (it is not repaired)")
+    }
+
+    /// `tornTail` for the last segment, `cutSegment` for any other.
+    public func unterminated(line: Int, bytes: Int, lastSegment: Bool) -> Failure {
+        lastSegment ? tornTail(line: line, bytes: bytes) : cutSegment(line: line, bytes: bytes)
+    }
+
     /// Verifies the next line (without its newline) and returns its token.
     @discardableResult
     public mutating func verify(line bytes: some Collection<UInt8>, number: Int) throws(Failure) -> TibetToken {
@@ -333,11 +349,13 @@ public struct ChainVerifier: Sendable {
                               pinnedKeys: [Curve25519.Signing.PublicKey] = []) -> Result<Summary, Failure> {
         var v = ChainVerifier(pinnedKeys: pinnedKeys)
         do throws(Failure) {
-            for s in segments {
+            for (index, s) in segments.enumerated() {
                 try v.beginSegment(file: s.file, number: s.number)
                 let (lines, rest) = split(s.bytes)
                 for (i, l) in lines.enumerated() { try v.verify(line: l, number: i + 1) }
-                if !rest.isEmpty { throw v.tornTail(line: lines.count + 1, bytes: rest.count) }
+                if !rest.isEmpty {
+                    throw v.unterminated(line: lines.count + 1, bytes: rest.count, lastSegment: index == segments.count - 1)
+                }
             }
             if v.summary.tokens == 0 {
                 throw Failure(file: segments.last?.file ?? "", line: 0, kind: .parse, detail: "no tokens")

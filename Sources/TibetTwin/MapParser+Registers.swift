@@ -202,16 +202,41 @@ extension MapParser {
     }
 
     /// Entries of one table that share an address are errors, except bit entries of different bits.
+    ///
+    /// Each entry is checked against the earlier entries indexed by (table, address), not against
+    /// every earlier entry: a map of tens of thousands of registers takes linear time, not minutes
+    /// (issue 17). Per address only the first entry of each bit (or of no bit) is kept: a later
+    /// entry with the same bit could only ever be a later, so unreported, match.
     func checkOverlaps(_ items: [Placed]) {
+        var byAddress: [RegisterTable: [Int: [Int]]] = [:]
         for (j, b) in items.enumerated() {
-            for a in items[..<j] where a.spec.table == b.spec.table && a.label != b.label {
-                guard Int(a.spec.address) <= b.spec.lastAddress, Int(b.spec.address) <= a.spec.lastAddress else { continue }
-                if let ba = a.spec.bit, let bb = b.spec.bit, ba != bb { continue }
+            let span = Int(b.spec.address)...b.spec.lastAddress
+            var hit: Int?
+            if let table = byAddress[b.spec.table] {
+                for address in span {
+                    for ai in table[address] ?? [] {
+                        if let h = hit, ai >= h { break }
+                        let a = items[ai]
+                        guard a.label != b.label else { continue }
+                        if let ba = a.spec.bit, let bb = b.spec.bit, ba != bb { continue }
+                        hit = ai
+                        break
+                    }
+                }
+            }
+            if let ai = hit {
+                let a = items[ai]
                 // Report at whichever is written later in the file.
                 let (first, second) = ctx.location(a.addressNode).line <= ctx.location(b.addressNode).line ? (a, b) : (b, a)
                 ctx.error(second.addressNode, keyPath(second.path, "address"),
-                          "\(span(second.spec)) overlaps \(first.label) (\(span(first.spec))) at \(ctx.location(first.addressNode))")
-                break
+                          "\(self.span(second.spec)) overlaps \(first.label) (\(self.span(first.spec))) at \(ctx.location(first.addressNode))")
+            }
+            for address in span {
+                var bucket = byAddress[b.spec.table, default: [:]][address, default: []]
+                if !bucket.contains(where: { items[$0].spec.bit == b.spec.bit }) {
+                    bucket.append(j)
+                    byAddress[b.spec.table, default: [:]][address] = bucket
+                }
             }
         }
     }

@@ -99,7 +99,10 @@ struct TwinScanner {
                         fields.sigMemberStart = comma
                         sigIndex = index
                     } else {
+                        // Keyed devices fail their signature check on this; for the others it
+                        // is a wrong type like any other, never silently ignored.
                         fields.sigWrongType = true
+                        wrong("sig: expected a string (the base64 Ed25519 signature)")
                         try skipValue(depth: 1)
                     }
                 case .seq:

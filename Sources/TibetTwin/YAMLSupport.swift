@@ -40,6 +40,12 @@ final class YAMLContext {
     /// Parses the text into one document's root node; a syntax error becomes an issue.
     /// Returns nil (with an issue) for syntax errors and for an empty document.
     func compose(_ yaml: String, emptyMessage: String) -> Node? {
+        // Anchors, aliases, too many values or too deep a nesting are refused before Yams sees
+        // the text: composing an alias bomb costs exponential time (YAMLPreScan.swift).
+        if let refused = YAMLPreScan.check(yaml) {
+            error(at: SourceLocation(file: file, line: refused.line, column: refused.column), "", refused.message)
+            return nil
+        }
         do {
             // The basic resolver: scalars are interpreted here, never by Yams' implicit-tag
             // regexes, which cost more than the rest of the parse (see `make bench`, maps).
@@ -184,6 +190,7 @@ final class MappingReader {
             return nil
         }
         var out: [(key: String, keyNode: Node, value: Node)] = []
+        var firstIndex: [String: Int] = [:]   // not a scan of `out`: free mappings may be long
         for (k, v) in mapping {
             guard case .scalar(let ks) = k, !isNull(k) else {
                 ctx.error(k, path, "a key must be a plain word, got \(describe(k))")
@@ -195,10 +202,11 @@ final class MappingReader {
             }
             // Yams reports repeated keys while composing (with the basic resolver "a" and a are
             // equal too); this guards the rule should the resolver ever change.
-            if let first = out.first(where: { $0.key == ks.string }) {
-                ctx.error(k, keyPath(path, ks.string), "duplicate key \"\(ks.string)\" (first at \(ctx.location(first.keyNode)))")
+            if let first = firstIndex[ks.string] {
+                ctx.error(k, keyPath(path, ks.string), "duplicate key \"\(ks.string)\" (first at \(ctx.location(out[first].keyNode)))")
                 continue
             }
+            firstIndex[ks.string] = out.count
             out.append((ks.string, k, v))
         }
         return out

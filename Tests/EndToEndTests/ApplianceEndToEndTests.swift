@@ -314,7 +314,8 @@ struct ApplianceEndToEndTests {
         let (pcode, pout, perr) = try runTibetTwin(["run", "--config", rig.dir.file("tibet-twin.yaml")])
         #expect(pcode == 2)
         #expect(pout.isEmpty)
-        #expect(perr.contains("interlock.listen 127.0.0.1:\(port)"), "\(perr)")
+        #expect(perr.hasPrefix("tibet-twin run: \(rig.dir.file("tibet-twin.yaml")):3:21: interlock.listen: ")
+                && perr.contains("127.0.0.1:\(port)") && perr.contains("EADDRINUSE"), "file:line:col of the key: \(perr)")
         #expect(perr.split(separator: "\n").count == 1, "\(perr)")
     }
 }

@@ -36,7 +36,7 @@ package enum AuditDirectory {
                 try v.beginSegment(file: path, number: n)
                 let (lines, rest) = ChainVerifier.split(bytes)
                 for (i, l) in lines.enumerated() { try v.verify(line: l, number: i + 1) }
-                if !rest.isEmpty { throw v.tornTail(line: lines.count + 1, bytes: rest.count) }
+                if !rest.isEmpty { throw v.unterminated(line: lines.count + 1, bytes: rest.count, lastSegment: n == numbers.last) }
             } catch {
                 sequential = error
             }

@@ -42,6 +42,23 @@ package struct LoadedConfig: Sendable {
         } catch {
             throw StartupError(error.issues.map(\.description))
         }
+        // A unix feed path that exists as anything but a socket would fail at bind with no line
+        // to point at (a stale socket file is fine: it is replaced).
+        var pathProblems: [String] = []
+        for (i, feed) in config.twin.feeds.enumerated() {
+            guard case .unix(let socketPath) = feed else { continue }
+            var st = stat()
+            guard lstat(socketPath, &st) == 0, st.st_mode & S_IFMT != S_IFSOCK else { continue }
+            let what = switch st.st_mode & S_IFMT {
+            case S_IFREG: "a regular file"
+            case S_IFDIR: "a directory"
+            case S_IFLNK: "a symbolic link"
+            default: "not a socket"
+            }
+            pathProblems.append(config.startupLine("twin.feeds[\(i)].unix",
+                "\(socketPath) exists and is \(what), not a socket: remove it or choose another path"))
+        }
+        if !pathProblems.isEmpty { throw StartupError(pathProblems) }
         let maps: [DeviceMap]
         do {
             maps = try MapFiles.load(paths: config.maps)
@@ -52,12 +69,17 @@ package struct LoadedConfig: Sendable {
         do {
             layout = try InterlockLayout(maps: maps)
         } catch {
-            throw StartupError("\(path): \(error)")
+            throw StartupError(config.startupLine("maps", "\(error)"))
         }
         let keys: [String: TwinPublicKey]
         do {
             keys = try TwinKeys.load(for: maps)
         } catch {
+            // Checked with the maps already; a key changed since then is named at its map's line.
+            if let map = maps.first(where: { MapFiles.twinKeyPath(of: $0) == error.path }),
+               let at = map.keyLocations["twin_key"] {
+                throw StartupError("\(at): twin_key: \(error)")
+            }
             throw StartupError("\(error)")
         }
         let parser: TwinLineParser
@@ -99,5 +121,13 @@ package struct LoadedConfig: Sendable {
         if config.http != old.config.http { out.append("http") }
         if config.twin != old.config.twin { out.append("twin.feeds") }
         return out
+    }
+}
+
+extension ApplianceConfig {
+    /// A start-up problem as one line: `FILE:LINE:COL: key.path: message`, at the key that
+    /// caused it (where its nearest parent was written when the key itself was left out).
+    package func startupLine(_ keyPath: String, _ message: String) -> String {
+        "\(location(of: keyPath)): \(keyPath): \(message)"
     }
 }

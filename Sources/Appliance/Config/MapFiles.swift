@@ -128,8 +128,10 @@ package enum MapFiles {
 
     /// The bytes of a regular file, read with POSIX calls; errors name the errno
     /// (`ENOENT: no such file` …). Files over 16 MiB are refused: no map or key is that large.
+    /// Opened without blocking: a FIFO (or a device) in the maps' place must be refused as not
+    /// a regular file, not hang `maps validate` or the start waiting for a writer.
     static func readFile(_ path: String) throws(ReadError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw ReadError(message: describeErrno(errno)) }
         defer { close(fd) }
         var st = stat()

@@ -46,6 +46,9 @@ package final class ApplianceRuntime: Sendable {
         /// Counters of pollers retired by reloads, so metrics keep counting up.
         var retiredPolls = PollerStats()
         var reloading = false
+        /// A reload's validation that overran its time limit and was abandoned, while its
+        /// thread still runs: no second one starts until it is over.
+        var abandonedValidation: BoundedWork?
     }
 
     /// The ports actually bound (differ from the config where it says port 0).
@@ -119,7 +122,7 @@ package final class ApplianceRuntime: Sendable {
                 auditBox.value?.record(event)
             }
         } catch {
-            throw StartupError("\(config.sourceFile): interlock.listen \(config.interlock.listen): \(error)")
+            throw StartupError(config.startupLine("interlock.listen", "\(error)"))
         }
         let controlBox = LateBox<GuardLoop>()
         let control = RuntimeControl(guardBox: controlBox, metrics: metrics)
@@ -132,7 +135,7 @@ package final class ApplianceRuntime: Sendable {
             try await http.start()
         } catch {
             interlock.stopImmediately()
-            throw StartupError("\(config.sourceFile): \(error)")
+            throw StartupError(config.startupLine("http.listen", "\(error)"))
         }
 
         let audit: AuditStore
@@ -143,7 +146,8 @@ package final class ApplianceRuntime: Sendable {
         } catch {
             interlock.stopImmediately()
             await http.stop()
-            throw StartupError("\(config.sourceFile): audit: \(error)")
+            let key = error.kind == .key || error.kind == .keyPermissions ? "audit.key" : "audit.dir"
+            throw StartupError(config.startupLine(key, "\(error)"))
         }
         audit.reserveBacklog(forIntents: loaded.maps.reduce(0) { $0 + $1.intents.count })
         let auditor = InterlockAuditor(audit: audit, node: config.node, clock: clock)
@@ -162,7 +166,7 @@ package final class ApplianceRuntime: Sendable {
         }
         let twin = TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))
         var started: [any TwinSource] = []
-        for source in twin.sources {
+        for (index, source) in twin.sources.enumerated() {
             do {
                 try await source.start()
                 started.append(source)
@@ -171,7 +175,7 @@ package final class ApplianceRuntime: Sendable {
                 interlock.stopImmediately()
                 await http.stop()
                 audit.close(reason: "start failed: twin feed \(source.name): \(error)")
-                throw StartupError("\(config.sourceFile): twin.feeds \(source.name): \(error)")
+                throw StartupError(config.startupLine(Self.feedKeyPath(config.twin.feeds, index), Self.describe(error)))
             }
         }
 
@@ -212,6 +216,30 @@ package final class ApplianceRuntime: Sendable {
         return runtime
     }
 
+    /// `twin.feeds[1].tcp`: the key of a feed, for start-up errors.
+    static func feedKeyPath(_ feeds: [ApplianceConfig.Feed], _ index: Int) -> String {
+        guard feeds.indices.contains(index) else { return "twin.feeds" }
+        switch feeds[index] {
+        case .file: return "twin.feeds[\(index)].file"
+        case .tcp: return "twin.feeds[\(index)].tcp"
+        case .unix: return "twin.feeds[\(index)].unix"
+        }
+    }
+
+    /// A feed's start-up failure in words: the errno's name and meaning where there is one,
+    /// never a Swift type name of the event-loop library.
+    static func describe(_ error: TwinSourceError) -> String {
+        switch error.kind {
+        case .bind:
+            let address = error.source.split(separator: ":", maxSplits: 1).last.map(String.init) ?? error.source
+            if let e = error.errno { return "cannot listen on \(address): \(Errno(e).description)" }
+            return "cannot listen on \(address)"
+        default:
+            if let e = error.errno { return "\(error.function) failed: \(Errno(e).description): \(error.detail)" }
+            return "\(error.function) failed: \(error.detail)"
+        }
+    }
+
     // MARK: Running
 
     /// Serves until SIGTERM/SIGINT or `shutdown()`, then stops safely (see the type's doc).
@@ -230,6 +258,10 @@ package final class ApplianceRuntime: Sendable {
             gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
             logger: Logger(label: "tibet-twin.lifecycle"))
         config.maximumGracefulShutdownDuration = .seconds(Double(loaded.config.interlock.stopGraceMs) / 1000 + 10)
+        // A part that ignores cancellation must not keep the process alive: 5 s after the
+        // graceful shutdown overran, the lifecycle ends the process (fatalError) and systemd
+        // restarts it. The permits were 0 since the first moment of the stop.
+        config.maximumCancellationDuration = .seconds(5)
         let group = ServiceGroup(configuration: config)
         self.group.withLock { $0 = group }
         try await group.run()
@@ -249,33 +281,65 @@ package final class ApplianceRuntime: Sendable {
         case busy
     }
 
+    /// How long a reload may spend reading and validating the config and maps before it is
+    /// abandoned and the running set stays (docs/operations.md).
+    package static let reloadValidationLimit: Duration = .seconds(10)
+
     /// SIGHUP: reads and validates the config and every map again. Invalid: the running set
     /// stays; the refusal is logged and audited. Valid: unchanged devices keep their state and
     /// permits, replaced and new devices start blocked and re-arm (the guard drops their permits
     /// in the same step), and the poller restarts with the new maps.
+    ///
+    /// Reading and validating run on a thread of their own, bounded by `limit`: validation that
+    /// takes longer (a hung disk or network mount) is abandoned and the
+    /// reload refused, and a cancelled reload (SIGTERM) returns at once; neither holds up the
+    /// lifecycle or a thread of Swift's pool. `load` is `LoadedConfig.load`, replaceable in tests.
     @discardableResult
-    package func reload() async -> ReloadOutcome {
-        let (old, wasBusy) = state.withLock { s -> (LoadedConfig, Bool) in
+    package func reload(limit: Duration = ApplianceRuntime.reloadValidationLimit,
+                        load: @escaping @Sendable (String) throws(StartupError) -> LoadedConfig = { path throws(StartupError) in
+                            try LoadedConfig.load(configPath: path)
+                        }) async -> ReloadOutcome {
+        let (old, wasBusy, abandoned) = state.withLock { s -> (LoadedConfig, Bool, BoundedWork?) in
             defer { s.reloading = true }
-            return (s.loaded, s.reloading)
+            s.abandonedValidation?.reap()
+            if s.abandonedValidation?.finished == true { s.abandonedValidation = nil }
+            return (s.loaded, s.reloading, s.abandonedValidation)
         }
         if wasBusy { return .busy }
         defer { state.withLock { $0.reloading = false } }
         try? notifier.reloading()
         let now = clock.now()
+        if abandoned != nil {
+            return refuseReload([
+                "\(configPath): reload refused: the validation of an earlier reload overran its time limit and is still running",
+            ], now: now)
+        }
+        let path = configPath
+        let (outcome, work) = await BoundedWork.run(name: "reload validation", limit: limit) {
+            () -> Result<LoadedConfig, StartupError> in
+            do throws(StartupError) {
+                return .success(try load(path))
+            } catch {
+                return .failure(error)
+            }
+        }
         let next: LoadedConfig
-        do {
-            next = try LoadedConfig.load(configPath: configPath)
-        } catch {
-            for line in error.lines { logger.error("reload refused: \(line)") }
-            metrics.countReload(ok: false)
-            audit.submit(AuditRecord(action: .configLoaded, erin: .object([
-                "accepted": .bool(false), "reason": .string("reload"), "errors": .array(error.lines.map { .string($0) }),
-                "config_file": .string(configPath),
-            ]), erachter: .object(["why": .string("SIGHUP: the new config or maps are invalid; the running set stays")]),
-                time: now), onDurable: nil)
-            try? notifier.ready(status: "reload refused: \(error.lines.first ?? "")")
-            return .refused(error.lines)
+        switch outcome {
+        case .done(.success(let loaded)):
+            next = loaded
+        case .done(.failure(let error)):
+            return refuseReload(error.lines, now: now)
+        case .timedOut:
+            state.withLock { $0.abandonedValidation = work }
+            let seconds = Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18
+            return refuseReload([
+                "\(configPath): reload abandoned: reading and validating the config and maps took longer than \(formatSeconds(seconds)) s",
+            ], now: now)
+        case .cancelled:
+            state.withLock { $0.abandonedValidation = work }
+            return refuseReload(["\(configPath): reload abandoned: the appliance is stopping"], now: now)
+        case .threadFailed(let error):
+            return refuseReload(["\(configPath): reload refused: \(error)"], now: now)
         }
         let restartOnly = next.restartOnlyChanges(from: old)
         audit.reserveBacklog(forIntents: next.maps.reduce(0) { $0 + $1.intents.count })
@@ -285,8 +349,16 @@ package final class ApplianceRuntime: Sendable {
         let leaving = old.maps.filter { nextByName[$0.device] != $0 }.map(\.device)
         let (oldPoller, oldGate) = state.withLock { ($0.poller, $0.gate) }
         oldGate.shutOut(leaving)
-        let result: GuardReloadResult = await withCheckedContinuation { c in
-            guardLoop.reload(GuardReload(maps: next.maps, layout: next.layout)) { c.resume(returning: $0) }
+        // Cancelled (SIGTERM) while the guard applies it: the stop goes on without waiting.
+        let applied = OneShot<GuardReloadResult?>()
+        let answer = await withTaskCancellationHandler {
+            guardLoop.reload(GuardReload(maps: next.maps, layout: next.layout)) { applied.resolve($0) }
+            return await applied.wait()
+        } onCancel: {
+            applied.resolve(nil)
+        }
+        guard let result = answer else {
+            return refuseReload(["\(configPath): reload abandoned: the appliance is stopping"], now: now)
         }
         twin.pipeline.replace(parser: next.parser, forgetting: result.replaced + result.removed)
         if !result.restarted.isEmpty || !result.removed.isEmpty {
@@ -329,4 +401,22 @@ package final class ApplianceRuntime: Sendable {
         try? notifier.ready(status: "reloaded: \(next.maps.count) devices")
         return .applied(result, restartOnly: restartOnly)
     }
+
+    /// Logs, counts and audits a refused reload; the running set stays.
+    private func refuseReload(_ lines: [String], now: ClockReading) -> ReloadOutcome {
+        for line in lines { logger.error("reload refused: \(line)") }
+        metrics.countReload(ok: false)
+        audit.submit(AuditRecord(action: .configLoaded, erin: .object([
+            "accepted": .bool(false), "reason": .string("reload"), "errors": .array(lines.map { .string($0) }),
+            "config_file": .string(configPath),
+        ]), erachter: .object(["why": .string("SIGHUP: the new config or maps are invalid; the running set stays")]),
+            time: now), onDurable: nil)
+        try? notifier.ready(status: "reload refused: \(lines.first ?? "")")
+        return .refused(lines)
+    }
+}
+
+/// `0.5`, `10`: seconds as an operator reads them.
+private func formatSeconds(_ s: Double) -> String {
+    s == s.rounded() ? String(Int(s)) : String(s)
 }
