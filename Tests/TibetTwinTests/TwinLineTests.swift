@@ -134,7 +134,7 @@ struct TwinLineParserTests {
         (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":"1""#), .wrongType),
         (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":-1"#), .wrongType),
         (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":1.5"#), .wrongType),
-        (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":18446744073709551616"#), .wrongType),
+        (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":18446744073709551616"#), .seqOutOfRange),
         (TwinFixtures.line().replacingOccurrences(of: "}}", with: #"},"predicted":"no"}"#), .wrongType),
         (TwinFixtures.line().replacingOccurrences(of: "}}", with: #"},"model_version":4.2}"#), .wrongType),
         (TwinFixtures.line().replacingOccurrences(of: "}}", with: #"},"predictd":true}"#), .unknownField),
