@@ -74,7 +74,8 @@ struct TwinSeqResetTests {
         let disk = DiskSwitch()
         let store = try AuditStore.open(fx.config(retryMs: 60_000, hooks: disk.hooks))
         let states = Mutex<[TwinState]>([])
-        let resets = TwinSeqResetAudit(audit: store, logger: Twin.quiet)
+        let logs = LogStore()
+        let resets = TwinSeqResetAudit(audit: store, logger: logs.logger)
         let feed = TwinFeedPipeline(parser: Twin.parser(), seqReset: { resets.record($0) }) { s in states.withLock { $0.append(s) } }
         #expect(Self.process(feed, seq: 500, atMs: 0).reason == nil)
         disk.failWith.store(EIO, ordering: .releasing)
@@ -84,6 +85,10 @@ struct TwinSeqResetTests {
         let out = Self.process(feed, seq: 7, atMs: 5000)
         #expect(out.reason == .replay)
         #expect(out.detail.contains("audit"), "\(out.detail)")
+        // A twin going on at several lines a second while the chain stays down: refused each
+        // time, logged once (a minute's rate limit per device).
+        for k in 1...20 { #expect(Self.process(feed, seq: 7 + UInt64(k), atMs: 5000 + Int64(k) * 100).reason == .replay) }
+        #expect(logs.all.filter { $0.message.contains("restart refused") }.count == 1)
         #expect(states.withLock { $0.compactMap(\.seq) } == [500])
         disk.failWith.store(0, ordering: .releasing)
         store.close(reason: "test over")

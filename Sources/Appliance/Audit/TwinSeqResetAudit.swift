@@ -1,4 +1,6 @@
 import Logging
+import Platform
+import Synchronization
 import TibetTwin
 
 /// Puts a twin `seq` restart on the audit chain (docs/twin-feed.md#seq): the feed pipeline asks
@@ -8,10 +10,12 @@ import TibetTwin
 /// acknowledged durable only once the restart is durable too.
 ///
 /// While the chain is unhealthy the restart is refused (the line is dropped as a replay, and
-/// the twin's next line asks again): a restart is never accepted without its token.
-package struct TwinSeqResetAudit: Sendable {
+/// the twin's next line asks again): a restart is never accepted without its token. That
+/// refusal is logged at most once a minute per device (a twin sends several lines a second).
+package final class TwinSeqResetAudit: Sendable {
     let audit: AuditStore
     let logger: Logger
+    private let refusalLog = Mutex(RateLimit(intervalSeconds: 60))
 
     package init(audit: AuditStore, logger: Logger) {
         self.audit = audit
@@ -22,9 +26,12 @@ package struct TwinSeqResetAudit: Sendable {
     /// Does not block: called with the feed pipeline's lock held.
     package func record(_ reset: TwinSeqReset) -> Bool {
         guard audit.isHealthy else {
-            logger.warning("twin seq restart refused: the audit chain is unhealthy", metadata: [
-                "device": "\(reset.device)", "from_seq": "\(reset.fromSeq)", "to_seq": "\(reset.toSeq)",
-            ])
+            if let suppressed = refusalLog.withLock({ $0.admit(reset.device, nowNs: reset.received.monotonicNs) }) {
+                logger.warning("twin seq restart refused: the audit chain is unhealthy", metadata: [
+                    "device": "\(reset.device)", "from_seq": "\(reset.fromSeq)", "to_seq": "\(reset.toSeq)",
+                    "suppressed": "\(suppressed)",
+                ])
+            }
             return false
         }
         audit.submit(Self.record(reset))
