@@ -148,6 +148,7 @@ struct AuditCrashPointTests {
 
         let pinned = [fx.key.publicKey]
         var gatingChecked = 0
+        var tornChecked = 0
         for k in 0...events.count {
             let crash = CrashState(events.prefix(k))
             gatingChecked = max(gatingChecked, crash.ackedGating)
@@ -160,9 +161,18 @@ struct AuditCrashPointTests {
                 let lost = crash.acked.filter { !ids.contains($0) }
                 #expect(lost.isEmpty, "\(where_): acknowledged and lost: \(lost)")
                 // `audit verify` on the directory as the power loss left it.
-                if !ids.isEmpty, variant == "lost" {
+                // A cut-short write is reported as `torn` (until the store moves it aside); one
+                // cut at a line end just kept more than was synced, and verifies.
+                let cutMidLine = files.contains { n, b in b.last != nil && b.last != 0x0A && crash.files[n] != b }
+                if !ids.isEmpty, !cutMidLine {
                     let verdict = try AuditDirectory.verify(dir, pinnedKeys: pinned)
                     if case .failure(let f) = verdict { Issue.record("\(where_): audit verify: \(f)") }
+                } else if cutMidLine {
+                    tornChecked += 1
+                    let verdict = try AuditDirectory.verify(dir, pinnedKeys: pinned)
+                    if case .failure(let f) = verdict { #expect(f.kind == .torn, "\(where_): \(f)") } else {
+                        Issue.record("\(where_): a torn tail verified")
+                    }
                 }
                 // The store recovers on it, writes, and the result verifies.
                 var config = fx.config()
@@ -179,6 +189,7 @@ struct AuditCrashPointTests {
             }
         }
         #expect(gatingChecked >= 10)
+        #expect(tornChecked >= 10)
     }
 
     /// The model itself: unsynced bytes and an entry without a directory fsync are lost, so a
