@@ -105,6 +105,10 @@ struct TwinSeqResetTests {
             #expect(!text.contains(#""twin_seq":-"#))
             let back = try #require(StatusSnapshot(json: snap.json))
             #expect(back.devices.first?.twinSeq.map(String.init) == shown)
+            // The terminal view (tibet-twin status) and the page, from the JSON as the CLI reads it.
+            #expect(back.text(color: false).contains("seq \(shown)"))
+            #expect(back.html.contains("seq \(shown)"))
+            #expect(!back.text(color: false).contains("seq -") && !back.html.contains("seq -"))
         }
     }
 }
