@@ -139,6 +139,7 @@ public struct TwinState: Sendable, Hashable {
     public var device: String
     /// The twin's own timestamp, ns since epoch.
     public var tsNs: Int64
+    /// Increases per device (docs/twin-feed.md); at most `maxSeq`.
     public var seq: UInt64?
     public var status: String
     public var values: [String: Double]
@@ -147,6 +148,17 @@ public struct TwinState: Sendable, Hashable {
     public var signature: SignatureCheck
     /// When the line was received here (monotonic and wall).
     public var received: ClockReading
+
+    /// The largest `seq` a feed line may carry: 2^53, the largest integer every JSON number
+    /// (an IEEE double) carries exactly. A line above it is dropped as `seq_out_of_range`.
+    public static let maxSeq: UInt64 = 1 << 53
+
+    /// `seq` for JSON (status, audit tokens): an unsigned number, never a negative one. Values
+    /// above `Int64.max` cannot come from a feed (the parser bounds `seq` to `maxSeq`); a state
+    /// built by hand with one is shown as `Int64.max`, not wrapped around.
+    public static func seqJSON(_ seq: UInt64?) -> JSONValue {
+        seq.map { .int(Int64(clamping: $0)) } ?? .null
+    }
 
     public init(device: String, tsNs: Int64, seq: UInt64? = nil, status: String,
                 values: [String: Double], predicted: Bool = false, modelVersion: String? = nil,

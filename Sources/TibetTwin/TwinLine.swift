@@ -27,6 +27,9 @@ public enum TwinDropReason: String, Sendable, Hashable, CaseIterable, CustomStri
     /// `seq` not greater than the last accepted for the device (replay or reorder); or, for a
     /// line without `seq`, a `ts` older than the last accepted.
     case replay = "replay"
+    /// `seq` is an integer above `TwinState.maxSeq` (2^53): a twin counting that high has a
+    /// broken counter, and accepting it would make every later line a replay.
+    case seqOutOfRange = "seq_out_of_range"
     /// The device has a `twin_key` and the line has no `sig` (an identity failure).
     case missingSignature = "missing_sig"
     /// The signature is not base64 of 64 bytes or does not verify (an identity failure).
@@ -109,13 +112,25 @@ public struct TwinDeviceRules: Sendable {
     public var maxSkewMs: Double
     /// Set where the map names a `twin_key`: lines must then carry a valid `sig`.
     public var key: TwinPublicKey?
+    /// How long the device must have had no accepted line before a line whose `seq` is not
+    /// above the last accepted one may restart the count (`TwinValidator`, a twin restart or a
+    /// `seq` that jumped ahead); `nil`: never (such a line is always a replay). From a map:
+    /// `seqResetSilenceMs(maxAgeMs:)`.
+    public var seqResetAfterMs: Double?
 
-    public init(device: String, valueNames: Set<String>, maxSkewMs: Double, key: TwinPublicKey?) {
+    public init(device: String, valueNames: Set<String>, maxSkewMs: Double, key: TwinPublicKey?,
+                seqResetAfterMs: Double? = nil) {
         self.device = device
         self.valueNames = valueNames
         self.maxSkewMs = maxSkewMs
         self.key = key
+        self.seqResetAfterMs = seqResetAfterMs
     }
+
+    /// The silence after which a device's `seq` may restart (docs/twin-feed.md): twice its
+    /// `max_age_ms`, at least one second. By then the device has blocked as `TWIN_STALE` for at
+    /// least `max_age_ms`, so a restart never carries a permit over from the old count.
+    public static func seqResetSilenceMs(maxAgeMs: Double) -> Double { Swift.max(1000, 2 * maxAgeMs) }
 }
 
 /// A map names a `twin_key` but no key was supplied for it.
@@ -157,7 +172,8 @@ public struct TwinLineParser: Sendable {
                 key = k
             }
             rules.append(TwinDeviceRules(device: m.device, valueNames: Set(m.registers.map(\.name)),
-                                         maxSkewMs: m.limits.maxSkewMs, key: key))
+                                         maxSkewMs: m.limits.maxSkewMs, key: key,
+                                         seqResetAfterMs: TwinDeviceRules.seqResetSilenceMs(maxAgeMs: m.limits.maxAgeMs)))
         }
         self.init(rules: rules)
     }
@@ -218,6 +234,10 @@ public struct TwinLineParser: Sendable {
         }
         if let w = f.wrongType {
             return .dropped(TwinDrop(reason: .wrongType, device: device, detail: w))
+        }
+        if let big = f.seqOutOfRange {
+            return .dropped(TwinDrop(reason: .seqOutOfRange, device: device,
+                                     detail: "seq \(big) is above \(TwinState.maxSeq) (2^53, the largest exact JSON integer)"))
         }
         var missing: [String] = []
         if f.ts == nil { missing.append("ts") }
@@ -303,47 +323,112 @@ public struct TwinLineParser: Sendable {
     }
 }
 
+/// A device's `seq` count restarted (`TwinValidator.admit(_:seqReset:)`): a line whose `seq` is
+/// not above the last accepted one was accepted because the device had been silent long enough
+/// and the line is newer (`ts`) than anything accepted before. Goes on the audit chain as a
+/// `twin_seq_reset` token before the line's state reaches the guard.
+public struct TwinSeqReset: Sendable, Hashable {
+    public var device: String
+    /// The last accepted `seq` (the count given up) and the new line's `seq`.
+    public var fromSeq: UInt64
+    public var toSeq: UInt64
+    /// How long no line had been accepted for the device, and the bound it passed.
+    public var silentMs: Double
+    public var afterMs: Double
+    /// The last accepted line's `ts` and the new line's (ns since epoch; the new one is later).
+    public var lastTsNs: Int64
+    public var tsNs: Int64
+    /// When the new line was received.
+    public var received: ClockReading
+
+    public init(device: String, fromSeq: UInt64, toSeq: UInt64, silentMs: Double, afterMs: Double,
+                lastTsNs: Int64, tsNs: Int64, received: ClockReading) {
+        self.device = device
+        self.fromSeq = fromSeq
+        self.toSeq = toSeq
+        self.silentMs = silentMs
+        self.afterMs = afterMs
+        self.lastTsNs = lastTsNs
+        self.tsNs = tsNs
+        self.received = received
+    }
+}
+
 /// Orders accepted lines per device: `seq` must increase (an older or repeated `seq` is a
 /// replay or reorder and is dropped, docs/twin-feed.md); where the line or the last accepted one has no
 /// `seq`, the line's `ts` must not be older than the last accepted `ts` of its device.
 ///
+/// One way back from a `seq` that went ahead of the twin (a twin restarted at 1, or a counter
+/// that jumped): a line whose `seq` is not above the last accepted one restarts the count only
+/// when all of these hold (docs/twin-feed.md#seq):
+///
+/// - the device's rules have `seqResetAfterMs` and no line has been accepted for the device
+///   for at least that long (by the monotonic receipt clock): the device has long blocked as
+///   `TWIN_STALE`, so nothing permitted by the old count is carried over;
+/// - the line's `ts` is later than the last accepted `ts`: a line sent before the last accepted
+///   one (a recorded line replayed) never passes, however long the twin was silent;
+/// - the caller's `seqReset` closure puts the restart on the record and answers true (the
+///   appliance queues a `twin_seq_reset` audit token, and refuses while the audit chain is
+///   unhealthy). Without it, the line is a replay.
+///
 /// A value type holding per-device state. It is not internally synchronised: whoever owns it
 /// confines it to one thread or guards it with a lock (the appliance's feed pipeline holds it
 /// in a `Mutex` shared by all sources, so a replay through another source is caught too).
-/// `seq` state lives as long as the validator: a twin that restarts its `seq` at 1 is dropped
-/// as replaying until it passes its old `seq` — twins should use a persisted counter or the
-/// epoch time in ms as `seq`.
+/// `seq` state lives as long as the validator.
 public struct TwinValidator: Sendable {
     public let parser: TwinLineParser
-    /// The last accepted `seq` and `ts` per device.
-    public private(set) var last: [String: (seq: UInt64?, tsNs: Int64)] = [:]
+    /// The last accepted `seq` and `ts` per device, and when that line was received (monotonic ns).
+    public private(set) var last: [String: (seq: UInt64?, tsNs: Int64, receivedNs: Int64)] = [:]
 
     public init(parser: TwinLineParser) {
         self.parser = parser
     }
 
     /// Parses, checks and orders one line: `parser.parse` followed by `admit`.
-    public mutating func validate(_ line: some Collection<UInt8>, received: ClockReading) -> TwinLineOutcome {
-        admit(parser.parse(line, received: received))
+    public mutating func validate(_ line: some Collection<UInt8>, received: ClockReading,
+                                  seqReset: (TwinSeqReset) -> Bool = { _ in false }) -> TwinLineOutcome {
+        admit(parser.parse(line, received: received), seqReset: seqReset)
     }
 
     /// The ordering step alone, for callers that parse (and verify signatures) outside a lock
     /// and take it only for this. Accepting moves the device's last `seq`/`ts`; identity
-    /// failures and drops pass through and change nothing.
-    public mutating func admit(_ outcome: TwinLineOutcome) -> TwinLineOutcome {
+    /// failures and drops pass through and change nothing. `seqReset` is asked (and must put
+    /// it on the record) before a line restarts the device's `seq` count (see the type's
+    /// documentation); answering false drops the line as a replay.
+    public mutating func admit(_ outcome: TwinLineOutcome,
+                               seqReset: (TwinSeqReset) -> Bool = { _ in false }) -> TwinLineOutcome {
         guard case .accepted(let state, _) = outcome else { return outcome }
         if let prev = last[state.device] {
             if let seq = state.seq, let lastSeq = prev.seq {
                 if seq <= lastSeq {
+                    let silentMs = Double(state.received.monotonicNs &- prev.receivedNs) / 1_000_000
+                    let afterMs = parser.devices[state.device]?.seqResetAfterMs
+                    var why: String
+                    if let afterMs {
+                        if silentMs < afterMs {
+                            why = "; a lower seq restarts the count only after \(Int(afterMs)) ms without an accepted line (\(Int(silentMs)) ms)"
+                        } else if state.tsNs <= prev.tsNs {
+                            why = "; not a restart: ts is not later than the last accepted"
+                        } else if seqReset(TwinSeqReset(device: state.device, fromSeq: lastSeq, toSeq: seq, silentMs: silentMs,
+                                                        afterMs: afterMs, lastTsNs: prev.tsNs, tsNs: state.tsNs,
+                                                        received: state.received)) {
+                            last[state.device] = (seq, state.tsNs, state.received.monotonicNs)
+                            return outcome
+                        } else {
+                            why = "; a seq restart could not be put on the audit record"
+                        }
+                    } else {
+                        why = ""
+                    }
                     return .dropped(TwinDrop(reason: .replay, device: state.device,
-                                             detail: "seq \(seq) <= last accepted \(lastSeq)"))
+                                             detail: "seq \(seq) <= last accepted \(lastSeq)" + why))
                 }
             } else if state.tsNs < prev.tsNs {
                 return .dropped(TwinDrop(reason: .replay, device: state.device,
                                          detail: "ts \(RFC3339.format(wallNs: state.tsNs)) older than the last accepted \(RFC3339.format(wallNs: prev.tsNs)) (no seq to order by)"))
             }
         }
-        last[state.device] = (state.seq ?? last[state.device]?.seq, state.tsNs)
+        last[state.device] = (state.seq ?? last[state.device]?.seq, state.tsNs, state.received.monotonicNs)
         return outcome
     }
 

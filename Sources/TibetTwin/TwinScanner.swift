@@ -29,6 +29,8 @@ struct TwinFields {
     var sigMemberStart: Int?
     var sigIsLast = false
     var seq: UInt64?
+    /// A `seq` that is an integer but above `TwinState.maxSeq` (the digits, for the log).
+    var seqOutOfRange: String?
     var predicted: Bool?
     var hasValues = false
     /// The members of `values`, in line order (names not yet checked against a map, nor for
@@ -109,10 +111,17 @@ struct TwinScanner {
                     let start = i
                     if c == UInt8(ascii: "-") || (c >= 48 && c <= 57) {
                         let isInt = try scanNumber()
-                        if isInt, b[start] != UInt8(ascii: "-"), let v = Self.uint64(b, start, i) {
-                            fields.seq = v
+                        if isInt, b[start] != UInt8(ascii: "-") {
+                            // Above 2^53 (or above UInt64) a JSON number is no longer exact in
+                            // most twins' JSON libraries, and a seq that high would leave no room
+                            // to count on: a drop of its own (`seq_out_of_range`), never accepted.
+                            if let v = Self.uint64(b, start, i), v <= TwinState.maxSeq {
+                                fields.seq = v
+                            } else if fields.seqOutOfRange == nil {
+                                fields.seqOutOfRange = String(decoding: UnsafeBufferPointer(rebasing: b[start..<min(i, start + 24)]), as: UTF8.self)
+                            }
                         } else {
-                            wrong("seq: expected an integer 0 … 18446744073709551615")
+                            wrong("seq: expected an integer 0 … \(TwinState.maxSeq)")
                         }
                     } else {
                         wrong("seq: expected an integer")

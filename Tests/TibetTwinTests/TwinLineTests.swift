@@ -134,7 +134,7 @@ struct TwinLineParserTests {
         (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":"1""#), .wrongType),
         (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":-1"#), .wrongType),
         (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":1.5"#), .wrongType),
-        (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":18446744073709551616"#), .wrongType),
+        (TwinFixtures.line().replacingOccurrences(of: #""seq":1"#, with: #""seq":18446744073709551616"#), .seqOutOfRange),
         (TwinFixtures.line().replacingOccurrences(of: "}}", with: #"},"predicted":"no"}"#), .wrongType),
         (TwinFixtures.line().replacingOccurrences(of: "}}", with: #"},"model_version":4.2}"#), .wrongType),
         (TwinFixtures.line().replacingOccurrences(of: "}}", with: #"},"predictd":true}"#), .unknownField),
@@ -329,6 +329,89 @@ struct TwinValidatorTests {
         #expect(feed("2026-11-26T14:32:00.400Z") == nil)  // same time: a heartbeat
         #expect(feed("2026-11-26T14:32:00.300Z") == .replay)
         #expect(feed("2026-11-26T14:32:00.450Z") == nil)
+    }
+}
+
+/// Issue 17: a `seq` at the top of the range, and the way back from a `seq` that went ahead.
+@Suite("Twin seq bounds and restart")
+struct TwinSeqTests {
+    static func line(seq: String, ts: String = "2026-11-26T14:32:00.500Z") -> [UInt8] {
+        Array(#"{"device":"crane-01","ts":"\#(ts)","seq":\#(seq),"status":"operational","values":{"position_x":12.5}}"#.utf8)
+    }
+
+    /// `received` `ms` milliseconds after the fixture's reading (monotonic and wall).
+    static func at(ms: Int64) -> ClockReading {
+        ClockReading(monotonicNs: TwinFixtures.received.monotonicNs + ms * 1_000_000, wallNs: TwinFixtures.wall + ms * 1_000_000)
+    }
+
+    @Test func seqAboveTwoToTheFiftyThirdIsDroppedAndDoesNotBlockTheTwin() {
+        var v = TwinValidator(parser: TwinFixtures.parser())
+        #expect(v.validate(Self.line(seq: "7"), received: TwinFixtures.received).reason == nil)
+        for big in ["18446744073709551615", "18446744073709551616", "99999999999999999999999", "9007199254740993"] {
+            let out = v.validate(Self.line(seq: big), received: TwinFixtures.received)
+            #expect(out.reason == .seqOutOfRange, "seq \(big)")
+            if case .dropped(let drop) = out { #expect(drop.detail.contains("9007199254740992"), "\(drop.detail)") }
+        }
+        // The dropped lines did not move seq: the twin's next line is accepted at once.
+        #expect(v.last["crane-01"]?.seq == 7)
+        #expect(v.validate(Self.line(seq: "8"), received: TwinFixtures.received).reason == nil)
+        // On a signed device the signature is checked first, and a signed out-of-range seq is the same drop.
+        let signed = TwinFixtures.signed(TwinFixtures.line(device: "crane-02", seq: 5).replacingOccurrences(of: #""seq":5"#, with: #""seq":18446744073709551615"#))
+        #expect(v.validate(Array(signed.utf8), received: TwinFixtures.received).reason == .seqOutOfRange)
+    }
+
+    @Test func seqOfExactlyTwoToTheFiftyThirdIsAcceptedAndOnlyAnAuditedRestartAfterSilenceLeavesIt() {
+        var v = TwinValidator(parser: TwinFixtures.parser())
+        var resets: [TwinSeqReset] = []
+        func feed(_ seq: String, ts: String, atMs: Int64, audited: Bool = true) -> TwinLineOutcome {
+            v.validate(Self.line(seq: seq, ts: ts), received: Self.at(ms: atMs)) { r in
+                if audited { resets.append(r) }
+                return audited
+            }
+        }
+        #expect(feed("1041", ts: "2026-11-26T14:32:00.500Z", atMs: 0).reason == nil)
+        #expect(feed("9007199254740992", ts: "2026-11-26T14:32:00.600Z", atMs: 100).reason == nil)
+        #expect(v.last["crane-01"]?.seq == TwinState.maxSeq)
+        // The twin carries on at 1042...: replays while the device is fresh (within 2 × max_age_ms = 1 s here).
+        #expect(feed("1042", ts: "2026-11-26T14:32:00.700Z", atMs: 200).reason == .replay)
+        #expect(feed("1043", ts: "2026-11-26T14:32:01.000Z", atMs: 1099).reason == .replay)
+        #expect(resets.isEmpty)
+        // After the silence: a line older (ts) than the last accepted is still a replay: a recorded line never comes back.
+        #expect(feed("1000", ts: "2026-11-26T14:32:00.550Z", atMs: 1200).reason == .replay)
+        #expect(feed("1041", ts: "2026-11-26T14:32:00.600Z", atMs: 1200).reason == .replay)
+        // A restart that cannot be put on the record is refused.
+        #expect(feed("1044", ts: "2026-11-26T14:32:01.200Z", atMs: 1200, audited: false).reason == .replay)
+        #expect(resets.isEmpty)
+        // A later line after the silence restarts the count, and the restart is reported.
+        #expect(feed("1045", ts: "2026-11-26T14:32:01.300Z", atMs: 1300).reason == nil)
+        #expect(resets.count == 1)
+        #expect(resets.first?.fromSeq == TwinState.maxSeq)
+        #expect(resets.first?.toSeq == 1045)
+        #expect(resets.first.map { $0.silentMs >= 1000 } == true)
+        #expect(v.last["crane-01"]?.seq == 1045)
+        // From here on the new count is the count: an older seq is a replay again, right away.
+        #expect(feed("1044", ts: "2026-11-26T14:32:01.400Z", atMs: 1400).reason == .replay)
+        #expect(feed("1046", ts: "2026-11-26T14:32:01.400Z", atMs: 1400).reason == nil)
+        #expect(resets.count == 1)
+    }
+
+    @Test func withoutARestartBoundOrAnAuditorALowerSeqStaysAReplay() {
+        let rules = TwinDeviceRules(device: "crane-01", valueNames: ["position_x"], maxSkewMs: 1000, key: nil)
+        var v = TwinValidator(parser: TwinLineParser(rules: [rules]))
+        #expect(v.validate(Self.line(seq: "50"), received: Self.at(ms: 0)).reason == nil)
+        #expect(v.validate(Self.line(seq: "1", ts: "2026-11-26T14:33:00.000Z"), received: Self.at(ms: 60_000)) { _ in true }.reason == .replay)
+        // The map-derived rules have the bound; the plain `validate` has no auditor.
+        var w = TwinValidator(parser: TwinFixtures.parser())
+        #expect(w.validate(Self.line(seq: "50"), received: Self.at(ms: 0)).reason == nil)
+        #expect(w.validate(Self.line(seq: "1", ts: "2026-11-26T14:33:00.000Z"), received: Self.at(ms: 60_000)).reason == .replay)
+        #expect(TwinDeviceRules.seqResetSilenceMs(maxAgeMs: 200) == 1000)
+        #expect(TwinDeviceRules.seqResetSilenceMs(maxAgeMs: 3000) == 6000)
+    }
+
+    @Test func seqIsShownUnsignedInJSON() {
+        #expect(TwinState.seqJSON(TwinState.maxSeq) == .int(9_007_199_254_740_992))
+        #expect(TwinState.seqJSON(UInt64.max) == .int(Int64.max))
+        #expect(TwinState.seqJSON(nil) == .null)
     }
 }
 

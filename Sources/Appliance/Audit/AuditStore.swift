@@ -62,12 +62,32 @@ package struct AuditAck: Sendable, Hashable {
 package struct AuditIOHooks: Sendable {
     package var beforeWrite: (@Sendable (_ path: String, _ bytes: Int) -> Int32?)?
     package var beforeSync: (@Sendable (_ path: String) -> Int32?)?
+    /// Told of every segment file operation that succeeded, in order, on the thread that made
+    /// it, before anything else happens (in particular before the acknowledgements of a batch):
+    /// the crash-point tests rebuild from it what a power loss at any moment would leave.
+    package var observe: (@Sendable (AuditIOEvent) -> Void)?
 
     package init(beforeWrite: (@Sendable (String, Int) -> Int32?)? = nil,
-                beforeSync: (@Sendable (String) -> Int32?)? = nil) {
+                beforeSync: (@Sendable (String) -> Int32?)? = nil,
+                observe: (@Sendable (AuditIOEvent) -> Void)? = nil) {
         self.beforeWrite = beforeWrite
         self.beforeSync = beforeSync
+        self.observe = observe
     }
+}
+
+/// A segment file operation that succeeded (`AuditIOHooks.observe`).
+package enum AuditIOEvent: Sendable, Hashable {
+    /// A segment file was created; its directory entry is durable only after the next `directorySynced`.
+    case created(path: String)
+    /// `bytes` were appended to a segment (not yet durable).
+    case wrote(path: String, bytes: Int)
+    /// `fdatasync` of a segment returned: everything written to it so far is durable.
+    case synced(path: String)
+    /// The directory was fsynced: the entries of the files created in it so far are durable.
+    case directorySynced(path: String)
+    /// A segment was cut back to `size` bytes (a failed batch taken away).
+    case truncated(path: String, size: Int)
 }
 
 /// Counters for metrics and status, a snapshot.

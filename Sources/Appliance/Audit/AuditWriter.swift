@@ -112,7 +112,11 @@ final class AuditWriter {
         fd = try AuditFS.open(segmentPath, O_WRONLY | O_APPEND | O_CREAT, mode: 0o640)
         do throws(AuditError) {
             size = try AuditFS.size(fd, path: segmentPath)
-            if recovered.createdSegment { try AuditFS.syncDirectory(config.directory) }
+            if recovered.createdSegment {
+                config.hooks?.observe?(.created(path: segmentPath))
+                try AuditFS.syncDirectory(config.directory)
+                config.hooks?.observe?(.directorySynced(path: config.directory))
+            }
             var erin = recovered.startInfo
             erin["public_key"] = .string(publicKeyText)
             erin["key_id"] = .string(fingerprint)
@@ -380,6 +384,7 @@ final class AuditWriter {
     func write(_ records: [AuditRecord]) throws(AuditError) -> [TibetToken] {
         if needsTruncate {
             try AuditFS.truncate(fd, to: size, path: segmentPath)
+            config.hooks?.observe?(.truncated(path: segmentPath, size: size))
             needsTruncate = false
         }
         if size >= config.segmentBytes { try rotate() }
@@ -418,11 +423,13 @@ final class AuditWriter {
                 throw AuditError(.write, function: "write", errno: e, path: segmentPath, detail: "injected by a test hook")
             }
             try AuditFS.writeAll(fd, bytes, path: segmentPath)
+            config.hooks?.observe?(.wrote(path: segmentPath, bytes: bytes.count))
             if let e = config.hooks?.beforeSync?(segmentPath) {
                 throw AuditError(.sync, function: "fdatasync", errno: e, path: segmentPath, detail: "injected by a test hook")
             }
             let t0 = monotonicNowNs()
             try AuditFS.dataSync(fd, path: segmentPath)
+            config.hooks?.observe?(.synced(path: segmentPath))
             let dt = monotonicNowNs() - t0
             shared.stats.withLock {
                 $0.lastSyncNs = dt
@@ -432,7 +439,10 @@ final class AuditWriter {
         } catch {
             chain = saved
             // Never leave a partial line for the next batch to follow.
-            do { try AuditFS.truncate(fd, to: size, path: segmentPath) } catch { needsTruncate = true }
+            do {
+                try AuditFS.truncate(fd, to: size, path: segmentPath)
+                config.hooks?.observe?(.truncated(path: segmentPath, size: size))
+            } catch { needsTruncate = true }
             throw error
         }
         size += bytes.count
@@ -454,7 +464,9 @@ final class AuditWriter {
             guard existing == 0 else {
                 throw AuditError(.open, function: "rotate", path: path, detail: "the next segment already holds \(existing) bytes")
             }
+            config.hooks?.observe?(.created(path: path))
             try AuditFS.syncDirectory(config.directory)
+            config.hooks?.observe?(.directorySynced(path: config.directory))
         } catch {
             close(newFd)
             throw error

@@ -82,7 +82,7 @@ extension GuardLoop {
             "device": .string("jis:\(slot.map.device)"),
             "map_file": .string(slot.map.sourceFile),
             "map_sha256": .string(slot.map.sha256),
-            "twin_seq": slot.guardState.twin?.seq.map { .int(Int64(truncatingIfNeeded: $0)) } ?? .null,
+            "twin_seq": TwinState.seqJSON(slot.guardState.twin?.seq),
         ])
     }
 

@@ -55,6 +55,7 @@ extension StatusSnapshot {
         out += "  \(permitCount)/\(intentCount) permits\n"
         for d in devices {
             out += "\(bold)\(d.device)\(reset)  status physical=\(d.physicalStatus ?? "?") twin=\(d.twinStatus ?? "?")"
+            if let seq = d.twinSeq { out += " seq \(seq)" }  // UInt64: never shown negative
             out += "  drift \(Self.msText(d.driftMs))  physical age \(Self.msText(d.physicalAgeMs))"
             out += "  twin age \(Self.msText(d.twinAgeMs))\n"
             for i in d.intents {
@@ -91,7 +92,7 @@ extension StatusSnapshot {
             }
             rows += """
                 <tr><td class="dev">\(Self.esc(d.device))<div class="small">physical: \(Self.esc(d.physicalStatus ?? "?")) · \
-                twin: \(Self.esc(d.twinStatus ?? "?"))</div></td><td>\(cells)</td>\
+                twin: \(Self.esc(d.twinStatus ?? "?"))\(d.twinSeq.map { " · seq \($0)" } ?? "")</div></td><td>\(cells)</td>\
                 <td class="small">drift \(Self.msText(d.driftMs))<br>physical age \(Self.msText(d.physicalAgeMs))<br>\
                 twin age \(Self.msText(d.twinAgeMs))<br>blocks \(d.blockCount)</td><td class="small">\(vals)</td></tr>
 

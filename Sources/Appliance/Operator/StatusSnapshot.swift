@@ -138,7 +138,7 @@ extension StatusSnapshot {
                 "physical_status": d.physicalStatus.map { .string($0) } ?? .null,
                 "twin_status": d.twinStatus.map { .string($0) } ?? .null,
                 "identity": d.identity.map { .string($0) } ?? .null,
-                "twin_seq": d.twinSeq.map { .int(Int64(truncatingIfNeeded: $0)) } ?? .null,
+                "twin_seq": TwinState.seqJSON(d.twinSeq),
                 "block_count": .int(Int64(truncatingIfNeeded: d.blockCount)),
                 "values": .object(values),
             ])

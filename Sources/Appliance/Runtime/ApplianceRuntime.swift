@@ -161,7 +161,8 @@ package final class ApplianceRuntime: Sendable {
         }
         controlBox.set(guardLoop)
 
-        let pipeline = TwinFeedPipeline(parser: loaded.parser) { [guardLoop] state in
+        let seqResets = TwinSeqResetAudit(audit: audit, logger: Logger(label: "tibet-twin.twin"))
+        let pipeline = TwinFeedPipeline(parser: loaded.parser, seqReset: { seqResets.record($0) }) { [guardLoop] state in
             guardLoop.submit(twin: state)
         }
         let twin = TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))

@@ -20,14 +20,22 @@ package final class TwinFeedPipeline: Sendable {
     private let current: Mutex<TwinLineParser>
     private let validator: Mutex<TwinValidator>
     private let sink: @Sendable (TwinState) -> Void
+    private let seqReset: (@Sendable (TwinSeqReset) -> Bool)?
 
     /// `sink` receives every accepted state and every identity-failure state (see
     /// `TwinLineOutcome`; `TwinState.isIdentityFailure` tells them apart). It is called with the
     /// pipeline's lock held: it must not block and must not call back into the feed. The
     /// appliance's inbox keeps only the latest state per device, which bounds memory in a burst.
-    package init(parser: TwinLineParser, sink: @escaping @Sendable (TwinState) -> Void) {
+    ///
+    /// `seqReset` puts a device's `seq` restart on the record (`TwinValidator`: a lower `seq`
+    /// after a long silence); it runs with the lock held, before `sink` gets the line's state,
+    /// must not block, and answers whether the restart is recorded. Without it a lower `seq` is
+    /// always a replay.
+    package init(parser: TwinLineParser, seqReset: (@Sendable (TwinSeqReset) -> Bool)? = nil,
+                 sink: @escaping @Sendable (TwinState) -> Void) {
         self.current = Mutex(parser)
         self.validator = Mutex(TwinValidator(parser: parser))
+        self.seqReset = seqReset
         self.sink = sink
     }
 
@@ -35,7 +43,7 @@ package final class TwinFeedPipeline: Sendable {
     package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading) -> TwinLineOutcome {
         let parsed = current.withLock { $0 }.parse(buffer: line, received: received)
         return validator.withLock { v in
-            let outcome = v.admit(parsed)
+            let outcome = v.admit(parsed) { reset in seqReset?(reset) ?? false }
             switch outcome {
             case .accepted(let s, _), .identityFailure(let s, _): sink(s)
             case .dropped: break
