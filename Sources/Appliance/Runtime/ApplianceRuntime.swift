@@ -146,7 +146,15 @@ package final class ApplianceRuntime: Sendable {
         let pipeline = TwinFeedPipeline(parser: loaded.parser) { [guardLoop] state in
             guardLoop.submit(twin: state)
         }
-        let twin = TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))
+        let twin: TwinFeedService
+        do {
+            twin = try TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))
+        } catch {
+            interlock.stopImmediately()
+            await http.stop()
+            audit.close(reason: "start failed: twin feeds: \(error)")
+            throw StartupError("\(error)")
+        }
         var started: [any TwinSource] = []
         for source in twin.sources {
             do {
