@@ -60,17 +60,81 @@ public struct ApplianceConfig: Sendable, Hashable {
         /// A file followed like `tail -F`; from its current end unless `fromStart`.
         case file(path: String, fromStart: Bool)
         /// A TCP listener twin clients connect to.
-        case tcp(listen: HostPort)
-        /// A unix stream socket twin clients connect to.
-        case unix(path: String)
+        case tcp(listen: HostPort, access: SocketFeedAccess = SocketFeedAccess())
+        /// A unix stream socket twin clients connect to (`access.allow`, the per-address limit
+        /// and `tls` do not apply: the parser refuses them on a unix feed).
+        case unix(path: String, access: SocketFeedAccess = SocketFeedAccess())
 
         public var description: String {
             switch self {
             case .file(let p, let s): return s ? "file:\(p) (from start)" : "file:\(p)"
-            case .tcp(let a): return "tcp:\(a)"
-            case .unix(let p): return "unix:\(p)"
+            case .tcp(let a, _): return "tcp:\(a)"
+            case .unix(let p, _): return "unix:\(p)"
             }
         }
+    }
+
+    /// Who may hold a socket feed's connections, and for how long (docs/config.md `twin.feeds`):
+    /// the twin's slots must not be taken by anyone else, because a twin that cannot connect
+    /// holds every permit at 0.
+    public struct SocketFeedAccess: Sendable, Hashable {
+        /// TCP: client networks allowed to connect, default `127.0.0.0/8` and `::1/128` only.
+        public var allow: [CIDRBlock]
+        /// Connections at once, default 32.
+        public var maxClients: Int
+        /// TCP: connections at once from one address, default 4.
+        public var maxClientsPerAddress: Int
+        /// A client that sent no accepted line this long is closed; 0 = never. Default 5000.
+        public var idleTimeoutMs: Int
+        /// A partial line older than this closes its connection; default 2000.
+        public var lineTimeoutMs: Int
+        /// TCP: TLS with client certificates; nil = plain TCP.
+        public var tls: FeedTLS?
+
+        public init(allow: [CIDRBlock] = ApplianceConfig.Interlock.defaultAllow, maxClients: Int = 32,
+                    maxClientsPerAddress: Int = 4, idleTimeoutMs: Int = 5000, lineTimeoutMs: Int = 2000,
+                    tls: FeedTLS? = nil) {
+            self.allow = allow
+            self.maxClients = maxClients
+            self.maxClientsPerAddress = maxClientsPerAddress
+            self.idleTimeoutMs = idleTimeoutMs
+            self.lineTimeoutMs = lineTimeoutMs
+            self.tls = tls
+        }
+    }
+
+    /// A TCP feed's TLS files (PEM), read when the appliance starts; each remembers where the
+    /// config named it, so a missing or bad file is reported as `file:line:col: key: …`.
+    public struct FeedTLS: Sendable, Hashable {
+        /// The listener's certificate (chain, leaf first).
+        public var cert: ConfiguredPath
+        /// The listener's private key.
+        public var key: ConfiguredPath
+        /// The CA certificate(s) a twin's client certificate must be signed by.
+        public var clientCA: ConfiguredPath
+
+        public init(cert: ConfiguredPath, key: ConfiguredPath, clientCA: ConfiguredPath) {
+            self.cert = cert
+            self.key = key
+            self.clientCA = clientCA
+        }
+    }
+
+    /// A file path from the config (resolved against the config's directory), with its key path
+    /// and where it was written.
+    public struct ConfiguredPath: Sendable, Hashable, CustomStringConvertible {
+        public var path: String
+        public var keyPath: String
+        public var location: SourceLocation
+
+        public init(path: String, keyPath: String, location: SourceLocation) {
+            self.path = path
+            self.keyPath = keyPath
+            self.location = location
+        }
+
+        /// `file:line:col: key.path` — the start of an error about this file.
+        public var description: String { "\(location): \(keyPath)" }
     }
 
     public struct Twin: Sendable, Hashable {
@@ -309,7 +373,7 @@ struct ConfigParser {
         var ok = true
         for (i, item) in items.enumerated() {
             let p = keyPath("twin.feeds", index: i)
-            guard let fm = MappingReader(ctx, item, p, keys: ["file", "tcp", "unix", "from_start"],
+            guard let fm = MappingReader(ctx, item, p, keys: ["file", "tcp", "unix", "from_start"] + Self.socketFeedKeys,
                                          what: "a feed source mapping: {file: PATH}, {tcp: HOST:PORT} or {unix: PATH}")
             else { ok = false; continue }
             let kinds = ["file", "tcp", "unix"].filter { fm.has($0) }
@@ -324,26 +388,100 @@ struct ConfigParser {
                 ctx.error(fm.keyNode("from_start"), keyPath(p, "from_start"), "applies only to file feeds")
                 ok = false
             }
+            if kinds[0] == "file" {
+                for k in Self.socketFeedKeys where fm.has(k) {
+                    ctx.error(fm.keyNode(k), keyPath(p, k), "applies only to tcp and unix feeds")
+                    ok = false
+                }
+            }
             switch kinds[0] {
             case "file":
                 if let s = ctx.string(fm.take("file")!, keyPath(p, "file"), expected: "a file path") {
                     feeds.append(.file(path: ApplianceConfig.resolve(s, against: baseDir), fromStart: fromStart ?? false))
                 } else { ok = false }
             case "tcp":
-                if let hp = hostPort(fm.take("tcp")!, keyPath(p, "tcp")) { feeds.append(.tcp(listen: hp)) } else { ok = false }
+                let access = parseSocketFeedAccess(fm, p, tcp: true)
+                if let hp = hostPort(fm.take("tcp")!, keyPath(p, "tcp")), let access {
+                    feeds.append(.tcp(listen: hp, access: access))
+                } else { ok = false }
             default:
+                let access = parseSocketFeedAccess(fm, p, tcp: false)
                 if let s = ctx.string(fm.take("unix")!, keyPath(p, "unix"), expected: "a socket path") {
                     let resolved = ApplianceConfig.resolve(s, against: baseDir)
                     if resolved.utf8.count > 107 {
                         ctx.error(fm.take("unix"), keyPath(p, "unix"), "socket path is \(resolved.utf8.count) bytes; unix socket paths are limited to 107")
                         ok = false
-                    } else {
-                        feeds.append(.unix(path: resolved))
-                    }
+                    } else if let access {
+                        feeds.append(.unix(path: resolved, access: access))
+                    } else { ok = false }
                 } else { ok = false }
             }
         }
         return ok ? ApplianceConfig.Twin(feeds: feeds) : nil
+    }
+
+    /// The keys of a tcp or unix feed entry beside its address (docs/config.md `twin.feeds`).
+    static let socketFeedKeys = ["allow", "max_clients", "max_clients_per_address", "idle_timeout_ms", "line_timeout_ms", "tls"]
+    /// Of those, the ones that only make sense on TCP.
+    static let tcpOnlyFeedKeys: Set<String> = ["allow", "max_clients_per_address", "tls"]
+
+    /// The access settings of a tcp (or unix) feed entry `fm` at key path `p`; nil after an error.
+    func parseSocketFeedAccess(_ fm: MappingReader, _ p: String, tcp: Bool) -> ApplianceConfig.SocketFeedAccess? {
+        var ok = true
+        var r = ApplianceConfig.SocketFeedAccess()
+        if !tcp {
+            for k in Self.socketFeedKeys where Self.tcpOnlyFeedKeys.contains(k) && fm.has(k) {
+                ctx.error(fm.keyNode(k), keyPath(p, k), "applies only to tcp feeds")
+                ok = false
+            }
+            if !ok { return nil }
+        }
+        if let n = fm.take("allow") {
+            let path = keyPath(p, "allow")
+            if let items = ctx.list(n, path, of: "networks in CIDR notation") {
+                var blocks: [CIDRBlock] = []
+                for (i, item) in items.enumerated() {
+                    let ip = keyPath(path, index: i)
+                    guard let text = ctx.scalarText(item, ip, expected: "a network like 10.0.0.0/24") else { ok = false; continue }
+                    switch CIDRBlock.parse(text) {
+                    case .success(let c): blocks.append(c)
+                    case .failure(let e): ctx.error(item, ip, e.message); ok = false
+                    }
+                }
+                if items.isEmpty {
+                    ctx.error(n, path, "is empty: the twin could never connect (list the twin's networks, e.g. [10.0.0.0/24])")
+                    ok = false
+                }
+                r.allow = blocks
+            } else { ok = false }
+        }
+        func int(_ key: String, _ range: ClosedRange<Int>, _ expected: String) -> Int? {
+            guard let n = fm.take(key) else { return nil }
+            let v = ctx.int(n, keyPath(p, key), range, expected: expected)
+            if v == nil { ok = false }
+            return v
+        }
+        if let v = int("max_clients", 1...512, "1…512 connections (descriptors stay below 1024)") { r.maxClients = v }
+        if let v = int("max_clients_per_address", 1...512, "1…512 connections") { r.maxClientsPerAddress = v }
+        if let v = int("idle_timeout_ms", 0...86_400_000, "milliseconds 0…86400000 (0 = never)") { r.idleTimeoutMs = v }
+        if let v = int("line_timeout_ms", 10...60_000, "milliseconds 10…60000") { r.lineTimeoutMs = v }
+        if let n = fm.take("tls") {
+            let path = keyPath(p, "tls")
+            if let tm = MappingReader(ctx, n, path, keys: ["cert", "key", "client_ca"],
+                                      what: "a mapping (cert, key, client_ca: PEM files)") {
+                func file(_ key: String, _ why: String) -> ApplianceConfig.ConfiguredPath? {
+                    guard let v = tm.require(key, why),
+                          let s = ctx.string(v, keyPath(path, key), expected: "a PEM file path") else { return nil }
+                    return ApplianceConfig.ConfiguredPath(path: ApplianceConfig.resolve(s, against: baseDir),
+                                                          keyPath: keyPath(path, key), location: ctx.location(v))
+                }
+                let cert = file("cert", "the listener's certificate, PEM")
+                let key = file("key", "the listener's private key, PEM")
+                let ca = file("client_ca", "the CA that signs the twin's client certificate, PEM: without it any client would do")
+                if let cert, let key, let ca { r.tls = ApplianceConfig.FeedTLS(cert: cert, key: key, clientCA: ca) } else { ok = false }
+            } else { ok = false }
+        }
+        return ok ? r : nil
     }
 
     func parseAudit(_ node: Node) -> ApplianceConfig.Audit? {

@@ -12,7 +12,7 @@ struct TwinFeedServiceTests {
         let file = dir + "/twin.jsonl"
         let sock = dir + "/twin.sock"
         let c = Collector()
-        let service = TwinFeedService(feeds: [.file(path: file, fromStart: true), .tcp(listen: HostPort(host: "127.0.0.1", port: 0)),
+        let service = try TwinFeedService(feeds: [.file(path: file, fromStart: true), .tcp(listen: HostPort(host: "127.0.0.1", port: 0)),
                                               .unix(path: sock)],
                                       pipeline: c.feed, logger: Twin.quiet)
         let run = Task { try await service.run() }
@@ -40,7 +40,7 @@ struct TwinFeedServiceTests {
         let dir = Twin.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let sock = dir + "/twin.sock"
-        let service = TwinFeedService(feeds: [.unix(path: sock), .unix(path: "/nonexistent-dir/twin.sock")],
+        let service = try TwinFeedService(feeds: [.unix(path: sock), .unix(path: "/nonexistent-dir/twin.sock")],
                                       pipeline: Collector().feed, logger: Twin.quiet)
         await #expect(throws: TwinSourceError.self) { try await service.run() }
         #expect(access(sock, F_OK) != 0, "the first listener was stopped and its socket removed")

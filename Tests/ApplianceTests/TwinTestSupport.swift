@@ -117,8 +117,19 @@ struct CapturingLogHandler: LogHandler {
 final class FeedClient: @unchecked Sendable {
     let fd: Int32
 
-    init(tcpPort: Int) throws {
+    /// Connects to 127.0.0.1:`tcpPort`, from `from` (another loopback address such as
+    /// 127.0.0.2, which Linux routes to `lo` without configuration) when given.
+    init(tcpPort: Int, from: String? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if let from {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            local.sin_addr.s_addr = inet_addr(from)
+            let rc = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard rc == 0 else { close(fd); throw ClientError(what: "bind \(from)", errno: errno) }
+        }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(tcpPort).bigEndian)

@@ -63,6 +63,11 @@ extension ApplianceRuntime {
             }
             out.append(.gauge(name: "tibet_twin_twin_clients", help: "Twin feed clients connected",
                               labels: [("source", c.source)], value: Double(c.clientsConnected)))
+            for reason in TwinClientCloseReason.allCases {
+                out.append(.counter(name: "tibet_twin_twin_clients_closed_total",
+                                    help: "Twin feed connections refused at accept or closed by the appliance, by reason",
+                                    labels: [("source", c.source), ("reason", reason.rawValue)], total: c.clientsClosed[reason] ?? 0))
+            }
         }
         return out
     }

@@ -165,7 +165,15 @@ package final class ApplianceRuntime: Sendable {
         let pipeline = TwinFeedPipeline(parser: loaded.parser, seqReset: { seqResets.record($0) }) { [guardLoop] state in
             guardLoop.submit(twin: state)
         }
-        let twin = TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))
+        let twin: TwinFeedService
+        do {
+            twin = try TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))
+        } catch {
+            interlock.stopImmediately()
+            await http.stop()
+            audit.close(reason: "start failed: twin feeds: \(error)")
+            throw StartupError("\(error)")
+        }
         var started: [any TwinSource] = []
         for (index, source) in twin.sources.enumerated() {
             do {

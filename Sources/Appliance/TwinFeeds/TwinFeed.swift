@@ -82,12 +82,14 @@ package struct TwinFeedCounters: Sendable, Hashable {
     package var blankLines: UInt64 = 0
     /// Bytes read.
     package var bytes: UInt64 = 0
-    /// Socket sources: clients accepted, currently connected, refused over `maxClients`, and
-    /// cut off for sending only garbage or an over-long line.
+    /// Socket sources: clients accepted, currently connected, refused at accept (any reason:
+    /// `clientsClosed` has them by reason), and cut off for sending only garbage or an over-long line.
     package var clientsAccepted: UInt64 = 0
     package var clientsConnected: Int = 0
     package var clientsRefused: UInt64 = 0
     package var clientsCutOff: UInt64 = 0
+    /// Socket sources: connections refused at accept or closed by the appliance, by reason.
+    package var clientsClosed: [TwinClientCloseReason: UInt64] = [:]
     /// File source: rotations and truncations followed.
     package var rotations: UInt64 = 0
     package var truncations: UInt64 = 0
@@ -100,6 +102,23 @@ package struct TwinFeedCounters: Sendable, Hashable {
     package var identityFailures: UInt64 {
         dropped.filter { $0.key.isIdentityFailure }.values.reduce(0, +)
     }
+}
+
+/// Why a socket source refused or closed a client (the `reason` label of
+/// `tibet_twin_twin_clients_closed_total`, docs/twin-feed.md).
+package enum TwinClientCloseReason: String, Sendable, Hashable, CaseIterable {
+    /// Refused at accept: the peer is not in the feed's `allow` list.
+    case notAllowed = "not_allowed"
+    /// Refused at accept: `max_clients` connections are open.
+    case tooManyClients = "too_many_clients"
+    /// Refused at accept: `max_clients_per_address` connections from this address are open.
+    case tooManyFromAddress = "too_many_from_address"
+    /// No accepted line within `idle_timeout_ms`.
+    case idleTimeout = "idle_timeout"
+    /// A line stayed incomplete beyond `line_timeout_ms`.
+    case lineTimeout = "line_timeout"
+    /// The TLS handshake failed (no client certificate, one not signed by the CA, not TLS).
+    case tlsFailed = "tls_failed"
 }
 
 /// What every source does with a line: hand it to the pipeline, count it, log drops (rate-limited).

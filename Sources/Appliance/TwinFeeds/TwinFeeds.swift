@@ -13,23 +13,25 @@ import Glibc
 package enum TwinFeedSpec: Sendable, Hashable, CustomStringConvertible {
     /// A file followed like `tail -F`; `fromStart` reads what is already in it too.
     case file(path: String, fromStart: Bool)
-    case tcp(host: String, port: Int)
-    case unix(path: String)
+    case tcp(host: String, port: Int, options: TwinSocketSource.Options = .init())
+    case unix(path: String, options: TwinSocketSource.Options = .init())
 
-    /// The spec for a configured feed.
-    package init(_ feed: ApplianceConfig.Feed) {
+    /// The spec for a configured feed; reads its TLS files (a bad one is a start-up error).
+    package init(_ feed: ApplianceConfig.Feed) throws(TwinFeedConfigError) {
         switch feed {
         case .file(let path, let fromStart): self = .file(path: path, fromStart: fromStart)
-        case .tcp(let listen): self = .tcp(host: listen.host, port: listen.port)
-        case .unix(let path): self = .unix(path: path)
+        case .tcp(let listen, let access):
+            let tls = try access.tls.map { (files) throws(TwinFeedConfigError) in try TwinFeedTLS(files) }
+            self = .tcp(host: listen.host, port: listen.port, options: TwinSocketSource.Options(access, tls: tls))
+        case .unix(let path, let access): self = .unix(path: path, options: TwinSocketSource.Options(access, tls: nil))
         }
     }
 
     package var description: String {
         switch self {
         case .file(let p, let s): return "file:\(p)" + (s ? " (from start)" : "")
-        case .tcp(let h, let p): return "tcp:\(h):\(p)"
-        case .unix(let p): return "unix:\(p)"
+        case .tcp(let h, let p, let o): return "tcp:\(h):\(p)" + (o.tls == nil ? "" : " (tls)")
+        case .unix(let p, _): return "unix:\(p)"
         }
     }
 }
@@ -61,23 +63,25 @@ package final class TwinFeedService: Service, Sendable {
     package let pipeline: TwinFeedPipeline
 
     /// Makes one source per configured feed (docs/config.md `twin.feeds`), all feeding `pipeline`.
-    package convenience init(feeds: [ApplianceConfig.Feed], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin"),
-                            socketOptions: TwinSocketSource.Options = .init()) {
-        self.init(specs: feeds.map(TwinFeedSpec.init), pipeline: pipeline, logger: logger, socketOptions: socketOptions)
+    /// Reads the feeds' TLS files; a missing or bad one throws, naming the config line.
+    package convenience init(feeds: [ApplianceConfig.Feed], pipeline: TwinFeedPipeline,
+                             logger: Logger = Logger(label: "tibet-twin.twin")) throws(TwinFeedConfigError) {
+        var specs: [TwinFeedSpec] = []
+        for f in feeds { specs.append(try TwinFeedSpec(f)) }
+        self.init(specs: specs, pipeline: pipeline, logger: logger)
     }
 
     /// Makes one source per spec, all feeding `pipeline`.
-    package init(specs: [TwinFeedSpec], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin"),
-                socketOptions: TwinSocketSource.Options = .init()) {
+    package init(specs: [TwinFeedSpec], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin")) {
         self.pipeline = pipeline
         self.sources = specs.map { spec -> any TwinSource in
             switch spec {
             case .file(let path, let fromStart):
                 return TwinFileSource(path: path, fromStart: fromStart, pipeline: pipeline, logger: logger)
-            case .tcp(let host, let port):
-                return TwinSocketSource(endpoint: .tcp(host: host, port: port), pipeline: pipeline, options: socketOptions, logger: logger)
-            case .unix(let path):
-                return TwinSocketSource(endpoint: .unix(path: path), pipeline: pipeline, options: socketOptions, logger: logger)
+            case .tcp(let host, let port, let options):
+                return TwinSocketSource(endpoint: .tcp(host: host, port: port), pipeline: pipeline, options: options, logger: logger)
+            case .unix(let path, let options):
+                return TwinSocketSource(endpoint: .unix(path: path), pipeline: pipeline, options: options, logger: logger)
             }
         }
     }

@@ -1,6 +1,9 @@
 import Logging
+import Modbus
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 import Platform
 import Synchronization
 import TibetTwin
@@ -13,6 +16,13 @@ import Glibc
 /// at once, each sending feed lines; line framing with the 64 KiB cap. A client that exceeds the
 /// cap, or sends `garbageLimit` bad lines in a row (nothing accepted in between), is
 /// disconnected; everyone else carries on. Nothing is ever written back.
+///
+/// The twin must always find a free slot (a twin that cannot connect holds every permit at 0),
+/// so slots are guarded as the interlock guards its own (docs/twin-feed.md, "Who may connect"):
+/// a TCP peer outside `allow` or over `maxClientsPerAddress` is closed at accept, before any
+/// TLS handshake; a client that sent no accepted line for `idleTimeoutMs`, or whose line stays
+/// incomplete for `lineTimeoutMs`, is closed. With `tls`, a client must present a certificate
+/// signed by the configured CA or the handshake fails and nothing it sends is read.
 ///
 /// Runs on a SwiftNIO event loop — by default its own one-thread loop, so nothing else in the
 /// process (the HTTP API, another listener) can delay twin lines: parsing and signature checks happen on the loop thread, in
@@ -44,13 +54,46 @@ package final class TwinSocketSource: Sendable {
         package var unixMode: mode_t
         /// Minimum seconds between two logs of the same drop reason (docs/twin-feed.md: once per minute).
         package var logIntervalSeconds: Double
+        /// TCP: the networks a client may connect from (others are closed at accept). Not
+        /// applied to unix sockets (the file mode guards those).
+        package var allow: [CIDRBlock]
+        /// TCP: clients connected at once from one address (IPv4-mapped IPv6 counts as IPv4).
+        package var maxClientsPerAddress: Int
+        /// A client that sent no accepted line this long is closed; 0 = never.
+        package var idleTimeoutMs: Int
+        /// A client whose line stays incomplete this long after its first byte is closed.
+        package var lineTimeoutMs: Int
+        /// TCP: TLS with client certificates (loaded at start-up); nil = plain TCP.
+        package var tls: TwinFeedTLS?
 
-        package init(maxClients: Int = 32, garbageLimit: Int = 100, unixMode: mode_t = 0o660, logIntervalSeconds: Double = 60) {
+        package init(maxClients: Int = 32, garbageLimit: Int = 100, unixMode: mode_t = 0o660, logIntervalSeconds: Double = 60,
+                     allow: [CIDRBlock] = ApplianceConfig.Interlock.defaultAllow, maxClientsPerAddress: Int = 4,
+                     idleTimeoutMs: Int = 5000, lineTimeoutMs: Int = 2000, tls: TwinFeedTLS? = nil) {
             self.maxClients = maxClients
             self.garbageLimit = garbageLimit
             self.unixMode = unixMode
             self.logIntervalSeconds = logIntervalSeconds
+            self.allow = allow
+            self.maxClientsPerAddress = maxClientsPerAddress
+            self.idleTimeoutMs = idleTimeoutMs
+            self.lineTimeoutMs = lineTimeoutMs
+            self.tls = tls
         }
+
+        /// The options of a configured feed (docs/config.md `twin.feeds`); `tls` already loaded.
+        package init(_ access: ApplianceConfig.SocketFeedAccess, tls: TwinFeedTLS?) {
+            self.init(maxClients: access.maxClients, allow: access.allow, maxClientsPerAddress: access.maxClientsPerAddress,
+                      idleTimeoutMs: access.idleTimeoutMs, lineTimeoutMs: access.lineTimeoutMs, tls: tls)
+        }
+    }
+
+    /// Why a connection was refused at accept.
+    enum Refusal: String {
+        /// The peer is outside `allow` (or its address is unknown).
+        case notAllowed = "not_allowed"
+        case tooManyClients = "too_many_clients"
+        case tooManyFromAddress = "too_many_from_address"
+        case stopping
     }
 
     package let endpoint: Endpoint
@@ -64,7 +107,9 @@ package final class TwinSocketSource: Sendable {
         var started = false
         var ownGroup: MultiThreadedEventLoopGroup?
         var server: (any Channel)?
-        var clients: [ObjectIdentifier: any Channel] = [:]
+        var clients: [ObjectIdentifier: (channel: any Channel, address: [UInt8]?)] = [:]
+        /// Clients connected per peer address (TCP).
+        var perAddress: [[UInt8]: Int] = [:]
         var stopped = false
         var boundPort: Int?
     }
@@ -121,7 +166,13 @@ package final class TwinSocketSource: Sendable {
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16_384, maximum: 65_536))
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(TwinLineHandler(source: self))
+                    // The gate first: a refused peer is closed before any TLS handshake.
+                    let ops = channel.pipeline.syncOperations
+                    try ops.addHandler(TwinAdmissionHandler(source: self))
+                    if let tls = options.tls {
+                        try ops.addHandler(NIOSSLServerHandler(context: tls.context))
+                    }
+                    try ops.addHandler(TwinLineHandler(source: self))
                 }
             }
         let server: any Channel
@@ -159,7 +210,7 @@ package final class TwinSocketSource: Sendable {
         let (server, clients, own): ((any Channel)?, [any Channel], MultiThreadedEventLoopGroup?) = state.withLock { s in
             if s.stopped { return (nil, [], nil) }
             s.stopped = true
-            let r = (s.server, Array(s.clients.values), s.ownGroup)
+            let r = (s.server, s.clients.values.map(\.channel), s.ownGroup)
             s.server = nil
             s.ownGroup = nil
             return r  // the clients leave `clients` as they close (`release`), keeping the counters right
@@ -170,27 +221,120 @@ package final class TwinSocketSource: Sendable {
         try? await own?.shutdownGracefully()
     }
 
-    /// Registers a connected client; false when over `maxClients` or stopping.
-    func admit(_ channel: any Channel) -> Bool {
-        let ok = state.withLock { s -> Bool in
-            guard !s.stopped, s.clients.count < options.maxClients else { return false }
-            s.clients[ObjectIdentifier(channel)] = channel
-            return true
+    /// Registers a connected client from `address` (4 or 16 bytes; nil for a unix peer, or a
+    /// TCP peer whose address is unknown, which is refused); nil when admitted.
+    func admit(_ channel: any Channel, address: [UInt8]?) -> Refusal? {
+        let tcp: Bool
+        if case .tcp = endpoint { tcp = true } else { tcp = false }
+        let refusal = state.withLock { s -> Refusal? in
+            if s.stopped { return .stopping }
+            if tcp {
+                guard let address, options.allow.contains(where: { $0.contains(address) }) else { return .notAllowed }
+                if s.perAddress[address, default: 0] >= options.maxClientsPerAddress { return .tooManyFromAddress }
+            }
+            if s.clients.count >= options.maxClients { return .tooManyClients }
+            let key = tcp ? address : nil
+            s.clients[ObjectIdentifier(channel)] = (channel, key)
+            if let key { s.perAddress[key, default: 0] += 1 }
+            return nil
         }
         core.update {
-            if ok { $0.clientsAccepted += 1; $0.clientsConnected += 1 } else { $0.clientsRefused += 1 }
+            if let refusal {
+                $0.clientsRefused += 1
+                if let reason = TwinClientCloseReason(refusal) { $0.clientsClosed[reason, default: 0] += 1 }
+            } else {
+                $0.clientsAccepted += 1
+                $0.clientsConnected += 1
+            }
         }
-        return ok
+        return refusal
     }
 
     func release(_ channel: any Channel) {
-        let was = state.withLock { $0.clients.removeValue(forKey: ObjectIdentifier(channel)) != nil }
+        let was = state.withLock { s -> Bool in
+            guard let entry = s.clients.removeValue(forKey: ObjectIdentifier(channel)) else { return false }
+            if let key = entry.address {
+                let n = s.perAddress[key, default: 1] - 1
+                s.perAddress[key] = n > 0 ? n : nil
+            }
+            return true
+        }
         if was { core.update { $0.clientsConnected -= 1 } }
     }
 }
 
-/// One client connection: frames lines, hands them to the source's core, cuts off garbage.
-/// Confined to the channel's event loop.
+extension TwinClientCloseReason {
+    init?(_ refusal: TwinSocketSource.Refusal) {
+        switch refusal {
+        case .notAllowed: self = .notAllowed
+        case .tooManyClients: self = .tooManyClients
+        case .tooManyFromAddress: self = .tooManyFromAddress
+        case .stopping: return nil
+        }
+    }
+}
+
+/// The first handler of every client connection: admits it (allow list, limits) when it
+/// becomes active, or closes it at once without passing anything on; releases its slot when it
+/// closes. Confined to the channel's event loop.
+final class TwinAdmissionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    let source: TwinSocketSource
+    var admitted = false
+
+    init(source: TwinSocketSource) { self.source = source }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let remote = context.remoteAddress
+        let address = remote.flatMap(Self.addressBytes)
+        if let refusal = source.admit(context.channel, address: address) {
+            let core = source.core
+            let peer = remote.map { TwinLineHandler.describe($0) } ?? "unknown"
+            core.logRateLimited(key: "refused.\(refusal.rawValue)", received: core.clock.now()) { suppressed in
+                core.logger.warning("twin client refused at accept", metadata: [
+                    "source": "\(core.name)", "client": "\(peer)", "reason": "\(refusal.rawValue)",
+                    "max_clients": "\(source.options.maxClients)",
+                    "max_clients_per_address": "\(source.options.maxClientsPerAddress)", "suppressed": "\(suppressed)",
+                ])
+            }
+            context.close(promise: nil)
+            return
+        }
+        admitted = true
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard admitted else { return }
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // Only an admitted connection reached the handlers after this one.
+        guard admitted else { return }
+        source.release(context.channel)
+        context.fireChannelInactive()
+    }
+
+    /// The peer's address as 4 (IPv4, also for IPv4-mapped IPv6) or 16 bytes; nil for a unix peer.
+    static func addressBytes(_ a: SocketAddress) -> [UInt8]? {
+        switch a {
+        case .v4(let v4):
+            return withUnsafeBytes(of: v4.address.sin_addr) { PeerAddress(bytes: Array($0), port: 0).bytes }
+        case .v6(let v6):
+            return withUnsafeBytes(of: v6.address.sin6_addr) { PeerAddress(bytes: Array($0), port: 0).bytes }
+        case .unixDomainSocket:
+            return nil
+        }
+    }
+}
+
+/// One client connection: frames lines, hands them to the source's core, cuts off garbage and
+/// closes a client that is idle (no accepted line for `idleTimeoutMs`) or stuck mid-line (a
+/// partial line older than `lineTimeoutMs`). Runs after the admission gate (and TLS), so it only
+/// sees admitted clients. Confined to the channel's event loop.
 final class TwinLineHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
@@ -199,24 +343,28 @@ final class TwinLineHandler: ChannelInboundHandler {
     var lineNumber: UInt64 = 0
     var consecutiveBad = 0
     var peer = "?"
-    var admitted = false
+    var active = false
     var cut = false
+    /// When the last line was accepted (or the client connected).
+    var lastAccepted = NIODeadline.now()
+    /// When the partial line held now began; nil when none is held.
+    var partialSince: NIODeadline?
+    /// TLS feeds: the handshake has completed (the client's certificate was accepted).
+    var handshakeDone = false
+    /// The pending timeout check and when it fires.
+    var check: (task: Scheduled<Void>, at: NIODeadline)?
 
     init(source: TwinSocketSource) { self.source = source }
 
     var core: TwinSourceCore { source.core }
+    var options: TwinSocketSource.Options { source.options }
 
     func channelActive(context: ChannelHandlerContext) {
+        active = true
         peer = context.remoteAddress.map { Self.describe($0) } ?? "local"
-        admitted = source.admit(context.channel)
-        if !admitted {
-            core.logger.warning("twin client refused: too many clients", metadata: [
-                "source": "\(core.name)", "client": "\(peer)", "max_clients": "\(source.options.maxClients)"])
-            cut = true
-            context.close(promise: nil)
-            return
-        }
+        lastAccepted = .now()
         core.logger.info("twin client connected", metadata: ["source": "\(core.name)", "client": "\(peer)"])
+        scheduleCheck(context: context)
         context.fireChannelActive()
     }
 
@@ -224,19 +372,25 @@ final class TwinLineHandler: ChannelInboundHandler {
         guard !cut else { return }
         let buffer = unwrapInboundIn(data)
         let received = core.clock.now()
+        let now = NIODeadline.now()
         let n = buffer.readableBytes
         core.update { $0.bytes += UInt64(n) }
         var cutReason: String?
-        let limit = source.options.garbageLimit
+        var sawLine = false
+        let limit = options.garbageLimit
         buffer.withUnsafeReadableBytes { raw in
             framer.feed(raw) { event in
                 lineNumber += 1
+                sawLine = true
                 switch event {
                 case .line(let line):
                     guard let outcome = core.handle(line, received: received, lineNumber: lineNumber, where: "\(peer) line \(lineNumber)") else {
                         return true
                     }
-                    if case .accepted = outcome { consecutiveBad = 0 } else { consecutiveBad += 1 }
+                    if case .accepted = outcome {
+                        consecutiveBad = 0
+                        lastAccepted = now
+                    } else { consecutiveBad += 1 }
                     if consecutiveBad >= limit {
                         cutReason = "\(limit) bad lines in a row"
                         return false
@@ -257,25 +411,113 @@ final class TwinLineHandler: ChannelInboundHandler {
             core.logger.warning("twin client disconnected: it sent \(cutReason)", metadata: [
                 "source": "\(core.name)", "client": "\(peer)", "line": "\(lineNumber)"])
             context.close(promise: nil)
+            return
         }
+        // The age of a partial line counts from the read that began it.
+        if framer.pendingBytes > 0 {
+            if partialSince == nil || sawLine { partialSince = now }
+        } else {
+            partialSince = nil
+        }
+        if let due = nextDeadline(), check.map({ due < $0.at }) ?? true { scheduleCheck(context: context) }
+    }
+
+    /// The earliest moment a timeout could expire; nil when none applies.
+    func nextDeadline() -> NIODeadline? {
+        var due: NIODeadline?
+        if options.idleTimeoutMs > 0 { due = lastAccepted + .milliseconds(Int64(options.idleTimeoutMs)) }
+        if let since = partialSince {
+            let lineDue = since + .milliseconds(Int64(options.lineTimeoutMs))
+            due = due.map { min($0, lineDue) } ?? lineDue
+        }
+        return due
+    }
+
+    /// (Re)schedules the timeout check at `nextDeadline()`.
+    func scheduleCheck(context: ChannelHandlerContext) {
+        check?.task.cancel()
+        check = nil
+        guard !cut, let due = nextDeadline() else { return }
+        let task = context.eventLoop.assumeIsolated().scheduleTask(deadline: due) { [self] in
+            self.check = nil
+            self.checkTimeouts(context: context)
+        }
+        check = (task, due)
+    }
+
+    /// Closes the client if a timeout has expired, else checks again at the next deadline.
+    func checkTimeouts(context: ChannelHandlerContext) {
+        guard active, !cut else { return }
+        let now = NIODeadline.now()
+        var reason: TwinClientCloseReason?
+        if let since = partialSince, now >= since + .milliseconds(Int64(options.lineTimeoutMs)) {
+            reason = .lineTimeout
+        } else if options.idleTimeoutMs > 0, now >= lastAccepted + .milliseconds(Int64(options.idleTimeoutMs)) {
+            reason = .idleTimeout
+        }
+        guard let reason else {
+            scheduleCheck(context: context)
+            return
+        }
+        cut = true
+        let received = core.clock.now()
+        if reason == .lineTimeout, framer.pendingBytes > 0 {
+            lineNumber += 1
+            core.countDrop(TwinDrop(reason: .incompleteLine, detail: "no newline within \(options.lineTimeoutMs) ms of the line's first byte"),
+                           received: received, lineNumber: lineNumber, where: "\(peer) line \(lineNumber)")
+        }
+        _ = framer.reset()
+        core.update { $0.clientsClosed[reason, default: 0] += 1 }
+        core.logRateLimited(key: "closed.\(reason.rawValue)", received: received) { suppressed in
+            core.logger.warning(reason == .idleTimeout ? "twin client closed: no accepted line within the idle timeout"
+                                                       : "twin client closed: a line stayed incomplete beyond the line timeout", metadata: [
+                "source": "\(core.name)", "client": "\(peer)", "reason": "\(reason.rawValue)",
+                "timeout_ms": "\(reason == .idleTimeout ? options.idleTimeoutMs : options.lineTimeoutMs)",
+                "suppressed": "\(suppressed)",
+            ])
+        }
+        context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if admitted {
+        check?.task.cancel()
+        check = nil
+        if active {
             if !cut, framer.pendingBytes > 0 {
                 lineNumber += 1
                 core.countDrop(TwinDrop(reason: .incompleteLine, detail: "the client disconnected in the middle of a line"),
                                received: core.clock.now(), lineNumber: lineNumber, where: "\(peer) line \(lineNumber)")
             }
-            source.release(context.channel)
             core.logger.info("twin client disconnected", metadata: ["source": "\(core.name)", "client": "\(peer)", "lines": "\(lineNumber)"])
         }
+        active = false
         _ = framer.reset()
         context.fireChannelInactive()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls { handshakeDone = true }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        core.logger.debug("twin client connection error", metadata: ["source": "\(core.name)", "client": "\(peer)", "error": "\(error)"])
+        let first = !cut
+        cut = true
+        if !first {
+            context.close(promise: nil)
+            return
+        }
+        if options.tls != nil, !handshakeDone {
+            // A client without a certificate signed by the configured CA (or not speaking TLS):
+            // the handshake failed, nothing it sent was read.
+            core.update { $0.clientsClosed[.tlsFailed, default: 0] += 1 }
+            core.logRateLimited(key: "closed.tls_failed", received: core.clock.now()) { suppressed in
+                core.logger.warning("twin client closed: TLS handshake failed", metadata: [
+                    "source": "\(core.name)", "client": "\(peer)", "error": "\(error)", "suppressed": "\(suppressed)"])
+            }
+        } else {
+            core.logger.debug("twin client connection error", metadata: ["source": "\(core.name)", "client": "\(peer)", "error": "\(error)"])
+        }
         context.close(promise: nil)
     }
 
