@@ -62,11 +62,11 @@ extension ConfigParser {
             let base = keyPath("twin.feeds", index: i)
             note(base, item)
             switch feed {
-            case .tcp(let address):
+            case .tcp(let address, _):
                 let node = entry(item, "tcp")
                 note(keyPath(base, "tcp"), node)
                 listeners.append((keyPath(base, "tcp"), address, node))
-            case .unix(let path):
+            case .unix(let path, _):
                 let node = entry(item, "unix")
                 note(keyPath(base, "unix"), node)
                 paths.append((keyPath(base, "unix"), "unix socket", normalizedPath(path), node))

@@ -46,7 +46,7 @@ package struct LoadedConfig: Sendable {
         // to point at (a stale socket file is fine: it is replaced).
         var pathProblems: [String] = []
         for (i, feed) in config.twin.feeds.enumerated() {
-            guard case .unix(let socketPath) = feed else { continue }
+            guard case .unix(let socketPath, _) = feed else { continue }
             var st = stat()
             guard lstat(socketPath, &st) == 0, st.st_mode & S_IFMT != S_IFSOCK else { continue }
             let what = switch st.st_mode & S_IFMT {
