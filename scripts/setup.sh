@@ -4,6 +4,7 @@
 #   - mbpoll (an outside Modbus client the tests use as a second opinion)
 #   - systemd (systemd-analyze and systemd-sysusers check the unit file; nothing is started)
 #   - curl (an outside HTTP client the tests use beside our own)
+#   - openssl (the TLS tests make a throwaway CA and certificates with it)
 #   - a Python venv in .venv with a pinned pymodbus (an outside Modbus peer for tests)
 # Run by `make demo`, `make test` and `make bench`; safe to run again.
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 PYMODBUS_VERSION=3.8.6
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in libmodbus-dev pkg-config mbpoll python3-venv systemd curl; do
+for p in libmodbus-dev pkg-config mbpoll python3-venv systemd curl openssl; do
     have_pkg "$p" || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
