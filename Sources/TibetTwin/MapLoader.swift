@@ -17,22 +17,7 @@ public struct MapIssue: Error, Sendable, Hashable, CustomStringConvertible {
     /// stays exactly one line of `maps validate` output.
     public var description: String {
         let text = keyPath.isEmpty ? "\(location): \(message)" : "\(location): \(keyPath): \(message)"
-        guard text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return text }
-        var out = ""
-        for u in text.unicodeScalars {
-            switch u {
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.properties.generalCategory == .control {
-                    out += "\\u{" + String(u.value, radix: 16) + "}"
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out
+        return text.escapingControlCharacters()
     }
 }
 

@@ -67,30 +67,11 @@ package struct LineLogHandler: LogHandler {
             $0.value > 0x20 && $0 != "\"" && $0 != "=" && $0 != "\\" && $0.properties.generalCategory != .control
         }
         if plain { return value }
-        var out = "\""
-        for u in value.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.properties.generalCategory == .control {
-                    out += "\\u{" + String(u.value, radix: 16) + "}"
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
+        return "\"" + value.escapingControlCharacters(also: ["\"": "\\\"", "\\": "\\\\"]) + "\""
     }
 
     /// A message kept to one line (a newline in it would start a line without its prefix).
-    static func oneLine(_ text: String) -> String {
-        guard text.contains(where: { $0 == "\n" || $0 == "\r" }) else { return text }
-        return text.replacingOccurrences(of: "\r", with: "\\r").replacingOccurrences(of: "\n", with: "\\n")
-    }
+    static func oneLine(_ text: String) -> String { text.escapingControlCharacters() }
 
     static func wallNs() -> Int64 {
         var ts = timespec()
