@@ -9,19 +9,6 @@ import TestSupport
 /// real sockets on loopback.
 @Suite("Twin feed access: allow list, limits, timeouts", .serialized)
 struct TwinFeedAccessTests {
-    func withTCP(options: TwinSocketSource.Options, _ body: (TwinSocketSource, Collector, Int) async throws -> Void) async throws {
-        let c = Collector()
-        let source = TwinSocketSource(endpoint: .tcp(host: "127.0.0.1", port: 0), pipeline: c.feed, options: options, logger: Twin.quiet)
-        try await source.start()
-        do {
-            try await body(source, c, try #require(source.localPort))
-        } catch {
-            await source.stop()
-            throw error
-        }
-        await source.stop()
-    }
-
     /// The attack of the issue: 36 idle connections from one address. Only 4 get a slot (the rest
     /// are closed at accept), the twin on another address connects at once and its lines are
     /// accepted, the 4 idle ones are closed by the idle timeout while the twin, which keeps

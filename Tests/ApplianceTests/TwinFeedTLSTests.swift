@@ -105,18 +105,7 @@ final class PythonTLSClient: @unchecked Sendable {
 @Suite("Twin feed TLS with client certificates", .serialized)
 struct TwinFeedTLSTests {
     func withTLS(_ pki: TestPKI, _ body: (TwinSocketSource, Collector, Int) async throws -> Void) async throws {
-        let tls = try TwinFeedTLS(pki.files())
-        let c = Collector()
-        let source = TwinSocketSource(endpoint: .tcp(host: "127.0.0.1", port: 0), pipeline: c.feed,
-                                      options: .init(tls: tls), logger: Twin.quiet)
-        try await source.start()
-        do {
-            try await body(source, c, try #require(source.localPort))
-        } catch {
-            await source.stop()
-            throw error
-        }
-        await source.stop()
+        try await withTCP(options: .init(tls: try TwinFeedTLS(pki.files())), body)
     }
 
     @Test func aClientWithACertificateOfTheCAIsHeard() async throws {

@@ -7,20 +7,6 @@ import TestSupport
 
 @Suite("Twin socket sources", .serialized)
 struct TwinSocketSourceTests {
-    /// Runs `body` with a started TCP source on an ephemeral port, stopping it afterwards.
-    func withTCP(options: TwinSocketSource.Options = .init(), _ body: (TwinSocketSource, Collector, Int) async throws -> Void) async throws {
-        let c = Collector()
-        let source = TwinSocketSource(endpoint: .tcp(host: "127.0.0.1", port: 0), pipeline: c.feed, options: options, logger: Twin.quiet)
-        try await source.start()
-        do {
-            try await body(source, c, try #require(source.localPort))
-        } catch {
-            await source.stop()
-            throw error
-        }
-        await source.stop()
-    }
-
     @Test func twoClientsInterleave() async throws {
         try await withTCP { source, c, port in
             let a = try FeedClient(tcpPort: port)

@@ -187,3 +187,18 @@ final class FeedClient: @unchecked Sendable {
 
     deinit { close(fd) }
 }
+
+/// Runs `body` with a started TCP twin source on an ephemeral port of 127.0.0.1, stopping it
+/// afterwards (also when `body` throws).
+func withTCP(options: TwinSocketSource.Options = .init(), _ body: (TwinSocketSource, Collector, Int) async throws -> Void) async throws {
+    let c = Collector()
+    let source = TwinSocketSource(endpoint: .tcp(host: "127.0.0.1", port: 0), pipeline: c.feed, options: options, logger: Twin.quiet)
+    try await source.start()
+    do {
+        try await body(source, c, try #require(source.localPort))
+    } catch {
+        await source.stop()
+        throw error
+    }
+    await source.stop()
+}
