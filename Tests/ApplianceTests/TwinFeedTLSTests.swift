@@ -166,6 +166,16 @@ struct TwinFeedTLSTests {
         } catch {
             #expect(error.description.hasPrefix("t.yaml:3:13: twin.feeds[0].tls.client_ca: \(pki.clientKey) "))
         }
+        // A private key others may read is refused before it is used.
+        let exposed = pki.dir + "/exposed.key"
+        try FileManager.default.copyItem(atPath: pki.dir + "/server.key", toPath: exposed)
+        chmod(exposed, 0o640)
+        do {
+            _ = try TwinFeedTLS(pki.files(key: exposed))
+            Issue.record("a group-readable TLS key must be refused")
+        } catch {
+            #expect(error.description == "t.yaml:2:13: twin.feeds[0].tls.key: \(exposed) can be read by group or others; a TLS private key must be mode 0600 or stricter (chmod 600, owned by the service user)")
+        }
         do {
             _ = try TwinFeedTLS(pki.files(key: pki.clientKey))
             Issue.record("the client's key does not belong to the server certificate")

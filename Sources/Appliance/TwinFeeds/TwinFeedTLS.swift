@@ -79,7 +79,12 @@ package final class TwinFeedTLS: Sendable, Hashable {
         return certs
     }
 
+    /// The server's private key: refused if group or others may read it (like the audit key),
+    /// because whoever reads it can pose as this appliance to the twin.
     static func privateKey(_ f: ApplianceConfig.ConfiguredPath) throws(TwinFeedConfigError) -> NIOSSLPrivateKey {
+        if KeyFiles.isExposed(path: f.path) {
+            throw TwinFeedConfigError(file: f, message: "\(f.path) can be read by group or others; a TLS private key must be mode 0600 or stricter (chmod 600, owned by the service user)")
+        }
         let bytes = try read(f)
         do {
             return try NIOSSLPrivateKey(bytes: bytes, format: .pem)
