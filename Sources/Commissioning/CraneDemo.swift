@@ -251,6 +251,10 @@ package struct CraneDemo: Sendable {
         let passed = outcomes.allSatisfy(\.passed)
         if passed {
             output("\(c.green)\(c.bold)Every scenario came out as it must.\(c.off)")
+            output("")
+            output("Next: keep the chain with `tibet-twin demo --audit DIR` and read it with `tibet-twin audit show DIR`;")
+            output("serve a map's registers with `tibet-twin simulate --map maps/crane-01.yaml` and read them back with")
+            output("`tibet-twin read --map maps/crane-01.yaml`; docs/README.md says what to read next.")
         } else {
             output("\(c.red)\(c.bold)Failed: \(outcomes.filter { !$0.passed }.map(\.title).joined(separator: ", "))\(c.off)")
         }

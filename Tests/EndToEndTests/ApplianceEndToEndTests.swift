@@ -58,6 +58,7 @@ struct ApplianceEndToEndTests {
             #expect(out.contains(marker), "missing \(marker)")
         }
         #expect(!out.contains("✘"))
+        #expect(out.contains("Next: keep the chain with `tibet-twin demo --audit DIR`"), "the demo says where to look next")
         #expect(!out.contains("\u{1B}["), "plain text when stdout is not a terminal")
         #expect(out.contains("BLOCKED: status mismatch: physical=fault, twin=operational"))
         let (vcode, vout, verr) = try runTibetTwin(["audit", "verify", dir.file("audit")])
