@@ -1,4 +1,5 @@
 import CModbus
+import Platform
 
 #if canImport(Glibc)
 import Glibc
@@ -146,7 +147,11 @@ public final class ModbusClient {
         let e = errno
         if rc == -1 {
             modbus_close(ctx)
-            throw ModbusError(kind: .connect, errno: e, function: "modbus_connect", unit: unit, endpoint: endpoint)
+            var error = ModbusError(kind: .connect, errno: e, function: "modbus_connect", unit: unit, endpoint: endpoint)
+            // libmodbus resolves the name at every connect and reports a name that does not
+            // resolve as ECONNREFUSED; say what really happened.
+            if e == ECONNREFUSED { error.resolveFailure = NetAddress.resolveFailure(host) }
+            throw error
         }
         // libmodbus waits in select(): a descriptor at or above FD_SETSIZE would abort the
         // process on the next call. Refuse it here (the soft RLIMIT_NOFILE cap normally

@@ -39,6 +39,9 @@ public struct ModbusError: Error, Sendable, Hashable, CustomStringConvertible {
     public var count: Int?
     /// host:port, where known.
     public var endpoint: String?
+    /// Why the host name did not resolve (`EAI_NONAME` …), for a `.connect` failure that was
+    /// no connection attempt at all (libmodbus reports it as `ECONNREFUSED`).
+    public var resolveFailure: String?
 
     public init(kind: Kind, errno: Int32, function: String, unit: Int? = nil, table: String? = nil,
                 address: Int? = nil, count: Int? = nil, endpoint: String? = nil) {
@@ -69,13 +72,27 @@ public struct ModbusError: Error, Sendable, Hashable, CustomStringConvertible {
         switch kind {
         case .exception(let c): what = "exception \(c) (\(ModbusError.exceptionName(c)))"
         case .timeout: what = "timeout"
-        case .connect: what = "connect failed (\(ModbusError.errnoName(errno)))"
+        case .connect:
+            if let resolveFailure, let host = endpoint.map(ModbusError.host(of:)) {
+                what = "connect failed: host name \(host) does not resolve (\(resolveFailure))"
+            } else {
+                what = "connect failed (\(ModbusError.errnoName(errno)))"
+            }
         case .connectionLost: what = "connection lost (\(ModbusError.errnoName(errno)))"
         case .badResponse: what = "bad response (\(ModbusError.errnoName(errno)))"
         case .notConnected: what = "not connected"
         case .other: what = ModbusError.errnoName(errno)
         }
         return parts.joined(separator: " ") + ": " + what
+    }
+
+    /// The host part of `host:port` or `[v6]:port`.
+    static func host(of endpoint: String) -> String {
+        if endpoint.hasPrefix("["), let close = endpoint.firstIndex(of: "]") {
+            return String(endpoint[endpoint.index(after: endpoint.startIndex)..<close])
+        }
+        guard let colon = endpoint.lastIndex(of: ":") else { return endpoint }
+        return String(endpoint[..<colon])
     }
 
     /// Names of the standard Modbus exception codes.

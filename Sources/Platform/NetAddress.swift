@@ -102,6 +102,32 @@ public struct NetAddress: Sendable, Hashable, CustomStringConvertible {
         return nil
     }
 
+    /// Why `name` does not resolve, as the resolver says it (`EAI_NONAME`, `EAI_AGAIN` …), or
+    /// nil when it resolves (or is an IP literal). Blocks for the resolver.
+    public static func resolveFailure(_ name: String) -> String? {
+        var h = name
+        if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        if literal(h) != nil { return nil }
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(h, nil, &hints, &list)
+        if rc == 0 {
+            freeaddrinfo(list)
+            return nil
+        }
+        switch rc {
+        case EAI_NONAME: return "EAI_NONAME"
+        case EAI_AGAIN: return "EAI_AGAIN"
+        case EAI_FAIL: return "EAI_FAIL"
+        case EAI_FAMILY: return "EAI_FAMILY"
+        case EAI_MEMORY: return "EAI_MEMORY"
+        case EAI_SYSTEM: return "EAI_SYSTEM (\(Errno.current))"
+        default: return "getaddrinfo error \(rc)"
+        }
+    }
+
     /// A host name's first address (IPv4 preferred), 4 or 16 bytes; nil if it does not resolve.
     static func resolve(_ name: String) -> [UInt8]? {
         // Only what can be a host name goes to the resolver.

@@ -61,6 +61,32 @@ struct ModbusClientTests {
         }
     }
 
+    /// libmodbus reports a host name that does not resolve as ECONNREFUSED; the error says
+    /// what happened instead (a `.invalid` name never resolves, RFC 2606).
+    @Test func aNameThatDoesNotResolveIsNamedAsSuch() async throws {
+        try await onThread {
+            let c = try ModbusClient(host: "no-such-plc.invalid", port: 502, responseTimeoutMs: 500)
+            do throws(ModbusError) {
+                try c.connect()
+                Issue.record("expected connect failure")
+            } catch {
+                #expect(error.kind == .connect)
+                #expect(error.resolveFailure?.hasPrefix("EAI_") == true, "\(error)")
+                #expect(error.description.hasPrefix("modbus_connect no-such-plc.invalid:502 unit 1: connect failed: host name no-such-plc.invalid does not resolve (EAI_"),
+                        "\(error)")
+            }
+            // A refused connection to an address is still ECONNREFUSED, with no resolve failure.
+            let r = try ModbusClient(host: "127.0.0.1", port: closedPort(), responseTimeoutMs: 500)
+            do throws(ModbusError) {
+                try r.connect()
+                Issue.record("expected connect failure")
+            } catch {
+                #expect(error.errno == ECONNREFUSED && error.resolveFailure == nil)
+                #expect(error.description.hasSuffix("connect failed (ECONNREFUSED)"), "\(error)")
+            }
+        }
+    }
+
     @Test func refusedConnectIsTypedAndReadsSayNotConnected() async throws {
         let port = closedPort()
         try await onThread {
