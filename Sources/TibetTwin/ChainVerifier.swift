@@ -329,7 +329,9 @@ public struct ChainVerifier: Sendable {
     /// in the token `parentId` / `prevHash`: the record's content hash matches, its
     /// `erin.removed` names exactly that segment and token, and it is signed by the key it
     /// announces (`erin.public_key`), which must be a pinned key when keys are pinned. Returns
-    /// that key, or nil when the record does not vouch for this cut.
+    /// the key that signs the first kept token (`erin.kept_key`, the last key announced in the
+    /// removed segments, also pinned; else the record's own key), or nil when the record does
+    /// not vouch for this cut.
     public static func vouchedCutKey(_ record: TibetToken, segment: Int, parentId: String, prevHash: String,
                                      pinnedKeys: [Curve25519.Signing.PublicKey] = []) -> Curve25519.Signing.PublicKey? {
         guard record.action == .auditRetained, record.computeContentHash() == record.contentHash,
@@ -341,8 +343,15 @@ public struct ChainVerifier: Sendable {
               let text = record.erin["public_key"]?.stringValue,
               let key = try? KeyText.publicKey(from: text),
               record.signature != nil, record.hasValidSignature(by: key) else { return nil }
-        if !pinnedKeys.isEmpty && !pinnedKeys.contains(where: { $0.rawRepresentation == key.rawRepresentation }) {
-            return nil
+        func pinned(_ k: Curve25519.Signing.PublicKey) -> Bool {
+            pinnedKeys.isEmpty || pinnedKeys.contains(where: { $0.rawRepresentation == k.rawRepresentation })
+        }
+        guard pinned(key) else { return nil }
+        // The key that signed the first kept token (the last one announced in what was
+        // removed), when the record names it; else the record's own key.
+        if let keptText = record.erin["kept_key"]?.stringValue {
+            guard let kept = try? KeyText.publicKey(from: keptText), pinned(kept) else { return nil }
+            return kept
         }
         return key
     }

@@ -117,6 +117,32 @@ struct AuditRetentionTests {
         #expect(whole.segments == kept.last!)
     }
 
+    @Test func cutAfterAKeyRotationVerifiesTheKeptOldKeyTokensWithTheOldKey() async throws {
+        let fx = try AuditFixture()
+        let old = try AuditStore.open(fx.config(segmentBytes: 3000))
+        for i in 0..<40 { _ = await old.submitAndWait(record(i)) }
+        old.close()
+        let newKey = Curve25519.Signing.PrivateKey()
+        try fx.writeKey(newKey, to: fx.keyPath)
+        let store = try AuditStore.open(retaining(fx, maxBytes: 12_000))
+        for i in 0..<4 { _ = await store.submitAndWait(record(i)) }
+        store.close()
+        let first = try #require(try AuditFS.segmentNumbers(in: fx.dir).first)
+        #expect(first > 1)
+        let cuts = try fx.tokens().filter { $0.action == .auditRetained }
+        #expect(!cuts.isEmpty)
+        for cut in cuts {  // later cuts carry the old key on from the earlier cut record
+            #expect(cut.erin["kept_key_id"]?.stringValue == KeyText.fingerprint(of: fx.key.publicKey))
+            #expect(cut.erin["key_id"]?.stringValue == KeyText.fingerprint(of: newKey.publicKey))
+        }
+        // The first kept tokens are the old key's: verified with it, then the rotation.
+        let summary = try fx.verify(pinned: [fx.key.publicKey, newKey.publicKey]).get()
+        #expect(summary.keys.map(\.fingerprint) == [KeyText.fingerprint(of: fx.key.publicKey), KeyText.fingerprint(of: newKey.publicKey)])
+        #expect(summary.cut != nil)
+        // Pinning only the new key: the kept old-key part is not vouched for.
+        #expect(failure(try fx.verify(pinned: [newKey.publicKey])) != nil)
+    }
+
     @Test func maxAgeDaysRemovesSegmentsOlderThanTheBoundByTheStoresClock() async throws {
         let fx = try AuditFixture()
         let t0: Int64 = 1_800_000_000 * 1_000_000_000

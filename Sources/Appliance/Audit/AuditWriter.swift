@@ -499,6 +499,7 @@ final class AuditWriter {
         var bytesRemoved = 0
         var reasons: Set<String> = []
         var last: TibetToken?
+        var keptKey: Curve25519.Signing.PublicKey?
         for n in run.dropLast(2) {
             let overBytes = config.retainMaxBytes.map { total > $0 } ?? false
             guard let data = try? AuditFS.readAll(AuditFS.join(config.directory, AuditSegment.name(n))) else { break }
@@ -512,6 +513,7 @@ final class AuditWriter {
             remove.append(n)
             removed.append(["segment": .int(Int64(n)), "last_id": .string(t.tokenId), "last_hash": .string(t.contentHash),
                             "tokens": .int(Int64(lines.count)), "bytes": .int(Int64(sizes[n] ?? 0))])
+            keptKey = AuditTail.lastAnnouncedKey(in: lines[...]) ?? keptKey
             tokensRemoved += lines.count
             bytesRemoved += sizes[n] ?? 0
             total -= sizes[n] ?? 0
@@ -532,6 +534,14 @@ final class AuditWriter {
             "public_key": .string(publicKeyText),
             "key_id": .string(fingerprint),
         ]
+        // The key that signs the first kept token: the last one announced in what is removed;
+        // if none is, the key in effect where the previous cut left the chain (that cut's
+        // record is still in a kept segment); else this store's own.
+        if keptKey == nil { keptKey = previousCutKeptKey(run: Array(run.dropFirst(remove.count))) }
+        if let keptKey {
+            erin["kept_key"] = .string(Base64.encode(Array(keptKey.rawRepresentation)))
+            erin["kept_key_id"] = .string(KeyText.fingerprint(of: keptKey))
+        }
         if let b = config.retainMaxBytes { erin["max_bytes"] = .int(Int64(b)) }
         if let d = config.retainMaxAgeDays { erin["max_age_days"] = .int(Int64(d)) }
         let record = AuditRecord(
@@ -540,6 +550,20 @@ final class AuditWriter {
                        "safety_critical": true],
             time: time.now())
         return RetentionPlan(remove: remove, record: record)
+    }
+
+    /// The key in effect at the first kept segment of the newest earlier cut: its `kept_key`,
+    /// else its own key; nil when no cut record is found among the segments `run`.
+    func previousCutKeptKey(run: [Int]) -> Curve25519.Signing.PublicKey? {
+        for n in run.reversed() {
+            guard let data = try? AuditFS.readAll(AuditFS.join(config.directory, AuditSegment.name(n))) else { return nil }
+            for l in ChainVerifier.split(data).lines.reversed() where l.starts(with: AuditTail.retainedPrefix) {
+                guard let t = AuditTail.parseToken(l),
+                      let text = t.erin["kept_key"]?.stringValue ?? t.erin["public_key"]?.stringValue else { return nil }
+                return try? KeyText.publicKey(from: text)
+            }
+        }
+        return nil
     }
 
     /// Unlinks the planned segments, oldest first, after their cut record is durable; then
