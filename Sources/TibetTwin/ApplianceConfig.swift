@@ -152,9 +152,18 @@ public struct ApplianceConfig: Sendable, Hashable {
         public var checkpointS: Int
         /// A segment is closed and the next begun after this many bytes; default 64 MiB.
         public var segmentBytes: Int
+        /// `audit.retain.max_bytes`: old segments are removed at a rotation while the kept
+        /// segments exceed this; nil (default): keep everything.
+        public var retainMaxBytes: Int?
+        /// `audit.retain.max_age_days`: old segments whose last token is older are removed at a
+        /// rotation; nil (default): keep everything.
+        public var retainMaxAgeDays: Int?
 
         public init(dir: String = "/var/lib/tibet-twin/audit", key: String = "/etc/tibet-twin/guard.key",
-                    checkpointS: Int = 60, segmentBytes: Int = 64 << 20) {
+                    checkpointS: Int = 60, segmentBytes: Int = 64 << 20,
+                    retainMaxBytes: Int? = nil, retainMaxAgeDays: Int? = nil) {
+            self.retainMaxBytes = retainMaxBytes
+            self.retainMaxAgeDays = retainMaxAgeDays
             self.dir = dir
             self.key = key
             self.checkpointS = checkpointS
@@ -485,8 +494,8 @@ struct ConfigParser {
     }
 
     func parseAudit(_ node: Node) -> ApplianceConfig.Audit? {
-        guard let am = MappingReader(ctx, node, "audit", keys: ["dir", "key", "checkpoint_s", "segment_bytes"],
-                                     what: "a mapping (dir, key, checkpoint_s, segment_bytes)") else { return nil }
+        guard let am = MappingReader(ctx, node, "audit", keys: ["dir", "key", "checkpoint_s", "segment_bytes", "retain"],
+                                     what: "a mapping (dir, key, checkpoint_s, segment_bytes, retain)") else { return nil }
         var ok = true
         var r = ApplianceConfig.Audit()
         if let n = am.take("dir") {
@@ -500,6 +509,17 @@ struct ConfigParser {
         }
         if let n = am.take("segment_bytes") {
             if let v = ctx.int(n, "audit.segment_bytes", 65_536...(1 << 40), expected: "bytes 65536…1099511627776") { r.segmentBytes = v } else { ok = false }
+        }
+        if let n = am.take("retain") {
+            if let rm = MappingReader(ctx, n, "audit.retain", keys: ["max_bytes", "max_age_days"],
+                                      what: "a mapping (max_bytes, max_age_days)") {
+                if let b = rm.take("max_bytes") {
+                    if let v = ctx.int(b, "audit.retain.max_bytes", 1_048_576...(1 << 50), expected: "bytes 1048576…1125899906842624") { r.retainMaxBytes = v } else { ok = false }
+                }
+                if let d = rm.take("max_age_days") {
+                    if let v = ctx.int(d, "audit.retain.max_age_days", 1...36_500, expected: "days 1…36500") { r.retainMaxAgeDays = v } else { ok = false }
+                }
+            } else { ok = false }
         }
         return ok ? r : nil
     }

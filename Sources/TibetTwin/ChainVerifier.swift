@@ -97,6 +97,8 @@ public struct ChainVerifier: Sendable {
         public var starts = 0
         public var repairs = 0
         public var lastAction: String?
+        /// Where the kept chain starts after a retention cut, and the record vouching for it.
+        public var cut: String?
 
         /// The one-line summary `audit verify` prints.
         public var text: String {
@@ -106,6 +108,7 @@ public struct ChainVerifier: Sendable {
             if let a = lastAction, a != TokenAction.stopped.rawValue { s += " (last: \(a), no stop since)" }
             s += "; \(starts) start\(starts == 1 ? "" : "s")"
             if repairs > 0 { s += ", \(repairs) torn-tail repair\(repairs == 1 ? "" : "s")" }
+            if let cut { s += "; \(cut)" }
             let ks = keys.map { "\($0.fingerprint) from \($0.file):\($0.line)" }.joined(separator: ", ")
             s += "; key\(keys.count == 1 ? "" : "s") \(ks)"
             s += pinned ? " (pinned)" : " (not pinned: check \(keys.count == 1 ? "it is" : "each is") this appliance's key, or pass --key)"
@@ -168,8 +171,10 @@ public struct ChainVerifier: Sendable {
     /// audit store checks the tail it is about to extend this way. Segment numbering starts
     /// wherever the first `beginSegment` says.
     public init(resumingAfter previousId: String?, previousHash: String?,
-                signingKey: Curve25519.Signing.PublicKey?, checkSignatures: Bool = true) {
-        pinnedRaw = []
+                signingKey: Curve25519.Signing.PublicKey?, checkSignatures: Bool = true,
+                pinnedKeys: [Curve25519.Signing.PublicKey] = []) {
+        pinnedRaw = pinnedKeys.map { Array($0.rawRepresentation) }
+        summary.pinned = !pinnedKeys.isEmpty
         self.checkSignatures = checkSignatures
         lastId = previousId
         lastHash = previousHash
@@ -319,6 +324,40 @@ public struct ChainVerifier: Sendable {
         }
         return token
     }
+
+    /// A retention cut (`audit_retained`) vouching that segment `segment` is removed and ended
+    /// in the token `parentId` / `prevHash`: the record's content hash matches, its
+    /// `erin.removed` names exactly that segment and token, and it is signed by the key it
+    /// announces (`erin.public_key`), which must be a pinned key when keys are pinned. Returns
+    /// the key that signs the first kept token (`erin.kept_key`, the last key announced in the
+    /// removed segments, also pinned; else the record's own key), or nil when the record does
+    /// not vouch for this cut.
+    public static func vouchedCutKey(_ record: TibetToken, segment: Int, parentId: String, prevHash: String,
+                                     pinnedKeys: [Curve25519.Signing.PublicKey] = []) -> Curve25519.Signing.PublicKey? {
+        guard record.action == .auditRetained, record.computeContentHash() == record.contentHash,
+              case .array(let removed)? = record.erin["removed"],
+              removed.contains(where: {
+                  $0["segment"]?.intValue == Int64(segment) && $0["last_id"]?.stringValue == parentId
+                      && $0["last_hash"]?.stringValue == prevHash
+              }),
+              let text = record.erin["public_key"]?.stringValue,
+              let key = try? KeyText.publicKey(from: text),
+              record.signature != nil, record.hasValidSignature(by: key) else { return nil }
+        func pinned(_ k: Curve25519.Signing.PublicKey) -> Bool {
+            pinnedKeys.isEmpty || pinnedKeys.contains(where: { $0.rawRepresentation == k.rawRepresentation })
+        }
+        guard pinned(key) else { return nil }
+        // The key that signed the first kept token (the last one announced in what was
+        // removed), when the record names it; else the record's own key.
+        if let keptText = record.erin["kept_key"]?.stringValue {
+            guard let kept = try? KeyText.publicKey(from: keptText), pinned(kept) else { return nil }
+            return kept
+        }
+        return key
+    }
+
+    /// Records in the summary where a retention cut starts the kept chain.
+    public mutating func noteCut(_ text: String) { summary.cut = text }
 
     /// Hands over the signature checks collected so far.
     public mutating func takePendingSignatures() -> [PendingSignature] {

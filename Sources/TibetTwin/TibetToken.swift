@@ -20,6 +20,8 @@ public struct TokenAction: RawRepresentable, Sendable, Hashable, CustomStringCon
     /// why, how many tokens were refused and held meanwhile). Not in the original TIBET action list (docs/audit.md): added so
     /// the outage itself is on the record.
     public static let auditRecovered = TokenAction(rawValue: "audit_recovered")
+    /// `audit.retain` removed old segments: the signed record of the cut (docs/audit.md).
+    public static let auditRetained = TokenAction(rawValue: "audit_retained")
     /// A device's twin `seq` count restarted after a silence (`TwinValidator`, docs/twin-feed.md):
     /// the old and new `seq`, the silence and the two `ts`. Not in the original TIBET action list.
     public static let twinSeqReset = TokenAction(rawValue: "twin_seq_reset")

@@ -134,6 +134,8 @@ struct AuditLoadCommand: ParsableCommand {
     @Option var count = -1
     @Option var threads = 4
     @Option var segmentBytes = 8 << 20
+    /// `audit.retain.max_bytes` for this store (none: keep everything).
+    @Option var retainMaxBytes: Int?
     @Option var retryMs = 50
     /// RLIMIT_FSIZE for this process (SIGXFSZ ignored, so writes past it fail with EFBIG).
     @Option var fsizeLimit: Int?
@@ -145,7 +147,7 @@ struct AuditLoadCommand: ParsableCommand {
             setFileSizeLimit(rlim_t(limit))
         }
         let config = AuditStore.Configuration(directory: dir, keyPath: key, node: node, segmentBytes: segmentBytes,
-                                              retryIntervalMs: retryMs)
+                                              retryIntervalMs: retryMs, retainMaxBytes: retainMaxBytes)
         let store: AuditStore
         do {
             store = try AuditStore.open(config, onHealthChange: { healthy in

@@ -168,6 +168,27 @@ struct AuditCLITests {
         #expect(nc == 2 && !nerr.isEmpty)
     }
 
+    /// `audit.retain`: old segments go behind a signed cut, `audit verify` proves the kept part
+    /// and says where it starts; a segment deleted by hand without a cut record fails.
+    @Test func verifyAcceptsARetentionCutAndRejectsAHandDeletion() throws {
+        let fx = try AuditCLIFixture()
+        let (code, _, err) = try runTibetTwin(["audit", "_load", fx.dir, "--key", fx.key, "--count", "200", "--node", "guard-01",
+                                               "--threads", "1", "--segment-bytes", "4096", "--retain-max-bytes", "16384"])
+        #expect(code == 0, "\(err)")
+        let numbers = try fx.segments().map(\.number)
+        let first = try #require(numbers.first)
+        #expect(first > 1)
+        #expect(try fx.segments().reduce(0) { $0 + $1.bytes.count } <= 16384 + 3 * 4096)
+        let (vc, vout, _) = try runTibetTwin(["audit", "verify", fx.dir, "--key", fx.pub])
+        #expect(vc == 0, "\(vout)")
+        #expect(vout.contains("kept chain starts at tibet-\(first).jsonl"), "\(vout)")
+        #expect(vout.contains("removed by retention"), "\(vout)")
+        try FileManager.default.removeItem(atPath: fx.dir + "/" + AuditSegment.name(first))
+        let (bc, bout, _) = try runTibetTwin(["audit", "verify", fx.dir])
+        #expect(bc == 1)
+        #expect(bout.hasPrefix(fx.dir + "/" + AuditSegment.name(first + 1) + ":1: segment: "), "\(bout)")
+    }
+
     /// As docs/audit.md describes it, with `tibet-twin keygen` making the audit key: the store signs with it,
     /// `audit verify --key OUT.pub` pins it; a key file others may read is refused and changes
     /// nothing; a second keygen never overwrites the key.

@@ -88,6 +88,14 @@ struct ApplianceConfigTests {
         #expect(c.maps == ["site/maps/", "site/../shared/cranes.yaml", "/abs/maps"])
         #expect(c.twin.feeds == [.file(path: "site/twin.jsonl", fromStart: true), .unix(path: "site/run/twin.sock")])
         #expect(c.audit == ApplianceConfig.Audit(dir: "site/audit", key: "site/keys/guard.key", checkpointS: 5, segmentBytes: 1 << 20))
+        #expect(c.audit.retainMaxBytes == nil && c.audit.retainMaxAgeDays == nil)
+        let retained = try ApplianceConfig.parse(
+            yaml: "node: g\ntwin: {feeds: [{tcp: 127.0.0.1:7502}]}\naudit: {retain: {max_bytes: 1073741824, max_age_days: 90}}\n",
+            file: "t.yaml")
+        #expect(retained.audit.retainMaxBytes == 1 << 30 && retained.audit.retainMaxAgeDays == 90)
+        let byAge = try ApplianceConfig.parse(
+            yaml: "node: g\ntwin: {feeds: [{tcp: 127.0.0.1:7502}]}\naudit:\n  retain:\n    max_age_days: 30\n", file: "t.yaml")
+        #expect(byAge.audit.retainMaxBytes == nil && byAge.audit.retainMaxAgeDays == 30)
         #expect(c.interlock == ApplianceConfig.Interlock(
             listen: HostPort(host: "::", port: 1502), unit: 7,
             allow: [CIDRBlock("10.1.0.0/16")!, CIDRBlock("fd00::/8")!, CIDRBlock("192.168.1.7/32")!],
@@ -124,6 +132,12 @@ struct ApplianceConfigTests {
           #"etc/tibet-twin.yaml:2:23: audit.checkpoint_s: 0 is out of range (expected seconds 1…86400)"#,
           #"etc/tibet-twin.yaml:2:41: audit.segment_bytes: 10 is out of range (expected bytes 65536…1099511627776)"#,
           #"etc/tibet-twin.yaml:3:16: http.listen: invalid address "9102" (expected host:port, e.g. 0.0.0.0:502, 127.0.0.1:9102 or [::1]:502)"#]),
+        ("node: g\ntwin: {feeds: [{tcp: 127.0.0.1:7502}]}\naudit: {retain: {max_bytes: 1GiB, max_age_days: 0, keep: 3}}\n",
+         [#"etc/tibet-twin.yaml:3:29: audit.retain.max_bytes: expected bytes 1048576…1125899906842624, got "1GiB""#,
+          #"etc/tibet-twin.yaml:3:49: audit.retain.max_age_days: 0 is out of range (expected days 1…36500)"#,
+          #"etc/tibet-twin.yaml:3:52: audit.retain.keep: unknown key "keep" (expected one of: max_bytes, max_age_days)"#]),
+        ("node: g\ntwin: {feeds: [{tcp: 127.0.0.1:7502}]}\naudit: {retain: 90}\n",
+         [#"etc/tibet-twin.yaml:3:17: audit.retain: expected a mapping (max_bytes, max_age_days), got "90""#]),
         ("node: g\n", [#"etc/tibet-twin.yaml:1:1: twin: missing required key "twin" (where twin feed lines come from: {feeds: [{tcp: 127.0.0.1:7502}]})"#]),
         ("node: [g\n", [#"etc/tibet-twin.yaml:2:1: YAML syntax error: did not find expected ',' or ']' (while parsing a flow sequence at 1:7)"#]),
         ("", ["etc/tibet-twin.yaml:1:1: empty config file (expected a mapping with node, maps, interlock, twin, audit, http)"]),

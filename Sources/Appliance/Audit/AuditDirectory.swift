@@ -24,6 +24,9 @@ package enum AuditDirectory {
             throw AuditError(.directory, function: "verify", path: dir, detail: "no audit segments (tibet-<n>.jsonl) here")
         }
         var v = ChainVerifier(pinnedKeys: pinnedKeys)
+        if let first = numbers.first, first != 1, let resumed = try afterCut(dir, numbers: numbers, pinnedKeys: pinnedKeys) {
+            v = resumed
+        }
         v.deferSignatures = true
         for n in numbers {
             let path = AuditFS.join(dir, AuditSegment.name(n))
@@ -48,6 +51,31 @@ package enum AuditDirectory {
                                   detail: "the segments hold no token"))
         }
         return .success(v.summary)
+    }
+
+    /// The verifier for a directory whose first segment is not 1: segments removed by
+    /// `audit.retain`. Only a signed `audit_retained` record in the kept segments that names the
+    /// segment before the first kept one and the token the first kept token links to vouches for
+    /// the gap; nil otherwise (the plain verifier then fails with `segment`: loss or tampering).
+    static func afterCut(_ dir: String, numbers: [Int], pinnedKeys: [Curve25519.Signing.PublicKey]) throws(AuditError) -> ChainVerifier? {
+        guard let firstNumber = numbers.first else { return nil }
+        let firstLines = ChainVerifier.split(try readSegment(AuditFS.join(dir, AuditSegment.name(firstNumber)))).lines
+        guard let line = firstLines.first, let first = AuditTail.parseToken(line),
+              let parent = first.parentId, let prevHash = first.prevHash else { return nil }
+        let prefix = Array(#"{"action":"audit_retained","#.utf8)
+        for n in numbers.reversed() {
+            let lines = n == firstNumber ? firstLines
+                : ChainVerifier.split(try readSegment(AuditFS.join(dir, AuditSegment.name(n)))).lines
+            for l in lines.reversed() where l.starts(with: prefix) {
+                guard let record = AuditTail.parseToken(l),
+                      let key = ChainVerifier.vouchedCutKey(record, segment: firstNumber - 1, parentId: parent,
+                                                            prevHash: prevHash, pinnedKeys: pinnedKeys) else { continue }
+                var v = ChainVerifier(resumingAfter: parent, previousHash: prevHash, signingKey: key, pinnedKeys: pinnedKeys)
+                v.noteCut("kept chain starts at \(AuditSegment.name(firstNumber)) after \(parent), removed by retention (vouched by \(record.tokenId) in \(AuditSegment.name(n)))")
+                return v
+            }
+        }
+        return nil
     }
 
     /// The torn tails moved aside in `dir` (`*.torn`), for the summary.

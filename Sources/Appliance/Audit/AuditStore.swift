@@ -104,6 +104,8 @@ package struct AuditStats: Sendable, Hashable {
     package var failures: UInt64 = 0
     /// Recoveries after a failure.
     package var recoveries: UInt64 = 0
+    /// Old segments removed by `audit.retain`.
+    package var segmentsRemoved = 0
     /// Gating records refused because the store could not write.
     package var refused: UInt64 = 0
     /// Reporting records held in memory, waiting for the store to write again.
@@ -190,11 +192,20 @@ package final class AuditStore: Sendable {
         package var backlogHigh: Int
         /// Test and benchmark hooks; nil in production.
         package var hooks: AuditIOHooks?
+        /// `audit.retain.max_bytes`: at a rotation, whole old segments are removed (oldest
+        /// first) while the segments exceed this; nil: no bound by size.
+        package var retainMaxBytes: Int?
+        /// `audit.retain.max_age_days`: at a rotation, old segments whose last token is older
+        /// than this are removed; nil: no bound by age.
+        package var retainMaxAgeDays: Int?
 
         package init(directory: String, keyPath: String, node: String, host: String? = nil,
                     version: String = ApplianceInfo.version, segmentBytes: Int = 64 << 20, maxBatch: Int = 4096,
                     retryIntervalMs: Int = 500, checkpointIntervalMs: Int? = nil, maxHeld: Int = 10_000,
-                    stallMs: Int = 2000, maxQueued: Int = 100_000, backlogHigh: Int = 2048, hooks: AuditIOHooks? = nil) {
+                    stallMs: Int = 2000, maxQueued: Int = 100_000, backlogHigh: Int = 2048, hooks: AuditIOHooks? = nil,
+                    retainMaxBytes: Int? = nil, retainMaxAgeDays: Int? = nil) {
+            self.retainMaxBytes = retainMaxBytes
+            self.retainMaxAgeDays = retainMaxAgeDays
             self.directory = directory
             self.keyPath = keyPath
             self.node = node

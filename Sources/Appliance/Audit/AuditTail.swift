@@ -206,10 +206,11 @@ enum AuditTail {
         return (Array(last), lines.count)
     }
 
-    /// The key announced by the last `started` token among `lines`.
+    /// The key announced by the last `started` token among `lines` (or by an `audit_retained`
+    /// cut record, which announces the key too: after a retention cut the kept segments may
+    /// hold no `started` token).
     static func lastAnnouncedKey(in lines: ArraySlice<ArraySlice<UInt8>>) -> Curve25519.Signing.PublicKey? {
-        let prefix = Array(#"{"action":"started","#.utf8)
-        for line in lines.reversed() where line.starts(with: prefix) {
+        for line in lines.reversed() where line.starts(with: startedPrefix) || line.starts(with: retainedPrefix) {
             if let t = parseToken(line), let text = t.erin["public_key"]?.stringValue {
                 return try? KeyText.publicKey(from: text)
             }
@@ -221,14 +222,18 @@ enum AuditTail {
     /// The key announced by the last `started` token in the given segments (searched from the
     /// newest; the canonical form puts `action` first, so a line prefix finds them).
     static func lastAnnouncedKey(dir: String, numbers: [Int]) -> Curve25519.Signing.PublicKey? {
-        let prefix = Array(#"{"action":"started","#.utf8)
         for n in numbers.reversed() {
             guard let data = try? AuditFS.readAll(AuditFS.join(dir, AuditSegment.name(n))) else { return nil }
             let lines = ChainVerifier.split(data).lines
-            if lines.contains(where: { $0.starts(with: prefix) }) { return lastAnnouncedKey(in: lines[...]) }
+            if lines.contains(where: { $0.starts(with: startedPrefix) || $0.starts(with: retainedPrefix) }) {
+                return lastAnnouncedKey(in: lines[...])
+            }
         }
         return nil
     }
+
+    static let startedPrefix = Array(#"{"action":"started","#.utf8)
+    static let retainedPrefix = Array(#"{"action":"audit_retained","#.utf8)
 
     static func parseToken(_ line: ArraySlice<UInt8>) -> TibetToken? {
         guard let json = try? JSONParser.parse(String(decoding: line, as: UTF8.self)) else { return nil }

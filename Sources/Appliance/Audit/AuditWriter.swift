@@ -387,7 +387,15 @@ final class AuditWriter {
             config.hooks?.observe?(.truncated(path: segmentPath, size: size))
             needsTruncate = false
         }
-        if size >= config.segmentBytes { try rotate() }
+        var records = records
+        var retention: RetentionPlan?
+        if size >= config.segmentBytes {
+            try rotate()
+            // The cut record goes first into the new segment, durable with this batch, before
+            // any old segment is unlinked (docs/audit.md, Retention).
+            retention = retentionPlan()
+            if let retention { records.insert(retention.record, at: 0) }
+        }
         let saved = chain
         var tokens: [TibetToken] = []
         tokens.reserveCapacity(records.count)
@@ -451,7 +459,129 @@ final class AuditWriter {
             $0.batches += 1
             $0.largestBatch = max($0.largestBatch, tokens.count)
         }
+        if let retention {
+            removeSegments(retention)
+            return Array(tokens.dropFirst())
+        }
         return tokens
+    }
+
+    // MARK: retention
+
+    struct RetentionPlan {
+        var remove: [Int]
+        var record: AuditRecord
+    }
+
+    /// Which old segments `audit.retain` removes now (oldest first, never the current segment
+    /// nor the one just closed, only while the bound is exceeded), and the `audit_retained`
+    /// record vouching for the cut; nil when nothing is to be removed. A segment that cannot
+    /// be read, or does not end in a whole token, stops the plan there: it is kept.
+    func retentionPlan() -> RetentionPlan? {
+        guard config.retainMaxBytes != nil || config.retainMaxAgeDays != nil,
+              let numbers = try? AuditFS.segmentNumbers(in: config.directory) else { return nil }
+        let present = Set(numbers)
+        var run = [segment]
+        while let f = run.first, f > 1, present.contains(f - 1) { run.insert(f - 1, at: 0) }
+        var sizes: [Int: Int] = [:]
+        var total = 0
+        for n in run {
+            var st = stat()
+            guard stat(AuditFS.join(config.directory, AuditSegment.name(n)), &st) == 0 else { return nil }
+            sizes[n] = Int(st.st_size)
+            total += Int(st.st_size)
+        }
+        let nowNs = time.now().wallNs
+        let ageLimitNs: Int64? = config.retainMaxAgeDays.map { nowNs - Int64($0) * 86_400 * 1_000_000_000 }
+        var removed: [JSONValue] = []
+        var remove: [Int] = []
+        var tokensRemoved = 0
+        var bytesRemoved = 0
+        var reasons: Set<String> = []
+        var last: TibetToken?
+        var keptKey: Curve25519.Signing.PublicKey?
+        for n in run.dropLast(2) {
+            let overBytes = config.retainMaxBytes.map { total > $0 } ?? false
+            guard let data = try? AuditFS.readAll(AuditFS.join(config.directory, AuditSegment.name(n))) else { break }
+            let (lines, rest) = ChainVerifier.split(data)
+            guard rest.isEmpty, let l = lines.last, let t = AuditTail.parseToken(l),
+                  t.computeContentHash() == t.contentHash, let tNs = RFC3339.parse(t.timestamp) else { break }
+            let tooOld = ageLimitNs.map { tNs < $0 } ?? false
+            guard overBytes || tooOld else { break }
+            if overBytes { reasons.insert("max_bytes") }
+            if tooOld { reasons.insert("max_age_days") }
+            remove.append(n)
+            removed.append(["segment": .int(Int64(n)), "last_id": .string(t.tokenId), "last_hash": .string(t.contentHash),
+                            "tokens": .int(Int64(lines.count)), "bytes": .int(Int64(sizes[n] ?? 0))])
+            keptKey = AuditTail.lastAnnouncedKey(in: lines[...]) ?? keptKey
+            tokensRemoved += lines.count
+            bytesRemoved += sizes[n] ?? 0
+            total -= sizes[n] ?? 0
+            last = t
+        }
+        guard let last, let firstKept = remove.last.map({ $0 + 1 }) else { return nil }
+        let why = reasons.sorted().joined(separator: ", ")
+        var erin: [String: JSONValue] = [
+            "first_kept_segment": .int(Int64(firstKept)),
+            "last_removed_id": .string(last.tokenId),
+            "last_removed_hash": .string(last.contentHash),
+            "removed": .array(removed),
+            "removed_segments": .int(Int64(remove.count)),
+            "removed_tokens": .int(Int64(tokensRemoved)),
+            "removed_bytes": .int(Int64(bytesRemoved)),
+            "kept_bytes": .int(Int64(total)),
+            "reason": .string(why),
+            "public_key": .string(publicKeyText),
+            "key_id": .string(fingerprint),
+        ]
+        // The key that signs the first kept token: the last one announced in what is removed;
+        // if none is, the key in effect where the previous cut left the chain (that cut's
+        // record is still in a kept segment); else this store's own.
+        if keptKey == nil { keptKey = previousCutKeptKey(run: Array(run.dropFirst(remove.count))) }
+        if let keptKey {
+            erin["kept_key"] = .string(Base64.encode(Array(keptKey.rawRepresentation)))
+            erin["kept_key_id"] = .string(KeyText.fingerprint(of: keptKey))
+        }
+        if let b = config.retainMaxBytes { erin["max_bytes"] = .int(Int64(b)) }
+        if let d = config.retainMaxAgeDays { erin["max_age_days"] = .int(Int64(d)) }
+        let record = AuditRecord(
+            action: .auditRetained, erin: .object(erin), eraan: ["jis": .string("jis:\(config.node)")],
+            erachter: ["why": .string("audit.retain (\(why)): \(AuditSegment.name(remove[0])) … \(AuditSegment.name(firstKept - 1)) removed; the kept chain starts at \(AuditSegment.name(firstKept))"),
+                       "safety_critical": true],
+            time: time.now())
+        return RetentionPlan(remove: remove, record: record)
+    }
+
+    /// The key in effect at the first kept segment of the newest earlier cut: its `kept_key`,
+    /// else its own key; nil when no cut record is found among the segments `run`.
+    func previousCutKeptKey(run: [Int]) -> Curve25519.Signing.PublicKey? {
+        for n in run.reversed() {
+            guard let data = try? AuditFS.readAll(AuditFS.join(config.directory, AuditSegment.name(n))) else { return nil }
+            for l in ChainVerifier.split(data).lines.reversed() where l.starts(with: AuditTail.retainedPrefix) {
+                guard let t = AuditTail.parseToken(l),
+                      let text = t.erin["kept_key"]?.stringValue ?? t.erin["public_key"]?.stringValue else { return nil }
+                return try? KeyText.publicKey(from: text)
+            }
+        }
+        return nil
+    }
+
+    /// Unlinks the planned segments, oldest first, after their cut record is durable; then
+    /// syncs the directory. A failure leaves old segments behind (verify accepts them; the next
+    /// rotation plans again): logged, never a failure of the store.
+    func removeSegments(_ plan: RetentionPlan) {
+        for n in plan.remove {
+            let path = AuditFS.join(config.directory, AuditSegment.name(n))
+            if unlink(path) != 0 && errno != ENOENT {
+                logger.error("audit retention: cannot remove a segment", metadata: ["segment": "\(path)", "errno": "\(errno)"])
+                break
+            }
+        }
+        do { try AuditFS.syncDirectory(config.directory) } catch {
+            logger.error("audit retention: directory sync failed", metadata: ["error": "\(error)"])
+        }
+        shared.stats.withLock { $0.segmentsRemoved += plan.remove.count }
+        logger.info("audit retention removed segments", metadata: ["first_kept": "\((plan.remove.last ?? 0) + 1)", "count": "\(plan.remove.count)"])
     }
 
     /// Starts the next segment: created, its directory entry synced, then written to.

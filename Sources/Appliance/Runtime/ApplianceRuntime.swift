@@ -142,7 +142,8 @@ package final class ApplianceRuntime: Sendable {
         do {
             audit = try AuditStore.open(AuditStore.Configuration(
                 directory: config.audit.dir, keyPath: config.audit.key, node: config.node,
-                segmentBytes: config.audit.segmentBytes))
+                segmentBytes: config.audit.segmentBytes,
+                retainMaxBytes: config.audit.retainMaxBytes, retainMaxAgeDays: config.audit.retainMaxAgeDays))
         } catch {
             interlock.stopImmediately()
             await http.stop()
