@@ -64,15 +64,7 @@ final class RawHTTP: @unchecked Sendable {
     }
 
     /// Whether the server has closed the connection (EOF or reset), without waiting.
-    var isClosedByServer: Bool {
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&p, 1, 0) > 0 else { return false }
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            if n <= 0 { return true }
-        }
-    }
+    var isClosedByServer: Bool { peerHasClosed(fd) }
 
     deinit { close(fd) }
 }

@@ -174,15 +174,7 @@ final class FeedClient: @unchecked Sendable {
     /// Whether the server closed the connection within `timeout` seconds (EOF or reset). Polls
     /// without blocking and sleeps between polls, so it never holds a cooperative thread.
     func waitForClose(timeout: Double) async -> Bool {
-        var buf = [UInt8](repeating: 0, count: 4096)
-        return await eventually(within: timeout) {
-            while true {
-                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                guard poll(&p, 1, 0) > 0 else { return false }
-                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                if n <= 0 { return true }
-            }
-        }
+        await eventually(within: timeout) { peerHasClosed(fd) }
     }
 
     deinit { close(fd) }

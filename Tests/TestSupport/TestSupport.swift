@@ -213,3 +213,15 @@ public final class SlammingListener: @unchecked Sendable {
 
     deinit { stop() }
 }
+
+/// Whether the other end of socket `fd` has closed it (EOF or reset), without waiting: reads
+/// and discards whatever is already there.
+public func peerHasClosed(_ fd: Int32) -> Bool {
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while true {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, 0) > 0 else { return false }
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if n <= 0 { return true }
+    }
+}
