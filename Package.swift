@@ -100,7 +100,7 @@ let package = Package(
         // One hot path at a time, synchronously, for callgrind (docs/benchmarks.md).
         .executableTarget(
             name: "tibet-twin-profile",
-            dependencies: ["TibetTwin"],
+            dependencies: ["TibetTwin", "Appliance"],
             path: "benchmarks/Profile"
         ),
         // `make fuzz`: libFuzzer over the map/config reader, the twin line parser and the Modbus

@@ -283,6 +283,25 @@ package final class GuardLoop: @unchecked Sendable {
         flushNoopResets(now: clock.now(), all: true)
     }
 
+    /// Permits 1 in the last published table (benchmarks and profiling).
+    package var publishedPermitCount: Int { lastPublished?.bits.reduce(0) { $0 + Int($1) } ?? 0 }
+
+    /// One iteration on the caller's thread, as the loop thread runs it: takes what the inbox
+    /// holds (states, acknowledgements) and evaluates at the clock's now — every device if a
+    /// tick is due. For benchmarks and profiling (`tibet-twin-profile`); never while `start()`ed.
+    package func iterateOnce() {
+        if lastPublished == nil { publishTable(PermitTable.allBlocked(layout: layout)) }
+        var physical: [String: PhysicalState] = [:]
+        var twin: [String: TwinState] = [:]
+        var commands: [GuardCommand] = []
+        cond.withLock {
+            swap(&physical, &inPhysical)
+            swap(&twin, &inTwin)
+            swap(&commands, &inCommands)
+        }
+        iterate(physical: physical, twin: twin, commands: commands)
+    }
+
     // MARK: One iteration
 
     /// What an evaluation changed and must be done after publishing.
