@@ -84,8 +84,21 @@ public struct PermitTable: Sendable, Hashable {
     public static func encode(device d: InterlockLayout.Device, reason: ReasonCode?, driftMs: Double?, physicalAgeMs: Double?,
                               twinAgeMs: Double?, blockCount: UInt64, permitted: (Int) -> Bool,
                               bits: inout [UInt8], registers regs: inout [UInt16]) {
+        var mask: UInt16 = 0
+        for (j, intent) in d.intents.enumerated() {
+            let on = reason != nil && permitted(j)
+            bits[Int(intent.coil)] = on ? 1 : 0
+            if on { mask |= 1 << UInt16(intent.bit) }
+        }
+        encodeBlock(registerBase: Int(d.registerBase), reason: reason, driftMs: driftMs, physicalAgeMs: physicalAgeMs,
+                    twinAgeMs: twinAgeMs, blockCount: blockCount, permitBits: mask, registers: &regs)
+    }
+
+    /// Writes one device's register block in place: the part of `encode` without the coils,
+    /// for a caller that writes the coils itself. `permitBits` is ignored (0) when `reason` is nil.
+    public static func encodeBlock(registerBase b: Int, reason: ReasonCode?, driftMs: Double?, physicalAgeMs: Double?,
+                                   twinAgeMs: Double?, blockCount: UInt64, permitBits: UInt16, registers regs: inout [UInt16]) {
         typealias R = InterlockLayout.Register
-        let b = Int(d.registerBase)
         regs[b + R.blockCount] = UInt16(truncatingIfNeeded: blockCount)
         guard let reason else {
             regs[b + R.reasonCode] = InterlockLayout.unknown
@@ -93,20 +106,13 @@ public struct PermitTable: Sendable, Hashable {
             regs[b + R.physicalAgeMs] = InterlockLayout.unknown
             regs[b + R.twinAgeMs] = InterlockLayout.unknown
             regs[b + R.permitBits] = 0
-            for intent in d.intents { bits[Int(intent.coil)] = 0 }
             return
         }
         regs[b + R.reasonCode] = reason.rawValue
         regs[b + R.driftMs] = PermitTable.milliseconds(driftMs)
         regs[b + R.physicalAgeMs] = PermitTable.milliseconds(physicalAgeMs)
         regs[b + R.twinAgeMs] = PermitTable.milliseconds(twinAgeMs)
-        var mask: UInt16 = 0
-        for (j, intent) in d.intents.enumerated() {
-            let on = permitted(j)
-            bits[Int(intent.coil)] = on ? 1 : 0
-            if on { mask |= 1 << UInt16(intent.bit) }
-        }
-        regs[b + R.permitBits] = mask
+        regs[b + R.permitBits] = permitBits
     }
 
     /// Every permit 0, every device not evaluated, health 0: what the interlock serves from start

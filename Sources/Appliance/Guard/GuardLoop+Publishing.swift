@@ -21,28 +21,45 @@ extension GuardLoop {
         return .ok
     }
 
+    /// `deviceReason` of `slots[s]`, read in place.
+    func deviceReason(slot s: Int) -> ReasonCode {
+        for i in slots[s].published.indices where !slots[s].published[i] {
+            let v = slots[s].guardState.verdict(intent: i)
+            return v.permit ? .audit : v.reason
+        }
+        return .ok
+    }
+
     // The permit image is kept between publications and rewritten in place, device by device:
     // a twin line that drops one device's permit rewrites that device's block and coils, not
     // the table of every device (docs/architecture.md#publishing-the-permits). Every tick
     // rewrites all blocks (the ages move), without allocating.
 
-    /// Where each slot's block lives in `layout`, and its layout intents (coil order) as map
-    /// intent indices. Rebuilt with the image after a start or reload.
-    struct SlotPlace {
-        var device: InterlockLayout.Device
-        var mapIntent: [Int]
-    }
-
-    /// Builds the image from scratch for the current layout and slots.
+    /// Builds the image from scratch for the current layout and slots: the arrays, and where
+    /// each slot's block and coils are (flat integer arrays, so rewriting a slot retains nothing).
     func rebuildImage() {
         image.bits = [UInt8](repeating: 0, count: layout.coilCount)
         image.registers = [UInt16](repeating: 0, count: layout.registerCount)
         let byName = Dictionary(layout.devices.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        image.places = slots.map { slot in
-            guard let d = byName[slot.map.device] else { return nil }
-            let mapIntent = d.intents.map { li in slot.map.intents.firstIndex { $0.name == li.name } ?? -1 }
-            return SlotPlace(device: d, mapIntent: mapIntent)
+        image.registerBase = []
+        image.intentStart = []
+        image.intentCoil = []
+        image.intentBit = []
+        image.intentMap = []
+        for slot in slots {
+            image.intentStart.append(image.intentCoil.count)
+            guard let d = byName[slot.map.device] else {
+                image.registerBase.append(-1)
+                continue
+            }
+            image.registerBase.append(Int(d.registerBase))
+            for li in d.intents {
+                image.intentCoil.append(Int(li.coil))
+                image.intentBit.append(li.bit)
+                image.intentMap.append(slot.map.intents.firstIndex { $0.name == li.name } ?? -1)
+            }
         }
+        image.intentStart.append(image.intentCoil.count)
         image.stale = false
         withImage { bits, regs in for s in slots.indices { writeSlot(s, &bits, &regs) } }
     }
@@ -60,19 +77,22 @@ extension GuardLoop {
 
     /// Rewrites one slot's block and coils from its guard state and published permits.
     func writeSlot(_ s: Int, _ bits: inout [UInt8], _ regs: inout [UInt16]) {
-        guard let place = image.places[s] else { return }
-        // Read through `slots[s]` (borrowed), not a copy of the slot: this runs for every device
-        // on every tick.
-        let published = slots[s].published
-        PermitTable.encode(device: place.device,
-                           reason: slots[s].guardState.lastEvaluation == nil ? nil : deviceReason(slots[s]),
-                           driftMs: slots[s].guardState.lastDriftMs, physicalAgeMs: slots[s].guardState.lastPhysicalAgeMs,
-                           twinAgeMs: slots[s].guardState.lastTwinAgeMs, blockCount: slots[s].guardState.blockCount,
-                           permitted: { j in
-                               let i = place.mapIntent[j]
-                               return i >= 0 && published[i]
-                           },
-                           bits: &bits, registers: &regs)
+        // Everything is read in place through `slots[s]` and the flat place arrays: this runs
+        // for every device on every tick.
+        let base = image.registerBase[s]
+        guard base >= 0 else { return }
+        let evaluated = slots[s].guardState.lastEvaluation != nil
+        var mask: UInt16 = 0
+        for j in image.intentStart[s]..<image.intentStart[s + 1] {
+            let i = image.intentMap[j]
+            let on = evaluated && i >= 0 && slots[s].published[i]
+            bits[image.intentCoil[j]] = on ? 1 : 0
+            if on { mask |= 1 << UInt16(image.intentBit[j]) }
+        }
+        PermitTable.encodeBlock(registerBase: base, reason: evaluated ? deviceReason(slot: s) : nil,
+                                driftMs: slots[s].guardState.lastDriftMs, physicalAgeMs: slots[s].guardState.lastPhysicalAgeMs,
+                                twinAgeMs: slots[s].guardState.lastTwinAgeMs, blockCount: slots[s].guardState.blockCount,
+                                permitBits: mask, registers: &regs)
     }
 
     /// Brings the image up to date — every slot on a tick, else the slots `touched` since the
@@ -114,13 +134,13 @@ extension GuardLoop {
     func updateTableMetrics(healthy: Bool) {
         for k in image.blockedByReason.indices { image.blockedByReason[k] = 0 }
         var permits = 0, intents = 0
-        for slot in slots {
-            for i in slot.published.indices {
+        for s in slots.indices {
+            for i in slots[s].published.indices {
                 intents += 1
-                if slot.published[i] {
+                if slots[s].published[i] {
                     permits += 1
                 } else {
-                    let v = slot.guardState.verdict(intent: i)
+                    let v = slots[s].guardState.verdict(intent: i)
                     let r = v.permit ? ReasonCode.audit : v.reason
                     image.blockedByReason[Int(r.rawValue)] += 1
                 }

@@ -415,8 +415,14 @@ package struct GuardLoopError: Error, Sendable, Hashable, CustomStringConvertibl
 struct PermitImage {
     var bits: [UInt8] = []
     var registers: [UInt16] = []
-    /// Per slot, where its block is (nil: not in the layout, never served).
-    var places: [GuardLoop.SlotPlace?] = []
+    /// Per slot, the first register of its block (-1: not in the layout, never served).
+    var registerBase: [Int] = []
+    /// Per slot s, its intents in coil order are entries `intentStart[s] ..< intentStart[s + 1]`
+    /// of the three arrays below: coil address, bit in the permit-bits register, map intent index.
+    var intentStart: [Int] = []
+    var intentCoil: [Int] = []
+    var intentBit: [Int] = []
+    var intentMap: [Int] = []
     /// Slots evaluated or changed since the last publication (outside ticks).
     var touched: [Int] = []
     /// Set when the slots or the layout change: the next publication rebuilds everything.
