@@ -40,6 +40,9 @@ let package = Package(
             name: "Modbus",
             dependencies: ["CModbus", "CLinux", "Platform"]
         ),
+        // Our OPC UA client: binary encoding with strict bounds, UA-TCP, secure channel, session,
+        // services. Blocking, one thread per client. No guard logic.
+        .target(name: "OPCUA", dependencies: ["Platform"]),
         // The pure core: maps, decoding, states, the decision rule, profiles, tokens.
         // No sockets, no files it is not handed, no clocks it does not get handed.
         .target(
@@ -120,6 +123,7 @@ let package = Package(
         // What the test targets share: package paths, the pymodbus PLC, waits, socket helpers.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CLinux", "Platform", "TestSupport"]),
+        .testTarget(name: "OPCUATests", dependencies: ["OPCUA", "Platform", "TestSupport"]),
         .testTarget(
             name: "ApplianceTests",
             dependencies: [
