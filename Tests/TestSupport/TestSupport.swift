@@ -143,6 +143,17 @@ public func waitUntil(within seconds: Double = 10, _ condition: () -> Bool) -> B
     return condition()
 }
 
+/// Runs blocking code (libmodbus calls, OPC UA requests) on a thread of its own, never the
+/// cooperative pool.
+public func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
+        let t = Thread {
+            do { c.resume(returning: try body()) } catch { c.resume(throwing: error) }
+        }
+        t.start()
+    }
+}
+
 /// Sleeps without blocking a cooperative thread.
 public func pause(_ ms: Int) async {
     try? await Task.sleep(for: .milliseconds(ms))
