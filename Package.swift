@@ -84,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "tibet-twin",
             dependencies: [
-                "TibetTwin", "Appliance", "Commissioning", "Modbus", "Platform",
+                "TibetTwin", "Appliance", "Commissioning", "Modbus", "OPCUA", "Platform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
