@@ -34,7 +34,9 @@ public struct OPCUAClientOptions: Sendable, Hashable {
 public final class OPCUAClient: @unchecked Sendable {
     public let endpoint: UAEndpointURL
     public let options: OPCUAClientOptions
+    /// Written only by the thread using the client, under `channelLock` (read by `interrupt()`).
     private var channel: UASecureChannel?
+    private let channelLock = MonotonicCondition()
     private var authenticationToken: NodeId = .null
     private var cachedNamespaces: [String]?
     /// The endpoints the server listed in CreateSession.
@@ -71,13 +73,13 @@ public final class OPCUAClient: @unchecked Sendable {
     public func connect() throws(OPCUAError) {
         disconnect()
         let ch = try openChannel()
-        channel = ch
+        channelLock.withLock { channel = ch }
         do {
             try createSession(ch)
             try activateSession(ch)
         } catch {
             ch.close()
-            channel = nil
+            channelLock.withLock { channel = nil }
             authenticationToken = .null
             throw error
         }
@@ -92,13 +94,14 @@ public final class OPCUAClient: @unchecked Sendable {
             } decode: { (_: inout UABinaryReader) throws(UADecodingError) in () }
         }
         ch.close()
-        channel = nil
+        channelLock.withLock { channel = nil }
         authenticationToken = .null
         cachedNamespaces = nil
     }
 
-    /// Interrupts a call blocked on another thread (it fails, the channel closes).
-    public func interrupt() { channel?.interrupt() }
+    /// Interrupts a call blocked on another thread (it fails, the channel closes). The one
+    /// method another thread may call.
+    public func interrupt() { channelLock.withLock { channel?.interrupt() } }
 
     private func openChannel() throws(OPCUAError) -> UASecureChannel {
         let ch = UASecureChannel(endpoint: endpoint, limits: options.tcpLimits, decodingLimits: options.decodingLimits,

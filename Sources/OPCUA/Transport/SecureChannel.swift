@@ -20,7 +20,10 @@ final class UASecureChannel: @unchecked Sendable {
     /// Lifetime asked for each security token, ms.
     let requestedLifetimeMs: UInt32
 
+    /// Written only by the owning thread, under `socketLock`, so `interrupt()` from another
+    /// thread never meets a closed (possibly reused) descriptor.
     private var socket: UASocket?
+    private let socketLock = MonotonicCondition()
     private var sendLimits = UATCPSendLimits(chunkSize: 8192, maxMessageSize: 0, maxChunkCount: 0)
     private(set) var channelId: UInt32 = 0
     private(set) var tokenId: UInt32 = 0
@@ -58,7 +61,10 @@ final class UASecureChannel: @unchecked Sendable {
             throw error(.badEndpoint("host \(endpoint.host) does not resolve"), "connect")
         }
         let deadline = monotonicNowNs() + Int64(timeoutMs) * 1_000_000
-        do { socket = try UASocket(connectingTo: address, timeoutMs: timeoutMs) } catch {
+        do {
+            let s = try UASocket(connectingTo: address, timeoutMs: timeoutMs)
+            socketLock.withLock { socket = s }
+        } catch {
             throw self.error(error.rawValue == ETIMEDOUT ? .timeout : .connect(error), "connect")
         }
         try sendRaw(UAHello(limits: limits, endpointUrl: endpoint.text).encoded(), "Hello", deadline)
@@ -145,19 +151,24 @@ final class UASecureChannel: @unchecked Sendable {
             _ = try? sendMessage(.close, body.bytes, "CloseSecureChannel", monotonicNowNs() + 1_000_000_000)
         }
         closedBy = closedBy ?? error(.channelClosed, "close")
-        socket?.close()
-        socket = nil
+        dropSocket()
     }
 
     /// Interrupts a blocked call from another thread (it fails with a closed connection).
-    func interrupt() { socket?.shutdown() }
+    func interrupt() { socketLock.withLock { socket?.shutdown() } }
+
+    private func dropSocket() {
+        socketLock.withLock {
+            socket?.close()
+            socket = nil
+        }
+    }
 
     /// Marks the channel failed with `kind` and closes the socket; returns the error to throw.
     func fail(_ kind: OPCUAError.Kind, _ operation: String) -> OPCUAError {
         let e = error(kind, operation)
         if closedBy == nil { closedBy = e }
-        socket?.close()
-        socket = nil
+        dropSocket()
         return e
     }
 
