@@ -11,7 +11,7 @@ struct OPCUACommand: ParsableCommand {
             ENDPOINT is opc.tcp://HOST[:PORT][/PATH] (port 4840 when left out). The client speaks \
             security policy None only so far; see docs/opcua.md for what works today.
             """,
-        subcommands: [OPCUAEndpointsCommand.self, OPCUABrowseCommand.self, OPCUAReadCommand.self])
+        subcommands: [OPCUAEndpointsCommand.self, OPCUABrowseCommand.self, OPCUAReadCommand.self, OPCUAWatchCommand.self])
 }
 
 /// What every `opcua` subcommand takes to connect.
@@ -63,6 +63,14 @@ struct OPCUAConnectionOptions: ParsableArguments {
 
 /// Parses NodeId texts for the commands (exit 2 on a bad one).
 enum OPCUACLI {
+    /// `NODE  VALUE  STATUS  source=TIME server=TIME`, `-` for what the server did not send.
+    static func valueLine(_ node: String, _ dv: DataValue) -> String {
+        let value = dv.hasValue && dv.value != .null ? dv.value.description : "-"
+        let source = dv.sourceTimestamp?.description ?? "-"
+        let server = dv.serverTimestamp?.description ?? "-"
+        return "\(node)  \(value)  \(dv.status)  source=\(source) server=\(server)"
+    }
+
     static func parseNode(_ text: String) throws -> NodeIdText {
         do { return try NodeIdText(parsing: text) } catch {
             CLIOut.error(error.description)
@@ -222,11 +230,84 @@ struct OPCUAReadCommand: ParsableCommand {
         }
         var allGood = true
         for (t, dv) in zip(texts, values) {
-            let source = dv.sourceTimestamp?.description ?? "-"
-            let server = dv.serverTimestamp?.description ?? "-"
-            CLIOut.outputLine("\(t)  \(dv.hasValue && dv.value != .null ? dv.value.description : "-")  \(dv.status)  source=\(source) server=\(server)")
+            CLIOut.outputLine(OPCUACLI.valueLine(t.description, dv))
             if !dv.status.isGood { allGood = false }
         }
         if !allGood { throw ExitCode(1) }
+    }
+}
+
+/// `tibet-twin opcua watch ENDPOINT NODE…`
+struct OPCUAWatchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Subscribe to nodes and print every notification: value, StatusCode, timestamps.",
+        discussion: """
+            Monitored items report every change of status, value or source timestamp (a model \
+            that rewrites the same value each cycle shows a line per cycle). Lines as for `read`; \
+            besides them: `subscribed NODE=STATUS …` when (re)subscribed, `keep-alive` when the \
+            server says nothing changed, `lost: REASON (retry in MS ms)` when the connection or \
+            the subscription is lost (it reconnects by itself).
+            Runs until interrupted, or until --count value lines were printed.
+            Exit codes: 0 stopped after --count lines; 1 cannot start; 2 bad input.
+            """)
+
+    @Argument(help: ArgumentHelp("opc.tcp://HOST[:PORT][/PATH]", valueName: "ENDPOINT"))
+    var endpoint: String
+
+    @Argument(help: ArgumentHelp("NodeIds to watch (i=…, ns=N;s=…, nsu=URI;s=…).", valueName: "NODE"))
+    var nodes: [String]
+
+    @Option(name: .customLong("sampling-ms"), help: ArgumentHelp("How often the server samples each node.", valueName: "MS"))
+    var samplingMs: Int = 100
+
+    @Option(name: .long, help: "Stop after this many value lines.")
+    var count: Int?
+
+    @OptionGroup var connection: OPCUAConnectionOptions
+
+    func validate() throws {
+        guard !nodes.isEmpty else { throw ValidationError("name at least one NODE") }
+        guard nodes.count <= 10_000 else { throw ValidationError("at most 10000 nodes") }
+        guard (1...60_000).contains(samplingMs) else { throw ValidationError("--sampling-ms must be 1…60000, got \(samplingMs)") }
+        if let count, count < 1 { throw ValidationError("--count must be at least 1") }
+    }
+
+    func run() throws {
+        PhysicalCLI.unblockTerminationSignals()
+        let texts = try nodes.map(OPCUACLI.parseNode)
+        do { _ = try UAEndpointURL(parsing: endpoint) } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(2)
+        }
+        let names = texts.map(\.description)
+        let config = OPCUASubscriber.Configuration(endpoint: endpoint, nodes: texts, samplingIntervalMs: Double(samplingMs),
+                                                   publishingIntervalMs: Double(samplingMs), options: try connection.clientOptions())
+        let events = WaitQueue<OPCUASubscriber.Event>()
+        let subscriber = OPCUASubscriber(config) { events.push($0, limit: 100_000) }
+        do { try subscriber.start() } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(1)
+        }
+        defer { subscriber.stop() }
+        var printed = 0
+        while true {
+            for event in events.take(max: 1000, deadlineNs: nil).batch {
+                switch event {
+                case .subscribed(let statuses):
+                    CLIOut.outputLine("subscribed " + zip(names, statuses).map { "\($0)=\($1)" }.joined(separator: " "))
+                case .values(let values):
+                    for v in values {
+                        CLIOut.outputLine(OPCUACLI.valueLine(names[v.index], v.value))
+                        printed += 1
+                        if let count, printed >= count { return }
+                    }
+                case .keepAlive:
+                    CLIOut.outputLine("keep-alive")
+                case .lost(let e, let retry):
+                    CLIOut.errorLine("lost: \(e) (retry in \(retry) ms)")
+                }
+            }
+        }
     }
 }

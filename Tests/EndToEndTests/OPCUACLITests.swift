@@ -55,4 +55,21 @@ struct OPCUACLITests {
         #expect(c3 == 1)
         #expect(e3.contains("connection refused (ECONNREFUSED)"))
     }
+
+    @Test("watch: subscribed, initial values, a change, the same value rewritten; stops after --count")
+    func watch() throws {
+        let server = try OPCUAPeer.asyncua()
+        defer { server.stop() }
+        let child = try Child(binaryURL().path, ["opcua", "watch", server.endpoint, "ns=2;s=Crane01.PosX", "ns=2;s=Crane01.Mode",
+                                                 "--sampling-ms", "50", "--count", "4"], name: "opcua watch")
+        defer { child.stop() }
+        #expect(child.waitForLine(timeout: 30) { $0 == "subscribed ns=2;s=Crane01.PosX=Good ns=2;s=Crane01.Mode=Good" } != nil, "\(child.transcript)")
+        #expect(child.waitForLine(timeout: 30) { $0.hasPrefix("ns=2;s=Crane01.PosX  12.5  Good  source=20") } != nil, "\(child.transcript)")
+        #expect(child.waitForLine(timeout: 30) { $0.hasPrefix("ns=2;s=Crane01.Mode  1  Good") } != nil, "\(child.transcript)")
+        try server.command("set PosX double 40.5")
+        #expect(child.waitForLine(timeout: 30) { $0.hasPrefix("ns=2;s=Crane01.PosX  40.5  Good") } != nil, "\(child.transcript)")
+        try server.command("set PosX double 40.5")  // same value, new SourceTimestamp: a line of its own
+        #expect(child.waitForExit(timeout: 30) == 0, "\(child.transcript)")
+        #expect(child.stdoutLines.filter { $0.hasPrefix("ns=2;s=Crane01.PosX  40.5  Good") }.count == 2)
+    }
 }
