@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """An OPC UA server on asyncua 2.1.0 for tibet-twin's tests: an outside OPC UA peer.
 
-Usage: asyncua_server.py [--port N] [--users USER:PASSWORD,...]
-  Listens on opc.tcp://127.0.0.1:PORT/ (port 0: any free port), security policy None only,
-  anonymous login (and user name + password when --users is given: then anonymous is off).
+Usage: asyncua_server.py [--port N] [--users USER:PASSWORD,...] [--cert DIR]
+  Listens on opc.tcp://127.0.0.1:PORT/ (port 0: any free port), security policy None,
+  anonymous login (user name + password instead when --users is given). With --cert DIR
+  (DIR/cert.der and DIR/key.pem) it also offers Basic256Sha256 SignAndEncrypt.
 
 Address space, namespace "urn:tibet-twin:test" (index 2):
   Objects/Crane01 (ns=2;s=Crane01) with variables ns=2;s=Crane01.NAME:
@@ -63,6 +64,7 @@ async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--users", default="")
+    ap.add_argument("--cert", default="")
     args = ap.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
 
@@ -70,7 +72,12 @@ async def main():
     server = Server(user_manager=PasswordUsers(users) if users else None)
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{args.port}/")
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    if args.cert:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity, ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        await server.load_certificate(f"{args.cert}/cert.der")
+        await server.load_private_key(f"{args.cert}/key.pem")
+    else:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     server.set_security_IDs(["Username"] if users else ["Anonymous"])
     idx = await server.register_namespace(NS_URI)
     objects = server.nodes.objects

@@ -192,3 +192,52 @@ struct AsyncuaClientTests {
         #expect(e?.kind == .connect(.init(ECONNREFUSED)))
     }
 }
+
+/// User name logins against asyncua with users configured (anonymous off).
+@Suite("OPC UA user name login against asyncua", .serialized)
+struct AsyncuaUserLoginTests {
+    private func connectError(_ endpoint: String, _ identity: UserIdentity) async throws -> OPCUAError? {
+        var o = OPCUAClientOptions()
+        o.identity = identity
+        let options = o
+        return try await onThread { () -> OPCUAError? in
+            let c = try OPCUAClient(endpoint: endpoint, options: options)
+            defer { c.disconnect() }
+            do {
+                try c.connect()
+                _ = try c.readValues([.numeric(2258)])
+                return nil
+            } catch let e as OPCUAError {
+                return e
+            }
+        }
+    }
+
+    @Test("the right password logs in (the server offers no encryption); a wrong one is a typed refusal; anonymous is refused")
+    func userName() async throws {
+        let server = try OPCUAPeer.asyncua(users: ["operator": "s3cret"])
+        defer { server.stop() }
+        #expect(try await connectError(server.endpoint, .userName("operator", password: Array("s3cret".utf8))) == nil)
+
+        let wrong = try await connectError(server.endpoint, .userName("operator", password: Array("guess".utf8)))
+        let code = try #require(wrong?.statusCode?.name)
+        #expect(["BadUserAccessDenied", "BadIdentityTokenRejected", "BadIdentityTokenInvalid"].contains(code), "\(String(describing: wrong))")
+        #expect(wrong?.operation == "ActivateSession")
+
+        let anonymous = try await connectError(server.endpoint, .anonymous)
+        #expect(anonymous?.kind == .refused("the server offers no anonymous login on a security-None endpoint"))
+    }
+
+    @Test("a server that offers encryption never gets the password unencrypted: the client refuses and says why")
+    func noPlaintextPasswordWhereEncryptionIsOffered() async throws {
+        let certs = try makeServerCertificate()
+        defer { try? FileManager.default.removeItem(atPath: certs) }
+        let server = try OPCUAPeer.asyncua(users: ["operator": "s3cret"], certificateDirectory: certs)
+        defer { server.stop() }
+        let endpoints = try await onThread { try OPCUAClient.getEndpoints(endpoint: server.endpoint) }
+        #expect(endpoints.contains { $0.securityMode == .signAndEncrypt && $0.securityPolicyName == "Basic256Sha256" })
+        let e = try await connectError(server.endpoint, .userName("operator", password: Array("s3cret".utf8)))
+        guard case .refused(let why)? = e?.kind else { Issue.record("not refused: \(String(describing: e))"); return }
+        #expect(why.contains("not sent unencrypted"))
+    }
+}

@@ -17,10 +17,12 @@ public final class OPCUAPeer: @unchecked Sendable {
     public var endpoint: String { "opc.tcp://127.0.0.1:\(port)/" }
 
     /// The asyncua server (see the script for its address space), optionally with users
-    /// (`["operator": "secret"]`: then only user name logins are offered) or on a given port.
-    public static func asyncua(users: [String: String] = [:], port: Int = 0) throws -> OPCUAPeer {
+    /// (`["operator": "secret"]`: then only user name logins are offered), on a given port, or
+    /// with a certificate directory (`cert.der`, `key.pem`: then Basic256Sha256 is offered too).
+    public static func asyncua(users: [String: String] = [:], port: Int = 0, certificateDirectory: String? = nil) throws -> OPCUAPeer {
         var args = ["--port", String(port)]
         if !users.isEmpty { args += ["--users", users.map { "\($0):\($1)" }.joined(separator: ",")] }
+        if let certificateDirectory { args += ["--cert", certificateDirectory] }
         return try OPCUAPeer(script: "asyncua_server.py", arguments: args)
     }
 
@@ -64,4 +66,24 @@ public final class OPCUAPeer: @unchecked Sendable {
     }
 
     deinit { stop() }
+}
+
+/// Makes a self-signed RSA certificate for a test server with openssl: `cert.der` and `key.pem`
+/// in a new temporary directory, returned.
+public func makeServerCertificate() throws -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-twin-cert-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    for args in [["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "\(dir)/key.pem", "-out", "\(dir)/cert.pem", "-days", "2",
+                  "-subj", "/CN=tibet-twin test server", "-addext", "subjectAltName=URI:urn:freeopcua:python:server,DNS:localhost"],
+                 ["x509", "-in", "\(dir)/cert.pem", "-outform", "der", "-out", "\(dir)/cert.der"]] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw SimpleError("openssl \(args[0]) failed") }
+    }
+    return dir
 }
