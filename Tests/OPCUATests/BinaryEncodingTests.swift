@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import OPCUA
 
 /// Encodes with `body` and returns the bytes.
@@ -242,7 +243,7 @@ struct BinaryEncodingTests {
 
     @Test("random bytes never crash the decoder")
     func randomBytes() {
-        var rng = SplitMix64(seed: 0x5EED)
+        var rng = SplitMix(seed: 0x5EED)
         var decoded = 0
         for _ in 0..<20_000 {
             let n = Int(rng.next() % 64)
@@ -263,18 +264,5 @@ struct BinaryEncodingTests {
         #expect(StatusCode(rawValue: 0x808C_0400).name == "BadSensorFailure")  // info bits ignored for the name
         #expect(StatusCode(rawValue: 0x8FFF_0000).description == "Bad (0x8FFF0000)")
         #expect(StatusCode(rawValue: 0xC000_0000).isBad)
-    }
-}
-
-/// A small deterministic generator for the random-input test.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -56,14 +56,7 @@ public final class OPCUAPeer: @unchecked Sendable {
     }
 
     /// Closes its stdin (it exits at end of input); SIGKILL if it has not gone within 5 s.
-    public func stop() {
-        guard process.isRunning else { return }
-        try? input.fileHandleForWriting.close()
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
+    public func stop() { stopChild(process, closing: input) }
 
     deinit { stop() }
 }

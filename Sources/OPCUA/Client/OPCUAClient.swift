@@ -233,7 +233,7 @@ public final class OPCUAClient: @unchecked Sendable {
         ch.writeRequestHeader(&w, authenticationToken: authenticationToken, timeoutHint: UInt32(clamping: timeoutMs))
         encode(&w)
         var (typeId, r) = try ch.call(service, body: w.bytes, timeoutMs: timeoutMs)
-        do {
+        return try ch.closingOnFailure(service) {
             if typeId == .numeric(ServiceId.serviceFault) {
                 let h = try ResponseHeader(decoding: &r)
                 throw OPCUAError(.serviceFault(h.serviceResult.isGood ? .bad : h.serviceResult), operation: service, endpoint: endpoint.text)
@@ -248,12 +248,6 @@ public final class OPCUAClient: @unchecked Sendable {
             let result = try decode(&r)
             try r.expectEnd("\(service)Response")
             return result
-        } catch let e as OPCUAError {
-            throw e
-        } catch let e as UADecodingError {
-            throw ch.fail(.decoding(e), service)
-        } catch {
-            throw ch.fail(.protocolViolation("\(error)"), service)
         }
     }
 

@@ -72,15 +72,9 @@ final class UASecureChannel: @unchecked Sendable {
         var r = UABinaryReader(body, limits: decodingLimits)
         switch header.type {
         case .acknowledge:
-            do {
+            try closingOnFailure("Hello") {
                 let ack = try UAAcknowledge(decoding: &r)
                 sendLimits = try ack.sendLimits(offered: limits)
-            } catch let e as UADecodingError {
-                throw fail(.decoding(e), "Hello")
-            } catch let k as OPCUAError.Kind {
-                throw fail(k, "Hello")
-            } catch {
-                throw fail(.protocolViolation("\(error)"), "Hello")
             }
         default:
             throw fail(.protocolViolation("expected ACK, got \(header.type.rawValue)"), "Hello")
@@ -110,7 +104,7 @@ final class UASecureChannel: @unchecked Sendable {
         body.writeUInt32(requestedLifetimeMs)
         let requestId = try sendMessage(.open, body.bytes, op, deadline)
         var r = try receiveMessage(requestId: requestId, op, deadline)
-        do {
+        try closingOnFailure(op) {
             let typeId = try r.readNodeId("OpenSecureChannelResponse.TypeId")
             if typeId == .numeric(397) {
                 let h = try ResponseHeader(decoding: &r)
@@ -133,12 +127,6 @@ final class UASecureChannel: @unchecked Sendable {
             tokenId = token
             tokenCreatedNs = monotonicNowNs()
             revisedLifetimeMs = lifetime
-        } catch let e as OPCUAError {
-            throw e
-        } catch let e as UADecodingError {
-            throw fail(.decoding(e), op)
-        } catch {
-            throw fail(.protocolViolation("\(error)"), op)
         }
     }
 
@@ -152,6 +140,22 @@ final class UASecureChannel: @unchecked Sendable {
         }
         closedBy = closedBy ?? error(.channelClosed, "close")
         dropSocket()
+    }
+
+    /// Runs `body`, making what it throws an `OPCUAError`: one already made passes as it is; a
+    /// decoding error, a failure kind or anything else closes the channel.
+    func closingOnFailure<T>(_ operation: String, _ body: () throws -> T) throws(OPCUAError) -> T {
+        do {
+            return try body()
+        } catch let e as OPCUAError {
+            throw e
+        } catch let e as UADecodingError {
+            throw fail(.decoding(e), operation)
+        } catch let k as OPCUAError.Kind {
+            throw fail(k, operation)
+        } catch {
+            throw fail(.protocolViolation("\(error)"), operation)
+        }
     }
 
     /// Interrupts a blocked call from another thread (it fails with a closed connection).
@@ -268,15 +272,9 @@ final class UASecureChannel: @unchecked Sendable {
         try read(socket, &body, body.count, op, deadline)
         if header.type == .error {
             var r = UABinaryReader(body, limits: decodingLimits)
-            do {
+            try closingOnFailure(op) {
                 let e = try UATCPErrorBody(decoding: &r)
                 throw fail(.serverError(e.status, reason: e.reason), op)
-            } catch let e as OPCUAError {
-                throw e
-            } catch let e as UADecodingError {
-                throw fail(.decoding(e), op)
-            } catch {
-                throw fail(.protocolViolation("\(error)"), op)
             }
         }
         return (header, body)
@@ -300,7 +298,7 @@ final class UASecureChannel: @unchecked Sendable {
         while true {
             let (header, body) = try receiveChunk(op, deadline)
             var r = UABinaryReader(body, limits: decodingLimits)
-            do {
+            try closingOnFailure(op) {
                 guard header.type == .message || header.type == .open else {
                     throw fail(.protocolViolation("unexpected \(header.type.rawValue) message"), op)
                 }
@@ -341,12 +339,6 @@ final class UASecureChannel: @unchecked Sendable {
                     throw fail(.limitExceeded("response over \(limits.maxMessageSize) bytes"), op)
                 }
                 message.append(contentsOf: body[r.position...])
-            } catch let e as OPCUAError {
-                throw e
-            } catch let e as UADecodingError {
-                throw fail(.decoding(e), op)
-            } catch {
-                throw fail(.protocolViolation("\(error)"), op)
             }
             if header.chunk == UInt8(ascii: "F") { return UABinaryReader(message, limits: decodingLimits) }
         }
