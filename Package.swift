@@ -100,13 +100,14 @@ let package = Package(
             ],
             path: "benchmarks/Sources"
         ),
-        // `make fuzz`: libFuzzer over the map/config reader, the twin line parser and the Modbus
-        // request framer (built with -sanitize=fuzzer -DFUZZING); without those flags, a tool
-        // that replays the committed corpus through the same invariants (a test runs it).
+        // `make fuzz`: libFuzzer over the map/config reader, the twin line parser, the Modbus
+        // request framer and the OPC UA decoder (built with -sanitize=fuzzer -DFUZZING); without
+        // those flags, a tool that replays the committed corpus through the same invariants (a
+        // test runs it).
         .executableTarget(
             name: "tibet-twin-fuzz",
             dependencies: [
-                "TibetTwin", "Modbus",
+                "TibetTwin", "Modbus", "OPCUA",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "fuzz/Sources"
