@@ -14,6 +14,9 @@ another, each the same way, until stdin closes. MODE, after reading the client's
   chunkflood  ACK, a valid OpenSecureChannel response, then to the next request an endless run
               of 'C' (more to come) chunks
   wrongid     ACK, a valid OpenSecureChannel response, then a response to a request never made
+  seqjump     ACK, a valid OpenSecureChannel response (sequence number 1), then a response
+              with sequence number 5
+  abort       ACK, a valid OpenSecureChannel response, then an abort chunk (BadRequestTooLarge)
   silent      ACK, then nothing
 """
 import socket
@@ -113,6 +116,14 @@ def serve(c):
                 seq += 1
         except OSError:
             return
+    if MODE == "seqjump":
+        c.sendall(msg_chunk(b"F", 5, rid, b"\x01\x00" + struct.pack("<H", 464)))
+        time.sleep(1)
+        return
+    if MODE == "abort":
+        c.sendall(msg_chunk(b"A", 2, rid, struct.pack("<I", 0x80B80000) + ua_string(b"request too large")))
+        time.sleep(1)
+        return
     if MODE == "wrongid":
         c.sendall(msg_chunk(b"F", 2, rid + 1000, b"\x01\x00" + struct.pack("<H", 464)))
         time.sleep(1)

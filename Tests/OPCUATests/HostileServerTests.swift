@@ -86,6 +86,21 @@ struct HostileServerTests {
         #expect(why.contains("response to request"))
     }
 
+    @Test("a sequence number that skips ahead")
+    func sequenceJump() async throws {
+        let e = try await failure("seqjump")
+        guard case .protocolViolation(let why) = e.kind else { Issue.record("\(e)"); return }
+        #expect(why == "sequence number 5 after 1")
+    }
+
+    @Test("an abort chunk: its StatusCode and reason")
+    func abortChunk() async throws {
+        let e = try await failure("abort")
+        #expect(e.kind == .aborted(StatusCode(rawValue: 0x80B8_0000), reason: "request too large"))
+        #expect(e.statusCode?.name == "BadRequestTooLarge")
+        #expect(e.operation == "CreateSession")
+    }
+
     @Test("a server that never answers: a timeout")
     func silent() async throws {
         var options = OPCUAClientOptions()
