@@ -121,7 +121,8 @@ let package = Package(
             ],
             resources: [.copy("Fixtures")]
         ),
-        // What the test targets share: package paths, the pymodbus PLC, waits, socket helpers.
+        // What the test targets share: package paths, the pymodbus PLC, the OPC UA peers (asyncua
+        // and a hostile server), waits, socket helpers.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CLinux", "Platform", "TestSupport"]),
         .testTarget(name: "OPCUATests", dependencies: ["OPCUA", "Platform", "TestSupport"]),

@@ -69,7 +69,7 @@ public struct NotificationMessage: Sendable, Hashable {
             guard case .binary(let body) = object.body else { hadOtherNotifications = true; continue }
             var b = UABinaryReader(body, limits: r.limits)
             switch object.typeId {
-            case .numeric(811):  // DataChangeNotification
+            case .numeric(ServiceId.dataChangeNotification):
                 let items = try b.readArray("DataChangeNotification.MonitoredItems", minElementBytes: 5) { (e: inout UABinaryReader) throws(UADecodingError) in
                     DataChange(clientHandle: try e.readUInt32("MonitoredItemNotification.ClientHandle"),
                                value: try e.readDataValue("MonitoredItemNotification.Value"))
@@ -77,7 +77,7 @@ public struct NotificationMessage: Sendable, Hashable {
                 try b.skipDiagnosticInfos("DataChangeNotification.DiagnosticInfos")
                 try b.expectEnd("DataChangeNotification")
                 dataChanges += items
-            case .numeric(820):  // StatusChangeNotification
+            case .numeric(ServiceId.statusChangeNotification):
                 statusChange = try b.readStatusCode("StatusChangeNotification.Status")
                 try b.skipDiagnosticInfo("StatusChangeNotification.DiagnosticInfo")
             default:
@@ -102,7 +102,7 @@ extension OPCUAClient {
     public func createSubscription(publishingIntervalMs: Double, lifetimeCount: UInt32 = 30, maxKeepAliveCount: UInt32 = 5,
                                    maxNotificationsPerPublish: UInt32 = 0) throws(OPCUAError) -> SubscriptionInfo {
         let ch = try session("CreateSubscription")
-        return try call(ch, "CreateSubscription", 787, 790, timeoutMs: options.timeoutMs) { w in
+        return try call(ch, "CreateSubscription", ServiceId.createSubscriptionRequest, ServiceId.createSubscriptionResponse, timeoutMs: options.timeoutMs) { w in
             w.writeDouble(publishingIntervalMs)
             w.writeUInt32(lifetimeCount)
             w.writeUInt32(maxKeepAliveCount)
@@ -119,7 +119,7 @@ extension OPCUAClient {
     /// of status, value or source timestamp. One result per item, in order.
     public func createMonitoredItems(subscription: UInt32, _ items: [MonitoredItemRequest]) throws(OPCUAError) -> [MonitoredItemResult] {
         let ch = try session("CreateMonitoredItems")
-        let results = try call(ch, "CreateMonitoredItems", 751, 754, timeoutMs: options.timeoutMs) { w in
+        let results = try call(ch, "CreateMonitoredItems", ServiceId.createMonitoredItemsRequest, ServiceId.createMonitoredItemsResponse, timeoutMs: options.timeoutMs) { w in
             w.writeUInt32(subscription)
             w.writeUInt32(TimestampsToReturn.both.rawValue)
             w.writeArray(items) { w, item in
@@ -127,7 +127,7 @@ extension OPCUAClient {
                 w.writeUInt32(2)  // MonitoringMode Reporting
                 w.writeUInt32(item.clientHandle)
                 w.writeDouble(item.samplingIntervalMs)
-                w.writeExtensionObject(typeId: .numeric(724)) { f in  // DataChangeFilter
+                w.writeExtensionObject(typeId: .numeric(ServiceId.dataChangeFilter)) { f in
                     f.writeUInt32(2)  // Trigger StatusValueTimestamp
                     f.writeUInt32(0)  // DeadbandType None
                     f.writeDouble(0)
@@ -158,7 +158,7 @@ extension OPCUAClient {
     /// notifications or a keep-alive is due).
     public func publish(acknowledging acknowledgements: [(UInt32, UInt32)], timeoutMs: Int) throws(OPCUAError) -> PublishResult {
         let ch = try session("Publish")
-        return try call(ch, "Publish", 826, 829, timeoutMs: timeoutMs) { w in
+        return try call(ch, "Publish", ServiceId.publishRequest, ServiceId.publishResponse, timeoutMs: timeoutMs) { w in
             w.writeArray(acknowledgements) { w, a in w.writeUInt32(a.0); w.writeUInt32(a.1) }
         } decode: { (r: inout UABinaryReader) throws(UADecodingError) in
             let id = try r.readUInt32("PublishResponse.SubscriptionId")
@@ -182,7 +182,7 @@ extension OPCUAClient {
     public func republish(subscription: UInt32, sequenceNumber: UInt32) throws(OPCUAError) -> NotificationMessage? {
         let ch = try session("Republish")
         do {
-            let message = try call(ch, "Republish", 832, 835, timeoutMs: options.timeoutMs) { w in
+            let message = try call(ch, "Republish", ServiceId.republishRequest, ServiceId.republishResponse, timeoutMs: options.timeoutMs) { w in
                 w.writeUInt32(subscription)
                 w.writeUInt32(sequenceNumber)
             } decode: { (r: inout UABinaryReader) throws(UADecodingError) in try NotificationMessage(decoding: &r) }
@@ -196,7 +196,7 @@ extension OPCUAClient {
     /// Deletes subscriptions (best effort on the way out).
     public func deleteSubscriptions(_ ids: [UInt32]) throws(OPCUAError) {
         let ch = try session("DeleteSubscriptions")
-        try call(ch, "DeleteSubscriptions", 847, 850, timeoutMs: options.timeoutMs) { w in
+        try call(ch, "DeleteSubscriptions", ServiceId.deleteSubscriptionsRequest, ServiceId.deleteSubscriptionsResponse, timeoutMs: options.timeoutMs) { w in
             w.writeArray(ids) { $0.writeUInt32($1) }
         } decode: { (r: inout UABinaryReader) throws(UADecodingError) in
             _ = try r.readArray("DeleteSubscriptionsResponse.Results", minElementBytes: 4) { (e: inout UABinaryReader) throws(UADecodingError) in

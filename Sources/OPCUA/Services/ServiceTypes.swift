@@ -221,4 +221,10 @@ enum ServiceId {
     static let browseNextRequest: UInt32 = 533, browseNextResponse: UInt32 = 536
     static let readRequest: UInt32 = 631, readResponse: UInt32 = 634
     static let anonymousIdentityToken: UInt32 = 321, userNameIdentityToken: UInt32 = 324
+    static let createMonitoredItemsRequest: UInt32 = 751, createMonitoredItemsResponse: UInt32 = 754
+    static let createSubscriptionRequest: UInt32 = 787, createSubscriptionResponse: UInt32 = 790
+    static let publishRequest: UInt32 = 826, publishResponse: UInt32 = 829
+    static let republishRequest: UInt32 = 832, republishResponse: UInt32 = 835
+    static let deleteSubscriptionsRequest: UInt32 = 847, deleteSubscriptionsResponse: UInt32 = 850
+    static let dataChangeFilter: UInt32 = 724, dataChangeNotification: UInt32 = 811, statusChangeNotification: UInt32 = 820
 }
