@@ -27,13 +27,13 @@ bench: setup
 	$(SWIFT) build -c release --product tibet-twin
 	.build/release/tibet-twin-bench
 
-# libFuzzer over the three readers of untrusted bytes, FUZZ_SECONDS each (default 60); new
+# libFuzzer over the four readers of untrusted bytes, FUZZ_SECONDS each (default 60); new
 # inputs go to .build/fuzz-corpus/, crashes and hangs to fuzz-*.out files (see docs/fuzzing.md).
 FUZZ_SECONDS ?= 60
 fuzz: setup
 	$(SWIFT) build --scratch-path .build/fuzz -c release --product tibet-twin-fuzz \
 		-Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING
-	@for t in yaml twin modbus; do \
+	@for t in yaml twin modbus opcua; do \
 		mkdir -p .build/fuzz-corpus/$$t; \
 		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
 		SWIFT_BACKTRACE=enable=no TIBET_FUZZ_TARGET=$$t .build/fuzz/release/tibet-twin-fuzz .build/fuzz-corpus/$$t fuzz/corpus/$$t \

@@ -40,6 +40,9 @@ let package = Package(
             name: "Modbus",
             dependencies: ["CModbus", "CLinux", "Platform"]
         ),
+        // Our OPC UA client: binary encoding with strict bounds, UA-TCP, secure channel, session,
+        // services. Blocking, one thread per client. No guard logic.
+        .target(name: "OPCUA", dependencies: ["Platform"]),
         // The pure core: maps, decoding, states, the decision rule, profiles, tokens.
         // No sockets, no files it is not handed, no clocks it does not get handed.
         .target(
@@ -81,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "tibet-twin",
             dependencies: [
-                "TibetTwin", "Appliance", "Commissioning", "Modbus", "Platform",
+                "TibetTwin", "Appliance", "Commissioning", "Modbus", "OPCUA", "Platform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -90,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "tibet-twin-bench",
             dependencies: [
-                "TibetTwin", "Appliance", "Commissioning", "Modbus", "Platform", "CLinux",
+                "TibetTwin", "Appliance", "Commissioning", "Modbus", "OPCUA", "Platform", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
@@ -103,13 +106,14 @@ let package = Package(
             dependencies: ["TibetTwin", "Appliance"],
             path: "benchmarks/Profile"
         ),
-        // `make fuzz`: libFuzzer over the map/config reader, the twin line parser and the Modbus
-        // request framer (built with -sanitize=fuzzer -DFUZZING); without those flags, a tool
-        // that replays the committed corpus through the same invariants (a test runs it).
+        // `make fuzz`: libFuzzer over the map/config reader, the twin line parser, the Modbus
+        // request framer and the OPC UA decoder (built with -sanitize=fuzzer -DFUZZING); without
+        // those flags, a tool that replays the committed corpus through the same invariants (a
+        // test runs it).
         .executableTarget(
             name: "tibet-twin-fuzz",
             dependencies: [
-                "TibetTwin", "Modbus",
+                "TibetTwin", "Modbus", "OPCUA",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "fuzz/Sources"
@@ -123,9 +127,11 @@ let package = Package(
             ],
             resources: [.copy("Fixtures")]
         ),
-        // What the test targets share: package paths, the pymodbus PLC, waits, socket helpers.
+        // What the test targets share: package paths, the pymodbus PLC, the OPC UA peers (asyncua
+        // and a hostile server), waits, socket helpers.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CLinux", "Platform", "TestSupport"]),
+        .testTarget(name: "OPCUATests", dependencies: ["OPCUA", "Platform", "TestSupport"]),
         .testTarget(
             name: "ApplianceTests",
             dependencies: [

@@ -19,7 +19,7 @@ struct TibetTwinCommand: AsyncParsableCommand {
             invalid maps for `maps validate`), 2 bad input or usage.
             """,
         version: ApplianceInfo.version,
-        subcommands: [RunCommand.self, DemoCommand.self, InfoCommand.self, ProfilesCommand.self, CheckCommand.self, StatusCommand.self, ResetCommand.self, MapsCommand.self, KeygenCommand.self, SignCommand.self, AuditCommand.self, SimulateCommand.self, ReadCommand.self]
+        subcommands: [RunCommand.self, DemoCommand.self, InfoCommand.self, ProfilesCommand.self, CheckCommand.self, StatusCommand.self, ResetCommand.self, MapsCommand.self, KeygenCommand.self, SignCommand.self, AuditCommand.self, SimulateCommand.self, ReadCommand.self, OPCUACommand.self]
     )
 
     /// Parses and runs, mapping argument-parser's usage exit code (64) to 2 as `--help` documents.

@@ -6,7 +6,7 @@ import Testing
 /// checks: every input libFuzzer kept, and every seed, stays a regression test.
 @Suite("Fuzz corpus replay")
 struct FuzzCorpusTests {
-    @Test(arguments: ["yaml", "twin", "modbus"])
+    @Test(arguments: ["yaml", "twin", "modbus", "opcua"])
     func corpusHoldsEveryInvariant(target: String) throws {
         let tool = binaryURL().deletingLastPathComponent().appendingPathComponent("tibet-twin-fuzz")
         let corpus = packageRoot.appendingPathComponent("fuzz/corpus/\(target)").path

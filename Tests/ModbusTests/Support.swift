@@ -12,16 +12,6 @@ import TestSupport
 #endif
 
 
-/// Runs blocking code (libmodbus calls) on a thread of its own, never the cooperative pool.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
-        let t = Thread {
-            do { c.resume(returning: try body()) } catch { c.resume(throwing: error) }
-        }
-        t.start()
-    }
-}
-
 /// A `ModbusServer` with a `.delegate` policy (libmodbus replies from a mapping), bound to
 /// 127.0.0.1:0, on its own loop thread.
 final class InProcessServer: Sendable {

@@ -55,17 +55,33 @@ public final class PymodbusPLC: @unchecked Sendable {
     }
 
     /// Closes its stdin (it exits at end of input); SIGKILL if it has not gone within 5 s.
-    /// (SIGTERM is not used: children inherit the test runner's blocked-signal mask.)
-    public func stop() {
-        guard process.isRunning else { return }
-        try? input.fileHandleForWriting.close()
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
+    public func stop() { stopChild(process, closing: input) }
 
     deinit { stop() }
+}
+
+/// Stops a child that exits at the end of its input: closes `input`, then SIGKILL if it has not
+/// gone within 5 s. (SIGTERM is not used: children inherit the test runner's blocked-signal mask.)
+public func stopChild(_ process: Process, closing input: Pipe) {
+    guard process.isRunning else { return }
+    try? input.fileHandleForWriting.close()
+    let deadline = Date().addingTimeInterval(5)
+    while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    process.waitUntilExit()
+}
+
+/// A small deterministic generator (SplitMix64), so a failing random test can be repeated by seed.
+public struct SplitMix: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }
 
 /// Reads lines from a pipe on a background thread, handing them over with a timeout.
@@ -141,6 +157,17 @@ public func waitUntil(within seconds: Double = 10, _ condition: () -> Bool) -> B
         usleep(10_000)
     }
     return condition()
+}
+
+/// Runs blocking code (libmodbus calls, OPC UA requests) on a thread of its own, never the
+/// cooperative pool.
+public func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
+        let t = Thread {
+            do { c.resume(returning: try body()) } catch { c.resume(throwing: error) }
+        }
+        t.start()
+    }
 }
 
 /// Sleeps without blocking a cooperative thread.

@@ -20,6 +20,7 @@ let suites: [any BenchSuite] = [
     GuardBench(),
     MapsBench(),
     SystemBench(),
+    OPCUABench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())

@@ -42,7 +42,7 @@ struct FuzzReplay {
     static func main() {
         let args = CommandLine.arguments.dropFirst()
         guard let name = args.first, let target = FuzzTarget(rawValue: name), args.count >= 2 else {
-            print("usage: tibet-twin-fuzz yaml|twin|modbus FILE_OR_DIR...")
+            print("usage: tibet-twin-fuzz yaml|twin|modbus|opcua FILE_OR_DIR...")
             exit(2)
         }
         var count = 0

@@ -1,5 +1,6 @@
 import Crypto
 import Modbus
+import OPCUA
 import TibetTwin
 
 /// The inputs `make fuzz` throws at tibet-twin's three readers of untrusted bytes, and what
@@ -14,8 +15,11 @@ import TibetTwin
 /// - `modbus`: the interlock's request framer and judge (`ModbusRequestCheck`): a frame is never
 ///   longer than the input or than Modbus/TCP allows, and a read it lets through lies inside the
 ///   served tables.
+/// - `opcua`: the OPC UA binary decoder (what a server sends): the first byte picks Variant,
+///   DataValue, ExpandedNodeId, DiagnosticInfo or a NodeId text; the reader never ends past the
+///   input, and what decodes encodes back to bytes that decode and encode to the same bytes.
 enum FuzzTarget: String, CaseIterable {
-    case yaml, twin, modbus
+    case yaml, twin, modbus, opcua
 
     /// Runs one input; a violated invariant stops the process (libFuzzer then saves the input).
     func run(_ bytes: UnsafeRawBufferPointer) {
@@ -23,6 +27,7 @@ enum FuzzTarget: String, CaseIterable {
         case .yaml: FuzzTarget.yaml(bytes)
         case .twin: FuzzTarget.twin(bytes)
         case .modbus: FuzzTarget.modbus(bytes)
+        case .opcua: FuzzTarget.opcua(bytes)
         }
     }
 
@@ -106,6 +111,37 @@ enum FuzzTarget: String, CaseIterable {
                 }
                 rest = UnsafeRawBufferPointer(rebasing: rest[n...])
             }
+        }
+    }
+
+    static func opcua(_ bytes: UnsafeRawBufferPointer) {
+        guard let selector = bytes.first else { return }
+        let input = Array(bytes.dropFirst())
+        let limits = UAEncodingLimits(maxStringBytes: 4096, maxByteStringBytes: 4096, maxArrayLength: 4096, maxDepth: 8)
+        var r = UABinaryReader(input, limits: limits)
+        /// Decodes with `read`, re-encodes with `write`: the encoding is stable from then on.
+        func stable<T>(_ read: (inout UABinaryReader) throws(UADecodingError) -> T, _ write: (inout UABinaryWriter, T) -> Void) {
+            guard let value = try? read(&r) else { return }
+            require(r.position <= input.count, "reader ended at \(r.position) of \(input.count) bytes")
+            var w1 = UABinaryWriter()
+            write(&w1, value)
+            var again = UABinaryReader(w1.bytes, limits: limits)
+            guard let second = try? read(&again) else { fail("re-encoded value does not decode: \(w1.bytes)") }
+            require(again.remaining == 0, "re-encoded value leaves \(again.remaining) bytes")
+            var w2 = UABinaryWriter()
+            write(&w2, second)
+            require(w1.bytes == w2.bytes, "encoding not stable: \(w1.bytes) then \(w2.bytes)")
+        }
+        switch selector % 5 {
+        case 0: stable({ (r: inout UABinaryReader) throws(UADecodingError) in try r.readVariant() }, { $0.writeVariant($1) })
+        case 1: stable({ (r: inout UABinaryReader) throws(UADecodingError) in try r.readDataValue() }, { $0.writeDataValue($1) })
+        case 2: stable({ (r: inout UABinaryReader) throws(UADecodingError) in try r.readExpandedNodeId() }, { $0.writeExpandedNodeId($1) })
+        case 3:
+            if (try? r.skipDiagnosticInfo()) != nil { require(r.position <= input.count, "DiagnosticInfo skipped past the end") }
+        default:
+            guard let text = String(validating: input, as: UTF8.self), let id = try? NodeIdText(parsing: text) else { return }
+            guard let back = try? NodeIdText(parsing: id.description) else { fail("\(id) does not parse back") }
+            require(back == id, "\(text) → \(id) → \(back)")
         }
     }
 

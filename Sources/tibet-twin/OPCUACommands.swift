@@ -1,0 +1,313 @@
+import ArgumentParser
+import OPCUA
+import Platform
+
+/// `tibet-twin opcua`: commissioning commands for a twin served over OPC UA.
+struct OPCUACommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "opcua",
+        abstract: "Look into an OPC UA server: its endpoints, its address space, node values.",
+        discussion: """
+            ENDPOINT is opc.tcp://HOST[:PORT][/PATH] (port 4840 when left out). The client speaks \
+            security policy None only so far; see docs/opcua.md for what works today.
+            """,
+        subcommands: [OPCUAEndpointsCommand.self, OPCUABrowseCommand.self, OPCUAReadCommand.self, OPCUAWatchCommand.self])
+}
+
+/// What every `opcua` subcommand takes to connect.
+struct OPCUAConnectionOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Log in with this user name (with --password-file).", valueName: "NAME"))
+    var user: String?
+
+    @Option(name: .customLong("password-file"), help: ArgumentHelp("File whose first line is the password.", valueName: "FILE"))
+    var passwordFile: String?
+
+    @Option(name: .customLong("timeout-ms"), help: ArgumentHelp("Deadline for connecting and for each request.", valueName: "MS"))
+    var timeoutMs: Int = 5000
+
+    func validate() throws {
+        guard (1...600_000).contains(timeoutMs) else { throw ValidationError("--timeout-ms must be 1…600000, got \(timeoutMs)") }
+        if (user == nil) != (passwordFile == nil) { throw ValidationError("--user and --password-file go together") }
+    }
+
+    /// Client options; reads the password file (exit 2 when it cannot be read).
+    func clientOptions() throws -> OPCUAClientOptions {
+        var o = OPCUAClientOptions()
+        o.timeoutMs = timeoutMs
+        if let user, let passwordFile {
+            let text: String
+            do { text = try CLIFiles.readText(passwordFile) } catch {
+                CLIOut.error(error.description)
+                throw ExitCode(2)
+            }
+            let password = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            o.identity = .userName(user, password: Array(password.utf8))
+        }
+        return o
+    }
+
+    /// A connected client, or exit 1 with the reason on stderr.
+    func connect(_ endpoint: String) throws -> OPCUAClient {
+        let client: OPCUAClient
+        do { client = try OPCUAClient(endpoint: endpoint, options: clientOptions()) } catch let e as OPCUAError {
+            CLIOut.error(e.description)
+            throw ExitCode(2)
+        }
+        do { try client.connect() } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(1)
+        }
+        return client
+    }
+}
+
+/// Parses NodeId texts for the commands (exit 2 on a bad one).
+enum OPCUACLI {
+    /// `NODE  VALUE  STATUS  source=TIME server=TIME`, `-` for what the server did not send.
+    static func valueLine(_ node: String, _ dv: DataValue) -> String {
+        let value = dv.hasValue && dv.value != .null ? dv.value.description : "-"
+        let source = dv.sourceTimestamp?.description ?? "-"
+        let server = dv.serverTimestamp?.description ?? "-"
+        return "\(node)  \(value)  \(dv.status)  source=\(source) server=\(server)"
+    }
+
+    static func parseNode(_ text: String) throws -> NodeIdText {
+        do { return try NodeIdText(parsing: text) } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(2)
+        }
+    }
+
+    /// The name of a data type: the built-in name for i=1…25, else its browse name on the server.
+    static func dataTypeName(_ id: NodeId, client: OPCUAClient, cache: inout [NodeId: String]) -> String {
+        if id.namespace == 0, case .numeric(let n) = id.identifier, n <= 25, let b = BuiltinType(rawValue: UInt8(n)) { return b.name }
+        if let known = cache[id] { return known }
+        var name = id.description
+        if let dv = try? client.read([ReadValueId(id, attribute: .browseName)]).first, case .qualifiedName(let q) = dv.value, let n = q.name {
+            name = n
+        }
+        cache[id] = name
+        return name
+    }
+}
+
+/// `tibet-twin opcua endpoints ENDPOINT`
+struct OPCUAEndpointsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "endpoints",
+        abstract: "List the endpoints a server offers: security mode and policy, and the logins each accepts.",
+        discussion: "Exit codes: 0 listed, 1 the server could not be asked, 2 bad input.")
+
+    @Argument(help: ArgumentHelp("opc.tcp://HOST[:PORT][/PATH]", valueName: "ENDPOINT"))
+    var endpoint: String
+
+    @OptionGroup var connection: OPCUAConnectionOptions
+
+    func run() throws {
+        let endpoints: [EndpointDescription]
+        do { endpoints = try OPCUAClient.getEndpoints(endpoint: endpoint, options: connection.clientOptions()) } catch let e as OPCUAError {
+            CLIOut.error(e.description)
+            throw ExitCode(1)
+        }
+        for e in endpoints {
+            let logins = e.userIdentityTokens.map { p -> String in
+                switch p.tokenType {
+                case .anonymous?: return "anonymous"
+                case .userName?: return "username"
+                case .certificate?: return "certificate"
+                case .issuedToken?: return "issued-token"
+                case nil: return "unknown"
+                }
+            }
+            CLIOut.outputLine("\(e.endpointUrl ?? "-")  security=\(e.securityMode?.name ?? "?")/\(e.securityPolicyName)  logins=\(logins.joined(separator: ","))")
+        }
+    }
+}
+
+/// `tibet-twin opcua browse ENDPOINT [NODE]`
+struct OPCUABrowseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "browse",
+        abstract: "Print the address space below a node as a tree: NodeId, browse name, node class, data type.",
+        discussion: """
+            NODE defaults to the Objects folder (i=85). NodeIds: i=85, ns=2;s=Crane01.PosX, \
+            ns=1;g=GUID, ns=1;b=BASE64, nsu=URI;s=… (namespace by URI).
+            Each line: indentation by depth, NodeId, browse name (NS:NAME), node class, and for \
+            variables their data type. The Server object (i=2253) is listed but not opened unless \
+            it is NODE.
+            Exit codes: 0 browsed, 1 the server could not be reached or the node browsed, 2 bad input.
+            """)
+
+    @Argument(help: ArgumentHelp("opc.tcp://HOST[:PORT][/PATH]", valueName: "ENDPOINT"))
+    var endpoint: String
+
+    @Argument(help: ArgumentHelp("The node to start from.", valueName: "NODE"))
+    var node: String = "i=85"
+
+    @Option(name: .long, help: "How many levels below NODE to open.")
+    var depth: Int = 3
+
+    @OptionGroup var connection: OPCUAConnectionOptions
+
+    func validate() throws {
+        guard (1...20).contains(depth) else { throw ValidationError("--depth must be 1…20, got \(depth)") }
+    }
+
+    func run() throws {
+        let start = try OPCUACLI.parseNode(node)
+        let client = try connection.connect(endpoint)
+        defer { client.disconnect() }
+        var cache: [NodeId: String] = [:]
+        do {
+            let root = try client.resolve(start)
+            CLIOut.outputLine(root.description)
+            try printChildren(of: root, level: 1, client: client, cache: &cache)
+        } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(1)
+        }
+    }
+
+    private func printChildren(of parent: NodeId, level: Int, client: OPCUAClient, cache: inout [NodeId: String]) throws(OPCUAError) {
+        let refs = try client.browse(parent).filter { $0.nodeId.serverIndex == 0 && $0.nodeId.namespaceUri == nil }
+        let variables = refs.filter { $0.nodeClass == .variable }.map(\.nodeId.nodeId)
+        var types: [NodeId: String] = [:]
+        if !variables.isEmpty {
+            let values = try client.read(variables.map { ReadValueId($0, attribute: .dataType) })
+            for (v, dv) in zip(variables, values) {
+                if case .nodeId(let t) = dv.value { types[v] = OPCUACLI.dataTypeName(t, client: client, cache: &cache) }
+            }
+        }
+        let indent = String(repeating: "  ", count: level)
+        for r in refs {
+            let id = r.nodeId.nodeId
+            var line = "\(indent)\(id)  \(r.browseName)  \(r.nodeClass)"
+            if let t = types[id] { line += "  \(t)" }
+            CLIOut.outputLine(line)
+            if level < depth && r.nodeClass != .variable && id != .numeric(2253) {
+                try printChildren(of: id, level: level + 1, client: client, cache: &cache)
+            }
+        }
+    }
+}
+
+/// `tibet-twin opcua read ENDPOINT NODE…`
+struct OPCUAReadCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "read",
+        abstract: "Read node values once: value, StatusCode, source and server timestamps.",
+        discussion: """
+            One line per node: NodeId, value (`-` for none), StatusCode (Good, or its name such as \
+            UncertainLastUsableValue or BadNodeIdUnknown), source=TIME server=TIME (RFC 3339, \
+            UTC; `-` where the server sent none).
+            Exit codes: 0 every value Good; 1 a value not Good (Uncertain is not Good) or the \
+            server could not be read; 2 bad input.
+            """)
+
+    @Argument(help: ArgumentHelp("opc.tcp://HOST[:PORT][/PATH]", valueName: "ENDPOINT"))
+    var endpoint: String
+
+    @Argument(help: ArgumentHelp("NodeIds to read (i=…, ns=N;s=…, nsu=URI;s=…).", valueName: "NODE"))
+    var nodes: [String]
+
+    @OptionGroup var connection: OPCUAConnectionOptions
+
+    func validate() throws {
+        guard !nodes.isEmpty else { throw ValidationError("name at least one NODE") }
+        guard nodes.count <= 10_000 else { throw ValidationError("at most 10000 nodes per read") }
+    }
+
+    func run() throws {
+        let texts = try nodes.map(OPCUACLI.parseNode)
+        let client = try connection.connect(endpoint)
+        defer { client.disconnect() }
+        let values: [DataValue]
+        do {
+            values = try client.readValues(try texts.map { t throws(OPCUAError) in try client.resolve(t) })
+        } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(1)
+        }
+        var allGood = true
+        for (t, dv) in zip(texts, values) {
+            CLIOut.outputLine(OPCUACLI.valueLine(t.description, dv))
+            if !dv.status.isGood { allGood = false }
+        }
+        if !allGood { throw ExitCode(1) }
+    }
+}
+
+/// `tibet-twin opcua watch ENDPOINT NODE…`
+struct OPCUAWatchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Subscribe to nodes and print every notification: value, StatusCode, timestamps.",
+        discussion: """
+            Monitored items report every change of status, value or source timestamp (a model \
+            that rewrites the same value each cycle shows a line per cycle). Lines as for `read`; \
+            besides them: `subscribed NODE=STATUS …` when (re)subscribed, `keep-alive` when the \
+            server says nothing changed, `lost: REASON (retry in MS ms)` when the connection or \
+            the subscription is lost (it reconnects by itself).
+            Runs until interrupted, or until --count value lines were printed.
+            Exit codes: 0 stopped after --count lines; 1 cannot start; 2 bad input.
+            """)
+
+    @Argument(help: ArgumentHelp("opc.tcp://HOST[:PORT][/PATH]", valueName: "ENDPOINT"))
+    var endpoint: String
+
+    @Argument(help: ArgumentHelp("NodeIds to watch (i=…, ns=N;s=…, nsu=URI;s=…).", valueName: "NODE"))
+    var nodes: [String]
+
+    @Option(name: .customLong("sampling-ms"), help: ArgumentHelp("How often the server samples each node.", valueName: "MS"))
+    var samplingMs: Int = 100
+
+    @Option(name: .long, help: "Stop after this many value lines.")
+    var count: Int?
+
+    @OptionGroup var connection: OPCUAConnectionOptions
+
+    func validate() throws {
+        guard !nodes.isEmpty else { throw ValidationError("name at least one NODE") }
+        guard nodes.count <= 10_000 else { throw ValidationError("at most 10000 nodes") }
+        guard (1...60_000).contains(samplingMs) else { throw ValidationError("--sampling-ms must be 1…60000, got \(samplingMs)") }
+        if let count, count < 1 { throw ValidationError("--count must be at least 1") }
+    }
+
+    func run() throws {
+        PhysicalCLI.unblockTerminationSignals()
+        let texts = try nodes.map(OPCUACLI.parseNode)
+        do { _ = try UAEndpointURL(parsing: endpoint) } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(2)
+        }
+        let names = texts.map(\.description)
+        let config = OPCUASubscriber.Configuration(endpoint: endpoint, nodes: texts, samplingIntervalMs: Double(samplingMs),
+                                                   publishingIntervalMs: Double(samplingMs), options: try connection.clientOptions())
+        let events = WaitQueue<OPCUASubscriber.Event>()
+        let subscriber = OPCUASubscriber(config) { events.push($0, limit: 100_000) }
+        do { try subscriber.start() } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(1)
+        }
+        defer { subscriber.stop() }
+        var printed = 0
+        while true {
+            for event in events.take(max: 1000, deadlineNs: nil).batch {
+                switch event {
+                case .subscribed(let statuses):
+                    CLIOut.outputLine("subscribed " + zip(names, statuses).map { "\($0)=\($1)" }.joined(separator: " "))
+                case .values(let values):
+                    for v in values {
+                        CLIOut.outputLine(OPCUACLI.valueLine(names[v.index], v.value))
+                        printed += 1
+                        if let count, printed >= count { return }
+                    }
+                case .keepAlive:
+                    CLIOut.outputLine("keep-alive")
+                case .lost(let e, let retry):
+                    CLIOut.errorLine("lost: \(e) (retry in \(retry) ms)")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""An OPC UA server on asyncua 2.1.0 for tibet-twin's tests: an outside OPC UA peer.
+
+Usage: asyncua_server.py [--port N] [--users USER:PASSWORD,...] [--cert DIR]
+  Listens on opc.tcp://127.0.0.1:PORT/ (port 0: any free port), security policy None,
+  anonymous login (user name + password instead when --users is given). With --cert DIR
+  (DIR/cert.der and DIR/key.pem) it also offers Basic256Sha256 SignAndEncrypt.
+
+Address space, namespace "urn:tibet-twin:test" (index 2):
+  Objects/Crane01 (ns=2;s=Crane01) with variables ns=2;s=Crane01.NAME:
+    PosX Double 12.5, Load Float 250.0, Mode Int32 1, Name String "crane one",
+    Running Boolean true, Counter UInt32 7, Big Int64 -9000000000, Levels Double[] [1.0, 2.5, 4.0],
+    Stale Double 3.0 with StatusCode UncertainLastUsableValue,
+    Broken Double 0.0 with StatusCode BadSensorFailure
+  Objects/Many (ns=2;s=Many) with 40 variables ns=2;s=Many.Item00 … Item39 (Int32 = index)
+  Also ns=2;i=5001 (numeric), ns=2;g=09087e75-8e5e-499b-954f-f2a9603db28a (GUID) and
+  ns=2;b=AQID (opaque 01 02 03): Int32 variables under Objects/Ids.
+
+Prints "READY PORT" once it accepts connections. Then reads commands on stdin, answering "ok"
+on stdout after each:
+  set NAME TYPE VALUE [STATUS]   write Crane01.NAME with a new SourceTimestamp (STATUS: a
+                                 StatusCode name, default Good); TYPE double|float|int32|uint32|string
+  drop                           close every client connection
+  quit                           exit
+Exits when stdin closes.
+"""
+import argparse
+import asyncio
+import logging
+import sys
+import uuid
+from datetime import datetime, timezone
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+
+NS_URI = "urn:tibet-twin:test"
+
+
+class PasswordUsers:
+    def __init__(self, users):
+        self.users = users
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+def variant_type(name):
+    return {"double": ua.VariantType.Double, "float": ua.VariantType.Float, "int32": ua.VariantType.Int32,
+            "uint32": ua.VariantType.UInt32, "string": ua.VariantType.String}[name]
+
+
+def parse_value(kind, text):
+    if kind in ("double", "float"):
+        return float(text)
+    if kind in ("int32", "uint32"):
+        return int(text)
+    return text
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--users", default="")
+    ap.add_argument("--cert", default="")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.CRITICAL)
+
+    users = dict(u.split(":", 1) for u in args.users.split(",") if u)
+    server = Server(user_manager=PasswordUsers(users) if users else None)
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{args.port}/")
+    if args.cert:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity, ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        await server.load_certificate(f"{args.cert}/cert.der")
+        await server.load_private_key(f"{args.cert}/key.pem")
+    else:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    server.set_security_IDs(["Username"] if users else ["Anonymous"])
+    idx = await server.register_namespace(NS_URI)
+    objects = server.nodes.objects
+
+    crane = await objects.add_object(ua.NodeId("Crane01", idx), ua.QualifiedName("Crane01", idx))
+    nodes = {}
+
+    async def var(name, value, vtype, status=None):
+        node = await crane.add_variable(ua.NodeId(f"Crane01.{name}", idx), ua.QualifiedName(name, idx), value, vtype)
+        if status is not None:
+            await node.write_value(ua.DataValue(ua.Variant(value, vtype), StatusCode=ua.StatusCode(status),
+                                                SourceTimestamp=datetime.now(timezone.utc)))
+        nodes[name] = node
+
+    await var("PosX", 12.5, ua.VariantType.Double)
+    await var("Load", 250.0, ua.VariantType.Float)
+    await var("Mode", 1, ua.VariantType.Int32)
+    await var("Name", "crane one", ua.VariantType.String)
+    await var("Running", True, ua.VariantType.Boolean)
+    await var("Counter", 7, ua.VariantType.UInt32)
+    await var("Big", -9000000000, ua.VariantType.Int64)
+    await var("Levels", [1.0, 2.5, 4.0], ua.VariantType.Double)
+    await var("Stale", 3.0, ua.VariantType.Double, ua.StatusCodes.UncertainLastUsableValue)
+    await var("Broken", 0.0, ua.VariantType.Double, ua.StatusCodes.BadSensorFailure)
+
+    many = await objects.add_folder(ua.NodeId("Many", idx), ua.QualifiedName("Many", idx))
+    for i in range(40):
+        await many.add_variable(ua.NodeId(f"Many.Item{i:02d}", idx), ua.QualifiedName(f"Item{i:02d}", idx), i, ua.VariantType.Int32)
+
+    ids = await objects.add_folder(ua.NodeId("Ids", idx), ua.QualifiedName("Ids", idx))
+    await ids.add_variable(ua.NodeId(5001, idx), ua.QualifiedName("Numeric", idx), 5001, ua.VariantType.Int32)
+    await ids.add_variable(ua.NodeId(uuid.UUID("09087e75-8e5e-499b-954f-f2a9603db28a"), idx), ua.QualifiedName("Guid", idx), 16, ua.VariantType.Int32)
+    await ids.add_variable(ua.NodeId(b"\x01\x02\x03", idx), ua.QualifiedName("Opaque", idx), 3, ua.VariantType.Int32)
+
+    async with server:
+        print(f"READY {server.bserver.port}", flush=True)
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            parts = line.split()
+            if not parts:
+                continue
+            cmd = parts[0]
+            try:
+                if cmd == "quit":
+                    break
+                elif cmd == "set":
+                    name, kind, text = parts[1], parts[2], parts[3]
+                    status = getattr(ua.StatusCodes, parts[4]) if len(parts) > 4 else ua.StatusCodes.Good
+                    await nodes[name].write_value(ua.DataValue(ua.Variant(parse_value(kind, text), variant_type(kind)),
+                                                               StatusCode=ua.StatusCode(status),
+                                                               SourceTimestamp=datetime.now(timezone.utc)))
+                elif cmd == "drop":
+                    for transport in list(server.iserver.asyncio_transports):
+                        transport.close()
+                else:
+                    print(f"error unknown command {cmd}", flush=True)
+                    continue
+                print("ok", flush=True)
+            except Exception as e:  # a test's typo should say what went wrong, not hang
+                print(f"error {e}", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
