@@ -14,6 +14,7 @@
 #   /usr/lib/tmpfiles.d/tibet-twin.conf              /var/lib/tibet-twin, /run/tibet-twin
 #   /etc/tibet-twin/tibet-twin.yaml, maps/*.yaml     conffiles: loopback example (packaging/deb/)
 #   /usr/share/doc/tibet-twin/                       copyright, README.md, docs/, example maps
+#   /usr/share/tibet-twin/twin_sender.py             a small test twin (scripts/twin_sender.py)
 #   /usr/share/tibet-twin/contrib/                   contrib/ of the tree, if there is one
 # The maintainer scripts are in packaging/deb/ (postinst, prerm, postrm).
 set -euo pipefail
@@ -50,12 +51,14 @@ cp -r docs "$doc/docs"
 cp -r maps "$doc/examples/maps"
 install -m 0644 tibet-twin.example.yaml "$doc/tibet-twin.example.yaml"
 # Dashboards, alert rules and the like, whatever contrib/ holds.
+install -d -m 0755 "$root/usr/share/tibet-twin"
 if [ -d contrib ]; then
-    install -d -m 0755 "$root/usr/share/tibet-twin"
     cp -r contrib "$root/usr/share/tibet-twin/contrib"
 fi
 find "$root/usr/share" "$root/etc" -type d -exec chmod 0755 {} +
 find "$root/usr/share" "$root/etc" -type f -exec chmod 0644 {} +
+# A twin to try the installation with (docs/operations.md): sends agreeing lines to the socket.
+install -m 0755 scripts/twin_sender.py "$root/usr/share/tibet-twin/twin_sender.py"
 
 for s in postinst prerm postrm; do install -m 0755 "packaging/deb/$s" "$root/DEBIAN/$s"; done
 (cd "$root" && find etc -type f | sort | sed 's|^|/|') > "$root/DEBIAN/conffiles"
