@@ -1,11 +1,14 @@
 # The two commands of the README, on a fresh Debian machine:
 #   make demo   — installs what is missing, builds, runs the crane scenario end to end
 #   make test   — installs what is missing, builds, runs every test
+# and for the next steps:
+#   make run    — the appliance on examples/run/tibet-twin.yaml with a simulated PLC and a twin
+#   make deb    — the Debian package of the release build (.build/deb/tibet-twin_*.deb)
 SWIFT ?= swift
 BIN := .build/debug/tibet-twin
 export TIBET_TWIN_PYTHON := $(CURDIR)/.venv/bin/python
 
-.PHONY: all setup build demo test bench fuzz clean
+.PHONY: all setup build demo run deb test bench fuzz clean
 
 all: build
 
@@ -17,6 +20,16 @@ build: setup
 
 demo: build
 	$(BIN) demo
+
+# Ctrl-C stops the appliance, the simulated PLC and the twin (scripts/run-local.sh).
+run: build
+	TIBET_TWIN_BIN=$(BIN) scripts/run-local.sh
+
+# The release binary with the Swift runtime linked in, so the package needs only Debian's
+# libraries (libc6, libstdc++6, libgcc-s1, libmodbus5). See docs/operations.md.
+deb: setup
+	$(SWIFT) build -c release --product tibet-twin --static-swift-stdlib
+	scripts/make-deb.sh .build/release/tibet-twin
 
 test: setup
 	$(SWIFT) build --build-tests

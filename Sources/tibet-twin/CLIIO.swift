@@ -47,7 +47,7 @@ enum CLIFiles {
             data = try SystemCall.readFile(path, limit: maxBytes)
         } catch {
             switch error {
-            case .open(let e): throw CLIInputError("\(path): cannot open: \(e.meaningFirst)")
+            case .open(let e): throw CLIInputError("\(path): cannot open: \(e.meaningFirst)" + PathAccess.hint(e, path: path))
             case .errno(let e): throw CLIInputError("\(path): cannot read: \(e.meaningFirst)")
             case .tooLarge: throw CLIInputError("\(path): larger than 16 MiB")
             }

@@ -18,8 +18,9 @@ struct ApplianceURLOptions: ParsableArguments {
     /// `--config`, parsed; nil without `--config`. Throws a one-line message if it cannot be read.
     func parsedConfig() throws -> ApplianceConfig? {
         guard let config else { return nil }
-        guard let data = FileManager.default.contents(atPath: config), let text = String(data: data, encoding: .utf8) else {
-            throw ValidationError("\(config): cannot read the config file")
+        let text: String
+        do { text = try CLIFiles.readText(config) } catch {
+            throw ValidationError("\(error)")
         }
         do { return try ApplianceConfig.parse(yaml: text, file: config) } catch {
             throw ValidationError(error.issues.first.map(\.description) ?? "\(config): invalid config")

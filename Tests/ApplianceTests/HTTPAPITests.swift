@@ -11,10 +11,12 @@ final class FakeControl: ApplianceControl {
     let resets = Mutex<[(String, String?, String)]>([])
     let metrics = ApplianceMetrics()
     let healthy: Bool
+    let sinceTickMs: Double?
 
-    init(snapshot: StatusSnapshot = FakeControl.sample, healthy: Bool = true) {
+    init(snapshot: StatusSnapshot = FakeControl.sample, healthy: Bool = true, sinceTickMs: Double? = nil) {
         self.snapshot = snapshot
         self.healthy = healthy
+        self.sinceTickMs = sinceTickMs
     }
 
     func status(_ done: @escaping @Sendable (StatusSnapshot?) -> Void) {
@@ -34,7 +36,7 @@ final class FakeControl: ApplianceControl {
     func metricsText() -> [UInt8] { metrics.render() }
 
     func health() -> HealthSnapshot {
-        HealthSnapshot(guardAlive: healthy, auditHealthy: true, ready: true, heartbeat: 7, sinceTickMs: healthy ? 3 : 9000)
+        HealthSnapshot(guardAlive: healthy, auditHealthy: true, ready: true, heartbeat: 7, sinceTickMs: sinceTickMs ?? (healthy ? 3 : 9000))
     }
 
     static let sample = StatusSnapshot(
@@ -130,6 +132,13 @@ struct HTTPAPITests {
             let (code, body) = try SimpleHTTPClient.request(method: "GET", url: url, path: "/healthz")
             #expect(code == 503)
             #expect(String(decoding: body, as: UTF8.self).contains("guard loop not ticking"))
+        }
+        // During start-up, before the guard loop exists: no tick at all (infinity) is an answer,
+        // not a crash of the appliance.
+        try await withServer(FakeControl(healthy: false, sinceTickMs: .infinity)) { url in
+            let (code, body) = try SimpleHTTPClient.request(method: "GET", url: url, path: "/healthz")
+            #expect(code == 503)
+            #expect(String(decoding: body, as: UTF8.self).contains("guard loop not ticking (no tick yet)"))
         }
     }
 

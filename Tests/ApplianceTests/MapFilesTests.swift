@@ -101,7 +101,7 @@ struct MapFilesTests {
             "\(dir.path)/a.yaml:6:40: registers[0].type: unknown type \"unit32\" (expected one of: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)",
             "\(dir.path)/b.yaml:2:10: profile: unknown profile \"prot\" (expected one of: port, manufacturing, energy, steel, semiconductor, building)",
             "\(dir.path)/bin.yaml:1:1: not UTF-8 text (a map file is YAML in UTF-8)",
-            "\(dir.path)/missing.yaml:1:1: no such file or directory",
+            "\(dir.path)/missing.yaml:1:1: ENOENT: no such file or directory",
             "\(dir.path)/empty:1:1: no *.yaml or *.yml map files in this directory",
         ])
     }
@@ -138,7 +138,7 @@ struct MapFilesTests {
         defer { dir.cleanup() }
         try dir.write("sub.yaml/inner.yaml", map("dev-a", coil: 0))  // a directory named like a map
         #expect(issues([dir.path + "/sub.yaml/inner.yaml", dir.path]) == [
-            "\(dir.path)/sub.yaml:1:1: cannot read: not a regular file",
+            "\(dir.path)/sub.yaml:1:1: cannot read: EISDIR: is a directory",
         ])
     }
 }

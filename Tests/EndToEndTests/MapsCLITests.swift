@@ -43,7 +43,7 @@ struct MapsValidateCLITests {
         let lines = err.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
         #expect(lines.count == 14)
         #expect(lines.allSatisfy { $0.hasPrefix(fixtures) || $0.hasPrefix("nowhere/") })
-        #expect(lines.last == "nowhere/:1:1: no such file or directory")
+        #expect(lines.last == "nowhere/:1:1: ENOENT: no such file or directory")
     }
 
     /// maps/README.md shows a broken map and the output of `maps validate` for it: keep them true.

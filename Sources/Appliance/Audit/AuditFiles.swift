@@ -138,6 +138,12 @@ enum AuditFS {
             }
             return
         }
+        // Only a missing directory is made; one that cannot be reached says why.
+        let e = Errno.current
+        guard e.rawValue == ENOENT else {
+            throw AuditError(.directory, function: "stat", errno: e.rawValue, path: dir,
+                             detail: PathAccess.blockage(e, path: dir) ?? "")
+        }
         let parent = parentDirectory(dir)
         if parent != dir && !parent.isEmpty { try makeDirectory(parent) }
         if mkdir(dir, 0o750) != 0 {

@@ -380,7 +380,9 @@ package final class AuditStore: Sendable {
     static func loadSigningKey(_ path: String) throws(AuditError) -> Curve25519.Signing.PrivateKey {
         var st = stat()
         guard stat(path, &st) == 0 else {
-            throw AuditError(.key, function: "stat", errno: errno, path: path, detail: "the audit signing key (tibet-twin keygen)")
+            let e = Errno.current
+            throw AuditError(.key, function: "stat", errno: e.rawValue, path: path,
+                             detail: "the audit signing key (tibet-twin keygen)" + PathAccess.hint(e, path: path))
         }
         guard st.st_mode & S_IFMT == S_IFREG else {
             throw AuditError(.key, function: "stat", path: path, detail: "the audit signing key is not a regular file")

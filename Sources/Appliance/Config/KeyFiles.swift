@@ -33,7 +33,7 @@ package struct KeyFileError: Error, Sendable, Hashable, CustomStringConvertible 
 
     package var description: String {
         var s = "\(path): \(detail)"
-        if let errno { s += " (\(function): \(Errno(errno).name))" }
+        if let errno { s += ": " + PathAccess.explain(Errno(errno), path: path) }
         return s
     }
 }

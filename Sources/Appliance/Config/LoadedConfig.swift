@@ -29,10 +29,13 @@ package struct LoadedConfig: Sendable {
 
     /// Reads and validates `path` and every map it names. Every problem is reported.
     package static func load(configPath path: String) throws(StartupError) -> LoadedConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let exists = FileManager.default.fileExists(atPath: path)
-            throw StartupError("\(path): \(exists ? "cannot read the config file" : "no such config file")")
+        // The errno, not a guess: a config in a directory the user may not traverse is EACCES,
+        // not "no such file".
+        let bytes: [UInt8]
+        do { bytes = try MapFiles.readFile(path) } catch {
+            throw StartupError("\(path): cannot read the config file: \(error.message)")
         }
+        let data = Data(bytes)
         guard let text = String(data: data, encoding: .utf8) else {
             throw StartupError("\(path):1:1: not UTF-8 text (the config is YAML in UTF-8)")
         }

@@ -68,19 +68,24 @@ package enum MapFiles {
         var files: [String] = []
         let fm = FileManager.default
         for path in paths {
-            var isDir: ObjCBool = false
-            guard fm.fileExists(atPath: path, isDirectory: &isDir) else {
+            // stat, not FileManager.fileExists: a path this process may not reach (EACCES) is not
+            // a missing one, and the message must say which.
+            var st = stat()
+            guard stat(path, &st) == 0 else {
+                let e = Errno.current
                 issues.append(MapIssue(location: SourceLocation(file: path, line: 1, column: 1), keyPath: "",
-                                       message: "no such file or directory"))
+                                       message: PathAccess.explain(e, path: path)))
                 continue
             }
-            if !isDir.boolValue {
+            if st.st_mode & S_IFMT != S_IFDIR {
                 files.append(path)
                 continue
             }
             guard let names = try? fm.contentsOfDirectory(atPath: path) else {
+                // Why it cannot be listed, from opendir itself.
+                let e: Errno = opendir(path).map { closedir($0); return Errno(EIO) } ?? Errno.current
                 issues.append(MapIssue(location: SourceLocation(file: path, line: 1, column: 1), keyPath: "",
-                                       message: "cannot list directory"))
+                                       message: "cannot list the directory: \(PathAccess.explain(e, path: path + "/."))"))
                 continue
             }
             let yaml = names.filter { ($0.hasSuffix(".yaml") || $0.hasSuffix(".yml")) && !$0.hasPrefix(".") }
@@ -127,15 +132,19 @@ package enum MapFiles {
     }
 
     /// The bytes of a regular file, read with POSIX calls; errors name the errno
-    /// (`ENOENT: no such file` …). Files over 16 MiB are refused: no map or key is that large.
+    /// (`ENOENT: no such file or directory`, `EISDIR: is a directory`, `EACCES: permission denied
+    /// (uid 999 may not search /etc/tibet-twin)` …). Files over 16 MiB are refused: no map or key is that large.
     /// Opened without blocking: a FIFO (or a device) in the maps' place must be refused as not
     /// a regular file, not hang `maps validate` or the start waiting for a writer.
     static func readFile(_ path: String) throws(ReadError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { throw ReadError(message: describeErrno(errno)) }
+        let fd: Int32
+        do { fd = try SystemCall.open(path, O_RDONLY | O_NONBLOCK) } catch {
+            throw ReadError(message: PathAccess.explain(error, path: path))
+        }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw ReadError(message: describeErrno(errno)) }
+        guard (st.st_mode & S_IFMT) != S_IFDIR else { throw ReadError(message: Errno(EISDIR).colonForm) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw ReadError(message: "not a regular file") }
         let limit = 16 << 20
         guard Int(st.st_size) <= limit else { throw ReadError(message: "larger than 16 MiB") }

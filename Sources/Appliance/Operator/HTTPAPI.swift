@@ -103,7 +103,12 @@ package struct HTTPAPI: Sendable {
             } else {
                 var what: [String] = []
                 if !h.ready { what.append("not ready (first evaluation pending)") }
-                if !h.guardAlive { what.append("guard loop not ticking (\(Int(h.sinceTickMs)) ms since last tick)") }
+                if !h.guardAlive {
+                    // Before the guard loop exists (start-up) there has been no tick: infinity,
+                    // which Int() would trap on.
+                    let since = h.sinceTickMs.isFinite ? "\(Int(h.sinceTickMs)) ms since last tick" : "no tick yet"
+                    what.append("guard loop not ticking (\(since))")
+                }
                 if !h.auditHealthy { what.append("audit chain not writable") }
                 respond(HTTPResponse(status: 503, text: "degraded: " + what.joined(separator: "; ") + "\n"))
             }

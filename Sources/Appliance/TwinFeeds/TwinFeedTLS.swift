@@ -57,7 +57,7 @@ package final class TwinFeedTLS: Sendable, Hashable {
         } catch {
             let why: String
             switch error {
-            case .open(let e): why = "cannot open \(f.path): \(e.meaningFirst)"
+            case .open(let e): why = "cannot open \(f.path): \(e.meaningFirst)" + PathAccess.hint(e, path: f.path)
             case .errno(let e): why = "cannot read \(f.path): \(e.meaningFirst)"
             case .tooLarge(let limit): why = "\(f.path) is larger than \(limit) bytes; expected a PEM file"
             }

@@ -204,7 +204,8 @@ private final class FileFollower: @unchecked Sendable {
             if !waitingLogged {
                 waitingLogged = true
                 core.logger.warning("twin feed file not readable; waiting for it", metadata: [
-                    "source": "\(core.name)", "errno": "\(Errno(e).name)"])
+                    "source": "\(core.name)", "path": "\(path)",
+                    "errno": "\(Errno(e).name)\(PathAccess.hint(Errno(e), path: path))"])
             }
             return false
         }
@@ -214,7 +215,8 @@ private final class FileFollower: @unchecked Sendable {
             close(f)
             if !waitingLogged {
                 waitingLogged = true
-                core.logger.error("twin feed path is a directory; waiting for a file", metadata: ["source": "\(core.name)"])
+                core.logger.error("twin feed path is a directory; waiting for a file", metadata: [
+                    "source": "\(core.name)", "errno": "EISDIR"])
             }
             return false
         }
