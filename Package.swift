@@ -30,6 +30,12 @@ let package = Package(
             pkgConfig: "libmodbus",
             providers: [.apt(["libmodbus-dev"])]
         ),
+        // The only door to libmosquitto (MQTT 3.1.1 and 5, TLS).
+        .systemLibrary(
+            name: "CMosquitto",
+            pkgConfig: "libmosquitto",
+            providers: [.apt(["libmosquitto-dev"])]
+        ),
         // Linux calls Glibc does not give Swift (epoll, eventfd, accept4, pthread_setname_np).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // The system-call layer: errno names, calls retried after EINTR, threads, the monotonic
@@ -39,6 +45,12 @@ let package = Package(
         .target(
             name: "Modbus",
             dependencies: ["CModbus", "CLinux", "Platform"]
+        ),
+        // Swift over libmosquitto: a client on its own network thread, reconnect with a capped
+        // backoff, typed errors. No guard logic.
+        .target(
+            name: "MQTT",
+            dependencies: ["CMosquitto", "Platform"]
         ),
         // The pure core: maps, decoding, states, the decision rule, profiles, tokens.
         // No sockets, no files it is not handed, no clocks it does not get handed.
@@ -120,6 +132,7 @@ let package = Package(
         // What the test targets share: package paths, the pymodbus PLC, waits, socket helpers.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CLinux", "Platform", "TestSupport"]),
+        .testTarget(name: "MQTTTests", dependencies: ["MQTT", "Platform", "TestSupport"]),
         .testTarget(
             name: "ApplianceTests",
             dependencies: [
