@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
     ],
     targets: [
         // The only door to libmodbus. shim.h re-exports what Swift cannot import.
@@ -52,6 +53,13 @@ let package = Package(
             name: "MQTT",
             dependencies: ["CMosquitto", "Platform"]
         ),
+        // Sparkplug B: the payload schema (proto/, generated Swift committed: `make sparkplug-proto`),
+        // topics, and a host application's view of edge nodes (births, aliases, seq). No guard logic.
+        .target(
+            name: "SparkplugB",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["proto"]
+        ),
         // The pure core: maps, decoding, states, the decision rule, profiles, tokens.
         // No sockets, no files it is not handed, no clocks it does not get handed.
         .target(
@@ -67,7 +75,7 @@ let package = Package(
         .target(
             name: "Appliance",
             dependencies: [
-                "TibetTwin", "Modbus", "Platform",
+                "TibetTwin", "Modbus", "MQTT", "SparkplugB", "Platform",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -132,11 +140,11 @@ let package = Package(
         // What the test targets share: package paths, the pymodbus PLC, waits, socket helpers.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CLinux", "Platform", "TestSupport"]),
-        .testTarget(name: "MQTTTests", dependencies: ["MQTT", "Platform", "TestSupport"]),
+        .testTarget(name: "MQTTTests", dependencies: ["MQTT", "SparkplugB", "Platform", "TestSupport"]),
         .testTarget(
             name: "ApplianceTests",
             dependencies: [
-                "Appliance", "Commissioning", "TibetTwin", "Modbus", "Platform", "TestSupport",
+                "Appliance", "Commissioning", "TibetTwin", "Modbus", "MQTT", "Platform", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
