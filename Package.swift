@@ -93,7 +93,7 @@ let package = Package(
         .target(
             name: "Commissioning",
             dependencies: [
-                "TibetTwin", "Modbus", "Platform", "Appliance",
+                "TibetTwin", "Modbus", "MQTT", "Platform", "Appliance",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -97,6 +97,18 @@ struct MQTTEndToEndTests {
         #expect(show.contains("\"refused\""), "the cause is named")
     }
 
+    @Test func demoRunsItsTwinOverMQTT() async throws {
+        let dir = try TempDir("tibet-demo-mqtt")
+        defer { dir.cleanup() }
+        let child = try Child(binaryURL().path, ["demo", "--twin", "mqtt", "--audit", dir.file("audit")], name: "demo")
+        #expect(await eventually(within: 120) { !child.isRunning })
+        #expect(child.waitForExit(timeout: 5) == 0, "\(child.transcript)")
+        let out = child.stdoutLines.joined(separator: "\n")
+        #expect(out.contains("twin feed       mqtt 127.0.0.1:"), "\(out)")
+        #expect(out.contains("Every scenario came out as it must."), "\(out)")
+        #expect(try runTibetTwin(["audit", "verify", dir.file("audit")]).0 == 0)
+    }
+
     @Test func oldRetainedMessageNeverPermits() async throws {
         let broker = try MosquittoBroker()
         // The twin's last words an hour ago, retained at the broker: in sync with the PLC's values.
