@@ -375,6 +375,9 @@ package final class ApplianceRuntime: Sendable {
             return refuseReload(["\(configPath): reload abandoned: the appliance is stopping"], now: now)
         }
         twin.pipeline.replace(parser: next.parser, forgetting: result.replaced + result.removed)
+        for source in twin.sources {
+            (source as? TwinMQTTSource)?.replaceBindings(maps: next.maps)
+        }
         if !result.restarted.isEmpty || !result.removed.isEmpty {
             // The new poller starts before the old one stops: an unchanged device is polled by
             // both for a moment, never by neither (its state must not go stale over a reload).

@@ -113,6 +113,8 @@ package final class TwinMQTTSource: Sendable {
     private let messages = Atomic<UInt64>(0)
     /// The Sparkplug host's view of the edge nodes (network thread only; a Mutex to be Sendable).
     private let host = Mutex(SparkplugHost())
+    /// The maps' Sparkplug bindings in force (replaced on a reload).
+    private let bindings: Mutex<[String: SparkplugBinding]>
     private let rebirths: Mutex<RateLimit>
 
     /// Connection bookkeeping, touched on the network thread (and read for status).
@@ -130,6 +132,7 @@ package final class TwinMQTTSource: Sendable {
         self.settings = settings
         self.events = events
         self.rebirths = Mutex(RateLimit(intervalSeconds: settings.sparkplug?.rebirthIntervalSeconds ?? 2))
+        self.bindings = Mutex(settings.sparkplug?.bindings ?? [:])
         self.core = TwinSourceCore(name: "mqtt:\(settings.options.broker)", pipeline: pipeline, logger: logger, clock: clock,
                                    logIntervalSeconds: settings.logIntervalSeconds)
     }
@@ -172,6 +175,20 @@ package final class TwinMQTTSource: Sendable {
             core.logger.notice("mqtt feed starting; the twin is silent (and the guard blocks) until the broker accepts the subscriptions",
                                metadata: ["source": "\(name)", "topics": "\(settings.options.subscriptions.joined(separator: ","))"])
         }
+    }
+
+    /// Takes the Sparkplug bindings of reloaded maps: from the next message on, devices are bound
+    /// as the new maps say. A device whose binding went away or changed has its twin state
+    /// withdrawn (it blocks until its new twin reports).
+    package func replaceBindings(maps: [DeviceMap]) {
+        guard let sp = settings.sparkplug else { return }
+        let fresh = Dictionary(maps.compactMap { m in m.sparkplug.flatMap { $0.group == sp.group ? (m.device, $0) : nil } },
+                               uniquingKeysWith: { a, _ in a })
+        let changed = bindings.withLock { old -> [String] in
+            defer { old = fresh }
+            return old.filter { fresh[$0.key] != $0.value }.map(\.key)
+        }
+        for device in changed { core.pipeline.withdraw(device: device) }
     }
 
     /// Disconnects and joins the network thread.
@@ -386,15 +403,15 @@ extension TwinMQTTSource {
 
     /// Hands the host's events to the guard: states for bound devices, withdrawals, rebirth requests.
     private func apply(_ events: [SparkplugHostEvent], received: ClockReading) {
-        guard let sp = settings.sparkplug else { return }
+        guard settings.sparkplug != nil else { return }
         for event in events {
             switch event {
             case .device(let key, let device, let metrics):
-                for (name, b) in sp.bindings where b.node == key.node && b.device == device {
+                for (name, b) in bindings.withLock({ $0 }) where b.node == key.node && b.device == device {
                     _ = core.pipeline.submit(Self.state(device: name, binding: b, metrics: metrics, received: received))
                 }
             case .deviceLost(let key, let device, let why):
-                for (name, b) in sp.bindings where b.node == key.node && b.device == device {
+                for (name, b) in bindings.withLock({ $0 }) where b.node == key.node && b.device == device {
                     core.pipeline.withdraw(device: name)
                     core.logRateLimited(key: "sparkplug_lost_\(name)", received: received) { suppressed in
                         core.logger.warning("sparkplug device has no twin state any more; it blocks until born again", metadata: [
