@@ -110,7 +110,7 @@ let package = Package(
         .executableTarget(
             name: "tibet-twin-bench",
             dependencies: [
-                "TibetTwin", "Appliance", "Commissioning", "Modbus", "Platform", "CLinux",
+                "TibetTwin", "Appliance", "Commissioning", "Modbus", "MQTT", "Platform", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),

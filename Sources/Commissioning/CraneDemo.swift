@@ -358,16 +358,16 @@ package struct CraneDemo: Sendable {
     }
 }
 
-/// The demo's MQTT broker: `/usr/sbin/mosquitto` on a free loopback port, its config in the
-/// demo's working directory; killed when the demo ends.
-final class DemoBroker: @unchecked Sendable {
-    let port: Int
+/// A local MQTT broker for the demo and the benchmark: `/usr/sbin/mosquitto` on a free loopback
+/// port, its config in `dir`; killed by `stop()`.
+package final class DemoBroker: @unchecked Sendable {
+    package let port: Int
 
     struct NotStarted: Error, CustomStringConvertible {
         var description: String
     }
 
-    init(dir: String) throws {
+    package init(dir: String) throws {
         let path = "/usr/sbin/mosquitto"
         guard FileManager.default.isExecutableFile(atPath: path) else {
             throw NotStarted(description: "--twin mqtt needs the mosquitto broker (Debian package mosquitto) at \(path)")
@@ -375,7 +375,8 @@ final class DemoBroker: @unchecked Sendable {
         var lastError = "no free port"
         for _ in 0..<5 {
             let candidate = Int.random(in: 20_000...60_000)
-            let conf = "listener \(candidate) 127.0.0.1\nallow_anonymous true\npersistence false\n" + (getuid() == 0 ? "user root\n" : "")
+            let conf = "listener \(candidate) 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"
+                + (getuid() == 0 ? "user root\n" : "")
             try conf.write(toFile: dir + "/mosquitto.conf", atomically: true, encoding: .utf8)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: path)
@@ -399,7 +400,7 @@ final class DemoBroker: @unchecked Sendable {
 
     private var started: Process?
 
-    func stop() {
+    package func stop() {
         guard let p = started else { return }
         started = nil
         if p.isRunning { kill(p.processIdentifier, SIGKILL) }

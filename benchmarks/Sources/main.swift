@@ -20,6 +20,7 @@ let suites: [any BenchSuite] = [
     GuardBench(),
     MapsBench(),
     SystemBench(),
+    MQTTBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())
