@@ -32,6 +32,71 @@ struct MQTTBench: BenchSuite {
               + " publisher, bare subscriber, PLCs and interlock client in this process")
         print("load average at start: \(SystemBench.loadAverage())")
         for n in ns { try latencies(devices: n, samples: samples) }
+        let messages = Int(env["MQTT_BENCH_MESSAGES"] ?? "100000") ?? 100_000
+        if messages > 0 { try await throughput(messages: messages) }
+    }
+
+    /// Sustained JSON lines applied per second by the feed (parse, validate, order, hand to a
+    /// counting sink) beside a bare libmosquitto subscriber on the same topic, both in this
+    /// process, fed by `mosquitto_pub -l` (QoS 0) as fast as the broker delivers.
+    func throughput(messages n: Int) async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-mqtt-rate-\(getpid())")
+        try? FileManager.default.removeItem(at: dir)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let broker = try DemoBroker(dir: dir.path)
+        defer { broker.stop() }
+        let map = try MapLoader.parse(yaml: SystemBench.mapYAML(device: "dev-000", port: 1502, coil: 0), file: "dev-000.yaml")
+        let feedCount = RateCounter()
+        let pipeline = TwinFeedPipeline(parser: try TwinLineParser(maps: [map], keys: [:])) { _ in feedCount.tick() }
+        let source = TwinMQTTSource(settings: .init(options: MQTTOptions(host: "127.0.0.1", port: broker.port, clientId: "bench-feed",
+                                                                         subscriptions: ["plant/twin/+"], qos: 0)),
+                                    pipeline: pipeline)
+        try await source.start()
+        let bareCount = RateCounter()
+        let bare = try MQTTClient(options: MQTTOptions(host: "127.0.0.1", port: broker.port, clientId: "bench-bare-rate",
+                                                       subscriptions: ["plant/twin/+"], qos: 0),
+                                  onEvent: { _ in }, onMessage: { _ in bareCount.tick() })
+        try bare.start()
+        defer { bare.stop() }
+        for _ in 0..<500 where !(source.isSubscribed && bare.isConnected) { usleep(10_000) }
+        usleep(200_000)
+        let start = RFC3339.format(wallNs: SystemTimeSource().now().wallNs)
+        var text = ""
+        text.reserveCapacity(n * 150)
+        for i in 1...n {
+            text += #"{"device":"dev-000","ts":"\#(start)","seq":\#(i),"status":"operational","values":{"position_x":12.5,"load_kg":2500}}"# + "\n"
+        }
+        let input = Data(text.utf8)
+        let t0 = SystemTimeSource().now().monotonicNs
+        let pub = Process()
+        pub.executableURL = URL(fileURLWithPath: "/usr/bin/mosquitto_pub")
+        pub.arguments = ["-h", "127.0.0.1", "-p", String(broker.port), "-t", "plant/twin/dev-000", "-l", "-q", "0"]
+        let pipe = Pipe()
+        pub.standardInput = pipe
+        try pub.run()
+        let writer = Thread {
+            pipe.fileHandleForWriting.write(input)
+            try? pipe.fileHandleForWriting.close()
+        }
+        writer.start()
+        pub.waitUntilExit()
+        // Done when neither count moved for half a second.
+        var last = (feedCount.count, bareCount.count)
+        while true {
+            usleep(500_000)
+            let now = (feedCount.count, bareCount.count)
+            if now == last { break }
+            last = now
+        }
+        await source.stop()
+        func rate(_ c: RateCounter) -> Double {
+            let s = Double(c.lastNs - t0) / 1e9
+            return s > 0 ? Double(c.count) / s : 0
+        }
+        let f = rate(feedCount), b = rate(bareCount)
+        print(String(format: "%d JSON lines: feed applied %d at %.0f/s; bare libmosquitto subscriber received %d at %.0f/s; ratio %.2f (goal ≥ 0.8)",
+                     n, feedCount.count, f, bareCount.count, b, b > 0 ? f / b : 0))
     }
 
     func latencies(devices n: Int, samples: Int) throws {
@@ -157,4 +222,16 @@ final class BenchTwinPublisher: @unchecked Sendable {
         usleep(100_000)
         client.stop()
     }
+}
+
+/// Counts events and remembers when the last one came (monotonic ns).
+final class RateCounter: Sendable {
+    private let n = Atomic<Int>(0)
+    private let last = Atomic<Int64>(0)
+    func tick() {
+        n.add(1, ordering: .relaxed)
+        last.store(SystemTimeSource().now().monotonicNs, ordering: .relaxed)
+    }
+    var count: Int { n.load(ordering: .relaxed) }
+    var lastNs: Int64 { last.load(ordering: .relaxed) }
 }
