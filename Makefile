@@ -58,3 +58,13 @@ fuzz: setup
 
 clean:
 	rm -rf .build
+
+# Regenerates the Swift of the Sparkplug B payload schema (Sources/SparkplugB/proto) with protoc
+# and protoc-gen-swift of the pinned swift-protobuf. The result is committed: a normal build
+# needs neither. Installs protoc (Debian protobuf-compiler) when it is missing.
+.PHONY: sparkplug-proto
+sparkplug-proto:
+	@command -v protoc >/dev/null || { apt-get update && apt-get install -y protobuf-compiler; }
+	$(SWIFT) build --product protoc-gen-swift
+	protoc --plugin=protoc-gen-swift=.build/debug/protoc-gen-swift --swift_opt=Visibility=Public \
+		--swift_out=Sources/SparkplugB -I Sources/SparkplugB/proto Sources/SparkplugB/proto/sparkplug_b.proto

@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
     ],
     targets: [
         // The only door to libmodbus. shim.h re-exports what Swift cannot import.
@@ -29,6 +30,12 @@ let package = Package(
             name: "CModbus",
             pkgConfig: "libmodbus",
             providers: [.apt(["libmodbus-dev"])]
+        ),
+        // The only door to libmosquitto (MQTT 3.1.1 and 5, TLS).
+        .systemLibrary(
+            name: "CMosquitto",
+            pkgConfig: "libmosquitto",
+            providers: [.apt(["libmosquitto-dev"])]
         ),
         // Linux calls Glibc does not give Swift (epoll, eventfd, accept4, pthread_setname_np).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
@@ -43,6 +50,19 @@ let package = Package(
         // Our OPC UA client: binary encoding with strict bounds, UA-TCP, secure channel, session,
         // services. Blocking, one thread per client. No guard logic.
         .target(name: "OPCUA", dependencies: ["Platform"]),
+        // Swift over libmosquitto: a client on its own network thread, reconnect with a capped
+        // backoff, typed errors. No guard logic.
+        .target(
+            name: "MQTT",
+            dependencies: ["CMosquitto", "Platform"]
+        ),
+        // Sparkplug B: the payload schema (proto/, generated Swift committed: `make sparkplug-proto`),
+        // topics, and a host application's view of edge nodes (births, aliases, seq). No guard logic.
+        .target(
+            name: "SparkplugB",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["proto"]
+        ),
         // The pure core: maps, decoding, states, the decision rule, profiles, tokens.
         // No sockets, no files it is not handed, no clocks it does not get handed.
         .target(
@@ -58,7 +78,7 @@ let package = Package(
         .target(
             name: "Appliance",
             dependencies: [
-                "TibetTwin", "Modbus", "Platform",
+                "TibetTwin", "Modbus", "MQTT", "SparkplugB", "Platform",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -76,7 +96,7 @@ let package = Package(
         .target(
             name: "Commissioning",
             dependencies: [
-                "TibetTwin", "Modbus", "Platform", "Appliance",
+                "TibetTwin", "Modbus", "MQTT", "Platform", "Appliance",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -93,7 +113,7 @@ let package = Package(
         .executableTarget(
             name: "tibet-twin-bench",
             dependencies: [
-                "TibetTwin", "Appliance", "Commissioning", "Modbus", "OPCUA", "Platform", "CLinux",
+                "TibetTwin", "Appliance", "Commissioning", "Modbus", "MQTT", "OPCUA", "Platform", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
@@ -132,10 +152,11 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ModbusTests", dependencies: ["Modbus", "CLinux", "Platform", "TestSupport"]),
         .testTarget(name: "OPCUATests", dependencies: ["OPCUA", "Platform", "TestSupport"]),
+        .testTarget(name: "MQTTTests", dependencies: ["MQTT", "SparkplugB", "Platform", "TestSupport"]),
         .testTarget(
             name: "ApplianceTests",
             dependencies: [
-                "Appliance", "Commissioning", "TibetTwin", "Modbus", "Platform", "TestSupport",
+                "Appliance", "Commissioning", "TibetTwin", "Modbus", "MQTT", "Platform", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -2,6 +2,7 @@ import Foundation
 import Appliance
 import Logging
 import Modbus
+import MQTT
 import Platform
 import TibetTwin
 
@@ -17,10 +18,15 @@ package struct CraneDemo: Sendable {
     package var color: Bool
     /// Where each output line goes.
     package var output: @Sendable (String) -> Void
+    /// The twin publishes its lines to a local mosquitto (started by the demo) that the
+    /// appliance subscribes to, instead of writing them to the appliance's TCP feed.
+    package var twinOverMQTT: Bool
 
-    package init(auditDir: String? = nil, color: Bool = false, output: @escaping @Sendable (String) -> Void) {
+    package init(auditDir: String? = nil, color: Bool = false, twinOverMQTT: Bool = false,
+                 output: @escaping @Sendable (String) -> Void) {
         self.auditDir = auditDir
         self.color = color
+        self.twinOverMQTT = twinOverMQTT
         self.output = output
     }
 
@@ -88,6 +94,19 @@ package struct CraneDemo: Sendable {
         }
         defer { simulator.stop() }
 
+        // The broker, for the twin over MQTT.
+        var broker: DemoBroker?
+        if twinOverMQTT {
+            do {
+                broker = try DemoBroker(dir: work)
+            } catch {
+                output("\(c.red)demo: \(error)\(c.off)")
+                return false
+            }
+        }
+        defer { broker?.stop() }
+        let mqttFeed = broker.map { "\n    - mqtt: {broker: 127.0.0.1:\($0.port), topics: [plant/twin/+], topic_names_device: true, reconnect_min_ms: 50}" } ?? ""
+
         // The appliance.
         let config = """
             node: demo-guard
@@ -95,7 +114,7 @@ package struct CraneDemo: Sendable {
             interlock: {listen: 127.0.0.1:0, unit: 1, allow: [127.0.0.0/8], stop_grace_ms: 300}
             twin:
               feeds:
-                - tcp: 127.0.0.1:0
+                - tcp: 127.0.0.1:0\(mqttFeed)
             audit: {dir: \(audit), key: guard.key, checkpoint_s: 60}
             http: {listen: 127.0.0.1:0}
 
@@ -116,14 +135,43 @@ package struct CraneDemo: Sendable {
         let pollMs = map.plc.pollMs
         let maxAge = Int(map.limits.maxAgeMs)
 
+        var publisher: MQTTClient?
+        if let broker {
+            do {
+                let p = try MQTTClient(options: MQTTOptions(host: "127.0.0.1", port: broker.port, clientId: "demo-twin"),
+                                       onEvent: { _ in }, onMessage: { _ in })
+                try p.start()
+                publisher = p
+            } catch {
+                output("\(c.red)demo: the twin's MQTT client did not start: \(error)\(c.off)")
+                return false
+            }
+        }
+        defer { publisher?.stop() }
+        var publish: (@Sendable (String, [UInt8]) -> Bool)?
+        if let p = publisher {
+            publish = { device, line in
+                guard p.isConnected else { return false }
+                do {
+                    try p.publish(topic: "plant/twin/\(device)", payload: line, qos: 1)
+                    return true
+                } catch {
+                    return false
+                }
+            }
+        }
         let twin = TwinClient(port: ports.twinTCP[0], device: "crane-01", periodMs: 50, status: "operational",
-                              values: ["position_x": 12.5, "load_kg": 2500])
+                              values: ["position_x": 12.5, "load_kg": 2500], publisher: publish)
         twin.start()
         let coils = CoilReader(port: ports.interlock, count: 2, periodUs: 2000)
         coils.start()
 
         output("  PLC simulator   127.0.0.1:\(simulator.endpoints[0].port)  crane-01, polled every \(pollMs) ms")
-        output("  twin feed       tcp 127.0.0.1:\(ports.twinTCP[0])  a line every 50 ms (max_age_ms \(maxAge))")
+        if let broker {
+            output("  twin feed       mqtt 127.0.0.1:\(broker.port) (mosquitto), topic plant/twin/crane-01, a message every 50 ms (max_age_ms \(maxAge))")
+        } else {
+            output("  twin feed       tcp 127.0.0.1:\(ports.twinTCP[0])  a line every 50 ms (max_age_ms \(maxAge))")
+        }
         output("  interlock       127.0.0.1:\(ports.interlock)  coil 0 = move_left, read every 2 ms")
         output("  status page     http://127.0.0.1:\(ports.http)/")
         output("  audit chain     \(audit)")
@@ -307,5 +355,67 @@ package struct CraneDemo: Sendable {
             dim = on ? "\u{1B}[2m" : ""
             off = on ? "\u{1B}[0m" : ""
         }
+    }
+}
+
+/// A local MQTT broker for the demo and the benchmark: `/usr/sbin/mosquitto` on a free loopback
+/// port, its config in `dir`; killed by `stop()`.
+package final class DemoBroker: @unchecked Sendable {
+    package let port: Int
+
+    struct NotStarted: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    package init(dir: String) throws {
+        let path = "/usr/sbin/mosquitto"
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw NotStarted(description: "--twin mqtt needs the mosquitto broker (Debian package mosquitto) at \(path)")
+        }
+        var lastError = "no free port"
+        for _ in 0..<5 {
+            let candidate = Int.random(in: 20_000...60_000)
+            let conf = "listener \(candidate) 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"
+                + (getuid() == 0 ? "user root\n" : "")
+            try conf.write(toFile: dir + "/mosquitto.conf", atomically: true, encoding: .utf8)
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: path)
+            p.arguments = ["-c", dir + "/mosquitto.conf"]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            let deadline = monotonicNowNs() + 5_000_000_000
+            while p.isRunning, monotonicNowNs() < deadline, !Self.accepts(candidate) { usleep(20_000) }
+            if p.isRunning, Self.accepts(candidate) {
+                port = candidate
+                started = p
+                return
+            }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+            lastError = "mosquitto did not start on 127.0.0.1:\(candidate)"
+        }
+        throw NotStarted(description: lastError)
+    }
+
+    private var started: Process?
+
+    package func stop() {
+        guard let p = started else { return }
+        started = nil
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+    }
+
+    static func accepts(_ port: Int) -> Bool {
+        guard let fd = try? SystemCall.retrying({ socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) }) else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
     }
 }

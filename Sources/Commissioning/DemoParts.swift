@@ -41,11 +41,16 @@ package final class TwinClient: @unchecked Sendable {
     private let started = Atomic<Bool>(false)
     private let done = DispatchSemaphore(value: 0)
     private let kick = DispatchSemaphore(value: 0)
+    /// When set, each line is handed to this (device, line without newline) instead of the
+    /// TCP connection: the demo's twin over MQTT publishes it. Answers whether it was sent.
+    let publisher: (@Sendable (String, [UInt8]) -> Bool)?
 
     /// A twin for several devices, in the given order.
-    package init(host: String = "127.0.0.1", port: Int, periodMs: Int, devices: [(String, Said)]) {
+    package init(host: String = "127.0.0.1", port: Int, periodMs: Int, devices: [(String, Said)],
+                 publisher: (@Sendable (String, [UInt8]) -> Bool)? = nil) {
         self.host = host
         self.port = port
+        self.publisher = publisher
         self.periodMs = periodMs
         self.order = devices.map(\.0)
         self.said = Mutex(Dictionary(devices, uniquingKeysWith: { _, b in b }))
@@ -53,8 +58,9 @@ package final class TwinClient: @unchecked Sendable {
 
     /// A twin for one device.
     package convenience init(host: String = "127.0.0.1", port: Int, device: String, periodMs: Int, status: String,
-                            values: [String: Double]) {
-        self.init(host: host, port: port, periodMs: periodMs, devices: [(device, Said(status: status, values: values))])
+                            values: [String: Double], publisher: (@Sendable (String, [UInt8]) -> Bool)? = nil) {
+        self.init(host: host, port: port, periodMs: periodMs, devices: [(device, Said(status: status, values: values))],
+                  publisher: publisher)
     }
 
     /// Starts sending (reconnecting every 100 ms while the feed is not reachable).
@@ -107,7 +113,16 @@ package final class TwinClient: @unchecked Sendable {
             }
             let all = said.withLock { $0 }
             let speaking = order.filter { all[$0]?.silent == false }
-            if !speaking.isEmpty {
+            if !speaking.isEmpty, let publisher {
+                let now = SystemTimeSource().now()
+                var sent: [String] = []
+                for d in speaking {
+                    seq += 1
+                    if publisher(d, Array(line(device: d, all[d]!, seq: seq, wallNs: now.wallNs).utf8)) { sent.append(d) }
+                }
+                lastSentMono.withLock { m in for d in sent { m[d] = now.monotonicNs } }
+                sentCount.add(sent.count, ordering: .relaxed)
+            } else if !speaking.isEmpty {
                 if fd < 0 { fd = Self.connect(host: host, port: port) }
                 if fd >= 0 {
                     let now = SystemTimeSource().now()

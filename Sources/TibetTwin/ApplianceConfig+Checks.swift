@@ -70,6 +70,8 @@ extension ConfigParser {
                 let node = entry(item, "unix")
                 note(keyPath(base, "unix"), node)
                 paths.append((keyPath(base, "unix"), "unix socket", normalizedPath(path), node))
+            case .mqtt:
+                note(keyPath(base, "mqtt"), entry(item, "mqtt"))
             case .file(let path, _):
                 let node = entry(item, "file")
                 note(keyPath(base, "file"), node)

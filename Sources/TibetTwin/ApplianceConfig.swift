@@ -64,12 +64,15 @@ public struct ApplianceConfig: Sendable, Hashable {
         /// A unix stream socket twin clients connect to (`access.allow`, the per-address limit
         /// and `tls` do not apply: the parser refuses them on a unix feed).
         case unix(path: String, access: SocketFeedAccess = SocketFeedAccess())
+        /// An MQTT broker the appliance subscribes to (docs/mqtt.md).
+        case mqtt(MQTTFeed)
 
         public var description: String {
             switch self {
             case .file(let p, let s): return s ? "file:\(p) (from start)" : "file:\(p)"
             case .tcp(let a, _): return "tcp:\(a)"
             case .unix(let p, _): return "unix:\(p)"
+            case .mqtt(let m): return "mqtt:\(m.broker)"
             }
         }
     }
@@ -304,7 +307,16 @@ struct ConfigParser {
         }
         maps = maps.map { ApplianceConfig.resolve($0, against: baseDir) }
         let interlock = m.take("interlock").map(parseInterlock) ?? ApplianceConfig.Interlock()
-        let twin = m.require("twin", "where twin feed lines come from: {feeds: [{tcp: 127.0.0.1:7502}]}").flatMap(parseTwin)
+        var twin = m.require("twin", "where twin feed lines come from: {feeds: [{tcp: 127.0.0.1:7502}]}").flatMap(parseTwin)
+        // An MQTT feed's client id defaults to the appliance's name (unique per broker).
+        if let node, var t = twin {
+            t.feeds = t.feeds.map { f in
+                guard case .mqtt(var m) = f, m.clientId == nil else { return f }
+                m.clientId = "tibet-twin-\(node)"
+                return .mqtt(m)
+            }
+            twin = t
+        }
         let audit = m.take("audit").map(parseAudit) ?? ApplianceConfig.Audit()
         let http = m.take("http").map(parseHTTP) ?? ApplianceConfig.HTTP()
         guard ctx.issues.isEmpty, let node, let interlock, let twin, let audit, let http else { return nil }
@@ -372,8 +384,8 @@ struct ConfigParser {
 
     func parseTwin(_ node: Node) -> ApplianceConfig.Twin? {
         guard let tm = MappingReader(ctx, node, "twin", keys: ["feeds"], what: "a mapping with feeds") else { return nil }
-        guard let fn = tm.require("feeds", "a list of twin feed sources: file, tcp or unix"),
-              let items = ctx.list(fn, "twin.feeds", of: "feed sources ({file: …}, {tcp: …} or {unix: …})") else { return nil }
+        guard let fn = tm.require("feeds", "a list of twin feed sources: file, tcp, unix or mqtt"),
+              let items = ctx.list(fn, "twin.feeds", of: "feed sources ({file: …}, {tcp: …}, {unix: …} or {mqtt: …})") else { return nil }
         if items.isEmpty {
             ctx.error(fn, "twin.feeds", "needs at least one feed: without a twin, nothing is ever permitted")
             return nil
@@ -382,12 +394,12 @@ struct ConfigParser {
         var ok = true
         for (i, item) in items.enumerated() {
             let p = keyPath("twin.feeds", index: i)
-            guard let fm = MappingReader(ctx, item, p, keys: ["file", "tcp", "unix", "from_start"] + Self.socketFeedKeys,
-                                         what: "a feed source mapping: {file: PATH}, {tcp: HOST:PORT} or {unix: PATH}")
+            guard let fm = MappingReader(ctx, item, p, keys: ["file", "tcp", "unix", "mqtt", "from_start"] + Self.socketFeedKeys,
+                                         what: "a feed source mapping: {file: PATH}, {tcp: HOST:PORT}, {unix: PATH} or {mqtt: {broker: HOST:PORT, topics: […]}}")
             else { ok = false; continue }
-            let kinds = ["file", "tcp", "unix"].filter { fm.has($0) }
+            let kinds = ["file", "tcp", "unix", "mqtt"].filter { fm.has($0) }
             guard kinds.count == 1 else {
-                ctx.error(item, p, kinds.isEmpty ? "needs one of file, tcp, unix"
+                ctx.error(item, p, kinds.isEmpty ? "needs one of file, tcp, unix, mqtt"
                                                  : "has \(kinds.joined(separator: " and ")): one source per entry")
                 ok = false
                 continue
@@ -397,13 +409,15 @@ struct ConfigParser {
                 ctx.error(fm.keyNode("from_start"), keyPath(p, "from_start"), "applies only to file feeds")
                 ok = false
             }
-            if kinds[0] == "file" {
+            if kinds[0] == "file" || kinds[0] == "mqtt" {
                 for k in Self.socketFeedKeys where fm.has(k) {
                     ctx.error(fm.keyNode(k), keyPath(p, k), "applies only to tcp and unix feeds")
                     ok = false
                 }
             }
             switch kinds[0] {
+            case "mqtt":
+                if let m = parseMQTTFeed(fm.take("mqtt")!, p) { feeds.append(.mqtt(m)) } else { ok = false }
             case "file":
                 if let s = ctx.string(fm.take("file")!, keyPath(p, "file"), expected: "a file path") {
                     feeds.append(.file(path: ApplianceConfig.resolve(s, against: baseDir), fromStart: fromStart ?? false))

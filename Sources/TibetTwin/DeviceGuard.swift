@@ -55,6 +55,7 @@ public struct DeviceGuard: Sendable {
     public private(set) var twin: TwinState?
     var pendingPhysical: PhysicalState?
     var pendingTwin: TwinState?
+    var twinWithdrawn = false
     var dirty = true
 
     // Results of the state-only checks for `physical` and `twin` (recomputed when dirty), and
@@ -120,8 +121,18 @@ public struct DeviceGuard: Sendable {
     public mutating func updateTwin(_ state: TwinState) -> Bool {
         guard state.device == map.device else { return false }
         pendingTwin = state
+        twinWithdrawn = false
         dirty = true
         return true
+    }
+
+    /// Takes the twin state away: its source says there is none any more (a Sparkplug death, a
+    /// broken birth sequence). From the next evaluation the device blocks on `NO_TWIN` — at
+    /// once, not after `max_age_ms` — until a new twin state arrives.
+    public mutating func withdrawTwin() {
+        pendingTwin = nil
+        twinWithdrawn = true
+        dirty = true
     }
 
     /// Adds an intent not in the map (the library's ad-hoc intents); returns its index. An intent
@@ -222,6 +233,7 @@ public struct DeviceGuard: Sendable {
     /// Moves the pending states in and recomputes the state-only checks.
     mutating func absorbPending() {
         if let p = pendingPhysical { physical = p; pendingPhysical = nil }
+        if twinWithdrawn { twin = nil; twinWithdrawn = false }
         if let t = pendingTwin { twin = t; pendingTwin = nil }
         dirty = false
         deltaCache = nil

@@ -33,7 +33,7 @@ public enum MapLoader {
     /// The keys a map file may have at its top level.
     public static let topLevelKeys = [
         "device", "description", "profile", "plc", "limits", "identity", "status", "registers",
-        "clock", "twin_key", "intents", "allow_predicted",
+        "clock", "twin_key", "intents", "allow_predicted", "twin",
     ]
 
     /// Parses one map. `file` is the path used in error messages and `sourceFile`.
@@ -198,6 +198,12 @@ struct MapParser {
         checkOverlaps(everything)
 
         let twinKey = m.take("twin_key").flatMap { ctx.string($0, "twin_key", expected: "a path to an Ed25519 public key") }
+        let sparkplug = m.take("twin").flatMap {
+            parseTwinSource($0, registers: declaredRegisterNames, statusNames: statusResult.map { Set($0.spec.values.values) })
+        }
+        if sparkplug != nil, twinKey != nil, let n = m.take("twin") {
+            ctx.error(n, "twin.sparkplug", "a Sparkplug twin cannot sign its states, and this map has twin_key: it could never permit (remove one of them)")
+        }
         let allowPredicted = m.take("allow_predicted").flatMap { ctx.bool($0, "allow_predicted") } ?? false
 
         let statusNames = statusResult.map { Set($0.spec.values.values) }
@@ -215,7 +221,7 @@ struct MapParser {
             twinKey: twinKey, intents: intents, allowPredicted: allowPredicted,
             sourceFile: ctx.file, clock: clock?.clock, description: description,
             keyLocations: Dictionary(m.entries.map { ($0.key, ctx.location($0.value)) },
-                                     uniquingKeysWith: { a, _ in a }))
+                                     uniquingKeysWith: { a, _ in a }), sparkplug: sparkplug)
     }
 
     // MARK: plc

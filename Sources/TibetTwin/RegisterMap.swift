@@ -274,12 +274,17 @@ public struct DeviceMap: Sendable, Hashable {
     /// Where each top-level key's value was written (`"device"`, `"twin_key"`, `"plc"` …), so
     /// errors found after parsing (a duplicate device, an unreadable key file) can point at it.
     public var keyLocations: [String: SourceLocation]
+    /// Where the twin's state comes from when the twin is a Sparkplug B edge node (`twin:
+    /// {sparkplug: …}`, docs/mqtt.md); nil: JSON lines naming `device`.
+    public var sparkplug: SparkplugBinding?
 
     public init(device: String, profile: ProfileID, plc: PLCEndpoint, limits: Limits,
                 identity: [IdentitySpec] = [], status: StatusSpec, registers: [RegisterSpec],
                 twinKey: String? = nil, intents: [IntentSpec], allowPredicted: Bool = false,
                 sourceFile: String = "", sha256: String = "", clock: PLCClock? = nil,
-                description: String? = nil, keyLocations: [String: SourceLocation] = [:]) {
+                description: String? = nil, keyLocations: [String: SourceLocation] = [:],
+                sparkplug: SparkplugBinding? = nil) {
+        self.sparkplug = sparkplug
         self.clock = clock
         self.description = description
         self.keyLocations = keyLocations

@@ -25,6 +25,12 @@ public struct TokenAction: RawRepresentable, Sendable, Hashable, CustomStringCon
     /// A device's twin `seq` count restarted after a silence (`TwinValidator`, docs/twin-feed.md):
     /// the old and new `seq`, the silence and the two `ts`. Not in the original TIBET action list.
     public static let twinSeqReset = TokenAction(rawValue: "twin_seq_reset")
+    /// A twin feed can no longer deliver lines (an MQTT broker unreachable, refusing us, a
+    /// subscription refused, a session expired): the cause and the error. One per outage. Not
+    /// in the original TIBET action list.
+    public static let twinFeedLost = TokenAction(rawValue: "twin_feed_lost")
+    /// The feed is back (connected and subscribed). Not in the original TIBET action list.
+    public static let twinFeedRestored = TokenAction(rawValue: "twin_feed_restored")
 }
 
 /// A TIBET token (docs/audit.md): ERIN (what was decided), ERAAN (what it is attached to),

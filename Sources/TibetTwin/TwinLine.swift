@@ -39,6 +39,14 @@ public enum TwinDropReason: String, Sendable, Hashable, CaseIterable, CustomStri
     /// A source lost the start or end of a line (a rotated or truncated file ended mid-line,
     /// a client disconnected mid-line).
     case incompleteLine = "incomplete_line"
+    /// The line came on an MQTT topic that names another device than the line's `device`
+    /// (an `mqtt` feed with `topic_names_device`).
+    case topicMismatch = "topic_mismatch"
+    /// A message on a Sparkplug B topic that is not a Sparkplug B payload (protobuf).
+    case notSparkplug = "not_sparkplug"
+    /// A Sparkplug B message that broke the host's view of its edge node: a `seq` gap, a DATA
+    /// before its BIRTH, an unknown alias. Every device of that node blocks until a new NBIRTH.
+    case sparkplugSequence = "sparkplug_sequence"
 
     public var description: String { rawValue }
 

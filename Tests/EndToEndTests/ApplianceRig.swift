@@ -33,15 +33,34 @@ func rigMapYAML(device: String = "crane-01", port: Int, coil: Int = 0, rearmMs: 
 
 /// A twin in Python speaking the twin feed protocol (docs/twin-feed.md) over TCP: a line every 50 ms; on stdin `status S`,
 /// `set NAME VALUE`, `silent on|off`, `cut` (close the connection; it reconnects on its next
-/// line), `port N` (send to another port from now on).
+/// line), `port N` (send to another port from now on). With `mqttTopic`, it publishes each
+/// line (QoS 1) to that topic of the MQTT broker at `port` instead, with paho-mqtt.
 final class PythonTwin {
     let child: Child
 
     static let script = """
         import datetime, json, socket, sys, threading, time
         host, port, device, values = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+        topic = sys.argv[5] if len(sys.argv) > 5 else None
         state = {"status": "operational", "values": values, "silent": False, "port": port, "cut": False}
         lock = threading.Lock()
+        def mqtt_sender():
+            import paho.mqtt.client as mqtt
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+            c.reconnect_delay_set(min_delay=1, max_delay=1)
+            c.on_connect = lambda *a: print("connected", flush=True)
+            c.connect_async(host, port, keepalive=5)
+            c.loop_start()
+            seq = int(time.time() * 1000)
+            while True:
+                with lock:
+                    st = json.loads(json.dumps(state))
+                if not st["silent"]:
+                    seq += 1
+                    ts = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                    line = json.dumps({"device": device, "ts": ts, "seq": seq, "status": st["status"], "values": st["values"]})
+                    c.publish(topic, line.encode(), qos=1)
+                time.sleep(0.05)
         def sender():
             s, seq = None, int(time.time() * 1000)
             while True:
@@ -65,7 +84,7 @@ final class PythonTwin {
                             s.close()
                         s = None
                 time.sleep(0.05)
-        threading.Thread(target=sender, daemon=True).start()
+        threading.Thread(target=mqtt_sender if topic else sender, daemon=True).start()
         for line in sys.stdin:
             w = line.split()
             if not w:
@@ -81,11 +100,12 @@ final class PythonTwin {
         """
 
     init(port: Int, device: String = "crane-01", values: [String: Double] = ["position_x": 12.5, "load_kg": 2500],
-         dir: TempDir) throws {
+         mqttTopic: String? = nil, dir: TempDir) throws {
         guard let python = pythonWithPymodbus() else { throw HarnessError("python venv missing: run scripts/setup.sh") }
         try dir.write("twin.py", Self.script)
         let json = "{" + values.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"
-        child = try Child(python, [dir.file("twin.py"), "127.0.0.1", String(port), device, json], name: "twin")
+        child = try Child(python, [dir.file("twin.py"), "127.0.0.1", String(port), device, json] + (mqttTopic.map { [$0] } ?? []),
+                          name: "twin")
     }
 
     /// Sends a command; waits (suspending) for its `ok`.
@@ -109,8 +129,12 @@ final class ApplianceRig {
     let fixedInterlock: Int
     let fixedTwin: Int
 
-    init(maps: [String: String], fixedPorts: Bool = false) throws {
+    /// The `twin.feeds` entries of the config; nil: one TCP listener.
+    let twinFeeds: String?
+
+    init(maps: [String: String], fixedPorts: Bool = false, twinFeeds: String? = nil) throws {
         dir = try TempDir("tibet-rig")
+        self.twinFeeds = twinFeeds
         fixedInterlock = fixedPorts ? closedPort() : 0
         fixedTwin = fixedPorts ? closedPort() : 0
         for (name, yaml) in maps { try dir.write("maps/\(name).yaml", yaml) }
@@ -126,7 +150,7 @@ final class ApplianceRig {
             interlock: {listen: 127.0.0.1:\(fixedInterlock), unit: 1, allow: [127.0.0.0/8], stop_grace_ms: 1500}
             twin:
               feeds:
-                - tcp: 127.0.0.1:\(fixedTwin)
+            \(twinFeeds ?? "    - tcp: 127.0.0.1:\(fixedTwin)")
             audit: {dir: audit, key: guard.key, checkpoint_s: \(checkpointS)}
             http: {listen: 127.0.0.1:0}
 

@@ -202,6 +202,23 @@ struct DecisionRuleTests {
         }
     }
 
+    @Test func aWithdrawnTwinBlocksAtOnceAsNoTwinUntilANewStateArrives() {
+        let f = Fixture(.port)
+        var g = DeviceGuard(map: f.map)
+        g.updatePhysical(f.physical())
+        g.updateTwin(f.twin())
+        g.evaluate(now: f.now, auditOK: true)
+        #expect(g.verdict(intent: 0).reason != .noTwin)
+        g.withdrawTwin()
+        g.evaluate(now: f.now, auditOK: true)
+        #expect(g.verdict(intent: 0).reason == .noTwin, "at once, not after max_age_ms")
+        #expect(g.twin == nil)
+        g.withdrawTwin()
+        g.updateTwin(f.twin())
+        g.evaluate(now: f.now, auditOK: true)
+        #expect(g.twin != nil, "a state handed in after the withdrawal wins")
+    }
+
     @Test func statesOfAnotherDeviceAreIgnored() {
         let f = Fixture(.port)
         var g = DeviceGuard(map: f.map)

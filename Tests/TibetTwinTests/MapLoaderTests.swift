@@ -123,7 +123,7 @@ struct MapErrorTests {
         (("order: CDAB", "order: cdab"), #"m.yaml:9:56: registers[1].order: unknown word order "cdab" (did you mean "CDAB"? expected one of: ABCD, CDAB, BADC, DCBA)"#),
         (("tolerance: 0.5", "tolerence: 0.5"), #"m.yaml:8:53: registers[0].tolerence: unknown key "tolerence" (did you mean "tolerance"?)"#),
         (("device: t-01", "device: t 01"), #"m.yaml:1:9: device: invalid device name "t 01" (expected 1…64 characters: letters, digits, _ - . starting with a letter or digit)"#),
-        (("device: t-01", "device: t-01\nfoo: 1"), #"m.yaml:2:1: foo: unknown key "foo" (expected one of: device, description, profile, plc, limits, identity, status, registers, clock, twin_key, intents, allow_predicted)"#),
+        (("device: t-01", "device: t-01\nfoo: 1"), #"m.yaml:2:1: foo: unknown key "foo" (expected one of: device, description, profile, plc, limits, identity, status, registers, clock, twin_key, intents, allow_predicted, twin)"#),
         (("address: 100,", #"address: "100","#), #"m.yaml:8:33: registers[0].address: "100" is not an address (expected a 0-based address 0…65535, or a quoted 5- or 6-digit Modicon address like "40101"; write 0-based addresses unquoted)"#),
         (("address: 100,", "address: 0100,"), #"m.yaml:8:33: registers[0].address: 0100 has a leading zero: quote a Modicon address ("0100") or write the 0-based address without leading zeros"#),
         (("address: 100,", #"address: "40000","#), #"m.yaml:8:33: registers[0].address: Modicon address "40000" is out of range (40001…49999, 1-based)"#),

@@ -21,6 +21,7 @@ let suites: [any BenchSuite] = [
     MapsBench(),
     SystemBench(),
     OPCUABench(),
+    MQTTBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())

@@ -87,6 +87,8 @@ package final class GuardLoop: @unchecked Sendable {
     let cond = MonotonicCondition()
     var inPhysical: [String: PhysicalState] = [:]
     var inTwin: [String: TwinState] = [:]
+    /// Devices whose twin state was withdrawn since the last iteration (see `withdrawTwin`).
+    var inWithdrawn: Set<String> = []
     var inCommands: [GuardCommand] = []
     var stopRequested = false
     var thread: OSThread?
@@ -194,7 +196,20 @@ package final class GuardLoop: @unchecked Sendable {
 
     /// Hands in a validated twin line (the feeds' sink). Never blocks beyond the inbox lock.
     package func submit(twin state: TwinState) {
-        cond.withLock { inTwin[state.device] = state }
+        cond.withLock {
+            inTwin[state.device] = state
+            inWithdrawn.remove(state.device)
+        }
+        cond.signal()
+    }
+
+    /// Takes a device's twin state away (its feed says the twin has none: a Sparkplug death):
+    /// it blocks on `NO_TWIN` at the next iteration, until a new twin state is submitted.
+    package func withdrawTwin(device: String) {
+        cond.withLock {
+            inTwin[device] = nil
+            inWithdrawn.insert(device)
+        }
         cond.signal()
     }
 
@@ -266,19 +281,21 @@ package final class GuardLoop: @unchecked Sendable {
         while true {
             var physical: [String: PhysicalState] = [:]
             var twin: [String: TwinState] = [:]
+            var withdrawn: Set<String> = []
             var commands: [GuardCommand] = []
             let stop: Bool = cond.withLock {
-                while !stopRequested && inPhysical.isEmpty && inTwin.isEmpty && inCommands.isEmpty
+                while !stopRequested && inPhysical.isEmpty && inTwin.isEmpty && inWithdrawn.isEmpty && inCommands.isEmpty
                         && clock.now().monotonicNs < nextTickNs {
                     cond.wait(untilMonotonicNs: nextTickNs)
                 }
                 swap(&physical, &inPhysical)
                 swap(&twin, &inTwin)
+                swap(&withdrawn, &inWithdrawn)
                 swap(&commands, &inCommands)
                 return stopRequested
             }
             if stop { break }
-            iterate(physical: physical, twin: twin, commands: commands)
+            iterate(physical: physical, twin: twin, withdrawn: withdrawn, commands: commands)
         }
         flushNoopResets(now: clock.now(), all: true)
     }
@@ -314,10 +331,17 @@ package final class GuardLoop: @unchecked Sendable {
         var afterPublish: [() -> Void] = []
     }
 
-    func iterate(physical: [String: PhysicalState], twin: [String: TwinState], commands: [GuardCommand]) {
+    func iterate(physical: [String: PhysicalState], twin: [String: TwinState], withdrawn: Set<String> = [],
+                 commands: [GuardCommand]) {
         for (device, state) in physical {
             if let s = slotIndex[device] {
                 slots[s].guardState.updatePhysical(state)
+                slots[s].evaluate = true
+            }
+        }
+        for device in withdrawn {
+            if let s = slotIndex[device] {
+                slots[s].guardState.withdrawTwin()
                 slots[s].evaluate = true
             }
         }

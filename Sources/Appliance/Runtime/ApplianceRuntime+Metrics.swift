@@ -63,6 +63,13 @@ extension ApplianceRuntime {
             }
             out.append(.gauge(name: "tibet_twin_twin_clients", help: "Twin feed clients connected",
                               labels: [("source", c.source)], value: Double(c.clientsConnected)))
+            if c.source.hasPrefix("mqtt:") {
+                out.append(.counter(name: "tibet_twin_twin_broker_outages_total",
+                                    help: "MQTT feed outages (broker unreachable, refused, TLS, lost, subscription refused), each counted once",
+                                    labels: [("source", c.source)], total: c.brokerLosses))
+                out.append(.counter(name: "tibet_twin_twin_retained_messages_total", help: "MQTT messages delivered from the broker's retained store",
+                                    labels: [("source", c.source)], total: c.retainedMessages))
+            }
             for reason in TwinClientCloseReason.allCases {
                 out.append(.counter(name: "tibet_twin_twin_clients_closed_total",
                                     help: "Twin feed connections refused at accept or closed by the appliance, by reason",

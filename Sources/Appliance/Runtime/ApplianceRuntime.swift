@@ -163,12 +163,15 @@ package final class ApplianceRuntime: Sendable {
         controlBox.set(guardLoop)
 
         let seqResets = TwinSeqResetAudit(audit: audit, logger: Logger(label: "tibet-twin.twin"))
-        let pipeline = TwinFeedPipeline(parser: loaded.parser, seqReset: { seqResets.record($0) }) { [guardLoop] state in
+        let pipeline = TwinFeedPipeline(parser: loaded.parser, seqReset: { seqResets.record($0) },
+                                        withdraw: { [guardLoop] device in guardLoop.withdrawTwin(device: device) }) { [guardLoop] state in
             guardLoop.submit(twin: state)
         }
         let twin: TwinFeedService
         do {
-            twin = try TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"))
+            twin = try TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"),
+                                       events: { [audit] event in audit.submit(TwinFeedEventAudit.record(event)) },
+                                       maps: loaded.maps)
         } catch {
             interlock.stopImmediately()
             await http.stop()
@@ -233,6 +236,7 @@ package final class ApplianceRuntime: Sendable {
         case .file: return "twin.feeds[\(index)].file"
         case .tcp: return "twin.feeds[\(index)].tcp"
         case .unix: return "twin.feeds[\(index)].unix"
+        case .mqtt: return "twin.feeds[\(index)].mqtt"
         }
     }
 
@@ -371,6 +375,9 @@ package final class ApplianceRuntime: Sendable {
             return refuseReload(["\(configPath): reload abandoned: the appliance is stopping"], now: now)
         }
         twin.pipeline.replace(parser: next.parser, forgetting: result.replaced + result.removed)
+        for source in twin.sources {
+            (source as? TwinMQTTSource)?.replaceBindings(maps: next.maps)
+        }
         if !result.restarted.isEmpty || !result.removed.isEmpty {
             // The new poller starts before the old one stops: an unchanged device is polled by
             // both for a moment, never by neither (its state must not go stale over a reload).

@@ -21,6 +21,7 @@ package final class TwinFeedPipeline: Sendable {
     private let validator: Mutex<TwinValidator>
     private let sink: @Sendable (TwinState) -> Void
     private let seqReset: (@Sendable (TwinSeqReset) -> Bool)?
+    private let withdrawSink: (@Sendable (String) -> Void)?
 
     /// `sink` receives every accepted state and every identity-failure state (see
     /// `TwinLineOutcome`; `TwinState.isIdentityFailure` tells them apart). It is called with the
@@ -31,17 +32,63 @@ package final class TwinFeedPipeline: Sendable {
     /// after a long silence); it runs with the lock held, before `sink` gets the line's state,
     /// must not block, and answers whether the restart is recorded. Without it a lower `seq` is
     /// always a replay.
+    ///
+    /// `withdraw` takes a device's twin state away in the guard (a Sparkplug death: the device
+    /// blocks at once on `NO_TWIN`); without it a withdrawn device only goes stale.
     package init(parser: TwinLineParser, seqReset: (@Sendable (TwinSeqReset) -> Bool)? = nil,
+                 withdraw: (@Sendable (String) -> Void)? = nil,
                  sink: @escaping @Sendable (TwinState) -> Void) {
         self.current = Mutex(parser)
         self.validator = Mutex(TwinValidator(parser: parser))
         self.seqReset = seqReset
+        self.withdrawSink = withdraw
         self.sink = sink
     }
 
-    /// Parses, validates, orders and hands over one line (without its newline).
-    package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading) -> TwinLineOutcome {
-        let parsed = current.withLock { $0 }.parse(buffer: line, received: received)
+    /// Orders and hands over a state a source built itself (Sparkplug metrics, not a line):
+    /// the same per-device ordering as lines (a state older than the last accepted is a
+    /// replay). A device with a `twin_key` cannot be fed this way: its state is handed over as
+    /// an identity failure (unsigned), which blocks it.
+    package func submit(_ state: TwinState) -> TwinLineOutcome {
+        var state = state
+        let unknownDevice = current.withLock { p -> Bool in
+            guard let rules = p.devices[state.device] else { return true }
+            if rules.key != nil { state.signature = .missing }
+            return false
+        }
+        if unknownDevice {
+            return .dropped(TwinDrop(reason: .unknownDevice, device: state.device, detail: "no map for \(state.device)"))
+        }
+        let outcome: TwinLineOutcome = state.signature == .missing
+            ? .identityFailure(state, TwinDrop(reason: .missingSignature, device: state.device,
+                                               detail: "the map has a twin_key; a Sparkplug state carries no signature"))
+            : .accepted(state, unknownValues: [])
+        return validator.withLock { v in
+            let o = v.admit(outcome) { _ in false }
+            switch o {
+            case .accepted(let s, _), .identityFailure(let s, _): sink(s)
+            case .dropped: break
+            }
+            return o
+        }
+    }
+
+    /// Takes `device`'s twin state away in the guard (see `init`).
+    package func withdraw(device: String) {
+        validator.withLock { _ in withdrawSink?(device) }
+    }
+
+    /// Parses, validates, orders and hands over one line (without its newline). With
+    /// `requiredDevice` (an MQTT topic that names the device), a line for another device is
+    /// dropped as `topic_mismatch` before it can move anything; a failed signature check still
+    /// blocks the device it names.
+    package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading,
+                         requiredDevice: Substring? = nil) -> TwinLineOutcome {
+        var parsed = current.withLock { $0 }.parse(buffer: line, received: received)
+        if let requiredDevice, case .accepted(let s, _) = parsed, s.device != requiredDevice {
+            parsed = .dropped(TwinDrop(reason: .topicMismatch, device: s.device,
+                                       detail: "the topic names \"\(requiredDevice)\", the line is for \"\(s.device)\""))
+        }
         return validator.withLock { v in
             let outcome = v.admit(parsed) { reset in seqReset?(reset) ?? false }
             switch outcome {
@@ -93,6 +140,11 @@ package struct TwinFeedCounters: Sendable, Hashable {
     /// File source: rotations and truncations followed.
     package var rotations: UInt64 = 0
     package var truncations: UInt64 = 0
+    /// MQTT source: connections the broker accepted, outages (each counted once, however many
+    /// reconnect attempts it took), and messages the broker delivered from its retained store.
+    package var brokerConnects: UInt64 = 0
+    package var brokerLosses: UInt64 = 0
+    package var retainedMessages: UInt64 = 0
 
     package init(source: String) { self.source = source }
 
@@ -142,12 +194,12 @@ final class TwinSourceCore: Sendable {
 
     /// Processes one line; `nil` for a blank line. `where` names the client or file position.
     func handle(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading, lineNumber: UInt64,
-                where place: @autoclosure () -> String) -> TwinLineOutcome? {
+                requiredDevice: Substring? = nil, where place: @autoclosure () -> String) -> TwinLineOutcome? {
         if Self.isBlank(line) {
             counters.withLock { $0.blankLines += 1 }
             return nil
         }
-        let outcome = pipeline.process(line, received: received)
+        let outcome = pipeline.process(line, received: received, requiredDevice: requiredDevice)
         switch outcome {
         case .accepted(_, let unknown):
             counters.withLock {

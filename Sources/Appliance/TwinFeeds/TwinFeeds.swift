@@ -15,15 +15,18 @@ package enum TwinFeedSpec: Sendable, Hashable, CustomStringConvertible {
     case file(path: String, fromStart: Bool)
     case tcp(host: String, port: Int, options: TwinSocketSource.Options = .init())
     case unix(path: String, options: TwinSocketSource.Options = .init())
+    case mqtt(TwinMQTTSource.Settings)
 
     /// The spec for a configured feed; reads its TLS files (a bad one is a start-up error).
-    package init(_ feed: ApplianceConfig.Feed) throws(TwinFeedConfigError) {
+    /// `maps` give an `mqtt` feed's Sparkplug bindings.
+    package init(_ feed: ApplianceConfig.Feed, maps: [DeviceMap] = []) throws(TwinFeedConfigError) {
         switch feed {
         case .file(let path, let fromStart): self = .file(path: path, fromStart: fromStart)
         case .tcp(let listen, let access):
             let tls = try access.tls.map { (files) throws(TwinFeedConfigError) in try TwinFeedTLS(files) }
             self = .tcp(host: listen.host, port: listen.port, options: TwinSocketSource.Options(access, tls: tls))
         case .unix(let path, let access): self = .unix(path: path, options: TwinSocketSource.Options(access, tls: nil))
+        case .mqtt(let m): self = .mqtt(try TwinMQTTSource.Settings(m, maps: maps))
         }
     }
 
@@ -32,6 +35,7 @@ package enum TwinFeedSpec: Sendable, Hashable, CustomStringConvertible {
         case .file(let p, let s): return "file:\(p)" + (s ? " (from start)" : "")
         case .tcp(let h, let p, let o): return "tcp:\(h):\(p)" + (o.tls == nil ? "" : " (tls)")
         case .unix(let p, _): return "unix:\(p)"
+        case .mqtt(let s): return "mqtt:\(s.options.broker)" + (s.options.tls == nil ? "" : " (tls)")
         }
     }
 }
@@ -56,6 +60,8 @@ extension TwinFileSource: TwinSource {
 
 extension TwinSocketSource: TwinSource {}
 
+extension TwinMQTTSource: TwinSource {}
+
 /// All configured twin sources as one swift-service-lifecycle `Service`: starts them, runs until
 /// graceful shutdown (or cancellation), then stops them (the unix socket file is removed).
 package final class TwinFeedService: Service, Sendable {
@@ -64,15 +70,19 @@ package final class TwinFeedService: Service, Sendable {
 
     /// Makes one source per configured feed (docs/config.md `twin.feeds`), all feeding `pipeline`.
     /// Reads the feeds' TLS files; a missing or bad one throws, naming the config line.
+    /// `events` receives the MQTT feeds' outages and recoveries (the appliance audits them).
     package convenience init(feeds: [ApplianceConfig.Feed], pipeline: TwinFeedPipeline,
-                             logger: Logger = Logger(label: "tibet-twin.twin")) throws(TwinFeedConfigError) {
+                             logger: Logger = Logger(label: "tibet-twin.twin"),
+                             events: (@Sendable (TwinFeedEvent) -> Void)? = nil,
+                             maps: [DeviceMap] = []) throws(TwinFeedConfigError) {
         var specs: [TwinFeedSpec] = []
-        for f in feeds { specs.append(try TwinFeedSpec(f)) }
-        self.init(specs: specs, pipeline: pipeline, logger: logger)
+        for f in feeds { specs.append(try TwinFeedSpec(f, maps: maps)) }
+        self.init(specs: specs, pipeline: pipeline, logger: logger, events: events)
     }
 
     /// Makes one source per spec, all feeding `pipeline`.
-    package init(specs: [TwinFeedSpec], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin")) {
+    package init(specs: [TwinFeedSpec], pipeline: TwinFeedPipeline, logger: Logger = Logger(label: "tibet-twin.twin"),
+                 events: (@Sendable (TwinFeedEvent) -> Void)? = nil) {
         self.pipeline = pipeline
         self.sources = specs.map { spec -> any TwinSource in
             switch spec {
@@ -82,6 +92,8 @@ package final class TwinFeedService: Service, Sendable {
                 return TwinSocketSource(endpoint: .tcp(host: host, port: port), pipeline: pipeline, options: options, logger: logger)
             case .unix(let path, let options):
                 return TwinSocketSource(endpoint: .unix(path: path), pipeline: pipeline, options: options, logger: logger)
+            case .mqtt(let settings):
+                return TwinMQTTSource(settings: settings, pipeline: pipeline, logger: logger, events: events)
             }
         }
     }
