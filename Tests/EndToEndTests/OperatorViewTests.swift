@@ -363,6 +363,26 @@ struct OperatorViewTests {
         #expect(dom.contains("200 of 200 shown"), "the filter script ran")
         #expect(dom.contains("status mismatch: physical=operational, twin=maintenance"))
 
+        // /readyz names the 20 devices whose inputs fail, one line each.
+        let (rcode, rbody) = try httpStatusAndBody(rig.url + "/readyz")
+        #expect(rcode == 503)
+        #expect(rbody.split(separator: "\n").count == 21, "\(rbody)")
+        #expect(rbody.hasPrefix("not ready: 20 of 200 devices with failing inputs\n"))
+        // The scrape at 200 devices: valid, and its series bounded by the maps.
+        let file = scratch.file("scrape.txt")
+        let (ccode, timing) = try runTool("/usr/bin/curl", ["-sS", "-o", file, "-w", "%{size_download} bytes in %{time_total} s", rig.url + "/metrics"])
+        #expect(ccode == 0)
+        let scrape = try String(contentsOfFile: file, encoding: .utf8)
+        let (pcode, pout) = try runTool("/bin/sh", ["-c", "\(promtool) check metrics < '\(file)'"])
+        #expect(pcode == 0, "\(pout)")
+        let perDevice = scrape.split(separator: "\n").filter { $0.hasPrefix("tibet_twin_device_") || $0.hasPrefix("tibet_twin_intent_") }
+        let labelled = Set(perDevice.compactMap { line -> String? in
+            guard let r = line.range(of: "device=\"") else { return nil }
+            return String(line[r.upperBound...].prefix { $0 != "\"" })
+        })
+        #expect(labelled == Set(expected.keys), "device label values are exactly the maps' devices")
+        print("metrics at 200 devices: \(perDevice.count) per-device series of \(scrape.split(separator: "\n").count) lines, \(timing)")
+
         // The filter (kept in the URL) narrows the table to what it matches.
         let filteredShot = try artifactPath("status-200-filtered.png")
         let filtered = try renderInChromium(rig.url + "/#!", screenshot: filteredShot, height: 900)
