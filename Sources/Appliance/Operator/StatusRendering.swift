@@ -174,7 +174,7 @@ extension StatusSnapshot {
             <header class="\(bad ? "fault" : "allgood")" id="summary" data-faults="\(faults)">
             <h1>tibet-twin · \(Self.esc(node)) · \(summary)</h1>
             audit \(auditHealthy ? "writable" : "<b>FAILING</b>") · heartbeat \(heartbeat) · \
-            \(permitCount) of \(intentCount) permits · \(devices.count) devices: \(devices.count - faults - blocked) ok, \
+            \(permitCount) of \(intentCount) permits · \(devices.count) device\(devices.count == 1 ? "" : "s"): \(devices.count - faults - blocked) ok, \
             \(blocked) blocked, \(faults) fault · \(RFC3339.format(wallNs: wallNs))
             </header><main>
             <p><input id="filter" type="search" placeholder="filter: device, state, reason…" autocomplete="off">
