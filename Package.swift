@@ -97,6 +97,12 @@ let package = Package(
             ],
             path: "benchmarks/Sources"
         ),
+        // One hot path at a time, synchronously, for callgrind (docs/benchmarks.md).
+        .executableTarget(
+            name: "tibet-twin-profile",
+            dependencies: ["TibetTwin", "Appliance"],
+            path: "benchmarks/Profile"
+        ),
         // `make fuzz`: libFuzzer over the map/config reader, the twin line parser and the Modbus
         // request framer (built with -sanitize=fuzzer -DFUZZING); without those flags, a tool
         // that replays the committed corpus through the same invariants (a test runs it).

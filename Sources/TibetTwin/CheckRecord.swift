@@ -21,13 +21,14 @@ final class CheckRecord: Sendable {
     /// SHA-256 (hex) of the canonical JSON of every field but `content_hash` and `signature`.
     let contentHash: String
 
-    static let why = "library check(device:intent:) before the action"
+    static let why: StaticString = "library check(device:intent:) before the action"
 
-    init(tokenId: String, now: ClockReading, node: String, host: String, decision: SyncDecision,
-         mapSHA256: String?, twinSeq: UInt64?, safetyCritical: Bool, parentId: String?, prevHash: String?) {
+    init(tokenId: String, now: ClockReading, node: String, actor: String, host: String, decision: SyncDecision,
+         mapSHA256: String?, twinSeq: UInt64?, safetyCritical: Bool, parentId: String?, prevHash: String?,
+         scratch: ByteSink) {
         self.tokenId = tokenId
         timestamp = RFC3339.format(wallNs: now.wallNs, fractionDigits: 6)
-        actor = "jis:\(node)"
+        self.actor = actor
         self.decision = decision
         self.mapSHA256 = mapSHA256
         self.twinSeq = twinSeq
@@ -38,13 +39,12 @@ final class CheckRecord: Sendable {
         self.safetyCritical = safetyCritical
         self.parentId = parentId
         self.prevHash = prevHash
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(1536)
+        scratch.reset()
         CheckRecord.writeHashed(tokenId: tokenId, timestamp: timestamp, actor: actor, decision: decision,
                                 mapSHA256: mapSHA256, twinSeq: twinSeq, node: node, host: host, wallTime: timestamp,
                                 monotonicNs: monotonicNs, safetyCritical: safetyCritical, parentId: parentId,
-                                prevHash: prevHash, into: &bytes)
-        contentHash = Hex.encode(SHA256.hash(data: bytes))
+                                prevHash: prevHash, into: scratch)
+        contentHash = Hex.encode(SHA256.hash(data: scratch.bytes))
     }
 
     // MARK: - The token, as JSON trees
@@ -68,7 +68,7 @@ final class CheckRecord: Sendable {
     }
 
     var erachter: JSONValue {
-        ["intent": .string(decision.intent), "why": .string(CheckRecord.why), "safety_critical": .bool(safetyCritical)]
+        ["intent": .string(decision.intent), "why": .string(CheckRecord.why.description), "safety_critical": .bool(safetyCritical)]
     }
 
     /// The TIBET token (docs/audit.md) of this check: action `check`, ERIN the decision's JSON.
@@ -86,32 +86,30 @@ final class CheckRecord: Sendable {
     static func writeHashed(tokenId: String, timestamp: String, actor: String, decision d: SyncDecision,
                             mapSHA256: String?, twinSeq: UInt64?, node: String, host: String, wallTime: String,
                             monotonicNs: Int64, safetyCritical: Bool, parentId: String?, prevHash: String?,
-                            into out: inout [UInt8]) {
-        var w = CanonicalWriter(out: [])
-        swap(&w.out, &out)
+                            into out: ByteSink) {
+        let w = CanonicalWriter(out: out)
         w.raw("{\"action\":\"check\",\"actor\":"); w.string(actor)
-        w.raw(",\"eraan\":{\"jis\":"); w.string("jis:\(d.device)")
+        w.raw(",\"eraan\":{\"jis\":\"jis:"); w.out.appendEscaped(d.device); w.raw("\"")
         w.raw(",\"map_sha256\":"); w.string(mapSHA256)
         w.raw(",\"twin_seq\":"); if let twinSeq { w.int(Int64(clamping: twinSeq)) } else { w.raw("null") }
         w.raw("},\"erachter\":{\"intent\":"); w.string(d.intent)
         w.raw(",\"safety_critical\":"); w.bool(safetyCritical)
-        w.raw(",\"why\":"); w.string(why)
-        w.raw("},\"erin\":"); writeDecision(d, &w)
+        w.raw(",\"why\":\""); w.raw(why); w.raw("\"")
+        w.raw("},\"erin\":"); writeDecision(d, w)
         w.raw(",\"eromheen\":{\"host\":"); w.string(host)
         w.raw(",\"monotonic_ns\":"); w.int(monotonicNs)
         w.raw(",\"node\":"); w.string(node)
-        w.raw(",\"version\":"); w.string(TibetTwinLibrary.version)
-        w.raw(",\"wall_time\":"); w.string(wallTime)
+        w.raw(",\"version\":"); w.plain(TibetTwinLibrary.version)
+        w.raw(",\"wall_time\":"); w.plain(wallTime)
         w.raw("},\"parent_id\":"); w.string(parentId)
-        w.raw(",\"prev_hash\":"); w.string(prevHash)
-        w.raw(",\"timestamp\":"); w.string(timestamp)
+        w.raw(",\"prev_hash\":"); if let prevHash { w.plain(prevHash) } else { w.raw("null") }
+        w.raw(",\"timestamp\":"); w.plain(timestamp)
         w.raw(",\"token_id\":"); w.string(tokenId)
         w.raw("}")
-        out = w.out
     }
 
     /// `SyncDecision.json`, canonical.
-    static func writeDecision(_ d: SyncDecision, _ w: inout CanonicalWriter) {
+    static func writeDecision(_ d: SyncDecision, _ w: CanonicalWriter) {
         w.raw("{\"allowed\":"); w.bool(d.allowed)
         w.raw(",\"blocked\":"); w.bool(!d.allowed)
         w.raw(",\"delta\":{\"drift_ms\":"); w.double(d.delta.driftMs)
@@ -123,12 +121,12 @@ final class CheckRecord: Sendable {
         w.raw(",\"twin_status\":"); w.string(d.delta.twinStatus)
         w.raw(",\"values\":{")
         var first = true
-        for name in d.delta.values.keys.sorted(by: JSONValue.utf8Precedes) {
+        for (name, value) in d.delta.values.sorted(by: { JSONValue.utf8Precedes($0.key, $1.key) }) {
             if !first { w.raw(",") }
             first = false
             w.string(name)
             w.raw(":")
-            w.double(d.delta.values[name])
+            w.double(value)
         }
         w.raw("}},\"device\":"); w.string(d.device)
         w.raw(",\"failing\":[")
@@ -141,28 +139,39 @@ final class CheckRecord: Sendable {
         w.raw("],\"intent\":"); w.string(d.intent)
         w.raw(",\"reason\":"); w.string(d.reason)
         w.raw(",\"reason_code\":"); w.int(Int64(d.reasonCode.rawValue))
-        w.raw(",\"reason_name\":"); w.string(d.reasonCode.name)
+        w.raw(",\"reason_name\":"); w.plain(d.reasonCode.name)
         w.raw("}")
     }
 }
 
-/// Appends canonical JSON leaves exactly as `JSONValue.write(bytes:)` writes them.
+/// Appends canonical JSON leaves exactly as `JSONValue.write(bytes:)` writes them, into a
+/// reused `ByteSink`.
 struct CanonicalWriter {
-    var out: [UInt8]
+    let out: ByteSink
 
-    @inline(__always) mutating func raw(_ s: StaticString) {
-        out.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    @inline(__always) func raw(_ s: StaticString) { out.append(s) }
+
+    func string(_ s: String?) {
+        guard let s else { return raw("null") }
+        out.append(0x22)
+        out.appendEscaped(s)
+        out.append(0x22)
     }
 
-    mutating func string(_ s: String?) {
-        if let s { JSONValue.writeString(s, bytes: &out) } else { raw("null") }
+    /// A string of ours that never needs escaping (timestamps, hex digests, version, contract
+    /// names): quoted, not scanned (asserted in debug builds, where the tests run).
+    func plain(_ s: String) {
+        assert(!s.utf8.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }, "plain text needs escaping: \(s)")
+        out.append(0x22)
+        out.appendUTF8(s)
+        out.append(0x22)
     }
 
-    mutating func int(_ i: Int64) { out.append(contentsOf: String(i).utf8) }
+    func int(_ i: Int64) { out.appendInt(i) }
 
-    mutating func bool(_ b: Bool) { b ? raw("true") : raw("false") }
+    func bool(_ b: Bool) { b ? raw("true") : raw("false") }
 
-    mutating func double(_ d: Double?) {
-        if let d { out.append(contentsOf: JSONValue.format(d).utf8) } else { raw("null") }
+    func double(_ d: Double?) {
+        if let d { out.appendDouble(d) } else { raw("null") }
     }
 }

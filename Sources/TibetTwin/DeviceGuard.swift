@@ -64,6 +64,9 @@ public struct DeviceGuard: Sendable {
     var twinMonoNs: Int64?
     var twinTsNs: Int64?
     var staticIntentMasks: [CheckMask]
+    /// The value deltas of `physical` and `twin` once `explain` has computed them (cleared when
+    /// a state is absorbed).
+    var deltaCache: ValueDeltas?
 
     var runtime: [IntentRuntime]
 
@@ -221,6 +224,7 @@ public struct DeviceGuard: Sendable {
         if let p = pendingPhysical { physical = p; pendingPhysical = nil }
         if let t = pendingTwin { twin = t; pendingTwin = nil }
         dirty = false
+        deltaCache = nil
         physicalMonoNs = physical?.time.monotonicNs
         twinMonoNs = twin?.received.monotonicNs
         twinTsNs = twin?.tsNs
@@ -249,16 +253,50 @@ public struct DeviceGuard: Sendable {
     /// detail, the delta. Built from exactly the states, `now` and audit health that evaluation
     /// used, so it always agrees with `verdict(intent:)`.
     public func decision(intent index: Int) -> SyncDecision {
+        decision(intent: index, deltas: nil)
+    }
+
+    /// `decision(intent:)`, keeping the per-value deltas of the current states for the next
+    /// call: they change only when a state arrives, so a caller that explains after every
+    /// evaluation (`SyncGuard.check`) computes them once per state, not once per check.
+    mutating func explain(intent index: Int) -> SyncDecision {
+        if deltaCache == nil {
+            var d = StateDelta()
+            fillValueDeltas(&d)
+            deltaCache = ValueDeltas(values: d.values, maxSensor: d.maxSensor, maxValueDelta: d.maxValueDelta,
+                                     okReason: DeviceGuard.okReason(driftMs: driftNs(physical, twin).map { Fmt.ms($0) }))
+        }
+        return decision(intent: index, deltas: deltaCache)
+    }
+
+    /// The per-value part of a `StateDelta` and the permit's reason text, which depend on the
+    /// states alone.
+    struct ValueDeltas: Sendable {
+        var values: [String: Double]
+        var maxSensor: String?
+        var maxValueDelta: Double?
+        var okReason: String
+    }
+
+    static func okReason(driftMs: Double?) -> String {
+        "Sync OK: drift=\(driftMs.map(Fmt.num) ?? "?")ms, status match"
+    }
+
+    func decision(intent index: Int, deltas: ValueDeltas?) -> SyncDecision {
         let plan = plans[index]
         let verdict = runtime[index].verdict
         var sink = TextSink()
         var delta = StateDelta(driftMs: driftNs(physical, twin).map { Fmt.ms($0) },
                                physicalStatus: physical?.status, twinStatus: twin?.status)
         if let now = lastEvaluation {
-            deviceChecks(physical, twin, &sink)
-            if let physical { intentChecks(index, physical, twin, &sink) }
-            timeChecks(now, &sink)
-            if !lastAuditOK { sink.fail(.audit) { "audit chain did not accept the last decision token" } }
+            // A permit means every check passed at that evaluation: there is nothing to explain,
+            // so the texts are only built (and the agreement asserted) in debug builds.
+            if !verdict.permit || _isDebugAssertConfiguration() {
+                deviceChecks(physical, twin, &sink)
+                if let physical { intentChecks(index, physical, twin, &sink) }
+                timeChecks(now, &sink)
+                if !lastAuditOK { sink.fail(.audit) { "audit chain did not accept the last decision token" } }
+            }
             delta.physicalAgeMs = lastPhysicalAgeNs.map { Fmt.ms($0) }
             delta.twinAgeMs = lastTwinAgeNs.map { Fmt.ms($0) }
         }
@@ -273,13 +311,19 @@ public struct DeviceGuard: Sendable {
                 sink.fail(.rearm) { "rearming: all checks held for \(Fmt.num(Fmt.ms(held)))ms of \(Fmt.num(Fmt.ms(rearmNs)))ms" }
             }
         }
-        fillValueDeltas(&delta)
+        if let deltas {
+            delta.values = deltas.values
+            delta.maxSensor = deltas.maxSensor
+            delta.maxValueDelta = deltas.maxValueDelta
+        } else {
+            fillValueDeltas(&delta)
+        }
         let failing = sink.failing
         assert(verdict.permit ? failing.isEmpty : CheckMask(failing.map(\.check)) == verdict.failing,
                "decision text disagrees with the verdict")
         let reason: String
         if verdict.permit {
-            reason = "Sync OK: drift=\(delta.driftMs.map(Fmt.num) ?? "?")ms, status match"
+            reason = deltas?.okReason ?? DeviceGuard.okReason(driftMs: delta.driftMs)
         } else {
             reason = "BLOCKED: " + failing.map(\.detail).joined(separator: "; ")
         }

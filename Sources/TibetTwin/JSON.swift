@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A JSON value with a canonical serialisation (keys sorted by their UTF-8 bytes, no
 /// whitespace), the form TIBET hashes cover (docs/audit.md). Integers and doubles stay apart so a
 /// parsed token serialises back to the same bytes.
@@ -85,9 +89,17 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     /// Key order of the canonical form: by UTF-8 bytes (= code points, Python's order).
-    @inlinable
     public static func utf8Precedes(_ a: String, _ b: String) -> Bool {
-        a.utf8.lexicographicallyPrecedes(b.utf8)
+        // memcmp over contiguous UTF-8 where both are native (nearly always), else the generic walk.
+        let fast: Bool?? = a.utf8.withContiguousStorageIfAvailable { x in
+            b.utf8.withContiguousStorageIfAvailable { y in
+                let n = Swift.min(x.count, y.count)
+                let c = n == 0 ? 0 : memcmp(x.baseAddress!, y.baseAddress!, n)
+                return c != 0 ? c < 0 : x.count < y.count
+            }
+        }
+        if let f = fast ?? nil { return f }
+        return a.utf8.lexicographicallyPrecedes(b.utf8)
     }
 
     static func append(_ s: StaticString, to out: inout [UInt8]) {
@@ -175,31 +187,76 @@ public enum JSONValue: Sendable, Hashable {
     /// byte that needs it is ASCII, and no byte of a multi-byte UTF-8 sequence is.
     public static func writeString(_ s: String, bytes out: inout [UInt8]) {
         out.append(0x22)
-        var s = s
-        s.withUTF8 { buf in
-            var start = 0
-            for i in 0..<buf.count {
-                let c = buf[i]
-                guard c < 0x20 || c == 0x22 || c == 0x5C else { continue }
-                if start < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[start..<i])) }
-                start = i + 1
-                out.append(0x5C)  // backslash
-                switch c {
-                case 0x22: out.append(0x22)
-                case 0x5C: out.append(0x5C)
-                case 0x0A: out.append(0x6E)  // n
-                case 0x0D: out.append(0x72)  // r
-                case 0x09: out.append(0x74)  // t
-                case 0x08: out.append(0x62)  // b
-                case 0x0C: out.append(0x66)  // f
-                default:
-                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
-                    out.append(contentsOf: [0x75, 0x30, 0x30, hex[Int(c >> 4)], hex[Int(c & 0xF)]])  // u00xx
-                }
-            }
-            if start < buf.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[start..<buf.count])) }
-        }
+        writeStringBody(s, bytes: &out)
         out.append(0x22)
+    }
+
+    /// Appends the escaped content of `s` without the quotes (for a string written in parts).
+    static func writeStringBody(_ s: String, bytes out: inout [UInt8]) {
+        // Native strings are contiguous UTF-8: no copy, and one append when nothing needs escaping
+        // (the common case for names and texts).
+        let done: Void? = s.utf8.withContiguousStorageIfAvailable { buf in
+            writeEscaped(buf, bytes: &out)
+        }
+        if done == nil {
+            var copy = s
+            copy.withUTF8 { writeEscaped($0, bytes: &out) }
+        }
+    }
+
+    /// Whether any byte of `buf` must be escaped (a control character, `"` or `\\`): eight bytes
+    /// at a time, since nearly every string written needs no escape at all.
+    static func needsEscape(_ buf: UnsafeBufferPointer<UInt8>) -> Bool {
+        let n = buf.count
+        guard n > 0, let p = buf.baseAddress else { return false }
+        let raw = UnsafeRawPointer(p)
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        var i = 0
+        while i + 8 <= n {
+            let w = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            // A byte below 0x20, or equal to 0x22 or 0x5C, sets its high bit in one of these
+            // (exact as a whole: a false bit only follows a true one in the same word).
+            let control = (w &- ones &* 0x20) & ~w & highs
+            let q = w ^ (ones &* 0x22), b = w ^ (ones &* 0x5C)
+            let quote = (q &- ones) & ~q & highs
+            let backslash = (b &- ones) & ~b & highs
+            if control | quote | backslash != 0 { return true }
+            i += 8
+        }
+        while i < n {
+            let c = p[i]
+            if c < 0x20 || c == 0x22 || c == 0x5C { return true }
+            i += 1
+        }
+        return false
+    }
+
+    static func writeEscaped(_ buf: UnsafeBufferPointer<UInt8>, bytes out: inout [UInt8]) {
+        if !needsEscape(buf) {
+            out.append(contentsOf: buf)
+            return
+        }
+        var start = 0
+        for i in 0..<buf.count {
+            let c = buf[i]
+            guard c < 0x20 || c == 0x22 || c == 0x5C else { continue }
+            if start < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[start..<i])) }
+            start = i + 1
+            out.append(0x5C)  // backslash
+            switch c {
+            case 0x22: out.append(0x22)
+            case 0x5C: out.append(0x5C)
+            case 0x0A: out.append(0x6E)  // n
+            case 0x0D: out.append(0x72)  // r
+            case 0x09: out.append(0x74)  // t
+            case 0x08: out.append(0x62)  // b
+            case 0x0C: out.append(0x66)  // f
+            default:
+                @inline(__always) func hex(_ n: UInt8) -> UInt8 { n < 10 ? 0x30 &+ n : 0x57 &+ n }
+                out.append(contentsOf: [0x75, 0x30, 0x30, hex(c >> 4), hex(c & 0xF)])  // u00xx
+            }
+        }
+        if start < buf.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[start..<buf.count])) }
     }
 }
 

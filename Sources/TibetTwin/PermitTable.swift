@@ -46,41 +46,67 @@ public struct PermitTable: Sendable, Hashable {
                 devices: [String: DeviceDiagnostics]) {
         var bits = [UInt8](repeating: 0, count: layout.coilCount)
         var regs = [UInt16](repeating: 0, count: layout.registerCount)
-        regs[Int(InterlockLayout.Register.heartbeat)] = heartbeat
-        regs[Int(InterlockLayout.Register.health)] = healthy ? 1 : 0
-        regs[Int(InterlockLayout.Register.deviceCount)] = UInt16(truncatingIfNeeded: layout.devices.count)
-        typealias R = InterlockLayout.Register
+        PermitTable.encodeHeader(layout: layout, heartbeat: heartbeat, healthy: healthy, registers: &regs)
         for d in layout.devices {
-            let b = Int(d.registerBase)
-            guard let diag = devices[d.name], let reason = diag.reason else {
-                regs[b + R.reasonCode] = InterlockLayout.unknown
-                regs[b + R.driftMs] = InterlockLayout.unknown
-                regs[b + R.physicalAgeMs] = InterlockLayout.unknown
-                regs[b + R.twinAgeMs] = InterlockLayout.unknown
-                regs[b + R.blockCount] = UInt16(truncatingIfNeeded: devices[d.name]?.blockCount ?? 0)
-                continue
-            }
-            regs[b + R.reasonCode] = reason.rawValue
-            regs[b + R.driftMs] = PermitTable.milliseconds(diag.driftMs)
-            regs[b + R.physicalAgeMs] = PermitTable.milliseconds(diag.physicalAgeMs)
-            regs[b + R.twinAgeMs] = PermitTable.milliseconds(diag.twinAgeMs)
-            regs[b + R.blockCount] = UInt16(truncatingIfNeeded: diag.blockCount)
-            var mask: UInt16 = 0
-            for intent in d.intents where diag.permits.contains(intent.name) {
-                bits[Int(intent.coil)] = 1
-                mask |= 1 << UInt16(intent.bit)
-            }
-            regs[b + R.permitBits] = mask
+            let diag = devices[d.name]
+            PermitTable.encode(device: d, reason: diag?.reason, driftMs: diag?.driftMs, physicalAgeMs: diag?.physicalAgeMs,
+                               twinAgeMs: diag?.twinAgeMs, blockCount: diag?.blockCount ?? 0,
+                               permitted: { diag?.permits.contains(d.intents[$0].name) ?? false },
+                               bits: &bits, registers: &regs)
         }
         self.layout = layout
         self.bits = bits
         self.registers = regs
     }
 
-    private init(layout: InterlockLayout, bits: [UInt8], registers: [UInt16]) {
+    /// A table from arrays already encoded for `layout` (the guard loop keeps its image and
+    /// rewrites only the devices that changed, with `encode` and `encodeHeader`).
+    public init(layout: InterlockLayout, bits: [UInt8], registers: [UInt16]) {
+        precondition(bits.count == layout.coilCount && registers.count == layout.registerCount,
+                     "permit image does not fit its layout")
         self.layout = layout
         self.bits = bits
         self.registers = registers
+    }
+
+    /// Writes the fixed registers: heartbeat, health, device count.
+    public static func encodeHeader(layout: InterlockLayout, heartbeat: UInt16, healthy: Bool, registers regs: inout [UInt16]) {
+        regs[Int(InterlockLayout.Register.heartbeat)] = heartbeat
+        regs[Int(InterlockLayout.Register.health)] = healthy ? 1 : 0
+        regs[Int(InterlockLayout.Register.deviceCount)] = UInt16(truncatingIfNeeded: layout.devices.count)
+    }
+
+    /// Writes one device's coils and register block in place, overwriting what was there. A
+    /// `reason` of nil is "not evaluated": every permit 0, reason and ages unknown (65535).
+    /// `permitted(j)` says whether the device's j-th intent in coil order (`d.intents[j]`) is
+    /// permitted; it is only asked when `reason` is not nil. Milliseconds are rounded and
+    /// saturate at 65534; unknown (nil, NaN) is 65535.
+    public static func encode(device d: InterlockLayout.Device, reason: ReasonCode?, driftMs: Double?, physicalAgeMs: Double?,
+                              twinAgeMs: Double?, blockCount: UInt64, permitted: (Int) -> Bool,
+                              bits: inout [UInt8], registers regs: inout [UInt16]) {
+        typealias R = InterlockLayout.Register
+        let b = Int(d.registerBase)
+        regs[b + R.blockCount] = UInt16(truncatingIfNeeded: blockCount)
+        guard let reason else {
+            regs[b + R.reasonCode] = InterlockLayout.unknown
+            regs[b + R.driftMs] = InterlockLayout.unknown
+            regs[b + R.physicalAgeMs] = InterlockLayout.unknown
+            regs[b + R.twinAgeMs] = InterlockLayout.unknown
+            regs[b + R.permitBits] = 0
+            for intent in d.intents { bits[Int(intent.coil)] = 0 }
+            return
+        }
+        regs[b + R.reasonCode] = reason.rawValue
+        regs[b + R.driftMs] = PermitTable.milliseconds(driftMs)
+        regs[b + R.physicalAgeMs] = PermitTable.milliseconds(physicalAgeMs)
+        regs[b + R.twinAgeMs] = PermitTable.milliseconds(twinAgeMs)
+        var mask: UInt16 = 0
+        for (j, intent) in d.intents.enumerated() {
+            let on = permitted(j)
+            bits[Int(intent.coil)] = on ? 1 : 0
+            if on { mask |= 1 << UInt16(intent.bit) }
+        }
+        regs[b + R.permitBits] = mask
     }
 
     /// Every permit 0, every device not evaluated, health 0: what the interlock serves from start

@@ -77,6 +77,29 @@ public enum RFC3339 {
         var rem = secs % 86_400
         if rem < 0 { rem += 86_400; days -= 1 }
         let (y, m, d) = civilFromDays(Int(days))
+        if (0...9999).contains(y) {
+            // The usual range: fixed widths, written straight into the string's storage.
+            let n = Swift.min(Swift.max(fractionDigits, 0), 9)
+            return String(unsafeUninitializedCapacity: 21 + n) { out in
+                var i = 0
+                @inline(__always) func put(_ v: Int, _ width: Int) {
+                    var v = v
+                    var k = i + width - 1
+                    while k >= i { out[k] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v % 10); v /= 10; k -= 1 }
+                    i += width
+                }
+                @inline(__always) func char(_ c: Unicode.Scalar) { out[i] = UInt8(ascii: c); i += 1 }
+                put(y, 4); char("-"); put(m, 2); char("-"); put(d, 2); char("T")
+                put(Int(rem / 3600), 2); char(":"); put(Int(rem % 3600 / 60), 2); char(":"); put(Int(rem % 60), 2)
+                if n > 0 {
+                    var div = 1
+                    for _ in 0..<(9 - n) { div *= 10 }
+                    char("."); put(Int(nanos) / div, n)
+                }
+                char("Z")
+                return i
+            }
+        }
         var out: [UInt8] = []
         out.reserveCapacity(32)
         func digits(_ v: Int, _ width: Int) {

@@ -76,12 +76,16 @@ public final class SyncGuard: Sendable {
         var allowed: UInt64 = 0
         var blocked: UInt64 = 0
         var ignoredUpdates: UInt64 = 0
+        /// Where each check's hashed bytes are written (reused: no allocation per check).
+        let scratch = ByteSink()
     }
 
     let state: Mutex<State>
     let adHoc: AdHoc?
     let clock: any TimeSource
     let node: String
+    /// `jis:<node>`, the actor of every check token.
+    let actor: String
     let host: String
     let safetyCritical: [String: Bool]
 
@@ -98,6 +102,7 @@ public final class SyncGuard: Sendable {
                       tolerances: valueTolerances, allowedStatuses: allowedStatuses, safetyCritical: safetyCritical)
         self.clock = clock
         self.node = node
+        actor = "jis:\(node)"
         self.host = host ?? SyncGuard.hostName()
         self.safetyCritical = [:]
         let start = clock.now()
@@ -119,6 +124,7 @@ public final class SyncGuard: Sendable {
         adHoc = nil
         self.clock = clock
         self.node = node
+        actor = "jis:\(node)"
         self.host = host ?? SyncGuard.hostName()
         safetyCritical = critical
         let start = clock.now()
@@ -209,8 +215,11 @@ public final class SyncGuard: Sendable {
             var decision: SyncDecision
             var twinSeq: UInt64?
             var mapSHA: String?
-            if ensureDevice(device, &s) {
-                (decision, twinSeq, mapSHA) = decide(&s.devices[device]!, intent: intent, now: now)
+            // One hash of the name when the device is known (the common case), not three.
+            var slot = s.devices.index(forKey: device)
+            if slot == nil, ensureDevice(device, &s) { slot = s.devices.index(forKey: device) }
+            if let slot {
+                (decision, twinSeq, mapSHA) = decide(&s.devices.values[slot], intent: intent, now: now)
             } else {
                 decision = SyncGuard.unknown(device: device, intent: intent, check: .physical,
                                              detail: "device \(device) is not in the maps — cannot verify sync")
@@ -219,10 +228,10 @@ public final class SyncGuard: Sendable {
             if decision.allowed { s.allowed += 1 } else { s.blocked += 1 }
             s.tokenCount += 1
             let record = CheckRecord(
-                tokenId: "\(s.idPrefix)-\(s.tokenCount)", now: now, node: node, host: host, decision: decision,
+                tokenId: "\(s.idPrefix)-\(s.tokenCount)", now: now, node: node, actor: actor, host: host, decision: decision,
                 mapSHA256: mapSHA, twinSeq: twinSeq,
-                safetyCritical: safetyCritical[device] ?? adHoc?.safetyCritical ?? true,
-                parentId: s.lastId, prevHash: s.lastHash)
+                safetyCritical: adHoc?.safetyCritical ?? safetyCritical[device] ?? true,
+                parentId: s.lastId, prevHash: s.lastHash, scratch: s.scratch)
             s.lastId = record.tokenId
             s.lastHash = record.contentHash
             s.ring.append(record)
@@ -238,7 +247,7 @@ public final class SyncGuard: Sendable {
             index = g.addIntent(IntentSpec(name: intent, coil: 0, allowedStatuses: a.allowedStatuses))
         }
         g.evaluate(now: now, auditOK: true)
-        let decision = index.map { g.decision(intent: $0) }
+        let decision = index.map { g.explain(intent: $0) }
             ?? SyncGuard.unknown(device: g.map.device, intent: intent, check: .intent,
                                  detail: "intent \(intent) is not defined for \(g.map.device)")
         return (decision, g.twin?.seq, g.map.sha256.isEmpty ? nil : g.map.sha256)

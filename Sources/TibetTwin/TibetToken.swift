@@ -217,12 +217,31 @@ public struct TokenChain: Sendable {
 public enum Hex {
     /// Lowercase hex, two digits a byte.
     public static func encode(_ bytes: some Sequence<UInt8>) -> String {
-        @inline(__always) func digit(_ n: UInt8) -> UInt8 { n < 10 ? 0x30 &+ n : 0x57 &+ n }  // 0-9, a-f
+        let count = bytes.underestimatedCount
+        // Written straight into the string's storage (a digest is 32 bytes: no intermediate array).
+        if count > 0, let text = bytes.withContiguousStorageIfAvailable({ src in
+            String(unsafeUninitializedCapacity: src.count * 2) { dst in
+                for (i, b) in src.enumerated() {
+                    dst[2 * i] = digit(b >> 4)
+                    dst[2 * i + 1] = digit(b & 0xF)
+                }
+                return src.count * 2
+            }
+        }) {
+            return text
+        }
         var out: [UInt8] = []
-        out.reserveCapacity(64)
+        out.reserveCapacity(Swift.max(count, 32) * 2)
         for b in bytes { out.append(digit(b >> 4)); out.append(digit(b & 0xF)) }
         return String(decoding: out, as: UTF8.self)
     }
+
+    /// A SHA-256 digest as 64 lowercase hex digits.
+    public static func encode(_ digest: SHA256Digest) -> String {
+        digest.withUnsafeBytes { raw in encode(raw.bindMemory(to: UInt8.self)) }
+    }
+
+    @inline(__always) static func digit(_ n: UInt8) -> UInt8 { n < 10 ? 0x30 &+ n : 0x57 &+ n }  // 0-9, a-f
 
     public static func decode(_ text: String) -> [UInt8]? {
         let u = Array(text.utf8)

@@ -93,12 +93,57 @@ struct CheckRecordTests {
                                   values: values, maxSensor: flags[3] ? t(3) : nil, maxValueDelta: d(3),
                                   physicalStatus: t(4), twinStatus: flags[1] ? nil : t(5)))
             let r = CheckRecord(tokenId: "x-\(texts[0])", now: ClockReading(monotonicNs: Int64(bitPattern: bits[4]) / 2, wallNs: 1_795_703_520_000_000_000),
-                                node: t(6), host: t(7), decision: decision, mapSHA256: flags[0] ? t(5) : nil,
-                                twinSeq: flags[2] ? bits[5] : nil, safetyCritical: flags[3],
-                                parentId: flags[1] ? t(3) : nil, prevHash: flags[2] ? t(4) : nil)
+                                node: t(6), actor: "jis:" + t(6), host: t(7), decision: decision,
+                                mapSHA256: flags[0] ? t(5) : nil, twinSeq: flags[2] ? bits[5] : nil,
+                                safetyCritical: flags[3], parentId: flags[1] ? t(3) : nil,
+                                // A previous hash is always hex (written unscanned); every other text is arbitrary.
+                                prevHash: flags[2] ? Hex.encode(bits.map { UInt8(truncatingIfNeeded: $0) }) : nil,
+                                scratch: ByteSink(capacity: 16))
             let token = r.token
             #expect(token.computeContentHash() == r.contentHash)
             #expect(token.hashedBytes == JSONValue.object(token.hashedFields).canonicalBytes)
         }
+    }
+
+    @Test func byteSinkNumbersEqualTheGeneralForm() async {
+        let sink = ByteSink(capacity: 16)
+        func written(_ f: (ByteSink) -> Void) -> String {
+            sink.reset()
+            f(sink)
+            return String(decoding: sink.bytes, as: UTF8.self)
+        }
+        for i: Int64 in [0, 1, -1, 9, 10, -10, .max, .min, 1_000_000_007] {
+            #expect(written { $0.appendInt(i) } == String(i))
+        }
+        for d: Double in [0, -0.0, 1, -1, 0.25, 1e15, 1e16, -9.999999999999998e15, .nan, .infinity, 12.345] {
+            #expect(written { $0.appendDouble(d) } == JSONValue.format(d), "\(d)")
+        }
+        await propertyCheck(count: 2000, input: Gen.uint64()) { bits in
+            let d = Double(bitPattern: bits)
+            #expect(written { $0.appendDouble(d) } == JSONValue.format(d), "\(d)")
+            let i = Int64(bitPattern: bits)
+            #expect(written { $0.appendInt(i) } == String(i))
+        }
+    }
+
+    @Test func escapeScanFindsEverySpecialByteAtEveryOffset() {
+        // The eight-bytes-at-a-time scan must see a special byte in any lane, and no false one.
+        for special: UInt8 in [0x00, 0x01, 0x0A, 0x1F, 0x22, 0x5C] {
+            for length in 1...20 {
+                for at in 0..<length {
+                    var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                    bytes[at] = special
+                    #expect(bytes.withUnsafeBufferPointer { JSONValue.needsEscape($0) }, "byte \(special) at \(at) of \(length)")
+                }
+            }
+        }
+        let plain = Array("abcdefghijklmnopqrstuvwxyz !#$%&'()*+,-./0123456789:;<=>?@[]^_`{|}~\u{7F}é😀".utf8)
+        for n in 0...plain.count {
+            #expect(!plain.prefix(n).withUnsafeBufferPointer { JSONValue.needsEscape($0) })
+        }
+        let sink = ByteSink(capacity: 16)
+        let s = "crane \"01\"\n\u{01}é"
+        sink.appendEscaped(s)
+        #expect("\"" + String(decoding: sink.bytes, as: UTF8.self) + "\"" == JSONValue.string(s).canonical)
     }
 }

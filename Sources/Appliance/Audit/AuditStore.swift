@@ -54,6 +54,12 @@ package struct AuditAck: Sendable, Hashable {
     /// Why the record is not durable.
     package var error: AuditError?
     package var isDurable: Bool { error == nil }
+
+    package init(tokenId: String? = nil, contentHash: String? = nil, error: AuditError? = nil) {
+        self.tokenId = tokenId
+        self.contentHash = contentHash
+        self.error = error
+    }
 }
 
 /// Test and benchmark hooks into the store's disk I/O: called on the writer thread before each

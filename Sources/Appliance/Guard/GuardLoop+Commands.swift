@@ -24,6 +24,7 @@ extension GuardLoop {
             if ok {
                 if slots[s].guardState.verdict(intent: intent).permit {
                     slots[s].published[intent] = true
+                    image.touched.append(s)
                     pending.tableChanged = true
                     metrics.countRise()
                     // That verdict is from the last evaluation, up to a tick old: judge the
@@ -155,6 +156,7 @@ extension GuardLoop {
         slots = newSlots
         slotIndex = Dictionary(uniqueKeysWithValues: slots.enumerated().map { ($1.map.device, $0) })
         layout = reload.layout
+        image.stale = true
         tickNs = Self.tickNs(reload.maps)
         nextTickNs = min(nextTickNs, now.monotonicNs + tickNs)
         pending.tableChanged = true

@@ -21,32 +21,113 @@ extension GuardLoop {
         return .ok
     }
 
-    func buildTable(healthy: Bool) -> PermitTable {
+    // The permit image is kept between publications and rewritten in place, device by device:
+    // a twin line that drops one device's permit rewrites that device's block and coils, not
+    // the table of every device (docs/architecture.md#publishing-the-permits). Every tick
+    // rewrites all blocks (the ages move), without allocating.
+
+    /// Where each slot's block lives in `layout`, and its layout intents (coil order) as map
+    /// intent indices. Rebuilt with the image after a start or reload.
+    struct SlotPlace {
+        var device: InterlockLayout.Device
+        var mapIntent: [Int]
+    }
+
+    /// Builds the image from scratch for the current layout and slots.
+    func rebuildImage() {
+        image.bits = [UInt8](repeating: 0, count: layout.coilCount)
+        image.registers = [UInt16](repeating: 0, count: layout.registerCount)
+        let byName = Dictionary(layout.devices.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        image.places = slots.map { slot in
+            guard let d = byName[slot.map.device] else { return nil }
+            let mapIntent = d.intents.map { li in slot.map.intents.firstIndex { $0.name == li.name } ?? -1 }
+            return SlotPlace(device: d, mapIntent: mapIntent)
+        }
+        image.stale = false
+        withImage { bits, regs in for s in slots.indices { writeSlot(s, &bits, &regs) } }
+    }
+
+    /// Lends the image's two arrays out of `image` (one exclusive access each, and no copy:
+    /// they are moved, not shared).
+    func withImage(_ body: (inout [UInt8], inout [UInt16]) -> Void) {
+        var bits: [UInt8] = [], regs: [UInt16] = []
+        swap(&bits, &image.bits)
+        swap(&regs, &image.registers)
+        body(&bits, &regs)
+        swap(&bits, &image.bits)
+        swap(&regs, &image.registers)
+    }
+
+    /// Rewrites one slot's block and coils from its guard state and published permits.
+    func writeSlot(_ s: Int, _ bits: inout [UInt8], _ regs: inout [UInt16]) {
+        guard let place = image.places[s] else { return }
+        // Read through `slots[s]` (borrowed), not a copy of the slot: this runs for every device
+        // on every tick.
+        let published = slots[s].published
+        PermitTable.encode(device: place.device,
+                           reason: slots[s].guardState.lastEvaluation == nil ? nil : deviceReason(slots[s]),
+                           driftMs: slots[s].guardState.lastDriftMs, physicalAgeMs: slots[s].guardState.lastPhysicalAgeMs,
+                           twinAgeMs: slots[s].guardState.lastTwinAgeMs, blockCount: slots[s].guardState.blockCount,
+                           permitted: { j in
+                               let i = place.mapIntent[j]
+                               return i >= 0 && published[i]
+                           },
+                           bits: &bits, registers: &regs)
+    }
+
+    /// Brings the image up to date — every slot on a tick, else the slots `touched` since the
+    /// last publication — and publishes it.
+    func publishImage(healthy: Bool, tick: Bool) {
+        if image.stale {
+            rebuildImage()
+        } else if tick {
+            withImage { bits, regs in for s in slots.indices { writeSlot(s, &bits, &regs) } }
+        } else {
+            withImage { bits, regs in for s in image.touched { writeSlot(s, &bits, &regs) } }
+        }
+        image.touched.removeAll(keepingCapacity: true)
+        PermitTable.encodeHeader(layout: layout, heartbeat: heartbeat, healthy: healthy, registers: &image.registers)
+        if tick { updateTableMetrics(healthy: healthy) }
+        let table = PermitTable(layout: layout, bits: image.bits, registers: image.registers)
+        // Debug builds (every test) hold the in-place image to the table built whole, except
+        // the diagnostics of untouched devices between ticks, which are as of their last write.
+        assert(!tick || table == fullTable(healthy: healthy), "the in-place permit image differs from the full encoding")
+        assert(table.bits == fullTable(healthy: healthy).bits, "the in-place permit coils differ from the full encoding")
+        publishTable(table)
+    }
+
+    /// The table encoded whole from every slot (the debug-build oracle for the in-place image).
+    func fullTable(healthy: Bool) -> PermitTable {
         var devices: [String: DeviceDiagnostics] = [:]
-        devices.reserveCapacity(slots.count)
-        var blocked: [ReasonCode: Int] = [:]
-        var permits = 0, intents = 0
         for slot in slots {
             let g = slot.guardState
             var names = Set<String>()
+            for i in slot.published.indices where slot.published[i] { names.insert(slot.map.intents[i].name) }
+            devices[slot.map.device] = DeviceDiagnostics(
+                reason: g.lastEvaluation == nil ? nil : deviceReason(slot), driftMs: g.lastDriftMs,
+                physicalAgeMs: g.lastPhysicalAgeMs, twinAgeMs: g.lastTwinAgeMs, permits: names, blockCount: g.blockCount)
+        }
+        return PermitTable(layout: layout, heartbeat: heartbeat, healthy: healthy, devices: devices)
+    }
+
+    /// Permits, intents and blocked intents by reason, for `/metrics` (on ticks only).
+    func updateTableMetrics(healthy: Bool) {
+        for k in image.blockedByReason.indices { image.blockedByReason[k] = 0 }
+        var permits = 0, intents = 0
+        for slot in slots {
             for i in slot.published.indices {
                 intents += 1
                 if slot.published[i] {
-                    names.insert(slot.map.intents[i].name)
                     permits += 1
                 } else {
-                    let v = g.verdict(intent: i)
-                    blocked[v.permit ? .audit : v.reason, default: 0] += 1
+                    let v = slot.guardState.verdict(intent: i)
+                    let r = v.permit ? ReasonCode.audit : v.reason
+                    image.blockedByReason[Int(r.rawValue)] += 1
                 }
             }
-            devices[slot.map.device] = DeviceDiagnostics(
-                reason: g.lastEvaluation == nil ? nil : deviceReason(slot), driftMs: g.lastDriftMs,
-                physicalAgeMs: g.lastPhysicalAgeMs, twinAgeMs: g.lastTwinAgeMs, permits: names,
-                blockCount: g.blockCount)
         }
         metrics.setTable(permits: permits, intents: intents, devices: slots.count, healthy: healthy,
-                         blockedByReason: blocked)
-        return PermitTable(layout: layout, heartbeat: heartbeat, healthy: healthy, devices: devices)
+                         blockedByCode: image.blockedByReason)
     }
 
     func publishTable(_ table: PermitTable) {

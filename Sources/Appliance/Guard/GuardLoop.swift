@@ -113,6 +113,8 @@ package final class GuardLoop: @unchecked Sendable {
     var lastStatusNs: Int64 = 0
     var lastStatusText = ""
     var lastPublished: PermitTable?
+    /// The permit image as last published, rewritten in place (GuardLoop+Publishing.swift).
+    var image = PermitImage()
     /// Resets that cleared nothing, folded per device, intent and client address (one token
     /// per key per second; GuardLoop+Commands.swift).
     var noopResets: [String: FoldedReset] = [:]
@@ -170,6 +172,7 @@ package final class GuardLoop: @unchecked Sendable {
     }
 
     func install(_ maps: [DeviceMap]) {
+        image.stale = true
         slots = maps.map(Slot.init)
         slotIndex = Dictionary(uniqueKeysWithValues: maps.enumerated().map { ($1.device, $0) })
         tickNs = Self.tickNs(maps)
@@ -280,6 +283,25 @@ package final class GuardLoop: @unchecked Sendable {
         flushNoopResets(now: clock.now(), all: true)
     }
 
+    /// Permits 1 in the last published table (benchmarks and profiling).
+    package var publishedPermitCount: Int { lastPublished?.bits.reduce(0) { $0 + Int($1) } ?? 0 }
+
+    /// One iteration on the caller's thread, as the loop thread runs it: takes what the inbox
+    /// holds (states, acknowledgements) and evaluates at the clock's now — every device if a
+    /// tick is due. For benchmarks and profiling (`tibet-twin-profile`); never while `start()`ed.
+    package func iterateOnce() {
+        if lastPublished == nil { publishTable(PermitTable.allBlocked(layout: layout)) }
+        var physical: [String: PhysicalState] = [:]
+        var twin: [String: TwinState] = [:]
+        var commands: [GuardCommand] = []
+        cond.withLock {
+            swap(&physical, &inPhysical)
+            swap(&twin, &inTwin)
+            swap(&commands, &inCommands)
+        }
+        iterate(physical: physical, twin: twin, commands: commands)
+    }
+
     // MARK: One iteration
 
     /// What an evaluation changed and must be done after publishing.
@@ -317,6 +339,7 @@ package final class GuardLoop: @unchecked Sendable {
         var evaluated = 0
         for s in slots.indices where tick || slots[s].evaluate {
             slots[s].evaluate = false
+            if !tick { image.touched.append(s) }
             evaluate(slot: s, now: now, auditOK: auditOK, pending: &pending)
             evaluated += slots[s].map.intents.count
         }
@@ -327,7 +350,7 @@ package final class GuardLoop: @unchecked Sendable {
             if nextTickNs <= now.monotonicNs { nextTickNs = now.monotonicNs + tickNs }
         }
         if tick || pending.tableChanged {
-            publishTable(buildTable(healthy: auditOK))
+            publishImage(healthy: auditOK, tick: tick)
         }
         for reply in pending.afterPublish { reply() }
         // Drops are on the coils now; their tokens follow.
@@ -385,4 +408,19 @@ package final class GuardLoop: @unchecked Sendable {
 package struct GuardLoopError: Error, Sendable, Hashable, CustomStringConvertible {
     package var errno: Int32
     package var description: String { "guard loop: pthread_create failed: \(Errno(errno).name)" }
+}
+
+/// The guard loop's permit image: the arrays the interlock serves, kept between publications
+/// and rewritten in place. Loop thread only.
+struct PermitImage {
+    var bits: [UInt8] = []
+    var registers: [UInt16] = []
+    /// Per slot, where its block is (nil: not in the layout, never served).
+    var places: [GuardLoop.SlotPlace?] = []
+    /// Slots evaluated or changed since the last publication (outside ticks).
+    var touched: [Int] = []
+    /// Set when the slots or the layout change: the next publication rebuilds everything.
+    var stale = true
+    /// Blocked intents by reason code (index = raw value), for the metrics.
+    var blockedByReason = [Int](repeating: 0, count: Int(ReasonCode.allCases.map(\.rawValue).max() ?? 0) + 1)
 }

@@ -117,13 +117,16 @@ package final class ApplianceMetrics: Sendable {
     package func countAuditFailure() { auditSubmitFailures.increment() }
 
     /// The current table: permits up, intents and devices configured, blocked intents by reason.
-    package func setTable(permits: Int, intents: Int, devices: Int, healthy: Bool, blockedByReason: [ReasonCode: Int]) {
+    /// The permit table's totals; `blockedByCode[k]` is the number of intents blocked with the
+    /// reason code whose raw value is k.
+    package func setTable(permits: Int, intents: Int, devices: Int, healthy: Bool, blockedByCode: [Int]) {
         permitsGauge.set(Int64(permits))
         intentsGauge.set(Int64(intents))
         devicesGauge.set(Int64(devices))
         healthyGauge.set(Int64(healthy ? 1 : 0))
         for (i, r) in ReasonCode.allCases.enumerated() where r != .ok {
-            blockedNow[i].set(Int64(blockedByReason[r] ?? 0))
+            let k = Int(r.rawValue)
+            blockedNow[i].set(Int64(k < blockedByCode.count ? blockedByCode[k] : 0))
         }
     }
 

@@ -1,0 +1,154 @@
+// `tibet-twin-profile WORKLOAD [N]`: one hot path, synchronously on the main thread, for
+// `valgrind --tool=callgrind` (instruction counts are repeatable on a noisy machine, where
+// timings are not; docs/benchmarks.md). valgrind cannot follow the bench binary's async main,
+// so the workloads live here, in plain code with the same inputs as GuardBench.
+//
+//   check  SyncGuard.check(device:intent:) on one crane (evaluate, explain, token, SHA-256, ring)
+//   tick   the guard loop's iteration at DEVICES devices (default 1000), N times: every device
+//          gets a fresh poll and twin line and a tick is due (20 Hz polls, 50 ms tick), as at
+//          steady state with every permit up; publishing the permit image included
+//   drop   N iterations (N <= DEVICES) that each drop one device's permits on a twin fault
+//          line: one device evaluated, the image published, the drop token submitted
+
+import Appliance
+import Foundation
+import TibetTwin
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fixed wall time moving 100 ns per reading, as in GuardBench: every check takes the full
+/// passing path.
+final class StepClock: TimeSource, @unchecked Sendable {
+    var ns: Int64 = 1_795_703_520_000_000_000
+    func now() -> ClockReading {
+        ns += 100
+        return ClockReading(monotonicNs: ns, wallNs: ns)
+    }
+}
+
+func checks(_ n: Int) -> Int {
+    let g = SyncGuard(maxDriftMs: 200, valueTolerances: ["crane-0": ["position_x": 0.5, "load_kg": 100]],
+                      node: "bench", host: "bench", clock: StepClock())
+    g.updatePhysical(device: "crane-0", status: "operational",
+                     values: ["position_x": 12.5, "position_y": 8.3, "load_kg": 2500])
+    g.updateTwin(device: "crane-0", status: "operational",
+                 values: ["position_x": 12.5, "position_y": 8.3, "load_kg": 2500])
+    var allowed = 0
+    for _ in 0..<n where g.check(device: "crane-0", intent: "move_left").allowed { allowed += 1 }
+    return allowed
+}
+
+// MARK: The guard loop
+
+/// A clock the workload moves by hand.
+final class ManualClock: TimeSource, @unchecked Sendable {
+    var reading = ClockReading(monotonicNs: 1_000_000_000, wallNs: 1_795_703_520_000_000_000)
+    func now() -> ClockReading { reading }
+    func advance(ns: Int64) { reading = ClockReading(monotonicNs: reading.monotonicNs + ns, wallNs: reading.wallNs + ns) }
+}
+
+/// An audit chain that makes every record durable at once.
+final class InstantAudit: AuditTrail, @unchecked Sendable {
+    var isHealthy: Bool { true }
+    func submit(_ record: AuditRecord, onDurable: (@Sendable (AuditAck) -> Void)?) { onDurable?(AuditAck()) }
+}
+
+struct LoopRig {
+    let loop: GuardLoop
+    let clock: ManualClock
+    let names: [String]
+
+    init(devices n: Int) {
+        names = (0..<n).map { "crane-\($0)" }
+        let maps = names.enumerated().map { k, name in
+            DeviceMap(
+                device: name, profile: .port, plc: PLCEndpoint(host: "127.0.0.1", pollMs: 50),
+                limits: Limits(maxDriftMs: 200, maxAgeMs: 200, rearmMs: 100),
+                status: StatusSpec(register: RegisterSpec(name: "status", address: 0), values: [0: "operational", 1: "fault"]),
+                registers: [
+                    RegisterSpec(name: "position_x", address: 100, type: .float32, tolerance: 0.5),
+                    RegisterSpec(name: "load_kg", address: 102, type: .uint32, tolerance: 100),
+                ],
+                intents: [IntentSpec(name: "move_left", coil: UInt16(2 * k)), IntentSpec(name: "hoist", coil: UInt16(2 * k + 1))])
+        }
+        clock = ManualClock()
+        loop = GuardLoop(configuration: .init(node: "profile", checkpointS: 0), maps: maps,
+                         layout: try! InterlockLayout(maps: maps), audit: InstantAudit(), metrics: ApplianceMetrics(),
+                         clock: clock, publish: { _ in })
+    }
+
+    func feed(status: String = "operational", only: Int? = nil) {
+        let now = clock.now()
+        for (k, name) in names.enumerated() where only == nil || only == k {
+            loop.submit(physical: PhysicalState(device: name, status: "operational", values: [
+                "position_x": Reading(value: .double(12.5), quality: .good),
+                "load_kg": Reading(value: .uint(2500), quality: .good),
+            ], time: now))
+            loop.submit(twin: TwinState(device: name, tsNs: now.wallNs - 20_000_000, seq: nil, status: status,
+                                        values: ["position_x": 12.5, "load_kg": 2500], received: now))
+        }
+    }
+
+    /// Every permit up: states, 100 ms of re-arm, the rises' acknowledgements.
+    func arm() {
+        for _ in 0..<4 {
+            feed()
+            loop.iterateOnce()
+            clock.advance(ns: 60_000_000)
+        }
+        feed()
+        loop.iterateOnce()
+        loop.iterateOnce()
+        precondition(loop.publishedPermitCount == 2 * names.count, "not every permit rose: \(loop.publishedPermitCount)")
+    }
+}
+
+func ticks(devices: Int, _ n: Int) -> Int {
+    let rig = LoopRig(devices: devices)
+    rig.arm()
+    for _ in 0..<n {
+        rig.clock.advance(ns: 50_000_000)
+        rig.feed()
+        rig.loop.iterateOnce()
+    }
+    return rig.loop.publishedPermitCount
+}
+
+func drops(devices: Int, _ n: Int) -> Int {
+    let rig = LoopRig(devices: devices)
+    rig.arm()
+    for k in 0..<min(n, devices) {
+        rig.clock.advance(ns: 1000)
+        rig.feed(status: "fault", only: k)
+        rig.loop.iterateOnce()
+    }
+    return rig.loop.publishedPermitCount
+}
+
+let args = CommandLine.arguments.dropFirst()
+let n = args.dropFirst().first.flatMap { Int($0) } ?? 20_000
+switch args.first {
+case "check":
+    let allowed = checks(n)
+    print("check: \(n) checks, \(allowed) allowed")
+    exit(allowed == n ? 0 : 1)
+case "token":
+    let g = SyncGuard(maxDriftMs: 200, valueTolerances: ["crane-0": ["position_x": 0.5, "load_kg": 100]],
+                      node: "bench", host: "bench", clock: StepClock())
+    g.updatePhysical(device: "crane-0", status: "operational", values: ["position_x": 12.5, "position_y": 8.3, "load_kg": 2500])
+    g.updateTwin(device: "crane-0", status: "operational", values: ["position_x": 12.5, "position_y": 8.3, "load_kg": 2500])
+    _ = g.check(device: "crane-0", intent: "move_left")
+    _ = g.check(device: "crane-0", intent: "move_left")
+    let t = g.exportAudit().last!
+    print(t.json.canonical)
+    print(t.hashedBytes.count)
+case "tick", "drop":
+    let devices = args.dropFirst(2).first.flatMap { Int($0) } ?? 1000
+    let permits = args.first == "tick" ? ticks(devices: devices, n) : drops(devices: devices, n)
+    print("\(args.first!): \(n) iterations at \(devices) devices, \(permits) permits up at the end")
+default:
+    print("usage: tibet-twin-profile check|token [N] | tick|drop [N [DEVICES]]")
+    exit(2)
+}
