@@ -167,8 +167,8 @@ extension StatusSnapshot {
             .cond{font-size:.85em;color:#b3261e;margin-right:.4em}
             .small{font-size:.85em;color:#444}.bad{color:#b3261e;font-weight:bold}.dev{font-weight:bold;white-space:nowrap}
             .nodata{color:#b3261e;font-weight:bold}.num{text-align:right}.nw{white-space:nowrap}
-            .over{color:#b3261e;font-weight:bold}td.reason{max-width:34em}
-            .clamp{display:-webkit-box;-webkit-line-clamp:3;-webkit-box-orient:vertical;overflow:hidden}
+            .over{color:#b3261e;font-weight:bold}td.reason{min-width:24em;max-width:40em}
+            .clamp{display:-webkit-box;-webkit-line-clamp:4;-webkit-box-orient:vertical;overflow:hidden}
             #filter{font-size:1em;padding:.3em;width:20em}
             </style></head><body>
             <header class="\(bad ? "fault" : "allgood")" id="summary" data-faults="\(faults)">
