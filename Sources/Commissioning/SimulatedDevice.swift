@@ -107,7 +107,7 @@ final class SimulatedDevice {
             }
         }
         if name == "status", let code = ReadPlan.integer(value), let n = map.status.values[code] { return "status \(n) (\(code))" }
-        return "\(name) \(value)"
+        return "\(name) \(value.text(precision: spec.precision))"
     }
 
     func write(_ value: Value, as spec: RegisterSpec) {

@@ -9,7 +9,7 @@ public enum ReadReport {
         for r in map.registers {
             let reading = state.values[r.name] ?? Reading(value: nil, quality: .badComm)
             var v: [String: JSONValue] = [
-                "value": reading.value.map(jsonValue) ?? .null,
+                "value": reading.value.map { jsonValue($0, precision: r.precision) } ?? .null,
                 "quality": .string(reading.quality.description),
             ]
             v["unit"] = r.unit.map(JSONValue.string) ?? .null
@@ -41,9 +41,10 @@ public enum ReadReport {
     }
 
     /// A decoded value as JSON: integers stay integers (a `uint64` above `Int64.max` becomes a
-    /// double), non-finite doubles `null`.
-    public static func jsonValue(_ v: Value) -> JSONValue {
-        switch v {
+    /// double), doubles the number their shortest text at `precision` reads back as (a float32
+    /// 230.1 is `230.1`), non-finite doubles `null`.
+    public static func jsonValue(_ v: Value, precision: ValuePrecision = .float64) -> JSONValue {
+        switch v.at(precision: precision) {
         case .bool(let b): return .bool(b)
         case .int(let i): return .int(i)
         case .uint(let u): return u <= UInt64(Int64.max) ? .int(Int64(u)) : .double(Double(u))
@@ -58,7 +59,7 @@ public enum ReadReport {
         var rows: [[String]] = [["NAME", "VALUE", "UNIT", "QUALITY", "REGISTER"]]
         for r in map.registers {
             let reading = state.values[r.name] ?? Reading(value: nil, quality: .badComm)
-            rows.append([r.name, reading.value?.description ?? "-", r.unit ?? "", reading.quality.description, place(r)])
+            rows.append([r.name, reading.value?.text(precision: r.precision) ?? "-", r.unit ?? "", reading.quality.description, place(r)])
         }
         let widths = (0..<5).map { c in rows.map { $0[c].count }.max() ?? 0 }
         var out = "\(state.device)  \(map.plc.host):\(map.plc.port) unit \(map.plc.unit)  \(RFC3339.format(wallNs: state.time.wallNs))\n"

@@ -273,7 +273,7 @@ struct ReadCommand: AsyncParsableCommand {
         var parts = [RFC3339.format(wallNs: s.time.wallNs), s.device, "status=\(s.status ?? "?")", "identity=\(ReadReport.identityWord(s.identity))"]
         for r in map.registers {
             let reading = s.values[r.name] ?? Reading(value: nil, quality: .badComm)
-            var p = "\(r.name)=\(reading.value?.description ?? "-")"
+            var p = "\(r.name)=\(reading.value?.text(precision: r.precision) ?? "-")"
             if !reading.quality.isGood { p += "(\(reading.quality))" }
             parts.append(p)
         }

@@ -33,7 +33,7 @@ final class FakeControl: ApplianceControl {
         done(.done(device: device, cleared: d.intents.filter { $0.latched && (intent == nil || $0.intent == intent) }.map(\.intent)))
     }
 
-    func metricsText() -> [UInt8] { metrics.render() }
+    func metricsText(status: StatusSnapshot?) -> [UInt8] { metrics.render(status: status) }
 
     func health() -> HealthSnapshot {
         HealthSnapshot(guardAlive: healthy, auditHealthy: true, ready: true, heartbeat: 7, sinceTickMs: sinceTickMs ?? (healthy ? 3 : 9000))

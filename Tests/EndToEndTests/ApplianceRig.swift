@@ -10,13 +10,15 @@ import TestSupport
 // `audit verify`), a twin that speaks the feed protocol from Python, and pymodbus reading the
 // permit coils — everything over real sockets on 127.0.0.1, every child stopped by the test.
 
-/// A register map for the rig (the crane of docs/register-maps.md, two intents), its PLC at `port`.
-func rigMapYAML(device: String = "crane-01", port: Int, coil: Int = 0, rearmMs: Int = 100, tolerance: Int = 100) -> String {
+/// A register map for the rig (the crane of docs/register-maps.md, two intents), its PLC at `port`,
+/// with `extraRegisters` (YAML flow mappings) after its two values.
+func rigMapYAML(device: String = "crane-01", port: Int, coil: Int = 0, rearmMs: Int = 100, tolerance: Int = 100,
+                pollMs: Int = 50, timeoutMs: Int = 100, maxAgeMs: Int = 200, extraRegisters: [String] = []) -> String {
     """
     device: \(device)
     profile: port
-    plc: {host: 127.0.0.1, port: \(port), unit: 1, poll_ms: 50, timeout_ms: 100}
-    limits: {max_drift_ms: 200, max_age_ms: 200, rearm_ms: \(rearmMs)}
+    plc: {host: 127.0.0.1, port: \(port), unit: 1, poll_ms: \(pollMs), timeout_ms: \(timeoutMs)}
+    limits: {max_drift_ms: \(maxAgeMs), max_age_ms: \(maxAgeMs), rearm_ms: \(rearmMs)}
     identity:
       - {name: serial, address: 9000, type: uint32, expect: 4711}
     status:
@@ -24,7 +26,7 @@ func rigMapYAML(device: String = "crane-01", port: Int, coil: Int = 0, rearmMs: 
     registers:
       - {name: position_x, address: 100, type: float32, unit: m, tolerance: 0.5}
       - {name: load_kg, address: 102, type: uint32, order: CDAB, unit: kg, tolerance: \(tolerance)}
-    intents:
+    \(extraRegisters.map { "  - \($0)\n" }.joined())intents:
       move_left: {coil: \(coil)}
       hoist: {coil: \(coil + 1), requires: {load_kg: {max: 40000}}}
 

@@ -128,6 +128,8 @@ package struct AuditStats: Sendable, Hashable {
     package var stalls: UInt64 = 0
     package var longestStallNs: Int64 = 0
     package var lastError: String?
+    /// How long the write or fdatasync in progress has been running; 0 when idle.
+    package var busyNs: Int64 = 0
     /// The chain head: the last durable token.
     package var headId: String?
     package var headHash: String?
@@ -364,6 +366,8 @@ package final class AuditStore: Sendable {
         var s = shared.stats.withLock { $0 }
         s.healthy = isHealthy
         s.waiting = shared.outstanding.load(ordering: .relaxed)
+        let busy = shared.busySinceNs.load(ordering: .acquiring)
+        s.busyNs = busy == 0 ? 0 : max(monotonicNowNs() - busy, 0)
         return s
     }
 

@@ -179,37 +179,61 @@ extension GuardLoop {
         for slot in slots {
             let g = slot.guardState
             var intents: [IntentStatus] = []
+            var failing: [[String]] = []
+            var inputProblems: [String] = []
             for (i, spec) in slot.map.intents.enumerated() {
                 let v = g.verdict(intent: i)
+                let decision = g.decision(intent: i)
                 let reasonCode: ReasonCode
                 let reason: String
+                var details: [String] = []
                 if slot.published[i] {
                     reasonCode = .ok
-                    reason = g.decision(intent: i).reason
+                    reason = decision.reason
                 } else if v.permit {
                     reasonCode = .audit
                     reason = "BLOCKED: waiting for the audit chain to make the rise durable"
+                    details = ["waiting for the audit chain to make the rise durable"]
                 } else {
                     reasonCode = v.reason
-                    reason = g.decision(intent: i).reason
+                    reason = decision.reason
+                    details = decision.failing.map(\.detail)
                 }
+                if i == 0 {
+                    inputProblems = decision.failing.filter { Self.inputChecks.contains($0.check) }.map(\.detail)
+                }
+                failing.append(details)
                 intents.append(IntentStatus(intent: spec.name, coil: spec.coil, permit: slot.published[i],
                                             reasonCode: reasonCode, reason: reason, latched: g.isLatched(intent: i)))
             }
+            // The reason once per device: the failing checks every intent shares; each intent
+            // keeps only its own conditions beside it.
+            let shared = failing.dropFirst().reduce(failing.first ?? []) { common, next in common.filter(next.contains) }
+            for i in intents.indices { intents[i].conditions = failing[i].filter { !shared.contains($0) } }
             let p = g.latestPhysical, t = g.latestTwin
+            if g.lastEvaluation == nil { inputProblems = ["not evaluated yet"] }
             var values: [ValueStatus] = []
             for r in slot.map.registers {
                 let reading = p?.values[r.name]
                 values.append(ValueStatus(name: r.name, physical: reading?.value, quality: reading?.quality,
-                                          twin: t?.values[r.name], unit: r.unit, tolerance: r.tolerance))
+                                          twin: t?.values[r.name], unit: r.unit, tolerance: r.tolerance, precision: r.precision))
             }
             devices.append(DeviceStatus(
                 device: slot.map.device, intents: intents, driftMs: g.lastDriftMs, physicalAgeMs: g.lastPhysicalAgeMs,
                 twinAgeMs: g.lastTwinAgeMs, physicalStatus: p?.status, twinStatus: t?.status,
-                identity: p.map { "\($0.identity)" }, twinSeq: t?.seq, blockCount: g.blockCount, values: values))
+                identity: p.map { "\($0.identity)" }, twinSeq: t?.seq, blockCount: g.blockCount, values: values,
+                reasonCode: g.lastEvaluation == nil ? nil : deviceReason(slot),
+                reason: shared.isEmpty ? nil : shared.joined(separator: "; "),
+                physicalError: p == nil ? "no poll answer yet" : p?.pollError, inputProblems: inputProblems,
+                maxAgeMs: slot.map.limits.maxAgeMs, maxDriftMs: slot.map.limits.maxDriftMs))
         }
         let auditOK = audit.isHealthy
         return StatusSnapshot(node: config.node, healthy: auditOK && isReady, auditHealthy: auditOK,
                               heartbeat: heartbeat, wallNs: now.wallNs, devices: devices)
     }
+
+    /// The checks on a device's inputs (the PLC, the twin feed, who they are): while one fails
+    /// the appliance is not ready (`/readyz`). Drift, status and value disagreement are
+    /// verdicts on good inputs, not input failures.
+    static let inputChecks: Set<GuardCheck> = [.physical, .comms, .physicalAge, .twin, .twinAge, .identity]
 }

@@ -18,8 +18,9 @@ package protocol ApplianceControl: Sendable {
     func status(_ done: @escaping @Sendable (StatusSnapshot?) -> Void)
     /// Clears latches (docs/decision-rule.md), audited with the client's address.
     func reset(device: String, intent: String?, client: String, _ done: @escaping @Sendable (ResetOutcome) -> Void)
-    /// The Prometheus text exposition of every metric.
-    func metricsText() -> [UInt8]
+    /// The Prometheus text exposition of every metric; the per-device and per-intent series
+    /// come from `status` (the same snapshot `/status` shows), and are left out without one.
+    func metricsText(status: StatusSnapshot?) -> [UInt8]
     /// Liveness for `/healthz`: the guard ticks and the audit store can write.
     func health() -> HealthSnapshot
 }
@@ -53,7 +54,8 @@ package struct HealthSnapshot: Sendable, Hashable {
 /// | `GET /` | the status page (HTML, refreshes itself) |
 /// | `GET /status` | status JSON (docs/cli.md) |
 /// | `GET /metrics` | Prometheus text |
-/// | `GET /healthz` | 200 `ok` or 503 with what is wrong |
+/// | `GET /healthz` | liveness: 200 `ok` or 503 with what is wrong |
+/// | `GET /readyz` | readiness: 200 while every device's inputs are good, else 503 with the reasons per device |
 /// | `POST /reset?device=D[&intent=I]` | clears latches; JSON `{"device":…,"cleared":[…]}` |
 ///
 /// Everything else is 404 (or 405 for a known path with the wrong method). Reset is a POST so a
@@ -93,8 +95,10 @@ package struct HTTPAPI: Sendable {
             }
         case "/metrics":
             guard get else { return respond(methodNotAllowed("GET")) }
-            respond(HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
-                                 body: control.metricsText()))
+            control.status { snap in
+                respond(HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
+                                     body: control.metricsText(status: snap)))
+            }
         case "/healthz":
             guard get else { return respond(methodNotAllowed("GET")) }
             let h = control.health()
@@ -112,6 +116,10 @@ package struct HTTPAPI: Sendable {
                 if !h.auditHealthy { what.append("audit chain not writable") }
                 respond(HTTPResponse(status: 503, text: "degraded: " + what.joined(separator: "; ") + "\n"))
             }
+        case "/readyz":
+            guard get else { return respond(methodNotAllowed("GET")) }
+            let h = control.health()
+            control.status { snap in respond(readiness(health: h, status: snap)) }
         case "/reset":
             guard req.method == "POST" else { return respond(methodNotAllowed("POST")) }
             if let refused = gate.check(req) { return respond(refused) }
@@ -146,8 +154,30 @@ package struct HTTPAPI: Sendable {
                 }
             }
         default:
-            respond(HTTPResponse(status: 404, text: "not found: \(req.path) (try /, /status, /metrics, /healthz, POST /reset)\n"))
+            respond(HTTPResponse(status: 404, text: "not found: \(req.path) (try /, /status, /metrics, /healthz, /readyz, POST /reset)\n"))
         }
+    }
+
+    /// `/readyz`: ready only while the guard is live (`/healthz`) and every device's inputs
+    /// are good. Plain text, first line `ready: …` or `not ready: …`, then one line per failing
+    /// device: `DEVICE: problem; problem`.
+    static func readiness(health h: HealthSnapshot, status: StatusSnapshot?) -> HTTPResponse {
+        var lines: [String] = []
+        if !h.ready { lines.append("appliance: first evaluation pending") }
+        if !h.guardAlive { lines.append("appliance: guard loop not ticking (\(Int(min(h.sinceTickMs, 1e9))) ms since last tick)") }
+        if !h.auditHealthy { lines.append("appliance: audit chain not writable") }
+        guard let status else {
+            lines.append("appliance: guard loop did not answer in time")
+            return HTTPResponse(status: 503, text: "not ready: the guard loop did not answer\n" + lines.joined(separator: "\n") + "\n")
+        }
+        let failing = status.failingDevices
+        for d in failing { lines.append("\(d.device): " + d.inputProblems.joined(separator: "; ")) }
+        if lines.isEmpty {
+            return HTTPResponse(status: 200, text: "ready: \(status.devices.count) devices, every input good\n")
+        }
+        let head = "not ready: \(failing.count) of \(status.devices.count) devices with failing inputs"
+            + (h.healthy ? "" : ", appliance degraded")
+        return HTTPResponse(status: 503, text: head + "\n" + lines.joined(separator: "\n") + "\n")
     }
 
     static func methodNotAllowed(_ allowed: String) -> HTTPResponse {

@@ -29,6 +29,8 @@ package struct StatusSnapshot: Sendable, Hashable {
     package var permitCount: Int { devices.reduce(0) { $0 + $1.intents.filter(\.permit).count } }
     /// Intents over all devices.
     package var intentCount: Int { devices.reduce(0) { $0 + $1.intents.count } }
+    /// Devices whose inputs are failing (`/readyz`).
+    package var failingDevices: [DeviceStatus] { devices.filter { !$0.inputProblems.isEmpty } }
 }
 
 /// One device in a `StatusSnapshot`.
@@ -46,10 +48,33 @@ package struct DeviceStatus: Sendable, Hashable {
     /// Permit drops since start (or since the device's map was last replaced).
     package var blockCount: UInt64
     package var values: [ValueStatus]
+    /// The device's reason code (what the interlock serves in its reason register); `nil`
+    /// before its first evaluation.
+    package var reasonCode: ReasonCode?
+    /// Why every intent of the device is blocked, in words, once for the device (the failing
+    /// checks all its intents share); `nil` when no check blocks them all.
+    package var reason: String?
+    /// The last poll's error (`connect: ECONNREFUSED …`), `nil` when it was good: the physical
+    /// side then has no data, whatever its age.
+    package var physicalError: String?
+    /// What is wrong with the device's inputs (PLC, twin, identity), in words; empty when they
+    /// are good. Drives `/readyz`.
+    package var inputProblems: [String]
+    /// The limits the ages and the drift are judged by (`max_age_ms`, `max_drift_ms`).
+    package var maxAgeMs: Double?
+    package var maxDriftMs: Double?
 
     package init(device: String, intents: [IntentStatus], driftMs: Double? = nil, physicalAgeMs: Double? = nil,
                 twinAgeMs: Double? = nil, physicalStatus: String? = nil, twinStatus: String? = nil,
-                identity: String? = nil, twinSeq: UInt64? = nil, blockCount: UInt64 = 0, values: [ValueStatus] = []) {
+                identity: String? = nil, twinSeq: UInt64? = nil, blockCount: UInt64 = 0, values: [ValueStatus] = [],
+                reasonCode: ReasonCode? = nil, reason: String? = nil, physicalError: String? = nil,
+                inputProblems: [String] = [], maxAgeMs: Double? = nil, maxDriftMs: Double? = nil) {
+        self.reasonCode = reasonCode
+        self.reason = reason
+        self.physicalError = physicalError
+        self.inputProblems = inputProblems
+        self.maxAgeMs = maxAgeMs
+        self.maxDriftMs = maxDriftMs
         self.device = device
         self.intents = intents
         self.driftMs = driftMs
@@ -73,8 +98,13 @@ package struct IntentStatus: Sendable, Hashable {
     /// In words, as the decision says it (`BLOCKED: status mismatch: physical=fault, twin=operational`).
     package var reason: String
     package var latched: Bool
+    /// The failing checks of this intent that are not the device's shared `reason` (its own
+    /// `requires`, its allowed statuses, its latch), in words.
+    package var conditions: [String]
 
-    package init(intent: String, coil: UInt16, permit: Bool, reasonCode: ReasonCode, reason: String, latched: Bool = false) {
+    package init(intent: String, coil: UInt16, permit: Bool, reasonCode: ReasonCode, reason: String, latched: Bool = false,
+                 conditions: [String] = []) {
+        self.conditions = conditions
         self.intent = intent
         self.coil = coil
         self.permit = permit
@@ -92,9 +122,12 @@ package struct ValueStatus: Sendable, Hashable {
     package var twin: Double?
     package var unit: String?
     package var tolerance: Double?
+    /// The physical value's precision (the register's type and scale), for printing it.
+    package var precision: ValuePrecision
 
     package init(name: String, physical: Value?, quality: Quality?, twin: Double?, unit: String? = nil,
-                tolerance: Double? = nil) {
+                tolerance: Double? = nil, precision: ValuePrecision = .float64) {
+        self.precision = precision
         self.name = name
         self.physical = physical
         self.quality = quality
@@ -118,19 +151,20 @@ extension StatusSnapshot {
                     "permit": .bool(i.permit), "reason_code": .int(Int64(i.reasonCode.rawValue)),
                     "reason_name": .string(i.reasonCode.name), "reason": .string(i.reason),
                     "coil": .int(Int64(i.coil)), "latched": .bool(i.latched),
+                    "conditions": .array(i.conditions.map { .string($0) }),
                 ])
             }
             var values: [String: JSONValue] = [:]
             for v in d.values {
                 values[v.name] = .object([
-                    "value": v.physical.map(Self.json(of:)) ?? .null,
+                    "value": v.physical.map { ReadReport.jsonValue($0, precision: v.precision) } ?? .null,
                     "quality": v.quality.map { .string($0.description) } ?? .null,
                     "twin": v.twin.map { .double($0) } ?? .null,
                     "unit": v.unit.map { .string($0) } ?? .null,
                     "tolerance": v.tolerance.map { .double($0) } ?? .null,
                 ])
             }
-            devs[d.device] = .object([
+            var o: [String: JSONValue] = [
                 "intents": .object(intents),
                 "drift_ms": Self.ms(d.driftMs),
                 "physical_age_ms": Self.ms(d.physicalAgeMs),
@@ -141,7 +175,9 @@ extension StatusSnapshot {
                 "twin_seq": TwinState.seqJSON(d.twinSeq),
                 "block_count": .int(Int64(truncatingIfNeeded: d.blockCount)),
                 "values": .object(values),
-            ])
+            ]
+            o.merge(Self.diagnosisJSON(d)) { a, _ in a }
+            devs[d.device] = .object(o)
         }
         return .object([
             "node": .string(node),
@@ -153,19 +189,22 @@ extension StatusSnapshot {
         ])
     }
 
+    /// The device's reason, poll error, input problems and limits.
+    static func diagnosisJSON(_ d: DeviceStatus) -> [String: JSONValue] {
+        var o: [String: JSONValue] = [:]
+        o["reason_code"] = d.reasonCode.map { JSONValue.int(Int64($0.rawValue)) } ?? .null
+        o["reason_name"] = d.reasonCode.map { JSONValue.string($0.name) } ?? .null
+        o["reason"] = d.reason.map(JSONValue.string) ?? .null
+        o["poll_error"] = d.physicalError.map(JSONValue.string) ?? .null
+        o["input_problems"] = .array(d.inputProblems.map(JSONValue.string))
+        o["max_age_ms"] = d.maxAgeMs.map(JSONValue.double) ?? .null
+        o["max_drift_ms"] = d.maxDriftMs.map(JSONValue.double) ?? .null
+        return o
+    }
+
     /// Milliseconds rounded to 0.1 ms; unknown is `null`.
     static func ms(_ v: Double?) -> JSONValue {
         guard let v, v.isFinite else { return .null }
         return .double((v * 10).rounded() / 10)
-    }
-
-    static func json(of v: Value) -> JSONValue {
-        switch v {
-        case .bool(let b): return .bool(b)
-        case .int(let i): return .int(i)
-        case .uint(let u): return u <= UInt64(Int64.max) ? .int(Int64(u)) : .double(Double(u))
-        case .double(let d): return .double(d)
-        case .string(let s): return .string(s)
-        }
     }
 }

@@ -204,6 +204,7 @@ final class PollWorker: Sendable {
                 c.jitter.record(ns: startedNs - deadline)
                 c.latency.record(ns: endedNs - startedNs)
                 outcome.apply(to: &c.devices[i])
+                c.devices[i].lastPollNs = endedNs - startedNs
             }
             sink(outcome.state)
         }

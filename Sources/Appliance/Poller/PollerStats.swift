@@ -105,8 +105,26 @@ package struct DevicePollStats: Sendable, Hashable {
     package var errors: [PollErrorKind: Int] = [:]
     /// The last poll's error text, nil if it was good.
     package var lastError: String?
+    /// The last poll's duration, request to last answer; nil before the first.
+    package var lastPollNs: Int64?
 
     package init(device: String) { self.device = device }
+
+    /// Adds another run's counters of the same device (a poller a reload retired); the
+    /// state (connected, last error, last duration) becomes `other`'s.
+    package mutating func absorb(_ other: DevicePollStats) {
+        polls += other.polls
+        goodPolls += other.goodPolls
+        requests += other.requests
+        missedSlots += other.missedSlots
+        connects += other.connects
+        splits += other.splits
+        groups = other.groups
+        connected = other.connected
+        for (k, v) in other.errors { errors[k, default: 0] += v }
+        lastError = other.lastError
+        lastPollNs = other.lastPollNs
+    }
 }
 
 /// A snapshot of the poller's counters, safe to hand to any thread (HTTP metrics, status).
@@ -118,6 +136,20 @@ package struct PollerStats: Sendable, Hashable {
     package var jitter = PollLatencyHistogram()
 
     package init() {}
+
+    /// Adds a retired poller's counters: one entry per device (a device polled by several
+    /// pollers over reloads is summed, so the list does not grow with each reload).
+    package mutating func absorb(_ other: PollerStats) {
+        for d in other.devices {
+            if let i = devices.firstIndex(where: { $0.device == d.device }) {
+                devices[i].absorb(d)
+            } else {
+                devices.append(d)
+            }
+        }
+        latency.merge(other.latency)
+        jitter.merge(other.jitter)
+    }
 
     package var polls: Int { devices.reduce(0) { $0 + $1.polls } }
     package var goodPolls: Int { devices.reduce(0) { $0 + $1.goodPolls } }

@@ -8,6 +8,8 @@ import TibetTwin
 /// is taken as a restart of that part, e.g. after a reload).
 package enum MetricSample: Sendable {
     case counter(name: String, help: String, labels: [(String, String)], total: UInt64)
+    /// A counter of nanoseconds, exposed in seconds (`…_seconds_total`).
+    case counterNs(name: String, help: String, labels: [(String, String)], totalNs: UInt64)
     case gauge(name: String, help: String, labels: [(String, String)], value: Double)
     /// `bounds` are the buckets' upper bounds (ascending, `+Inf` implied); `counts` the number of
     /// observations ≤ each bound (cumulative), `count` all observations, `sum` their sum.
@@ -43,6 +45,10 @@ package final class ApplianceMetrics: Sendable {
     /// Snapshot counters: the collector and the last total seen.
     let synced = Mutex<[String: (Counter, UInt64)]>([:])
     let sources = Mutex<[@Sendable () -> [MetricSample]]>([])
+    /// Sources of the per-device and per-intent series, handed the status snapshot of the
+    /// scrape. Their samples are written as they are, not kept in the registry: a device a
+    /// reload removed leaves no series behind, and every label value comes from the maps.
+    let deviceSources = Mutex<[@Sendable (StatusSnapshot?) -> [MetricSample]]>([])
 
     package init() {
         let registry = PrometheusCollectorRegistry()
@@ -82,9 +88,15 @@ package final class ApplianceMetrics: Sendable {
         sources.withLock { $0.append(source) }
     }
 
+    /// Adds a source of per-device series, read at every scrape with the status snapshot.
+    package func addDeviceSource(_ source: @escaping @Sendable (StatusSnapshot?) -> [MetricSample]) {
+        deviceSources.withLock { $0.append(source) }
+    }
+
     /// Removes every snapshot source (before a reload re-adds them).
     package func removeSources() {
         sources.withLock { $0.removeAll() }
+        deviceSources.withLock { $0.removeAll() }
     }
 
     // MARK: Guard loop figures
@@ -120,37 +132,75 @@ package final class ApplianceMetrics: Sendable {
 
     // MARK: Exposition
 
-    /// The Prometheus text exposition: the registry, then the histograms of the snapshots.
-    package func render() -> [UInt8] {
+    /// The Prometheus text exposition: the registry, then the histograms of the snapshots,
+    /// then the per-device series built from `status` (none without it).
+    package func render(status: StatusSnapshot? = nil) -> [UInt8] {
         let samples = sources.withLock { $0 }.flatMap { $0() }
-        var histograms = ""
-        var histogramTypes = Set<String>()
+        var histograms: [MetricSample] = []
         for s in samples {
             switch s {
             case .counter(let name, let help, let labels, let total):
-                sync(counter: name, help: help, labels: labels, total: total)
+                sync(counter: name, help: help, labels: labels, total: total, perUnit: 1)
+            case .counterNs(let name, let help, let labels, let totalNs):
+                sync(counter: name, help: help, labels: labels, total: totalNs, perUnit: 1e-9)
             case .gauge(let name, let help, let labels, let value):
                 registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help),
                                    labels: labels).set(value)
-            case .histogram(let name, let help, let labels, let bounds, let counts, let sum, let count):
-                if histogramTypes.insert(name).inserted {
-                    histograms += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
-                }
-                let base = labels.map { "\($0.0)=\"\(Self.escape($0.1))\"" }
-                for (b, c) in zip(bounds, counts) {
-                    histograms += "\(name)_bucket{\((base + ["le=\"\(Self.number(b))\""]).joined(separator: ","))} \(c)\n"
-                }
-                histograms += "\(name)_bucket{\((base + ["le=\"+Inf\""]).joined(separator: ","))} \(count)\n"
-                let l = base.isEmpty ? "" : "{\(base.joined(separator: ","))}"
-                histograms += "\(name)_sum\(l) \(Self.number(sum))\n\(name)_count\(l) \(count)\n"
+            case .histogram:
+                histograms.append(s)
             }
         }
         var out = registry.emitToBuffer()
-        out += Array(histograms.utf8)
+        var direct = histograms
+        if let status { direct += DeviceMetrics.samples(status) }
+        for source in deviceSources.withLock({ $0 }) { direct += source(status) }
+        out += Array(Self.text(direct).utf8)
         return out
     }
 
-    func sync(counter name: String, help: String, labels: [(String, String)], total: UInt64) {
+    /// Samples written as text, each family once with its HELP and TYPE and all its samples
+    /// together (the text format requires it), in the order the families first appear.
+    static func text(_ samples: [MetricSample]) -> String {
+        var order: [String] = []
+        var families: [String: (help: String, type: String, lines: String)] = [:]
+        func add(_ name: String, _ help: String, _ type: String, _ lines: String) {
+            if families[name] == nil {
+                order.append(name)
+                families[name] = (help, type, "")
+            }
+            families[name]!.lines += lines
+        }
+        func labelText(_ labels: [(String, String)]) -> [String] { labels.map { "\($0.0)=\"\(escape($0.1))\"" } }
+        func braces(_ l: [String]) -> String { l.isEmpty ? "" : "{\(l.joined(separator: ","))}" }
+        for s in samples {
+            switch s {
+            case .counter(let name, let help, let labels, let total):
+                add(name, help, "counter", "\(name)\(braces(labelText(labels))) \(total)\n")
+            case .counterNs(let name, let help, let labels, let totalNs):
+                add(name, help, "counter", "\(name)\(braces(labelText(labels))) \(number(Double(totalNs) / 1e9))\n")
+            case .gauge(let name, let help, let labels, let value):
+                add(name, help, "gauge", "\(name)\(braces(labelText(labels))) \(number(value))\n")
+            case .histogram(let name, let help, let labels, let bounds, let counts, let sum, let count):
+                let base = labelText(labels)
+                var lines = ""
+                for (b, c) in zip(bounds, counts) {
+                    lines += "\(name)_bucket\(braces(base + ["le=\"\(number(b))\""])) \(c)\n"
+                }
+                lines += "\(name)_bucket\(braces(base + ["le=\"+Inf\""])) \(count)\n"
+                lines += "\(name)_sum\(braces(base)) \(number(sum))\n\(name)_count\(braces(base)) \(count)\n"
+                add(name, help, "histogram", lines)
+            }
+        }
+        var out = ""
+        for name in order {
+            let f = families[name]!
+            out += "# HELP \(name) \(f.help)\n# TYPE \(name) \(f.type)\n" + f.lines
+        }
+        return out
+    }
+
+    /// Brings a registry counter up to a part's `total` (in units of `perUnit`, e.g. 1e-9 for ns → s).
+    func sync(counter name: String, help: String, labels: [(String, String)], total: UInt64, perUnit: Double) {
         let key = name + "|" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
         synced.withLock { map in
             let counter: Counter
@@ -163,11 +213,13 @@ package final class ApplianceMetrics: Sendable {
                                                labels: labels)
                 last = 0
             }
-            if total >= last {
-                if total > last { counter.increment(by: Int64(clamping: total - last)) }
-            } else {
-                // The part restarted (reload): its new total counts on top of what was counted.
-                counter.increment(by: Int64(clamping: total))
+            let delta = total >= last ? total - last : total  // smaller: the part restarted (reload)
+            if delta > 0 {
+                if perUnit == 1 {
+                    counter.increment(by: Int64(clamping: delta))
+                } else {
+                    counter.increment(by: Double(delta) * perUnit)
+                }
             }
             map[key] = (counter, total)
         }

@@ -17,6 +17,15 @@ extension ApplianceRuntime {
         metrics.addSource { [twin] in Self.twinSamples(twin.counters) }
         metrics.addSource { [interlock] in Self.interlockSamples(interlock.counters()) }
         metrics.addSource { [audit] in Self.auditSamples(audit.stats) }
+        metrics.addDeviceSource { [weak self] status in self?.deviceSamples(status) ?? [] }
+    }
+
+    /// Per-device poll and twin-line series for the devices of the maps in force.
+    func deviceSamples(_ status: StatusSnapshot?) -> [MetricSample] {
+        let (live, retired, loaded) = state.withLock { ($0.poller, $0.retiredPolls, $0.loaded) }
+        let devices = Set(status?.devices.map(\.device) ?? loaded.maps.map(\.device))
+        return DeviceMetrics.pollSamples(live.stats(), retired: retired, devices: devices)
+            + DeviceMetrics.twinSamples(twin.counters, devices: devices)
     }
 
     func pollerSamples() -> [MetricSample] {
@@ -106,8 +115,11 @@ extension ApplianceRuntime {
             .counter(name: "tibet_twin_audit_tokens_total", help: "Audit tokens made durable", labels: [], total: s.tokensWritten),
             .counter(name: "tibet_twin_audit_fsyncs_total", help: "Group commits (one write and one fdatasync each)",
                      labels: [], total: s.batches),
-            .counter(name: "tibet_twin_audit_fsync_seconds_total", help: "Time spent in fdatasync",
-                     labels: [], total: UInt64(max(s.totalSyncNs, 0))),
+            .counterNs(name: "tibet_twin_audit_fsync_seconds_total", help: "Time spent in fdatasync",
+                       labels: [], totalNs: UInt64(max(s.totalSyncNs, 0))),
+            .gauge(name: "tibet_twin_audit_write_in_progress_seconds",
+                   help: "How long the audit write or fdatasync in progress has been running (0 when idle): the durability lag",
+                   labels: [], value: Double(s.busyNs) / 1e9),
             .gauge(name: "tibet_twin_audit_fsync_last_seconds", help: "Duration of the last fdatasync", labels: [],
                    value: Double(s.lastSyncNs) / 1e9),
             .gauge(name: "tibet_twin_audit_fsync_max_seconds", help: "Longest fdatasync since start", labels: [],

@@ -393,8 +393,7 @@ package final class ApplianceRuntime: Sendable {
             state.withLock { s in
                 s.poller = newPoller
                 s.gate = gate
-                s.retiredPolls.devices += retired.devices
-                s.retiredPolls.latency.merge(retired.latency)
+                s.retiredPolls.absorb(retired)
             }
         }
         state.withLock { $0.loaded = next }

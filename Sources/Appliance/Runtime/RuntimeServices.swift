@@ -33,7 +33,7 @@ final class RuntimeControl: ApplianceControl {
         g.reset(device: device, intent: intent, client: client, done: done)
     }
 
-    func metricsText() -> [UInt8] { metrics.render() }
+    func metricsText(status: StatusSnapshot?) -> [UInt8] { metrics.render(status: status) }
 
     func health() -> HealthSnapshot {
         guardBox.value?.health()

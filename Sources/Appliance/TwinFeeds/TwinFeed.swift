@@ -145,6 +145,9 @@ package struct TwinFeedCounters: Sendable, Hashable {
     package var brokerConnects: UInt64 = 0
     package var brokerLosses: UInt64 = 0
     package var retainedMessages: UInt64 = 0
+    /// Lines per device, for the devices the maps know: a line is counted here only once the
+    /// parser has found its `device` in the maps, so no line can add a name.
+    package var devices: [String: DeviceTwinCounters] = [:]
 
     package init(source: String) { self.source = source }
 
@@ -153,6 +156,17 @@ package struct TwinFeedCounters: Sendable, Hashable {
     /// Dropped lines that were failed signature checks (missing, invalid, not last).
     package var identityFailures: UInt64 {
         dropped.filter { $0.key.isIdentityFailure }.values.reduce(0, +)
+    }
+}
+
+/// One device's lines in one twin source.
+package struct DeviceTwinCounters: Sendable, Hashable {
+    package var accepted: UInt64 = 0
+    package var dropped: [TwinDropReason: UInt64] = [:]
+
+    package init(accepted: UInt64 = 0, dropped: [TwinDropReason: UInt64] = [:]) {
+        self.accepted = accepted
+        self.dropped = dropped
     }
 }
 
@@ -201,11 +215,12 @@ final class TwinSourceCore: Sendable {
         }
         let outcome = pipeline.process(line, received: received, requiredDevice: requiredDevice)
         switch outcome {
-        case .accepted(_, let unknown):
+        case .accepted(let state, let unknown):
             counters.withLock {
                 $0.lines += 1
                 $0.accepted += 1
                 if !unknown.isEmpty { $0.unknownValueLines += 1 }
+                $0.devices[state.device, default: DeviceTwinCounters()].accepted += 1
             }
             if !unknown.isEmpty, case .accepted(let s, _) = outcome {
                 logRateLimited(key: "unknown_value", received: received) { suppressed in
@@ -226,6 +241,8 @@ final class TwinSourceCore: Sendable {
         counters.withLock {
             $0.lines += 1
             $0.dropped[drop.reason, default: 0] += 1
+            // `device` is set only for a device of the maps (the parser drops unknown ones first).
+            if let d = drop.device { $0.devices[d, default: DeviceTwinCounters()].dropped[drop.reason, default: 0] += 1 }
         }
         logRateLimited(key: drop.reason.rawValue, received: received) { suppressed in
             var meta: Logger.Metadata = ["source": "\(name)", "at": "\(place())", "line": "\(lineNumber)",
