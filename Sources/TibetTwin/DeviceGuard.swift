@@ -253,7 +253,8 @@ public struct DeviceGuard: Sendable {
         let verdict = runtime[index].verdict
         var sink = TextSink()
         var delta = StateDelta(driftMs: driftNs(physical, twin).map { Fmt.ms($0) },
-                               physicalStatus: physical?.status, twinStatus: twin?.status)
+                               physicalStatus: physical?.status, physicalStatusDerived: physical?.statusDerived ?? false,
+                               twinStatus: twin?.status)
         if let now = lastEvaluation {
             deviceChecks(physical, twin, &sink)
             if let physical { intentChecks(index, physical, twin, &sink) }

@@ -33,7 +33,7 @@ struct MapsValidateCLITests {
         let (code, out, err) = try run(["maps", "validate", fixture])
         #expect(code == 1)
         #expect(out.isEmpty)
-        #expect(err == "\(fixture):8:44: registers[0].type: unknown type \"flaot32\" (expected one of: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)\n")
+        #expect(err == "\(fixture):8:44: registers[0].type: unknown type \"flaot32\" (expected one of: bool, int8, uint8, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)\n")
     }
 
     @Test func everyIssueOneLineEach() throws {
