@@ -225,3 +225,90 @@ public func peerHasClosed(_ fd: Int32) -> Bool {
         if n <= 0 { return true }
     }
 }
+
+/// A pseudo-terminal pair from socat (`pty,raw,echo=0`), as a null-modem cable between two
+/// serial ports: `a` for the side under test, `b` for the peer. Stopped by `stop()` or deinit.
+/// Pseudo-terminals refuse parity E/O here: tests run the line at 8N1.
+public final class PtyPair: @unchecked Sendable {
+    public let process = Process()
+    public let directory: String
+    public var a: String { directory + "/a" }
+    public var b: String { directory + "/b" }
+
+    public init() throws {
+        var template = Array((NSTemporaryDirectory() + "tt-pty-XXXXXX").utf8CString)
+        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SimpleError("mkdtemp failed")
+        }
+        directory = String(cString: dir)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
+        process.arguments = ["pty,raw,echo=0,link=\(directory)/a", "pty,raw,echo=0,link=\(directory)/b"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        guard waitUntil(within: 10, { FileManager.default.fileExists(atPath: directory + "/a")
+                                       && FileManager.default.fileExists(atPath: directory + "/b") }) else {
+            stop()
+            throw SimpleError("socat made no pty pair")
+        }
+    }
+
+    public func stop() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    deinit { stop() }
+}
+
+/// Several Modbus units behind one link (scripts/pymodbus_units.py): on a serial pty, behind a
+/// one-connection TCP gateway, or RTU frames on TCP. Stopped by `stop()` or deinit.
+public final class PymodbusUnits: @unchecked Sendable {
+    public let process = Process()
+    /// The TCP port (gateway, rtu-tcp), or 0 for a serial peer.
+    public let port: Int
+    private let input = Pipe()
+    private let lines: LineReader
+
+    /// `spec` as the script documents it; waits for its `listening` line.
+    public init(spec: String) throws {
+        guard let python = pythonWithPymodbus() else { throw SimpleError("pymodbus not installed: run scripts/setup.sh") }
+        let out = Pipe()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [packageRoot.appendingPathComponent("scripts/pymodbus_units.py").path, spec]
+        process.standardInput = input
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        lines = LineReader(out.fileHandleForReading)
+        guard let first = lines.next(timeoutMs: 20_000), first.hasPrefix("listening ") else {
+            kill(process.processIdentifier, SIGKILL)
+            throw SimpleError("pymodbus units did not start")
+        }
+        port = Int(first.dropFirst("listening ".count)) ?? 0
+    }
+
+    /// Sends one command and waits for its "ok" (or, for `count`, returns the number).
+    @discardableResult
+    public func command(_ line: String) throws -> Int {
+        input.fileHandleForWriting.write(Data((line + "\n").utf8))
+        guard let reply = lines.next(timeoutMs: 10_000) else { throw SimpleError("pymodbus units: no reply to \(line)") }
+        if reply.hasPrefix("count "), let n = Int(reply.dropFirst(6)) { return n }
+        guard reply == "ok" else { throw SimpleError("pymodbus units: \(reply) for \(line)") }
+        return 0
+    }
+
+    public func stop() {
+        guard process.isRunning else { return }
+        try? input.fileHandleForWriting.close()
+        let deadline = Date().addingTimeInterval(5)
+        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+}
