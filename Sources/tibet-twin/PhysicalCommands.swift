@@ -246,10 +246,13 @@ struct ReadCommand: AsyncParsableCommand {
         }
         let byDevice = Dictionary(maps.map { ($0.device, $0) }, uniquingKeysWith: { a, _ in a })
         if !watch {
-            let states = PhysicalReads.readOnce(maps: maps)
+            let states = PhysicalReads.readOnceTimed(maps: maps)
             var healthy = true
-            for (s, m) in zip(states, maps) {
+            for ((s, rtt), m) in zip(states, maps) {
                 PhysicalCLI.out(json ? ReadReport.json(s, map: m).canonical : ReadReport.text(s, map: m))
+                if !json, let rtt, m.plc.serial == nil {
+                    PhysicalCLI.out("round trip \(String(format: "%.2f", rtt)) ms per request (plc.rtt_ms for the link budget of maps validate)")
+                }
                 if !PhysicalReads.isHealthy(s) { healthy = false }
             }
             if !healthy { throw ExitCode(1) }
