@@ -291,14 +291,7 @@ final class SimulatorCore: ModbusServerDelegate {
         guard let d = byListener[request.listener] else { return .close }
         let unit = Int(request.unit)
         if unit != d.map.plc.unit && unit != 0 && unit != 255 { return .exception(11) }
-        if let code = d.exception { return .exception(code) }
-        d.tickClock()
-        if d.strict, let t = request.table {
-            if !d.covers(table: SimulatedDevice.registerTable(t), address: Int(request.address), count: Int(request.quantity)) {
-                return .exception(2)
-            }
-        }
-        return .reply(d.mapping)
+        return d.action(for: request)
     }
 
     func serverWoken(_ server: ModbusServerControl) {
@@ -309,7 +302,16 @@ final class SimulatorCore: ModbusServerDelegate {
 
     func serverStopped() { mailbox.finish() }
 
-    private func targets(_ target: String?) throws(SimulatorError) -> [SimulatedDevice] {
+    func apply(_ command: SimulatorCommand, server: ModbusServerControl) -> Result<String, SimulatorError> {
+        SimulatorCommands.apply(command, to: devices, stall: { d, until in server.pause(listener: d.listener, untilMonotonicNs: until) },
+                                drop: { server.closeConnections(listener: $0.listener) }, quit: { server.stop() })
+    }
+}
+
+/// How a command changes the devices, for the TCP and the serial simulator alike; what only a
+/// transport can do (stall, drop, quit) it is handed.
+enum SimulatorCommands {
+    static func targets(_ target: String?, in devices: [SimulatedDevice]) throws(SimulatorError) -> [SimulatedDevice] {
         guard let target else { return devices }
         if let n = Int(target) {
             guard n >= 1 && n <= devices.count else { throw SimulatorError("@\(n): devices are numbered 1…\(devices.count)") }
@@ -320,9 +322,12 @@ final class SimulatorCore: ModbusServerDelegate {
         return named
     }
 
-    func apply(_ command: SimulatorCommand, server: ModbusServerControl) -> Result<String, SimulatorError> {
+    static func apply(_ command: SimulatorCommand, to devices: [SimulatedDevice],
+                      stall: (SimulatedDevice, Int64) throws(SimulatorError) -> Void,
+                      drop: (SimulatedDevice) throws(SimulatorError) -> Void,
+                      quit: () -> Void) -> Result<String, SimulatorError> {
         do throws(SimulatorError) {
-            let ds = try targets(command.target)
+            let ds = try targets(command.target, in: devices)
             switch command.action {
             case .set(let name, let value):
                 let having = ds.filter { $0.has(name) || name == "status" }
@@ -334,10 +339,10 @@ final class SimulatorCore: ModbusServerDelegate {
                 return .success("ok status \(s)")
             case .stall(let ms):
                 let until = monotonicNowNs() + Int64(ms) * 1_000_000
-                for d in ds { server.pause(listener: d.listener, untilMonotonicNs: until) }
+                for d in ds { try stall(d, until) }
                 return .success("ok stall \(ms)")
             case .drop:
-                for d in ds { server.closeConnections(listener: d.listener) }
+                for d in ds { try drop(d) }
                 return .success("ok drop")
             case .strict(let on):
                 for d in ds { d.strict = on }
@@ -348,7 +353,7 @@ final class SimulatorCore: ModbusServerDelegate {
             case .get(let name):
                 return .success(try ds.map { d throws(SimulatorError) in try d.get(name) }.joined(separator: "\n"))
             case .quit:
-                server.stop()
+                quit()
                 return .success("ok quit")
             }
         } catch {

@@ -54,6 +54,19 @@ final class SimulatedDevice {
 
     func has(_ name: String) -> Bool { specs[name] != nil }
 
+    /// How this device answers a request addressed to it: its forced exception, exception 2
+    /// for uncovered addresses in strict mode, else from its mapping.
+    func action(for request: ModbusRequest) -> ModbusServerAction {
+        if let code = exception { return .exception(code) }
+        tickClock()
+        if strict, let t = request.table {
+            if !covers(table: Self.registerTable(t), address: Int(request.address), count: Int(request.quantity)) {
+                return .exception(2)
+            }
+        }
+        return .reply(mapping)
+    }
+
     /// Sets a value from its text: numbers for numeric types, true/false/on/off/1/0 for bits,
     /// any text for strings; `status` takes a status name or code.
     func set(name: String, text: String) throws(SimulatorError) {
