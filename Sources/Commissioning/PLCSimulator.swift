@@ -198,20 +198,8 @@ package final class PLCSimulator: Sendable {
     /// Runs one command and waits until it took effect.
     @discardableResult
     package func execute(_ command: SimulatorCommand) throws(SimulatorError) -> String {
-        let box = Mutex<Result<String, SimulatorError>?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        guard !mailbox.isFinished else { throw SimulatorError("the simulator has stopped") }
-        mailbox.post(command) { r in box.withLock { $0 = r }; done.signal() }
-        server.wake()
-        while done.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
-            if mailbox.isFinished { break }
-        }
-        if case .quit = command.action { stop() }  // returns once the server thread has ended
-        switch box.withLock({ $0 }) {
-        case .success(let s)?: return s
-        case .failure(let e)?: throw e
-        case nil: throw SimulatorError("the simulator has stopped")
-        }
+        // `stop` returns once the server thread has ended.
+        try mailbox.execute(command, wake: { server.wake() }, stop: { stop() })
     }
 
     /// Blocks until a `quit` command or `stop()`.
@@ -249,6 +237,25 @@ final class SimulatorMailbox: Sendable {
         pending.withLock { p in
             defer { p.removeAll() }
             return p
+        }
+    }
+
+    /// Posts `command`, wakes the simulator thread, and waits until the command took effect
+    /// (or the simulator has stopped); after `quit`, `stop` too.
+    func execute(_ command: SimulatorCommand, wake: () -> Void, stop: () -> Void) throws(SimulatorError) -> String {
+        let box = Mutex<Result<String, SimulatorError>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        guard !isFinished else { throw SimulatorError("the simulator has stopped") }
+        post(command) { r in box.withLock { $0 = r }; done.signal() }
+        wake()
+        while done.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
+            if isFinished { break }
+        }
+        if case .quit = command.action { stop() }
+        switch box.withLock({ $0 }) {
+        case .success(let s)?: return s
+        case .failure(let e)?: throw e
+        case nil: throw SimulatorError("the simulator has stopped")
         }
     }
 

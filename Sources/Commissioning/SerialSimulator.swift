@@ -70,19 +70,7 @@ package final class SerialSimulator: Sendable {
     /// Runs one command and waits until it took effect (the loop looks every 20 ms).
     @discardableResult
     package func execute(_ command: SimulatorCommand) throws(SimulatorError) -> String {
-        let box = Mutex<Result<String, SimulatorError>?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        guard !mailbox.isFinished else { throw SimulatorError("the simulator has stopped") }
-        mailbox.post(command) { r in box.withLock { $0 = r }; done.signal() }
-        while done.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
-            if mailbox.isFinished { break }
-        }
-        if case .quit = command.action { stop() }
-        switch box.withLock({ $0 }) {
-        case .success(let s)?: return s
-        case .failure(let e)?: throw e
-        case nil: throw SimulatorError("the simulator has stopped")
-        }
+        try mailbox.execute(command, wake: {}, stop: { stop() })
     }
 
     package var hasStopped: Bool { mailbox.isFinished }

@@ -103,16 +103,7 @@ public final class ModbusClient {
                               unit: unit, endpoint: "\(host):\(port)")
         }
         ctx = c
-        do {
-            try call("modbus_set_error_recovery") {
-                modbus_set_error_recovery(ctx, MODBUS_ERROR_RECOVERY_NONE)
-            }
-            try setUnit(unit)
-            try setTimeouts(responseMs: responseTimeoutMs, byteMs: byteTimeoutMs)
-        } catch {
-            modbus_free(c)
-            throw error
-        }
+        try configureNew()
     }
 
     /// Creates a Modbus RTU client on a serial port; does not open it. `byteTimeoutMs` bounds
@@ -140,16 +131,19 @@ public final class ModbusClient {
                               unit: unit, endpoint: serial.device)
         }
         ctx = c
-        do {
-            try call("modbus_set_error_recovery") {
-                modbus_set_error_recovery(ctx, MODBUS_ERROR_RECOVERY_NONE)
-            }
-            try setUnit(unit)
-            try setTimeouts(responseMs: responseTimeoutMs, byteMs: byteTimeoutMs)
-        } catch {
-            modbus_free(c)
-            throw error
+        try configureNew()
+    }
+
+    /// The settings every new context gets: no libmodbus error recovery (reconnection is
+    /// explicit), the unit id, the timeouts. If one fails the initializer throws with every
+    /// property set, so `deinit` runs and frees the context (freeing it here too would free it
+    /// twice).
+    private func configureNew() throws(ModbusError) {
+        try call("modbus_set_error_recovery") {
+            modbus_set_error_recovery(ctx, MODBUS_ERROR_RECOVERY_NONE)
         }
+        try setUnit(unit)
+        try setTimeouts(responseMs: responseTimeoutMs, byteMs: byteTimeoutMs)
     }
 
     deinit {

@@ -119,6 +119,17 @@ struct RTUClientTests {
         }
     }
 
+    @Test func aContextThatCannotBeConfiguredIsFreedOnce() {
+        // modbus_set_slave refuses 250: the initializer throws after the context exists, and
+        // the context must be freed exactly once (it was freed twice before, a heap corruption).
+        for _ in 0..<3 {
+            #expect(throws: ModbusError.self) {
+                _ = try ModbusClient(serial: SerialPortSettings(device: "/dev/null", baud: 19200, parity: .none), unit: 250)
+            }
+            #expect(throws: ModbusError.self) { _ = try ModbusClient(host: "127.0.0.1", port: 502, unit: 250) }
+        }
+    }
+
     @Test func aMissingDeviceIsAConnectError() async throws {
         try await onThread {
             let c = try ModbusClient(serial: SerialPortSettings(device: "/nonexistent/ttyX", baud: 19200, parity: .none),

@@ -22,36 +22,37 @@ public func pythonWithPymodbus() -> String? {
     return FileManager.default.isExecutableFile(atPath: p) ? p : nil
 }
 
-/// A pymodbus PLC (scripts/pymodbus_plc.py) as a child process; stopped by `stop()` or deinit.
-public final class PymodbusPLC: @unchecked Sendable {
+/// A Python peer (a script of scripts/ on pymodbus) as a child process: started with one JSON
+/// argument, it says `listening …` once serving, then answers one line per stdin command.
+/// Stopped by `stop()` or deinit.
+public final class PythonPeer: @unchecked Sendable {
     public let process = Process()
-    public let port: Int
+    /// The `listening …` line.
+    public let listening: String
     private let input = Pipe()
     private let lines: LineReader
 
-    /// Starts the child with `spec` (see the script) and waits for its `listening` line.
-    public init(spec: String) throws {
+    public init(script: String, spec: String) throws {
         guard let python = pythonWithPymodbus() else { throw SimpleError("pymodbus not installed: run scripts/setup.sh") }
         let out = Pipe()
         process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [packageRoot.appendingPathComponent("scripts/pymodbus_plc.py").path, spec]
+        process.arguments = [packageRoot.appendingPathComponent("scripts/\(script)").path, spec]
         process.standardInput = input
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
         lines = LineReader(out.fileHandleForReading)
-        guard let first = lines.next(timeoutMs: 20_000), first.hasPrefix("listening "),
-              let p = first.split(separator: ":").last.flatMap({ Int($0) }) else {
+        guard let first = lines.next(timeoutMs: 20_000), first.hasPrefix("listening ") else {
             kill(process.processIdentifier, SIGKILL)
-            throw SimpleError("pymodbus PLC did not start")
+            throw SimpleError("\(script) did not start")
         }
-        port = p
+        listening = first
     }
 
-    /// Sends one command and waits for its "ok".
-    public func command(_ line: String) throws {
+    /// Sends one command; its reply line, or nil after 10 s.
+    public func send(_ line: String) -> String? {
         input.fileHandleForWriting.write(Data((line + "\n").utf8))
-        guard lines.next(timeoutMs: 10_000) == "ok" else { throw SimpleError("pymodbus PLC: no ok for \(line)") }
+        return lines.next(timeoutMs: 10_000)
     }
 
     /// Closes its stdin (it exits at end of input); SIGKILL if it has not gone within 5 s.
@@ -66,6 +67,30 @@ public final class PymodbusPLC: @unchecked Sendable {
     }
 
     deinit { stop() }
+}
+
+/// A pymodbus PLC (scripts/pymodbus_plc.py) as a child process; stopped by `stop()` or deinit.
+public final class PymodbusPLC: @unchecked Sendable {
+    private let peer: PythonPeer
+    public var process: Process { peer.process }
+    public let port: Int
+
+    /// Starts the child with `spec` (see the script) and waits for its `listening` line.
+    public init(spec: String) throws {
+        peer = try PythonPeer(script: "pymodbus_plc.py", spec: spec)
+        guard let p = peer.listening.split(separator: ":").last.flatMap({ Int($0) }) else {
+            peer.stop()
+            throw SimpleError("pymodbus PLC did not start")
+        }
+        port = p
+    }
+
+    /// Sends one command and waits for its "ok".
+    public func command(_ line: String) throws {
+        guard peer.send(line) == "ok" else { throw SimpleError("pymodbus PLC: no ok for \(line)") }
+    }
+
+    public func stop() { peer.stop() }
 }
 
 /// Reads lines from a pipe on a background thread, handing them over with a timeout.
@@ -267,48 +292,24 @@ public final class PtyPair: @unchecked Sendable {
 /// Several Modbus units behind one link (scripts/pymodbus_units.py): on a serial pty, behind a
 /// one-connection TCP gateway, or RTU frames on TCP. Stopped by `stop()` or deinit.
 public final class PymodbusUnits: @unchecked Sendable {
-    public let process = Process()
+    private let peer: PythonPeer
     /// The TCP port (gateway, rtu-tcp), or 0 for a serial peer.
     public let port: Int
-    private let input = Pipe()
-    private let lines: LineReader
 
     /// `spec` as the script documents it; waits for its `listening` line.
     public init(spec: String) throws {
-        guard let python = pythonWithPymodbus() else { throw SimpleError("pymodbus not installed: run scripts/setup.sh") }
-        let out = Pipe()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [packageRoot.appendingPathComponent("scripts/pymodbus_units.py").path, spec]
-        process.standardInput = input
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        lines = LineReader(out.fileHandleForReading)
-        guard let first = lines.next(timeoutMs: 20_000), first.hasPrefix("listening ") else {
-            kill(process.processIdentifier, SIGKILL)
-            throw SimpleError("pymodbus units did not start")
-        }
-        port = Int(first.dropFirst("listening ".count)) ?? 0
+        peer = try PythonPeer(script: "pymodbus_units.py", spec: spec)
+        port = Int(peer.listening.dropFirst("listening ".count)) ?? 0
     }
 
     /// Sends one command and waits for its "ok" (or, for `count`, returns the number).
     @discardableResult
     public func command(_ line: String) throws -> Int {
-        input.fileHandleForWriting.write(Data((line + "\n").utf8))
-        guard let reply = lines.next(timeoutMs: 10_000) else { throw SimpleError("pymodbus units: no reply to \(line)") }
+        guard let reply = peer.send(line) else { throw SimpleError("pymodbus units: no reply to \(line)") }
         if reply.hasPrefix("count "), let n = Int(reply.dropFirst(6)) { return n }
         guard reply == "ok" else { throw SimpleError("pymodbus units: \(reply) for \(line)") }
         return 0
     }
 
-    public func stop() {
-        guard process.isRunning else { return }
-        try? input.fileHandleForWriting.close()
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
-
-    deinit { stop() }
+    public func stop() { peer.stop() }
 }

@@ -445,8 +445,10 @@ struct DeviceConnection {
         if c.unit != plc.unit || c.responseTimeoutMs != plc.timeoutMs || c.byteTimeoutMs != plc.byteTimeoutMs {
             // Devices on one link take turns with their own unit id and timeouts.
             do throws(ModbusError) {
-                try c.setUnit(plc.unit)
-                try c.setTimeouts(responseMs: plc.timeoutMs, byteMs: plc.byteTimeoutMs)
+                if c.unit != plc.unit { try c.setUnit(plc.unit) }
+                if c.responseTimeoutMs != plc.timeoutMs || c.byteTimeoutMs != plc.byteTimeoutMs {
+                    try c.setTimeouts(responseMs: plc.timeoutMs, byteMs: plc.byteTimeoutMs)
+                }
             } catch {
                 return PollOutcome(state: plan.failedState(quality: .badComm, why: error.description, at: time.now()),
                                    connected: c.isConnected, errors: [PollErrorKind(error.kind)], groups: plan.groups.count)
