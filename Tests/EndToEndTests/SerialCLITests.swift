@@ -76,6 +76,35 @@ struct SerialCLITests {
         #expect(sim.waitForExit(timeout: 10) == 0)
     }
 
+    @Test func validateRefusesAnOverBudgetBusAndWarnsOfModiconLookingAddresses() throws {
+        let dir = try TempDir("tibet-serial")
+        defer { dir.cleanup() }
+        // 8 meters every 100 ms at 9600 baud: 3.3 s of bus time per second.
+        for u in 1...8 {
+            try dir.write("bus/meter-\(u).yaml", Self.meter(u, port: "/dev/ttyUSB0")
+                .replacingOccurrences(of: "baud: 19200", with: "baud: 9600"))
+        }
+        let (code, out, err) = try runTibetTwin(["maps", "validate", dir.file("bus")])
+        #expect(code == 1)
+        #expect(out.isEmpty)
+        #expect(err.contains("plc: link /dev/ttyUSB0 9600 8N1 cannot carry its polls: 8 devices (meter-1, meter-2, meter-3, meter-4, meter-5, meter-6, meter-7, meter-8) need"), "\(err)")
+        #expect(err.contains("% more than it has; poll at least"))
+        // At 115200 baud and every 250 ms the same bus fits: one line per device and one for the link.
+        for u in 1...8 {
+            try dir.write("bus/meter-\(u).yaml", Self.meter(u, port: "/dev/ttyUSB0")
+                .replacingOccurrences(of: "baud: 19200", with: "baud: 115200").replacingOccurrences(of: "poll_ms: 100", with: "poll_ms: 250"))
+        }
+        let (ok, out2, err2) = try runTibetTwin(["maps", "validate", dir.file("bus")])
+        #expect(ok == 0, "\(err2)")
+        #expect(out2.split(separator: "\n").last?.hasPrefix("link /dev/ttyUSB0 115200 8N1: 8 devices, 64.0 requests/s, busy ") == true, "\(out2)")
+        // An unquoted 30001 in the input table: valid, with a warning on stderr.
+        try dir.write("warn/m.yaml", Self.meter(1, port: "/dev/ttyUSB0").replacingOccurrences(of: "address: \"30001\"", with: "address: 30001, table: input"))
+        let (w, _, werr) = try runTibetTwin(["maps", "validate", dir.file("warn")])
+        #expect(w == 0)
+        #expect(werr.contains("m.yaml:5:"))
+        #expect(werr.contains(": warning: registers[0].address: 30001 looks like a Modicon address, but unquoted it is read as protocol address 30001 of the input table"), "\(werr)")
+    }
+
     @Test func serialMapWithoutSerialOptionIsAClearError() throws {
         let dir = try TempDir("tibet-serial")
         defer { dir.cleanup() }
