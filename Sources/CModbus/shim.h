@@ -9,6 +9,8 @@
 #include <modbus/modbus.h>
 #include <sys/select.h>
 #include <errno.h>
+#include <sys/ioctl.h>
+#include <time.h>
 
 // Modbus exception replies arrive as errno MODBUS_ENOBASE + exception code.
 static inline int CModbus_ENOBASE(void) { return MODBUS_ENOBASE; }
@@ -37,5 +39,11 @@ static inline void CModbus_FD_SET(int fd, fd_set *set) { FD_SET(fd, set); }
 static inline void CModbus_FD_CLR(int fd, fd_set *set) { FD_CLR(fd, set); }
 static inline int CModbus_FD_ISSET(int fd, fd_set *set) { return FD_ISSET(fd, set); }
 static inline int CModbus_FD_SETSIZE(void) { return FD_SETSIZE; }
+
+// The modem-control bits of a serial device (TIOCMGET): whether RTS can be driven at all.
+// libmodbus's own RTS switching ignores a failing ioctl, so a port without modem control (a
+// pseudo-terminal) would silently never switch; this lets the caller refuse it up front.
+// ioctl is variadic, which Swift cannot call.
+static inline int CModbus_get_modem_bits(int fd, int *bits) { return ioctl(fd, TIOCMGET, bits); }
 
 #endif

@@ -198,20 +198,8 @@ package final class PLCSimulator: Sendable {
     /// Runs one command and waits until it took effect.
     @discardableResult
     package func execute(_ command: SimulatorCommand) throws(SimulatorError) -> String {
-        let box = Mutex<Result<String, SimulatorError>?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        guard !mailbox.isFinished else { throw SimulatorError("the simulator has stopped") }
-        mailbox.post(command) { r in box.withLock { $0 = r }; done.signal() }
-        server.wake()
-        while done.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
-            if mailbox.isFinished { break }
-        }
-        if case .quit = command.action { stop() }  // returns once the server thread has ended
-        switch box.withLock({ $0 }) {
-        case .success(let s)?: return s
-        case .failure(let e)?: throw e
-        case nil: throw SimulatorError("the simulator has stopped")
-        }
+        // `stop` returns once the server thread has ended.
+        try mailbox.execute(command, wake: { server.wake() }, stop: { stop() })
     }
 
     /// Blocks until a `quit` command or `stop()`.
@@ -249,6 +237,25 @@ final class SimulatorMailbox: Sendable {
         pending.withLock { p in
             defer { p.removeAll() }
             return p
+        }
+    }
+
+    /// Posts `command`, wakes the simulator thread, and waits until the command took effect
+    /// (or the simulator has stopped); after `quit`, `stop` too.
+    func execute(_ command: SimulatorCommand, wake: () -> Void, stop: () -> Void) throws(SimulatorError) -> String {
+        let box = Mutex<Result<String, SimulatorError>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        guard !isFinished else { throw SimulatorError("the simulator has stopped") }
+        post(command) { r in box.withLock { $0 = r }; done.signal() }
+        wake()
+        while done.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
+            if isFinished { break }
+        }
+        if case .quit = command.action { stop() }
+        switch box.withLock({ $0 }) {
+        case .success(let s)?: return s
+        case .failure(let e)?: throw e
+        case nil: throw SimulatorError("the simulator has stopped")
         }
     }
 
@@ -291,14 +298,7 @@ final class SimulatorCore: ModbusServerDelegate {
         guard let d = byListener[request.listener] else { return .close }
         let unit = Int(request.unit)
         if unit != d.map.plc.unit && unit != 0 && unit != 255 { return .exception(11) }
-        if let code = d.exception { return .exception(code) }
-        d.tickClock()
-        if d.strict, let t = request.table {
-            if !d.covers(table: SimulatedDevice.registerTable(t), address: Int(request.address), count: Int(request.quantity)) {
-                return .exception(2)
-            }
-        }
-        return .reply(d.mapping)
+        return d.action(for: request)
     }
 
     func serverWoken(_ server: ModbusServerControl) {
@@ -309,7 +309,16 @@ final class SimulatorCore: ModbusServerDelegate {
 
     func serverStopped() { mailbox.finish() }
 
-    private func targets(_ target: String?) throws(SimulatorError) -> [SimulatedDevice] {
+    func apply(_ command: SimulatorCommand, server: ModbusServerControl) -> Result<String, SimulatorError> {
+        SimulatorCommands.apply(command, to: devices, stall: { d, until in server.pause(listener: d.listener, untilMonotonicNs: until) },
+                                drop: { server.closeConnections(listener: $0.listener) }, quit: { server.stop() })
+    }
+}
+
+/// How a command changes the devices, for the TCP and the serial simulator alike; what only a
+/// transport can do (stall, drop, quit) it is handed.
+enum SimulatorCommands {
+    static func targets(_ target: String?, in devices: [SimulatedDevice]) throws(SimulatorError) -> [SimulatedDevice] {
         guard let target else { return devices }
         if let n = Int(target) {
             guard n >= 1 && n <= devices.count else { throw SimulatorError("@\(n): devices are numbered 1…\(devices.count)") }
@@ -320,9 +329,12 @@ final class SimulatorCore: ModbusServerDelegate {
         return named
     }
 
-    func apply(_ command: SimulatorCommand, server: ModbusServerControl) -> Result<String, SimulatorError> {
+    static func apply(_ command: SimulatorCommand, to devices: [SimulatedDevice],
+                      stall: (SimulatedDevice, Int64) throws(SimulatorError) -> Void,
+                      drop: (SimulatedDevice) throws(SimulatorError) -> Void,
+                      quit: () -> Void) -> Result<String, SimulatorError> {
         do throws(SimulatorError) {
-            let ds = try targets(command.target)
+            let ds = try targets(command.target, in: devices)
             switch command.action {
             case .set(let name, let value):
                 let having = ds.filter { $0.has(name) || name == "status" }
@@ -334,10 +346,10 @@ final class SimulatorCore: ModbusServerDelegate {
                 return .success("ok status \(s)")
             case .stall(let ms):
                 let until = monotonicNowNs() + Int64(ms) * 1_000_000
-                for d in ds { server.pause(listener: d.listener, untilMonotonicNs: until) }
+                for d in ds { try stall(d, until) }
                 return .success("ok stall \(ms)")
             case .drop:
-                for d in ds { server.closeConnections(listener: d.listener) }
+                for d in ds { try drop(d) }
                 return .success("ok drop")
             case .strict(let on):
                 for d in ds { d.strict = on }
@@ -348,7 +360,7 @@ final class SimulatorCore: ModbusServerDelegate {
             case .get(let name):
                 return .success(try ds.map { d throws(SimulatorError) in try d.get(name) }.joined(separator: "\n"))
             case .quit:
-                server.stop()
+                quit()
                 return .success("ok quit")
             }
         } catch {

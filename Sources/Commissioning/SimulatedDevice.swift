@@ -26,7 +26,7 @@ final class SimulatedDevice {
         self.map = map
         self.listener = listener
         self.strict = strict
-        var all: [RegisterSpec] = [map.status.register] + map.identity.map(\.register) + map.registers
+        var all: [RegisterSpec] = (map.status.map { [$0.register] } ?? []) + map.identity.map(\.register) + map.registers
         if let clock = map.clock { all.append(clock.register) }
         var ranges: [RegisterTable: Range<Int>] = [:]
         for s in all {
@@ -40,17 +40,32 @@ final class SimulatedDevice {
         } catch {
             throw SimulatorError("\(map.device): cannot allocate the register mapping: \(error)")
         }
-        specs["status"] = map.status.register
+        if let status = map.status { specs["status"] = status.register }
         for id in map.identity { specs[id.register.name] = id.register }
         for r in map.registers { specs[r.name] = r }
         if let clock = map.clock { specs[clock.register.name] = clock.register }
         // Starting values: operational status, identity as expected, the rest 0.
-        let operational = map.status.values.first { $0.value == "operational" }?.key ?? map.status.values.keys.min() ?? 0
-        write(.int(operational), as: map.status.register)
+        if let status = map.status {
+            let operational = status.values.first { $0.value == "operational" }?.key ?? status.values.keys.min() ?? 0
+            write(.int(operational), as: status.register)
+        }
         for id in map.identity { write(id.expect, as: id.register) }
     }
 
     func has(_ name: String) -> Bool { specs[name] != nil }
+
+    /// How this device answers a request addressed to it: its forced exception, exception 2
+    /// for uncovered addresses in strict mode, else from its mapping.
+    func action(for request: ModbusRequest) -> ModbusServerAction {
+        if let code = exception { return .exception(code) }
+        tickClock()
+        if strict, let t = request.table {
+            if !covers(table: Self.registerTable(t), address: Int(request.address), count: Int(request.quantity)) {
+                return .exception(2)
+            }
+        }
+        return .reply(mapping)
+    }
 
     /// Sets a value from its text: numbers for numeric types, true/false/on/off/1/0 for bits,
     /// any text for strings; `status` takes a status name or code.
@@ -81,20 +96,23 @@ final class SimulatedDevice {
     }
 
     func setStatus(_ text: String) throws(SimulatorError) {
-        let spec = map.status.register
-        if let code = map.status.values.first(where: { $0.value == text })?.key {
+        guard let status = map.status else {
+            throw SimulatorError("\(map.device) has no status register (its status is derived from the poll)")
+        }
+        let spec = status.register
+        if let code = status.values.first(where: { $0.value == text })?.key {
             write(.int(code), as: spec)
         } else if let code = Int64(text) {
             write(.int(code), as: spec)  // unmapped codes allowed: they test bad_decode
         } else {
             throw SimulatorError("\(map.device): unknown status \(text) (expected one of: "
-                + map.status.values.sorted { $0.key < $1.key }.map { $0.value }.joined(separator: ", ") + ", or a code)")
+                + status.values.sorted { $0.key < $1.key }.map { $0.value }.joined(separator: ", ") + ", or a code)")
         }
     }
 
     /// The value as a PLC client would decode it now.
     func get(_ name: String) throws(SimulatorError) -> String {
-        guard let spec = name == "status" ? map.status.register : specs[name] else {
+        guard let spec = name == "status" ? map.status?.register : specs[name] else {
             throw SimulatorError("\(map.device) has no value named \(name)")
         }
         let value: Value
@@ -106,7 +124,7 @@ final class SimulatedDevice {
                 throw SimulatorError("\(name): \(error)")
             }
         }
-        if name == "status", let code = ReadPlan.integer(value), let n = map.status.values[code] { return "status \(n) (\(code))" }
+        if name == "status", let code = ReadPlan.integer(value), let n = map.status?.values[code] { return "status \(n) (\(code))" }
         return "\(name) \(value.text(precision: spec.precision))"
     }
 
@@ -120,6 +138,13 @@ final class SimulatedDevice {
             let old = mapping.register(table, Int(spec.address)) ?? 0
             let mask = UInt16(1) << UInt16(bit)
             mapping.setRegister(table, Int(spec.address), (value.number ?? 0) != 0 ? old | mask : old & ~mask)
+            return
+        }
+        if let byte = spec.byte {
+            // Keep the register's other byte.
+            let old = mapping.register(table, Int(spec.address)) ?? 0
+            let new = RegisterDecoder.encode(value, as: spec)[0]
+            mapping.setRegister(table, Int(spec.address), byte == .high ? (old & 0x00FF) | new : (old & 0xFF00) | new)
             return
         }
         for (k, w) in RegisterDecoder.encode(value, as: spec).enumerated() {

@@ -30,10 +30,27 @@ public final class LibmodbusBaselineClient {
         _ = modbus_set_response_timeout(ctx, responseTimeoutMs / 1000, (responseTimeoutMs % 1000) * 1000)
     }
 
+    /// A Modbus RTU context on a serial port, not yet opened (`connect()` opens it).
+    /// The corresponding C functions are `modbus_new_rtu`, `modbus_set_slave` and
+    /// `modbus_set_response_timeout`.
+    public init(serial device: String, baud: Int, parity: Character = "N", unit: Int32 = 1,
+                responseTimeoutMs: UInt32 = 500) throws(ModbusError) {
+        errno = 0
+        guard let c = modbus_new_rtu(device, Int32(baud), CChar(parity.asciiValue ?? 78), 8, 1) else {
+            throw ModbusError(kind: .other, errno: errno, function: "modbus_new_rtu")
+        }
+        ctx = c
+        _ = modbus_set_slave(ctx, unit)
+        _ = modbus_set_response_timeout(ctx, responseTimeoutMs / 1000, (responseTimeoutMs % 1000) * 1000)
+    }
+
     deinit {
         modbus_close(ctx)
         modbus_free(ctx)
     }
+
+    /// The unit id of the next requests. The corresponding C function is `modbus_set_slave`.
+    public func setUnit(_ unit: Int32) -> Int32 { record(modbus_set_slave(ctx, unit)) }
 
     private func record(_ rc: Int32) -> Int32 {
         if rc < 0 { lastErrno = errno }

@@ -41,7 +41,8 @@ public enum ModbusTable: String, Sendable, Hashable, CaseIterable {
     }
 }
 
-/// A Modbus/TCP client over one libmodbus context: one persistent connection to one PLC.
+/// A Modbus client over one libmodbus context: one persistent Modbus/TCP connection, or one
+/// open serial port (Modbus RTU), to one PLC or one link shared by several units.
 ///
 /// Thread confinement: a `ModbusClient` is not `Sendable` and libmodbus contexts are not
 /// thread-safe. Create, use and drop it on one thread (a poll worker), never on Swift's
@@ -62,10 +63,22 @@ public final class ModbusClient {
     public private(set) var byteTimeoutMs: Int?
     /// Whether the connection is open (as far as this side knows).
     public private(set) var isConnected = false
-    /// `host:port`, for error messages.
-    public var endpoint: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    /// `host:port`, or the serial device path, for error messages.
+    public let endpoint: String
+    /// The serial line, for a Modbus RTU client; nil for Modbus/TCP.
+    public let serial: SerialPortSettings?
+    /// Keep the connection open after a timeout and discard whatever arrives late instead
+    /// (`modbus_flush`): for links shared by several units, where one silent unit must not
+    /// cost its neighbours a reconnect. A late answer that still slips through fails the next
+    /// request (wrong transaction id or unit), never passes as its answer. Always on for serial
+    /// ports, which have no connection to lose.
+    public var keepsConnectionOnTimeout: Bool
 
     private let ctx: OpaquePointer
+    /// When the last frame on a serial line ended (monotonic ns), for the t3.5 silence.
+    private var lastFrameEndNs: Int64 = 0
+    /// A request failed without a clean answer: discard what arrived since before the next one.
+    private var flushBeforeNext = false
 
     /// Creates a client for `host:port` (a name or a numeric IPv4/IPv6 address); does not connect.
     /// The corresponding C function is `modbus_new_tcp_pi`.
@@ -76,6 +89,9 @@ public final class ModbusClient {
         self.unit = unit
         self.responseTimeoutMs = responseTimeoutMs
         self.byteTimeoutMs = byteTimeoutMs
+        self.serial = nil
+        self.keepsConnectionOnTimeout = false
+        self.endpoint = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         guard (1...65535).contains(port) else {
             throw ModbusError(kind: .other, errno: EINVAL, function: "modbus_new_tcp_pi",
                               unit: unit, endpoint: "\(host):\(port)")
@@ -87,16 +103,47 @@ public final class ModbusClient {
                               unit: unit, endpoint: "\(host):\(port)")
         }
         ctx = c
-        do {
-            try call("modbus_set_error_recovery") {
-                modbus_set_error_recovery(ctx, MODBUS_ERROR_RECOVERY_NONE)
-            }
-            try setUnit(unit)
-            try setTimeouts(responseMs: responseTimeoutMs, byteMs: byteTimeoutMs)
-        } catch {
-            modbus_free(c)
-            throw error
+        try configureNew()
+    }
+
+    /// Creates a Modbus RTU client on a serial port; does not open it. `byteTimeoutMs` bounds
+    /// the silence between two bytes of one answer (with it set, `responseTimeoutMs` bounds
+    /// only the first byte). The corresponding C function is `modbus_new_rtu`.
+    public init(serial: SerialPortSettings, unit: Int = 1, responseTimeoutMs: Int = 500,
+                byteTimeoutMs: Int? = nil) throws(ModbusError) {
+        self.host = serial.device
+        self.port = 0
+        self.unit = unit
+        self.responseTimeoutMs = responseTimeoutMs
+        self.byteTimeoutMs = byteTimeoutMs
+        self.serial = serial
+        self.keepsConnectionOnTimeout = true
+        self.endpoint = serial.device
+        guard [5, 6, 7, 8].contains(serial.dataBits), [1, 2].contains(serial.stopBits), serial.baud > 0 else {
+            throw ModbusError(kind: .other, errno: EINVAL, function: "modbus_new_rtu", unit: unit, endpoint: serial.device)
         }
+        errno = 0
+        let parity = CChar(UInt8(ascii: serial.parity.rawValue.unicodeScalars.first!))
+        guard let c = modbus_new_rtu(serial.device, Int32(serial.baud), parity, Int32(serial.dataBits),
+                                     Int32(serial.stopBits)) else {
+            let e = errno
+            throw ModbusError(kind: .other, errno: e == 0 ? EINVAL : e, function: "modbus_new_rtu",
+                              unit: unit, endpoint: serial.device)
+        }
+        ctx = c
+        try configureNew()
+    }
+
+    /// The settings every new context gets: no libmodbus error recovery (reconnection is
+    /// explicit), the unit id, the timeouts. If one fails the initializer throws with every
+    /// property set, so `deinit` runs and frees the context (freeing it here too would free it
+    /// twice).
+    private func configureNew() throws(ModbusError) {
+        try call("modbus_set_error_recovery") {
+            modbus_set_error_recovery(ctx, MODBUS_ERROR_RECOVERY_NONE)
+        }
+        try setUnit(unit)
+        try setTimeouts(responseMs: responseTimeoutMs, byteMs: byteTimeoutMs)
     }
 
     deinit {
@@ -161,7 +208,47 @@ public final class ModbusClient {
             modbus_close(ctx)
             throw ModbusError(kind: .connect, errno: EMFILE, function: "modbus_connect", unit: unit, endpoint: endpoint)
         }
+        if let serial {
+            do throws(ModbusError) {
+                try configureLine(serial, fd: s)
+            } catch {
+                modbus_close(ctx)
+                throw error
+            }
+            lastFrameEndNs = monotonicNowNs()
+        }
         isConnected = true
+    }
+
+    /// RS-485 mode and RTS control, only when asked for: a port that cannot do them (a USB
+    /// adapter without RS-485 support, a pseudo-terminal) is refused with the call and errno
+    /// that failed, never half set up. The corresponding C functions are
+    /// `modbus_rtu_set_serial_mode`, `modbus_rtu_set_rts` and `modbus_rtu_set_rts_delay`.
+    private func configureLine(_ serial: SerialPortSettings, fd: Int32) throws(ModbusError) {
+        func fail(_ function: String, _ e: Int32) -> ModbusError {
+            ModbusError(kind: .connect, errno: e, function: function, unit: unit, endpoint: endpoint)
+        }
+        if serial.rs485 {
+            errno = 0
+            if modbus_rtu_set_serial_mode(ctx, MODBUS_RTU_RS485) == -1 {
+                throw fail("modbus_rtu_set_serial_mode", errno)
+            }
+        }
+        if let rts = serial.rts {
+            // libmodbus switches RTS with an ioctl whose failure it ignores: check first that
+            // the port has modem control at all.
+            var bits: Int32 = 0
+            errno = 0
+            if CModbus_get_modem_bits(fd, &bits) == -1 { throw fail("ioctl(TIOCMGET)", errno) }
+            errno = 0
+            if modbus_rtu_set_rts(ctx, rts == .up ? MODBUS_RTU_RTS_UP : MODBUS_RTU_RTS_DOWN) == -1 {
+                throw fail("modbus_rtu_set_rts", errno)
+            }
+            if let d = serial.rtsDelayUs {
+                errno = 0
+                if modbus_rtu_set_rts_delay(ctx, Int32(d)) == -1 { throw fail("modbus_rtu_set_rts_delay", errno) }
+            }
+        }
     }
 
     /// Closes the connection, if open; the next request needs `connect()` first.
@@ -263,17 +350,46 @@ public final class ModbusClient {
 
     /// Runs one request/answer exchange, reads errno right after it, and closes the connection
     /// on every failure that leaves the stream in an unknown state (all but a Modbus exception).
+    ///
+    /// On a serial line it first waits out the t3.5 silence since the last frame, and after a
+    /// timeout or a bad answer (CRC, wrong unit) it discards what is still arriving instead of
+    /// closing the port; so does a shared TCP link after a timeout (`keepsConnectionOnTimeout`).
     @inline(__always)
     private func transfer(function: String, table: ModbusTable, address: Int, count: Int,
                           _ body: () -> Int32) throws(ModbusError) {
+        if let serial { waitFrameSilence(serial) }
+        if flushBeforeNext {
+            // A late answer to the failed request must not pass for this one's.
+            modbus_flush(ctx)
+            flushBeforeNext = false
+        }
         errno = 0
         let rc = body()
-        if rc != -1 { return }
         let e = errno
+        if serial != nil { lastFrameEndNs = monotonicNowNs() }
+        if rc != -1 { return }
         let kind = ModbusError.classify(errno: e)
-        if case .exception = kind {} else { close() }
+        switch kind {
+        case .exception: break
+        case .timeout where keepsConnectionOnTimeout, .badResponse where serial != nil:
+            modbus_flush(ctx)
+            flushBeforeNext = true
+            if serial != nil { lastFrameEndNs = monotonicNowNs() }
+        default: close()
+        }
         throw ModbusError(kind: kind, errno: e, function: function, unit: unit, table: table.rawValue,
                           address: address, count: count, endpoint: endpoint)
+    }
+
+    /// Sleeps until t3.5 has passed since the last frame on the line.
+    private func waitFrameSilence(_ serial: SerialPortSettings) {
+        let due = lastFrameEndNs + Int64(serial.frameSilenceUs) * 1000
+        var now = monotonicNowNs()
+        while now < due {
+            var ts = timespec(tv_sec: Int((due - now) / 1_000_000_000), tv_nsec: Int((due - now) % 1_000_000_000))
+            nanosleep(&ts, nil)
+            now = monotonicNowNs()
+        }
     }
 
     /// The one helper for configuration calls: runs `body`, reads errno immediately on -1.

@@ -48,6 +48,8 @@ public struct Errno: Error, Sendable, Hashable, CustomStringConvertible {
         case EINVAL: return ("EINVAL", "invalid argument")
         case ENFILE: return ("ENFILE", "too many open files in system")
         case EMFILE: return ("EMFILE", "too many open files")
+        case ENOTTY: return ("ENOTTY", "not supported by this device")
+        case EBUSY: return ("EBUSY", "device or resource busy")
         case EFBIG: return ("EFBIG", "file too large")
         case ENOSPC: return ("ENOSPC", "no space left on device")
         case EROFS: return ("EROFS", "read-only file system")

@@ -44,8 +44,12 @@ public enum CheckInput {
         switch o["status"] {
         case .some(.string(let s)):
             status = s
-            if !map.status.values.isEmpty, !map.status.values.values.contains(s) {
-                throw fail("status", "\"\(s)\" is not a status of the map (\(map.status.values.sorted { $0.key < $1.key }.map(\.value).joined(separator: ", ")))")
+            if let spec = map.status {
+                if !spec.values.isEmpty, !spec.values.values.contains(s) {
+                    throw fail("status", "\"\(s)\" is not a status of the map (\(spec.values.sorted { $0.key < $1.key }.map(\.value).joined(separator: ", ")))")
+                }
+            } else if s != "operational" {
+                throw fail("status", "\"\(s)\" is not a status of the map (it has no status register: its status is derived, operational or null)")
             }
         case .some(.null): statusQuality = .badDecode
         case .none: throw fail("status", "missing")
@@ -108,7 +112,7 @@ public enum CheckInput {
         }
         return PhysicalState(device: device, status: status, statusQuality: statusQuality, values: readings,
                              identity: identity, pollError: pollError,
-                             time: ClockReading(monotonicNs: wallNs, wallNs: wallNs))
+                             time: ClockReading(monotonicNs: wallNs, wallNs: wallNs), statusDerived: map.status == nil)
     }
 
     /// One twin feed line (docs/twin-feed.md), read by the appliance's own `TwinLineParser`, so `check`

@@ -117,6 +117,7 @@ final class CheckRecord: Sendable {
         w.raw(",\"max_value_delta\":"); w.double(d.delta.maxValueDelta)
         w.raw(",\"physical_age_ms\":"); w.double(d.delta.physicalAgeMs)
         w.raw(",\"physical_status\":"); w.string(d.delta.physicalStatus)
+        if d.delta.physicalStatusDerived { w.raw(",\"physical_status_derived\":true") }
         w.raw(",\"twin_age_ms\":"); w.double(d.delta.twinAgeMs)
         w.raw(",\"twin_status\":"); w.string(d.delta.twinStatus)
         w.raw(",\"values\":{")

@@ -159,11 +159,15 @@ public struct StateDelta: Sendable, Hashable {
     public var maxSensor: String?
     public var maxValueDelta: Double?
     public var physicalStatus: String?
+    /// The map has no status register: `physicalStatus` was derived from the poll. Shown as
+    /// `"physical_status_derived": true` (the key is absent otherwise).
+    public var physicalStatusDerived: Bool
     public var twinStatus: String?
 
     public init(driftMs: Double? = nil, physicalAgeMs: Double? = nil, twinAgeMs: Double? = nil,
                 values: [String: Double] = [:], maxSensor: String? = nil, maxValueDelta: Double? = nil,
-                physicalStatus: String? = nil, twinStatus: String? = nil) {
+                physicalStatus: String? = nil, physicalStatusDerived: Bool = false, twinStatus: String? = nil) {
+        self.physicalStatusDerived = physicalStatusDerived
         self.driftMs = driftMs
         self.physicalAgeMs = physicalAgeMs
         self.twinAgeMs = twinAgeMs
@@ -179,7 +183,7 @@ public struct StateDelta: Sendable, Hashable {
         var v: [String: JSONValue] = [:]
         v.reserveCapacity(values.count)
         for (k, d) in values { v[k] = .double(d) }
-        return .object([
+        var o: [String: JSONValue] = [
             "drift_ms": driftMs.map { .double($0) } ?? .null,
             "physical_age_ms": physicalAgeMs.map { .double($0) } ?? .null,
             "twin_age_ms": twinAgeMs.map { .double($0) } ?? .null,
@@ -188,7 +192,9 @@ public struct StateDelta: Sendable, Hashable {
             "max_value_delta": maxValueDelta.map { .double($0) } ?? .null,
             "physical_status": physicalStatus.map { .string($0) } ?? .null,
             "twin_status": twinStatus.map { .string($0) } ?? .null,
-        ])
+        ]
+        if physicalStatusDerived { o["physical_status_derived"] = .bool(true) }
+        return .object(o)
     }
 }
 

@@ -40,6 +40,12 @@ public enum RegisterDecoder {
         if let bit = spec.bit {
             return .bool((words[words.startIndex] >> UInt16(bit)) & 1 == 1)
         }
+        if spec.type == .int8 || spec.type == .uint8 {
+            // One byte of one register; word and byte orders do not apply.
+            let w = words[words.startIndex]
+            let b = UInt8(truncatingIfNeeded: spec.byte == .high ? w >> 8 : w)
+            return spec.type == .int8 ? scaled(.int(Int64(Int8(bitPattern: b))), spec) : scaled(.uint(UInt64(b)), spec)
+        }
         if spec.type != .string {
             // Fixed-width values (1–4 registers) assemble their raw bits without allocating:
             // word k lands at shift 16·(need−1−k), or 16·k when the order reverses words.
@@ -55,6 +61,8 @@ public enum RegisterDecoder {
             switch spec.type {
             case .bool:
                 return .bool(raw != 0)
+            case .int8, .uint8:
+                break  // decoded above
             case .int16:
                 return scaled(.int(Int64(Int16(bitPattern: UInt16(truncatingIfNeeded: raw)))), spec)
             case .uint16:
@@ -122,6 +130,12 @@ public enum RegisterDecoder {
         switch spec.type {
         case .bool:
             raw = unscaled != 0 ? 1 : 0
+        case .int8, .uint8:
+            // The byte in its half of the register, the other half 0 (the simulator merges it
+            // with the register's other byte).
+            let b = spec.type == .int8 ? UInt16(UInt8(bitPattern: Int8(clampInt(unscaled, -128, 127))))
+                                       : UInt16(clampInt(unscaled, 0, 255))
+            return [spec.byte == .high ? b << 8 : b]
         case .int16:
             raw = UInt64(UInt16(bitPattern: Int16(clampInt(unscaled, -32768, 32767))))
         case .uint16:

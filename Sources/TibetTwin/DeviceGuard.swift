@@ -299,7 +299,8 @@ public struct DeviceGuard: Sendable {
         let verdict = runtime[index].verdict
         var sink = TextSink()
         var delta = StateDelta(driftMs: driftNs(physical, twin).map { Fmt.ms($0) },
-                               physicalStatus: physical?.status, twinStatus: twin?.status)
+                               physicalStatus: physical?.status, physicalStatusDerived: physical?.statusDerived ?? false,
+                               twinStatus: twin?.status)
         if let now = lastEvaluation {
             // A permit means every check passed at that evaluation: there is nothing to explain,
             // so the texts are only built (and the agreement asserted) in debug builds.

@@ -38,7 +38,7 @@ extension MapParser {
         var declaredType: ValueType?
         let typeNode = m.take("type")
         if let typeNode {
-            declaredType = ctx.choice(ValueType.self, typeNode, keyPath(p, "type"), what: "type")
+            declaredType = parseType(typeNode, keyPath(p, "type"))
             if declaredType == nil { ok = false }
         }
         let bitNode = m.known.contains("bit") ? m.take("bit") : nil
@@ -64,6 +64,22 @@ extension MapParser {
             ok = false
         }
         let type: ValueType = table.isBitTable || bitNode != nil ? .bool : (declaredType ?? .uint16)
+
+        // int8 / uint8 name the byte they are; no other type takes one.
+        var byte: ByteHalf?
+        let byteNode = m.known.contains("byte") ? m.take("byte") : nil
+        if type == .int8 || type == .uint8 {
+            if let byteNode {
+                byte = ctx.choice(ByteHalf.self, byteNode, keyPath(p, "byte"), what: "byte (high = bits 15…8, low = bits 7…0)")
+                if byte == nil { ok = false }
+            } else {
+                ctx.error(typeNode ?? m.node, p, "type \(type.rawValue) needs byte: high (bits 15…8, sent first) or byte: low (bits 7…0)")
+                ok = false
+            }
+        } else if let byteNode {
+            ctx.error(byteNode, keyPath(p, "byte"), "byte applies only to types int8 and uint8 (type is \(type.rawValue))")
+            ok = false
+        }
 
         // Which types each kind accepts.
         switch kind {
@@ -99,6 +115,9 @@ extension MapParser {
             if let o = ctx.choice(WordOrder.self, on, keyPath(p, "order"), what: "word order") {
                 if type == .bool {
                     ctx.error(on, keyPath(p, "order"), "order does not apply to single bits and bool values")
+                    ok = false
+                } else if type == .int8 || type == .uint8 {
+                    ctx.error(on, keyPath(p, "order"), "order does not apply to \(type.rawValue): say which byte with byte: high or byte: low")
                     ok = false
                 } else {
                     order = o
@@ -144,8 +163,13 @@ extension MapParser {
         }
 
         guard let addressNode, let (address, _) = parsedAddress else { return nil }
+        if explicitTable != nil || parsedAddress?.modicon == nil, case .scalar(let a) = addressNode, !isQuoted(a),
+           a.string.count == 5, a.string.first.flatMap({ Int(String($0)) }) == table.modiconPrefix, address > 10000 {
+            ctx.warning(addressNode, keyPath(p, "address"),
+                        "\(a.string) looks like a Modicon address, but unquoted it is read as protocol address \(address) of the \(table.rawValue) table; if \(table.rawValue) \(address - table.modiconPrefix * 10000 - 1) is meant, quote it (\"\(a.string)\") or write \(address - table.modiconPrefix * 10000 - 1)")
+        }
         let spec = RegisterSpec(name: name, table: table, address: UInt16(address), type: type, order: order,
-                                bit: bit, length: length, scale: scale, offset: offset, unit: unit,
+                                bit: bit, byte: byte, length: length, scale: scale, offset: offset, unit: unit,
                                 tolerance: tolerance, location: ctx.location(m.node))
         if spec.lastAddress > 65535 {
             ctx.error(addressNode, keyPath(p, "address"),
@@ -160,6 +184,36 @@ extension MapParser {
         case .register, .identity: label = "\"\(name)\""
         }
         return Placed(spec: spec, path: p, addressNode: addressNode, label: label)
+    }
+
+    /// Names other tools use for our types (Telegraf, Home Assistant, IEC 61131-3, C).
+    static let typeAliases: [String: ValueType] = [
+        "float": .float32, "real": .float32, "single": .float32, "double": .float64, "lreal": .float64,
+        "int": .int16, "short": .int16, "word": .uint16, "uint": .uint16, "ushort": .uint16,
+        "dint": .int32, "long": .int32, "dword": .uint32, "udint": .uint32, "ulong": .uint32,
+        "lint": .int64, "lword": .uint64, "ulint": .uint64, "sint": .int8, "usint": .uint8, "byte": .uint8,
+        "char": .int8, "boolean": .bool, "bit": .bool, "coil": .bool, "str": .string, "text": .string,
+        "int8l": .int8, "int8h": .int8, "uint8l": .uint8, "uint8h": .uint8,
+    ]
+
+    /// A value type; a name another tool uses gets the type it means as a suggestion.
+    func parseType(_ node: Node, _ path: String) -> ValueType? {
+        guard let text = ctx.scalarText(node, path, expected: "a type") else { return nil }
+        if let t = ValueType(rawValue: text) { return t }
+        let all = ValueType.allCases.map(\.rawValue).joined(separator: ", ")
+        let lower = text.lowercased()
+        if let t = ValueType(rawValue: lower) {
+            ctx.error(node, path, "unknown type \"\(text)\" (did you mean \"\(t.rawValue)\"? expected one of: \(all))")
+        } else if let t = Self.typeAliases[lower] {
+            var hint = "use \(t.rawValue)"
+            if t == .int8 || t == .uint8 {
+                hint += lower.hasSuffix("h") ? " with byte: high" : lower.hasSuffix("l") ? " with byte: low" : " with byte: high or low"
+            }
+            ctx.error(node, path, "unknown type \"\(text)\": \(hint) (expected one of: \(all))")
+        } else {
+            ctx.error(node, path, "unknown type \"\(text)\" (expected one of: \(all))")
+        }
+        return nil
     }
 
     /// A 0-based address (plain integer) or a quoted 5/6-digit Modicon address, which also names the table.
@@ -219,6 +273,7 @@ extension MapParser {
                         let a = items[ai]
                         guard a.label != b.label else { continue }
                         if let ba = a.spec.bit, let bb = b.spec.bit, ba != bb { continue }
+                        if let ba = a.spec.byte, let bb = b.spec.byte, ba != bb { continue }
                         hit = ai
                         break
                     }
@@ -233,7 +288,7 @@ extension MapParser {
             }
             for address in span {
                 var bucket = byAddress[b.spec.table, default: [:]][address, default: []]
-                if !bucket.contains(where: { items[$0].spec.bit == b.spec.bit }) {
+                if !bucket.contains(where: { items[$0].spec.bit == b.spec.bit && items[$0].spec.byte == b.spec.byte }) {
                     bucket.append(j)
                     byAddress[b.spec.table, default: [:]][address] = bucket
                 }
@@ -245,6 +300,7 @@ extension MapParser {
         var t = "\(s.table.rawValue) \(s.address)"
         if s.width > 1 { t += "…\(s.lastAddress)" }
         if let b = s.bit { t += " bit \(b)" }
+        if let b = s.byte { t += " \(b.rawValue) byte" }
         return t
     }
 }

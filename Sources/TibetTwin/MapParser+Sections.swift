@@ -37,8 +37,9 @@ extension MapParser {
         case .float32, .float64:
             guard let d = ctx.number(node, path, expected: "a number") else { return nil }
             return .double(spec.type == .float32 ? Double(Float(d)) : d)
-        case .int16, .int32, .int64, .uint16, .uint32, .uint64:
+        case .int8, .uint8, .int16, .int32, .int64, .uint16, .uint32, .uint64:
             let ranges: [ValueType: (Int64, UInt64)] = [
+                .int8: (-128, 127), .uint8: (0, 255),
                 .int16: (-32768, 32767), .int32: (-2_147_483_648, 2_147_483_647), .int64: (Int64.min, UInt64(Int64.max)),
                 .uint16: (0, 65535), .uint32: (0, 4_294_967_295), .uint64: (0, UInt64.max),
             ]
@@ -54,7 +55,7 @@ extension MapParser {
                 return nil
             }
             switch spec.type {
-            case .int16, .int32, .int64: return .int(i.int64!)
+            case .int8, .int16, .int32, .int64: return .int(i.int64!)
             default: return .uint(i.magnitude)
             }
         }
@@ -97,6 +98,8 @@ extension MapParser {
     func fits(_ code: Int64, _ type: ValueType) -> Bool {
         switch type {
         case .bool: return code == 0 || code == 1
+        case .int8: return code >= -128 && code <= 127
+        case .uint8: return code >= 0 && code <= 255
         case .int16: return code >= -32768 && code <= 32767
         case .uint16: return code >= 0 && code <= 65535
         case .int32: return code >= -2_147_483_648 && code <= 2_147_483_647

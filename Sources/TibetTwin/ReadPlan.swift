@@ -47,7 +47,7 @@ public struct ReadPlan: Sendable, Hashable {
     /// `plc.maxGap` registers (bit tables: `maxGap × 16` bits, the same bytes on the wire).
     public init(map: DeviceMap) {
         self.map = map
-        var items: [Item] = [Item(role: .status, spec: map.status.register)]
+        var items: [Item] = map.status.map { [Item(role: .status, spec: $0.register)] } ?? []
         for (i, id) in map.identity.enumerated() { items.append(Item(role: .identity(i), spec: id.register)) }
         for (i, r) in map.registers.enumerated() { items.append(Item(role: .value(i), spec: r)) }
         if let clock = map.clock { items.append(Item(role: .clock, spec: clock.register)) }
@@ -55,14 +55,17 @@ public struct ReadPlan: Sendable, Hashable {
         var groups: [Group] = []
         for table in RegisterTable.allCases {
             let indices = items.indices.filter { items[$0].spec.table == table }
-            groups += Self.group(indices, of: items, table: table, maxGap: map.plc.maxGap)
+            groups += Self.group(indices, of: items, table: table, maxGap: map.plc.maxGap,
+                                 limit: table.isBitTable ? map.plc.maxBits : map.plc.maxRegisters)
         }
         self.groups = groups
     }
 
     /// Groups the given items (all of one table) into requests.
-    static func group(_ indices: [Int], of items: [Item], table: RegisterTable, maxGap: Int) -> [Group] {
-        let limit = table.isBitTable ? maxBitsPerRead : maxRegistersPerRead
+    /// `limit` is the most registers (bits) per request: the protocol's, or the map's
+    /// `max_registers` / `max_bits`.
+    static func group(_ indices: [Int], of items: [Item], table: RegisterTable, maxGap: Int, limit: Int? = nil) -> [Group] {
+        let limit = min(max(limit ?? .max, 1), table.isBitTable ? maxBitsPerRead : maxRegistersPerRead)
         let gap = table.isBitTable ? max(maxGap, 0) * 16 : max(maxGap, 0)
         let sorted = indices.sorted {
             (items[$0].spec.address, items[$0].spec.lastAddress, $0) < (items[$1].spec.address, items[$1].spec.lastAddress, $1)
@@ -171,7 +174,7 @@ public struct ReadPlan: Sendable, Hashable {
                     statusQuality = quality
                     if quality.isGood, let v = value {
                         statusRaw = Self.integer(v)
-                        if let code = statusRaw, let name = map.status.values[code] {
+                        if let code = statusRaw, let name = map.status?.values[code] {
                             status = name
                         } else {
                             statusQuality = .badDecode
@@ -234,10 +237,22 @@ public struct ReadPlan: Sendable, Hashable {
                 }
             }
         }
+        if map.status == nil {
+            // Derived: operational while the poll and every reading is good. Anything else
+            // leaves the status unknown, with the first bad quality (fail-safe: never permits).
+            let firstBad = values.values.first { !$0.quality.isGood }?.quality
+            if errors.isEmpty && firstBad == nil && (identity == .ok || identity == .notConfigured) {
+                status = "operational"
+                statusQuality = .good
+            } else {
+                status = nil
+                statusQuality = firstBad ?? .badComm
+            }
+        }
         return PhysicalState(device: map.device, status: status, statusRaw: statusRaw, statusQuality: statusQuality,
                              values: values, identity: identity,
                              pollError: errors.isEmpty ? nil : errors.joined(separator: "; "), time: time,
-                             plcWallNs: plcWallNs)
+                             plcWallNs: plcWallNs, statusDerived: map.status == nil)
     }
 
     /// A state for a poll that never reached the PLC (not connected, connect failed): every
@@ -247,7 +262,8 @@ public struct ReadPlan: Sendable, Hashable {
         values.reserveCapacity(map.registers.count)
         for r in map.registers { values[r.name] = Reading(value: nil, quality: quality) }
         return PhysicalState(device: map.device, status: nil, statusRaw: nil, statusQuality: quality, values: values,
-                             identity: map.identity.isEmpty ? .notConfigured : .unknown, pollError: why, time: time)
+                             identity: map.identity.isEmpty ? .notConfigured : .unknown, pollError: why, time: time,
+                             statusDerived: map.status == nil)
     }
 
     /// An integral code from a decoded value (nil for fractions and strings), as the status

@@ -26,6 +26,7 @@ public enum ReadReport {
             "poll_error": state.pollError.map(JSONValue.string) ?? .null,
         ]
         if case .mismatch = state.identity { o["identity_detail"] = .string(state.identity.description) }
+        if state.statusDerived { o["status_derived"] = .bool(true) }
         if let plc = state.plcWallNs { o["plc_time"] = .string(RFC3339.format(wallNs: plc)) }
         return .object(o)
     }
@@ -62,7 +63,7 @@ public enum ReadReport {
             rows.append([r.name, reading.value?.text(precision: r.precision) ?? "-", r.unit ?? "", reading.quality.description, place(r)])
         }
         let widths = (0..<5).map { c in rows.map { $0[c].count }.max() ?? 0 }
-        var out = "\(state.device)  \(map.plc.host):\(map.plc.port) unit \(map.plc.unit)  \(RFC3339.format(wallNs: state.time.wallNs))\n"
+        var out = "\(state.device)  \(map.plc.linkName) unit \(map.plc.unit)  \(RFC3339.format(wallNs: state.time.wallNs))\n"
         for row in rows {
             var line = ""
             for c in 0..<5 {
@@ -73,7 +74,9 @@ public enum ReadReport {
             out += line + "\n"
         }
         let statusText: String
-        if let s = state.status {
+        if state.statusDerived {
+            statusText = (state.status ?? "unknown (\(state.statusQuality))") + " (derived: the map has no status register)"
+        } else if let s = state.status {
             statusText = "\(s) (\(state.statusRaw.map(String.init) ?? "?"))"
         } else if let raw = state.statusRaw {
             statusText = "unmapped code \(raw) (\(state.statusQuality))"
@@ -92,6 +95,7 @@ public enum ReadReport {
         if r.table.isBitTable { return "\(r.table.rawValue) \(r.address)" }
         var s = "\(r.table.rawValue) \(r.address)" + (r.width > 1 ? "+\(r.width)" : "") + " \(r.type.rawValue)"
         if r.width > 1 && r.type != .string { s += " \(r.order.rawValue)" }
+        if let b = r.byte { s += " \(b.rawValue) byte" }
         return s
     }
 }

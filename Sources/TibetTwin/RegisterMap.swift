@@ -33,17 +33,24 @@ public enum RegisterTable: String, Sendable, Hashable, CaseIterable {
 
 /// The value types a register map can declare.
 public enum ValueType: String, Sendable, Hashable, CaseIterable {
-    case bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string
+    case bool, int8, uint8, int16, uint16, int32, uint32, int64, uint64, float32, float64, string
 
-    /// Registers occupied, for fixed-width types; `string` takes its `length`.
+    /// Registers occupied, for fixed-width types; `string` takes its `length`. `int8` and
+    /// `uint8` are one byte of one register (`RegisterSpec.byte`).
     public var fixedRegisterCount: Int? {
         switch self {
-        case .bool, .int16, .uint16: return 1
+        case .bool, .int8, .uint8, .int16, .uint16: return 1
         case .int32, .uint32, .float32: return 2
         case .int64, .uint64, .float64: return 4
         case .string: return nil
         }
     }
+}
+
+/// Which byte of a 16-bit register an `int8` / `uint8` value is (`byte: high` or `byte: low`).
+/// The high byte is the one sent first on the wire (bits 15…8).
+public enum ByteHalf: String, Sendable, Hashable, CaseIterable {
+    case high, low
 }
 
 /// Byte and word order of multi-register values. `ABCD` is big-endian (the Modbus default);
@@ -82,6 +89,8 @@ public struct RegisterSpec: Sendable, Hashable {
     public var order: WordOrder
     /// Bit number (0 = LSB) within a 16-bit register, for `bit: n` entries; the value is a bool.
     public var bit: Int?
+    /// Which byte of the register an `int8` / `uint8` value is; nil for every other type.
+    public var byte: ByteHalf?
     /// Registers read for a `string`.
     public var length: Int
     public var scale: Double
@@ -93,10 +102,11 @@ public struct RegisterSpec: Sendable, Hashable {
 
     public init(
         name: String, table: RegisterTable = .holding, address: UInt16, type: ValueType = .uint16,
-        order: WordOrder = .ABCD, bit: Int? = nil, length: Int = 0, scale: Double = 1,
+        order: WordOrder = .ABCD, bit: Int? = nil, byte: ByteHalf? = nil, length: Int = 0, scale: Double = 1,
         offset: Double = 0, unit: String? = nil, tolerance: Double? = nil,
         location: SourceLocation? = nil
     ) {
+        self.byte = byte
         self.name = name
         self.table = table
         self.address = address
@@ -206,24 +216,114 @@ public struct IntentSpec: Sendable, Hashable {
     }
 }
 
+/// How Modbus frames travel on a TCP connection: `tcp` (MBAP header, the Modbus/TCP
+/// standard) or `rtu` (RTU frames with CRC on a TCP socket, as cheap serial gateways do).
+public enum PLCFraming: String, Sendable, Hashable, CaseIterable {
+    case tcp, rtu
+}
+
+/// A serial line for Modbus RTU (`plc: {serial: /dev/ttyUSB0, baud: 19200, parity: E, …}`).
+public struct SerialLine: Sendable, Hashable, CustomStringConvertible {
+    public enum Parity: String, Sendable, Hashable, CaseIterable {
+        case none = "N", even = "E", odd = "O"
+    }
+    public enum RTS: String, Sendable, Hashable, CaseIterable {
+        case up, down
+    }
+
+    public var device: String
+    public var baud: Int
+    public var parity: Parity
+    public var dataBits: Int
+    public var stopBits: Int
+    /// The kernel's RS-485 mode (`rs485: true`).
+    public var rs485: Bool
+    /// RTS driven around each request (`rts: up|down`), and the delay around it in µs.
+    public var rts: RTS?
+    public var rtsDelayUs: Int?
+
+    public init(device: String, baud: Int = 19200, parity: Parity = .even, dataBits: Int = 8, stopBits: Int = 1,
+                rs485: Bool = false, rts: RTS? = nil, rtsDelayUs: Int? = nil) {
+        self.device = device
+        self.baud = baud
+        self.parity = parity
+        self.dataBits = dataBits
+        self.stopBits = stopBits
+        self.rs485 = rs485
+        self.rts = rts
+        self.rtsDelayUs = rtsDelayUs
+    }
+
+    /// `/dev/ttyUSB0 19200 8E1`.
+    public var description: String { "\(device) \(baud) \(dataBits)\(parity.rawValue)\(stopBits)" }
+
+    /// The settings that must agree for maps sharing this port (everything but the device).
+    public var lineSettings: String {
+        var t = "\(baud) \(dataBits)\(parity.rawValue)\(stopBits)"
+        if rs485 { t += " rs485" }
+        if let rts { t += " rts \(rts.rawValue)" + (rtsDelayUs.map { " \($0) µs" } ?? "") }
+        return t
+    }
+}
+
 /// How to reach the PLC and how often to poll it.
 public struct PLCEndpoint: Sendable, Hashable {
+    /// The TCP host (empty for a serial device).
     public var host: String
     public var port: Int
+    /// The serial line, for Modbus RTU on a serial port; nil for TCP.
+    public var serial: SerialLine?
+    /// Frames on the TCP connection (ignored for serial, which is always RTU).
+    public var framing: PLCFraming
+    /// Longest silence between two bytes of one answer (`byte_timeout_ms`); nil: `timeoutMs`
+    /// bounds the whole answer.
+    public var byteTimeoutMs: Int?
+    /// A measured round trip per request on a TCP link (`rtt_ms`, from `tibet-twin read`),
+    /// for the shared link budget of `maps validate`.
+    public var rttMs: Double?
     public var unit: Int
     public var pollMs: Int
     public var timeoutMs: Int
     /// Gaps of up to this many unused registers are read through when grouping.
     public var maxGap: Int
+    /// The most registers one request may ask for (`max_registers`, 1…125): for devices that
+    /// refuse the protocol maximum.
+    public var maxRegisters: Int
+    /// The most bits one request may ask for (`max_bits`, 1…2000).
+    public var maxBits: Int
 
     public init(host: String, port: Int = 502, unit: Int = 1, pollMs: Int = 100,
-                timeoutMs: Int = 100, maxGap: Int = 16) {
+                timeoutMs: Int = 100, maxGap: Int = 16, maxRegisters: Int = 125, maxBits: Int = 2000,
+                serial: SerialLine? = nil, framing: PLCFraming = .tcp, byteTimeoutMs: Int? = nil, rttMs: Double? = nil) {
+        self.serial = serial
+        self.framing = framing
+        self.byteTimeoutMs = byteTimeoutMs
+        self.rttMs = rttMs
+        self.maxRegisters = maxRegisters
+        self.maxBits = maxBits
         self.host = host
         self.port = port
         self.unit = unit
         self.pollMs = pollMs
         self.timeoutMs = timeoutMs
         self.maxGap = maxGap
+    }
+}
+
+extension PLCEndpoint {
+    /// Where the link goes, for people: the serial device, or `host:port` (plus `(rtu)` for
+    /// RTU framing on TCP).
+    public var linkName: String {
+        if let serial { return serial.device }
+        let hp = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        return framing == .rtu ? "\(hp) (rtu)" : hp
+    }
+
+    /// Maps whose endpoints have the same key share one link (one connection or one serial
+    /// port): the serial device, or the TCP host and port.
+    public var linkKey: String {
+        if let serial { return "serial:\(serial.device)" }
+        return "tcp:\(host.lowercased()):\(port)"
     }
 }
 
@@ -255,7 +355,9 @@ public struct DeviceMap: Sendable, Hashable {
     public var plc: PLCEndpoint
     public var limits: Limits
     public var identity: [IdentitySpec]
-    public var status: StatusSpec
+    /// The status register; nil when the map has no `status:` and the status is derived:
+    /// `operational` while the poll and every reading is good, unknown otherwise.
+    public var status: StatusSpec?
     public var registers: [RegisterSpec]
     /// Path of the Ed25519 public key the twin signs its lines with, as written in the map
     /// (relative paths are relative to the map file).
@@ -277,14 +379,18 @@ public struct DeviceMap: Sendable, Hashable {
     /// Where the twin's state comes from when the twin is a Sparkplug B edge node (`twin:
     /// {sparkplug: …}`, docs/mqtt.md); nil: JSON lines naming `device`.
     public var sparkplug: SparkplugBinding?
+    /// Things that are valid but probably not what was meant (an unquoted 5-digit address that
+    /// looks like Modicon): `maps validate` prints them, nothing refuses the map for them.
+    public var warnings: [MapIssue]
 
     public init(device: String, profile: ProfileID, plc: PLCEndpoint, limits: Limits,
-                identity: [IdentitySpec] = [], status: StatusSpec, registers: [RegisterSpec],
+                identity: [IdentitySpec] = [], status: StatusSpec?, registers: [RegisterSpec],
                 twinKey: String? = nil, intents: [IntentSpec], allowPredicted: Bool = false,
                 sourceFile: String = "", sha256: String = "", clock: PLCClock? = nil,
                 description: String? = nil, keyLocations: [String: SourceLocation] = [:],
-                sparkplug: SparkplugBinding? = nil) {
+                sparkplug: SparkplugBinding? = nil, warnings: [MapIssue] = []) {
         self.sparkplug = sparkplug
+        self.warnings = warnings
         self.clock = clock
         self.description = description
         self.keyLocations = keyLocations
@@ -300,6 +406,16 @@ public struct DeviceMap: Sendable, Hashable {
         self.allowPredicted = allowPredicted
         self.sourceFile = sourceFile
         self.sha256 = sha256
+    }
+
+    /// Whether the physical status is derived from the poll (no `status:` register).
+    @inlinable
+    public var statusDerived: Bool { status == nil }
+
+    /// The status names this device can report: those of `status.values`, or `operational`
+    /// alone when the status is derived.
+    public var statusNames: Set<String> {
+        status.map { Set($0.values.values) } ?? ["operational"]
     }
 
     /// The register with this name, if any.

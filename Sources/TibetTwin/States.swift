@@ -100,10 +100,15 @@ public struct PhysicalState: Sendable, Hashable {
     /// register converted by `PLCClock.wallNs(from:)`, ns since the Unix epoch. Drift then uses
     /// it instead of `time.wallNs`; ages still use `time.monotonicNs`. `nil` without a clock register.
     public var plcWallNs: Int64?
+    /// The map has no status register: `status` is derived from the poll (`operational` while
+    /// the poll and every reading is good, nil otherwise). The audit records it.
+    public var statusDerived: Bool
 
     public init(device: String, status: String?, statusRaw: Int64? = nil, statusQuality: Quality = .good,
                 values: [String: Reading], identity: IdentityResult = .notConfigured,
-                pollError: String? = nil, time: ClockReading, plcWallNs: Int64? = nil) {
+                pollError: String? = nil, time: ClockReading, plcWallNs: Int64? = nil,
+                statusDerived: Bool = false) {
+        self.statusDerived = statusDerived
         self.device = device
         self.status = status
         self.statusRaw = statusRaw

@@ -8,6 +8,8 @@ import Yams
 final class YAMLContext {
     let file: String
     private(set) var issues: [MapIssue] = []
+    /// Valid but suspicious things (`DeviceMap.warnings`).
+    private(set) var warnings: [MapIssue] = []
 
     init(file: String) {
         self.file = file
@@ -25,6 +27,15 @@ final class YAMLContext {
 
     func error(at location: SourceLocation, _ path: String, _ message: String) {
         issues.append(MapIssue(location: location, keyPath: path, message: message))
+    }
+
+    func warning(_ node: Node?, _ path: String, _ message: String) {
+        warnings.append(MapIssue(location: location(node), keyPath: path, message: message))
+    }
+
+    /// Warnings in file order.
+    var sortedWarnings: [MapIssue] {
+        warnings.sorted { ($0.location.line, $0.location.column) < ($1.location.line, $1.location.column) }
     }
 
     /// Issues in file order (line, then column), stable for issues at the same place.

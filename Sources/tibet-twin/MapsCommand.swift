@@ -43,8 +43,17 @@ struct MapsValidateCommand: ParsableCommand {
             CLIOut.raw(error.issues.map { "\($0)\n" }.joined())
             throw ExitCode(1)
         }
+        // Warnings do not fail the run: the map is valid, but probably not what was meant.
+        let warnings = maps.flatMap(\.warnings)
+        if !warnings.isEmpty {
+            CLIOut.raw(warnings.map { "\($0.location): warning: \($0.keyPath): \($0.message)".escapingControlCharacters() + "\n" }.joined())
+        }
         for map in maps {
             print(MapSummary.line(for: map))
+        }
+        // Every serial link, and every TCP link more than one map shares, with its load.
+        for link in LinkBudget(maps: maps).links where link.key.hasPrefix("serial:") || link.devices.count > 1 {
+            print(link.summary)
         }
     }
 }
@@ -54,7 +63,8 @@ enum MapSummary {
     static func line(for map: DeviceMap) -> String {
         let intents = map.intents.map { "\($0.name)=coil \($0.coil)" }.joined(separator: ", ")
         return "\(map.device): profile \(map.profile.rawValue), \(map.registers.count) registers, "
-            + "\(map.intents.count) intents (\(intents)), plc \(map.plc.host):\(map.plc.port) unit \(map.plc.unit), "
+            + "\(map.intents.count) intents (\(intents)), plc \(map.plc.linkName) unit \(map.plc.unit)"
+            + (map.statusDerived ? ", status derived" : "") + ", "
             + "\(map.sourceFile)"
     }
 }

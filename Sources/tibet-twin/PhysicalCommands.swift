@@ -58,12 +58,18 @@ enum PhysicalCLI {
 struct SimulateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "simulate",
-        abstract: "Serve a map's registers as a simulated PLC (Modbus/TCP), values settable from stdin.",
+        abstract: "Serve a map's registers as a simulated PLC (Modbus/TCP or RTU), values settable from stdin.",
         discussion: """
             Each map is served on its own port: without --listen at its own plc host:port; with \
             --listen HOST:PORT the i-th device (replicas included) on PORT+i, or on any free port \
             each when PORT is 0. Once listening it prints one line per device: \
             `listening HOST:PORT DEVICE`.
+
+            With --serial PATH the maps are served as Modbus RTU devices on that serial port (one \
+            end of a null-modem cable or of a socat pty pair), each under its own plc.unit; line \
+            settings from the first map's plc, or --baud/--parity/--data-bits/--stop-bits. It \
+            prints `listening PATH unit N DEVICE` per device. A unit no map has never answers; \
+            `stall MS` makes devices silent for that long; `drop` does not apply.
 
             Starting values: status = the code of `operational`, identity registers = their \
             `expect`, everything else 0 unless --set NAME=VALUE.
@@ -97,6 +103,21 @@ struct SimulateCommand: ParsableCommand {
     @Flag(name: .long, help: "Start in strict addressing (see `strict on`).")
     var strict = false
 
+    @Option(name: .long, help: ArgumentHelp("Serve the maps as Modbus RTU devices on this serial port.", valueName: "PATH"))
+    var serial: String?
+
+    @Option(name: .long, help: "With --serial: baud rate (default: the first map's, else 19200).")
+    var baud: Int?
+
+    @Option(name: .long, help: "With --serial: parity N, E or O (default: the first map's, else E).")
+    var parity: String?
+
+    @Option(name: .customLong("data-bits"), help: "With --serial: data bits 7 or 8.")
+    var dataBits: Int?
+
+    @Option(name: .customLong("stop-bits"), help: "With --serial: stop bits 1 or 2.")
+    var stopBits: Int?
+
     func validate() throws {
         guard !map.isEmpty else { throw ValidationError("--map is required") }
         guard (1...1000).contains(replicas) else { throw ValidationError("--replicas must be 1…1000") }
@@ -105,6 +126,16 @@ struct SimulateCommand: ParsableCommand {
             throw ValidationError("--listen: expected HOST:PORT, got \(listen)")
         }
         for s in sets where !s.contains("=") { throw ValidationError("--set: expected NAME=VALUE, got \(s)") }
+        if serial == nil && (baud != nil || parity != nil || dataBits != nil || stopBits != nil) {
+            throw ValidationError("--baud, --parity, --data-bits and --stop-bits need --serial PATH")
+        }
+        if serial != nil && (listen != nil || replicas > 1) { throw ValidationError("--serial cannot be combined with --listen or --replicas") }
+        if let parity, SerialPortSettings.Parity(rawValue: parity.uppercased()) == nil {
+            throw ValidationError("--parity: expected N, E or O, got \(parity)")
+        }
+        if let dataBits, ![7, 8].contains(dataBits) { throw ValidationError("--data-bits must be 7 or 8") }
+        if let stopBits, ![1, 2].contains(stopBits) { throw ValidationError("--stop-bits must be 1 or 2") }
+        if let baud, !(300...4_000_000).contains(baud) { throw ValidationError("--baud must be 300…4000000") }
     }
 
     func run() throws {
@@ -115,6 +146,11 @@ struct SimulateCommand: ParsableCommand {
         for s in sets {
             let eq = s.firstIndex(of: "=")!
             initial[String(s[..<eq])] = String(s[s.index(after: eq)...])
+        }
+        if let serial { return try runSerial(maps: maps, path: serial, initial: initial) }
+        if listen == nil, let m = maps.first(where: { $0.plc.serial != nil }) {
+            PhysicalCLI.err("error: \(m.device) is a serial device (\(m.plc.linkName)): serve it with --serial PATH (the other end of the line), or on TCP with --listen HOST:PORT")
+            throw ExitCode(2)
         }
         let served = Array(repeating: maps, count: replicas).flatMap { $0 }
         var sims: [PLCSimulator] = []
@@ -196,6 +232,36 @@ struct SimulateCommand: ParsableCommand {
     }
 }
 
+extension SimulateCommand {
+    /// `simulate --serial`: every map a unit on one serial port, commands from stdin.
+    func runSerial(maps: [DeviceMap], path: String, initial: [String: String]) throws {
+        let line = maps.first?.plc.serial
+        let settings = SerialPortSettings(
+            device: path, baud: baud ?? line?.baud ?? 19200,
+            parity: SerialPortSettings.Parity(rawValue: (parity ?? line?.parity.rawValue ?? "E").uppercased()) ?? .even,
+            dataBits: dataBits ?? line?.dataBits ?? 8, stopBits: stopBits ?? line?.stopBits ?? 1)
+        let sim: SerialSimulator
+        do {
+            sim = try SerialSimulator(maps: maps, settings: settings, initial: initial, strict: strict)
+        } catch {
+            PhysicalCLI.err("error: \(error)")
+            throw ExitCode(error.message.hasPrefix("--set") ? 2 : 1)
+        }
+        for s in sim.served { PhysicalCLI.out("listening \(path) unit \(s.unit) \(s.device)") }
+        while let text = readLine() {
+            do {
+                let reply = try sim.execute(text)
+                if !reply.isEmpty { PhysicalCLI.out(reply) }
+            } catch {
+                PhysicalCLI.err("error: \(error)")
+            }
+            if sim.hasStopped { return }
+        }
+        sim.waitUntilQuit()
+        sim.stop()
+    }
+}
+
 /// `tibet-twin read`: the integrator's commissioning check.
 struct ReadCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -239,17 +305,26 @@ struct ReadCommand: AsyncParsableCommand {
         PhysicalCLI.unblockTerminationSignals()
         var maps = try PhysicalCLI.loadMaps(map)
         if let plc, let (host, port) = PhysicalCLI.parseEndpoint(plc) {
-            for i in maps.indices { maps[i].plc.host = host; maps[i].plc.port = port }
+            // Another Modbus/TCP address: also for a map of a serial device or an RTU gateway.
+            for i in maps.indices {
+                maps[i].plc.host = host
+                maps[i].plc.port = port
+                maps[i].plc.serial = nil
+                maps[i].plc.framing = .tcp
+            }
         }
         if let timeoutMs {
             for i in maps.indices { maps[i].plc.timeoutMs = timeoutMs }
         }
         let byDevice = Dictionary(maps.map { ($0.device, $0) }, uniquingKeysWith: { a, _ in a })
         if !watch {
-            let states = PhysicalReads.readOnce(maps: maps)
+            let states = PhysicalReads.readOnceTimed(maps: maps)
             var healthy = true
-            for (s, m) in zip(states, maps) {
+            for ((s, rtt), m) in zip(states, maps) {
                 PhysicalCLI.out(json ? ReadReport.json(s, map: m).canonical : ReadReport.text(s, map: m))
+                if !json, let rtt, m.plc.serial == nil {
+                    PhysicalCLI.out("round trip \(String(format: "%.2f", rtt)) ms per request (plc.rtt_ms for the link budget of maps validate)")
+                }
                 if !PhysicalReads.isHealthy(s) { healthy = false }
             }
             if !healthy { throw ExitCode(1) }

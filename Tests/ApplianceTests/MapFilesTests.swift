@@ -98,7 +98,7 @@ struct MapFilesTests {
         try dir.write("bin.yaml", "device: \u{FF}")
         try Data([0x64, 0xFF, 0xFE]).write(to: URL(fileURLWithPath: dir.path + "/bin.yaml"))
         #expect(issues([dir.path, dir.path + "/missing.yaml", dir.path + "/empty"]) == [
-            "\(dir.path)/a.yaml:6:40: registers[0].type: unknown type \"unit32\" (expected one of: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)",
+            "\(dir.path)/a.yaml:6:40: registers[0].type: unknown type \"unit32\" (expected one of: bool, int8, uint8, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)",
             "\(dir.path)/b.yaml:2:10: profile: unknown profile \"prot\" (expected one of: port, manufacturing, energy, steel, semiconductor, building)",
             "\(dir.path)/bin.yaml:1:1: not UTF-8 text (a map file is YAML in UTF-8)",
             "\(dir.path)/missing.yaml:1:1: ENOENT: no such file or directory",

@@ -23,7 +23,7 @@ func pymodbusSpec(map: DeviceMap, values: [String: Value], status: Int64 = 0, sp
             tables[t, default: [:]][Int(spec.address) + k] = Int(w)
         }
     }
-    put(map.status.register, .int(status))
+    if let s = map.status { put(s.register, .int(status)) }
     for id in map.identity { put(id.register, id.expect) }
     for r in map.registers { put(r, values[r.name] ?? .int(0)) }
     var parts = ["\"unit\": \(map.plc.unit)", "\"sparse\": \(sparse)", "\"port\": \(port)"]

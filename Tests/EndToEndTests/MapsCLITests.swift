@@ -14,7 +14,10 @@ struct MapsValidateCLITests {
         #expect(code == 0)
         #expect(err.isEmpty)
         let lines = out.split(separator: "\n")
-        #expect(lines.count == 6)
+        // One line per example map, then one per serial link and per shared TCP link.
+        #expect(lines.count == 11)
+        #expect(lines.suffix(2) == ["link /dev/ttyUSB0 19200 8E1: 1 device, 8.0 requests/s, busy 24.8 % (fits)",
+                                    "link 10.20.0.50:502: 2 devices, 16.0 requests/s, busy 19.2 % (fits)"])
         #expect(lines.first == "crane-01: profile port, 4 registers, 4 intents (move_left=coil 0, hoist=coil 1, move_right=coil 2, boom_lower=coil 3), plc 127.0.0.1:1502 unit 1, maps/crane-01.yaml")
     }
 
@@ -22,7 +25,8 @@ struct MapsValidateCLITests {
         let (code, out, _) = try run(["maps", "validate", "maps/"], cwd: packageRoot)
         #expect(code == 0)
         #expect(out.split(separator: "\n").map { $0.split(separator: ":")[0] } ==
-            ["crane-01", "etch-02", "ahu-03", "robot-cell-01", "mill-f3", "wtg-07"])
+            ["crane-01", "energy-meter-12", "etch-02", "gateway-meter-21", "gateway-meter-22", "ahu-03", "robot-cell-01",
+             "mill-f3", "wtg-07", "link /dev/ttyUSB0 19200 8E1", "link 10.20.0.50"])
         let (code2, out2, _) = try run(["maps", "validate", "maps/crane-01.yaml", "maps/hvac-ahu-03.yaml"])
         #expect(code2 == 0)
         #expect(out2.split(separator: "\n").count == 2)
@@ -33,7 +37,7 @@ struct MapsValidateCLITests {
         let (code, out, err) = try run(["maps", "validate", fixture])
         #expect(code == 1)
         #expect(out.isEmpty)
-        #expect(err == "\(fixture):8:44: registers[0].type: unknown type \"flaot32\" (expected one of: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)\n")
+        #expect(err == "\(fixture):8:44: registers[0].type: unknown type \"flaot32\" (expected one of: bool, int8, uint8, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)\n")
     }
 
     @Test func everyIssueOneLineEach() throws {

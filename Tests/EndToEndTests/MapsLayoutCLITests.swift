@@ -17,7 +17,7 @@ struct MapsLayoutCLITests {
         #expect(lines.first == "device,intent,table,address,modicon,meaning")
         #expect(lines.contains(#"crane-01,move_left,coil,0,00001,"permit crane-01.move_left: 1 = permit, 0 = inhibit""#))
         #expect(lines.contains(#"crane-01,move_left,discrete,0,10001,"mirror of coil 0: permit crane-01.move_left: 1 = permit, 0 = inhibit""#))
-        #expect(lines.contains(",,input,2,30003,number of devices (6)"))
+        #expect(lines.contains(",,input,2,30003,number of devices (9)"))
         #expect(lines.contains(",,holding,0,40001,\"mirror of input register 0: heartbeat: +1 every evaluation tick, wraps at 65535\""))
         // Device 0 is the first map file by name: crane-01's block starts at input register 16.
         #expect(lines.contains("crane-01,,input,16,30017,\"reason code (0 OK, 65535 not evaluated)\""))

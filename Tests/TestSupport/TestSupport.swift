@@ -22,27 +22,56 @@ public func pythonWithPymodbus() -> String? {
     return FileManager.default.isExecutableFile(atPath: p) ? p : nil
 }
 
-/// A pymodbus PLC (scripts/pymodbus_plc.py) as a child process; stopped by `stop()` or deinit.
-public final class PymodbusPLC: @unchecked Sendable {
+/// A Python peer (a script of scripts/ on pymodbus) as a child process: started with one JSON
+/// argument, it says `listening …` once serving, then answers one line per stdin command.
+/// Stopped by `stop()` or deinit.
+public final class PythonPeer: @unchecked Sendable {
     public let process = Process()
-    public let port: Int
+    /// The `listening …` line.
+    public let listening: String
     private let input = Pipe()
     private let lines: LineReader
 
-    /// Starts the child with `spec` (see the script) and waits for its `listening` line.
-    public init(spec: String) throws {
+    public init(script: String, spec: String) throws {
         guard let python = pythonWithPymodbus() else { throw SimpleError("pymodbus not installed: run scripts/setup.sh") }
         let out = Pipe()
         process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [packageRoot.appendingPathComponent("scripts/pymodbus_plc.py").path, spec]
+        process.arguments = [packageRoot.appendingPathComponent("scripts/\(script)").path, spec]
         process.standardInput = input
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
         lines = LineReader(out.fileHandleForReading)
-        guard let first = lines.next(timeoutMs: 20_000), first.hasPrefix("listening "),
-              let p = first.split(separator: ":").last.flatMap({ Int($0) }) else {
+        guard let first = lines.next(timeoutMs: 20_000), first.hasPrefix("listening ") else {
             kill(process.processIdentifier, SIGKILL)
+            throw SimpleError("\(script) did not start")
+        }
+        listening = first
+    }
+
+    /// Sends one command; its reply line, or nil after 10 s.
+    public func send(_ line: String) -> String? {
+        input.fileHandleForWriting.write(Data((line + "\n").utf8))
+        return lines.next(timeoutMs: 10_000)
+    }
+
+    /// Closes its stdin (it exits at end of input); SIGKILL if it has not gone within 5 s.
+    public func stop() { stopChild(process, closing: input) }
+
+    deinit { stop() }
+}
+
+/// A pymodbus PLC (scripts/pymodbus_plc.py) as a child process; stopped by `stop()` or deinit.
+public final class PymodbusPLC: @unchecked Sendable {
+    private let peer: PythonPeer
+    public var process: Process { peer.process }
+    public let port: Int
+
+    /// Starts the child with `spec` (see the script) and waits for its `listening` line.
+    public init(spec: String) throws {
+        peer = try PythonPeer(script: "pymodbus_plc.py", spec: spec)
+        guard let p = peer.listening.split(separator: ":").last.flatMap({ Int($0) }) else {
+            peer.stop()
             throw SimpleError("pymodbus PLC did not start")
         }
         port = p
@@ -50,14 +79,10 @@ public final class PymodbusPLC: @unchecked Sendable {
 
     /// Sends one command and waits for its "ok".
     public func command(_ line: String) throws {
-        input.fileHandleForWriting.write(Data((line + "\n").utf8))
-        guard lines.next(timeoutMs: 10_000) == "ok" else { throw SimpleError("pymodbus PLC: no ok for \(line)") }
+        guard peer.send(line) == "ok" else { throw SimpleError("pymodbus PLC: no ok for \(line)") }
     }
 
-    /// Closes its stdin (it exits at end of input); SIGKILL if it has not gone within 5 s.
-    public func stop() { stopChild(process, closing: input) }
-
-    deinit { stop() }
+    public func stop() { peer.stop() }
 }
 
 /// Stops a child that exits at the end of its input: closes `input`, then SIGKILL if it has not
@@ -251,4 +276,67 @@ public func peerHasClosed(_ fd: Int32) -> Bool {
         let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
         if n <= 0 { return true }
     }
+}
+
+/// A pseudo-terminal pair from socat (`pty,raw,echo=0`), as a null-modem cable between two
+/// serial ports: `a` for the side under test, `b` for the peer. Stopped by `stop()` or deinit.
+/// Pseudo-terminals refuse parity E/O here: tests run the line at 8N1.
+public final class PtyPair: @unchecked Sendable {
+    public let process = Process()
+    public let directory: String
+    public var a: String { directory + "/a" }
+    public var b: String { directory + "/b" }
+
+    public init() throws {
+        var template = Array((NSTemporaryDirectory() + "tt-pty-XXXXXX").utf8CString)
+        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SimpleError("mkdtemp failed")
+        }
+        directory = String(cString: dir)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
+        process.arguments = ["pty,raw,echo=0,link=\(directory)/a", "pty,raw,echo=0,link=\(directory)/b"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        guard waitUntil(within: 10, { FileManager.default.fileExists(atPath: directory + "/a")
+                                       && FileManager.default.fileExists(atPath: directory + "/b") }) else {
+            stop()
+            throw SimpleError("socat made no pty pair")
+        }
+    }
+
+    public func stop() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    deinit { stop() }
+}
+
+/// Several Modbus units behind one link (scripts/pymodbus_units.py): on a serial pty, behind a
+/// one-connection TCP gateway, or RTU frames on TCP. Stopped by `stop()` or deinit.
+public final class PymodbusUnits: @unchecked Sendable {
+    private let peer: PythonPeer
+    /// The TCP port (gateway, rtu-tcp), or 0 for a serial peer.
+    public let port: Int
+
+    /// `spec` as the script documents it; waits for its `listening` line.
+    public init(spec: String) throws {
+        peer = try PythonPeer(script: "pymodbus_units.py", spec: spec)
+        port = Int(peer.listening.dropFirst("listening ".count)) ?? 0
+    }
+
+    /// Sends one command and waits for its "ok" (or, for `count`, returns the number).
+    @discardableResult
+    public func command(_ line: String) throws -> Int {
+        guard let reply = peer.send(line) else { throw SimpleError("pymodbus units: no reply to \(line)") }
+        if reply.hasPrefix("count "), let n = Int(reply.dropFirst(6)) { return n }
+        guard reply == "ok" else { throw SimpleError("pymodbus units: \(reply) for \(line)") }
+        return 0
+    }
+
+    public func stop() { peer.stop() }
 }

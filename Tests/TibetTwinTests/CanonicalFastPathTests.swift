@@ -91,7 +91,7 @@ struct CheckRecordTests {
                 failing: failing,
                 delta: StateDelta(driftMs: flags[1] ? d(0) : nil, physicalAgeMs: d(1), twinAgeMs: flags[2] ? nil : d(2),
                                   values: values, maxSensor: flags[3] ? t(3) : nil, maxValueDelta: d(3),
-                                  physicalStatus: t(4), twinStatus: flags[1] ? nil : t(5)))
+                                  physicalStatus: t(4), physicalStatusDerived: flags[2], twinStatus: flags[1] ? nil : t(5)))
             let r = CheckRecord(tokenId: "x-\(texts[0])", now: ClockReading(monotonicNs: Int64(bitPattern: bits[4]) / 2, wallNs: 1_795_703_520_000_000_000),
                                 node: t(6), actor: "jis:" + t(6), host: t(7), decision: decision,
                                 mapSHA256: flags[0] ? t(5) : nil, twinSeq: flags[2] ? bits[5] : nil,

@@ -87,6 +87,8 @@ struct DecodingTests {
         let sample: Value
         switch type {
         case .int16, .int32, .int64: sample = .int(-1234)
+        case .int8: sample = .int(-12)
+        case .uint8: sample = .uint(200)
         case .float32, .float64: sample = .double(-12.5)
         default: sample = .uint(4711)
         }

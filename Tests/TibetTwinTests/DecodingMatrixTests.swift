@@ -48,7 +48,7 @@ private func samples(_ type: ValueType) -> [Sample] {
     case .float64:
         return [0, -0.0, 12.5, -12.5, 1.7976931348623157e308, -2.2250738585072014e-308,
                 Double.leastNonzeroMagnitude, .infinity, -.infinity, .nan].map(d)
-    case .bool, .string: return []
+    case .bool, .string, .int8, .uint8: return []  // int8 and uint8: FieldbusMapTests
     }
 }
 

@@ -52,7 +52,7 @@ struct MapErrorTests {
         ("yaml-syntax.yaml",
          #"Fixtures/maps/yaml-syntax.yaml:4:7: YAML syntax error: did not find expected ',' or '}' (while parsing a flow mapping at 3:6)"#),
         ("wrong-kind.yaml",
-         #"Fixtures/maps/wrong-kind.yaml:3:6: plc: expected a mapping (host, port, unit, poll_ms, timeout_ms, max_gap), got "127.0.0.1:1502""#),
+         #"Fixtures/maps/wrong-kind.yaml:3:6: plc: expected a mapping (host, port, unit, … for TCP; serial, baud, parity, … for RTU), got "127.0.0.1:1502""#),
         ("missing-key.yaml",
          #"Fixtures/maps/missing-key.yaml:1:1: device: missing required key "device" (the device name)"#),
         ("unknown-key.yaml",
@@ -60,7 +60,7 @@ struct MapErrorTests {
         ("bad-value.yaml",
          #"Fixtures/maps/bad-value.yaml:3:30: plc.port: 70000 is out of range (expected a TCP port 1…65535)"#),
         ("unknown-type.yaml",
-         #"Fixtures/maps/unknown-type.yaml:8:44: registers[0].type: unknown type "flaot32" (expected one of: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)"#),
+         #"Fixtures/maps/unknown-type.yaml:8:44: registers[0].type: unknown type "flaot32" (expected one of: bool, int8, uint8, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)"#),
         ("unknown-order.yaml",
          #"Fixtures/maps/unknown-order.yaml:9:56: registers[1].order: unknown word order "CBDA" (expected one of: ABCD, CDAB, BADC, DCBA)"#),
         ("unknown-table.yaml",
@@ -119,7 +119,7 @@ struct MapErrorTests {
 
     /// Smaller error cases, each one line of a valid map changed.
     @Test(arguments: [
-        (("type: float32", "type: Float32"), #"m.yaml:8:44: registers[0].type: unknown type "Float32" (did you mean "float32"? expected one of: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)"#),
+        (("type: float32", "type: Float32"), #"m.yaml:8:44: registers[0].type: unknown type "Float32" (did you mean "float32"? expected one of: bool, int8, uint8, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)"#),
         (("order: CDAB", "order: cdab"), #"m.yaml:9:56: registers[1].order: unknown word order "cdab" (did you mean "CDAB"? expected one of: ABCD, CDAB, BADC, DCBA)"#),
         (("tolerance: 0.5", "tolerence: 0.5"), #"m.yaml:8:53: registers[0].tolerence: unknown key "tolerence" (did you mean "tolerance"?)"#),
         (("device: t-01", "device: t 01"), #"m.yaml:1:9: device: invalid device name "t 01" (expected 1…64 characters: letters, digits, _ - . starting with a letter or digit)"#),
@@ -144,7 +144,7 @@ struct MapErrorTests {
         (("move_left: {coil: 0}", "move_left: {}"), #"m.yaml:11:14: intents.move_left.coil: missing required key "coil" (the interlock coil address 0…65535 that permits this intent)"#),
         (("intents:\n  move_left: {coil: 0}\n", "intents: {}\n"), #"m.yaml:10:10: intents: a device needs at least one intent (its permit coil is what the guard serves)"#),
         (("plc: {host: 127.0.0.1, port: 1502}", "plc: {host: 127.0.0.1, port: 1502, poll_ms: 200}"), #"m.yaml:3:45: plc.poll_ms: 200 is not below limits.max_age_ms (200): the physical state would go stale between polls (expected at most 100)"#),
-        (("plc: {host: 127.0.0.1, port: 1502}", "plc: {port: 1502}"), #"m.yaml:3:6: plc.host: missing required key "host" (the PLC's IP address or host name)"#),
+        (("plc: {host: 127.0.0.1, port: 1502}", "plc: {port: 1502}"), #"m.yaml:3:6: plc.host: missing required key "host" (the PLC's IP address or host name, or serial: for a Modbus RTU device)"#),
         (("  values: {0: operational, 1: fault}", "  values: {0: operational, 0x0: fault}"), #"m.yaml:6:28: status.values.0x0: duplicate status code 0 (first at m.yaml:6:12)"#),
         (("  values: {0: operational, 1: fault}", "  values: {0: operational, 70000: fault}"), #"m.yaml:6:28: status.values.70000: code 70000 cannot be read from a uint16 status register"#),
         (("  address: 0\n", "  address: 102\n"), #"m.yaml:9:30: registers[1].address: holding 102…103 overlaps the status register (holding 102) at m.yaml:5:12"#),
@@ -160,7 +160,7 @@ struct MapErrorTests {
     @Test func anEntryWithoutAddressIsStillChecked() {
         #expect(mapIssues(minimalMap([("{name: load_kg, address: 102, type: uint32, order: CDAB}", "{name: load_kg, type: unit32}")])) == [
             #"m.yaml:9:5: registers[1].address: missing required key "address" (a 0-based address, or a quoted Modicon address like "40101")"#,
-            #"m.yaml:9:27: registers[1].type: unknown type "unit32" (expected one of: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)"#,
+            #"m.yaml:9:27: registers[1].type: unknown type "unit32" (expected one of: bool, int8, uint8, int16, uint16, int32, uint32, int64, uint64, float32, float64, string)"#,
         ])
     }
 
@@ -195,8 +195,8 @@ struct MapModelTests {
         #expect(m.profile == .port)
         #expect(m.plc == PLCEndpoint(host: "127.0.0.1", port: 1502, unit: 1, pollMs: 50, timeoutMs: 100, maxGap: 16))
         #expect(m.limits == Limits(maxDriftMs: 200, maxAgeMs: 200, maxSkewMs: 1000, rearmMs: 100))
-        #expect(m.status.register.table == .holding && m.status.register.address == 0 && m.status.register.type == .uint16)
-        #expect(m.status.values == [0: "operational", 1: "fault"])
+        #expect(m.status?.register.table == .holding && m.status?.register.address == 0 && m.status?.register.type == .uint16)
+        #expect(m.status?.values == [0: "operational", 1: "fault"])
         #expect(m.registers.map(\.name) == ["position_x", "load_kg"])
         #expect(m.registers[1].order == .CDAB && m.registers[1].type == .uint32 && m.registers[1].tolerance == nil)
         #expect(m.registers[0].tolerance == 0.5 && m.registers[0].location == SourceLocation(file: "maps/t.yaml", line: 8, column: 5))
@@ -347,7 +347,8 @@ struct MapModelTests {
 @Suite("Example maps and cross-checks")
 struct ExampleMapTests {
     static let exampleFiles = ["crane-01.yaml", "etch-tool-02.yaml", "hvac-ahu-03.yaml", "robot-cell-01.yaml",
-                               "strip-mill-f3.yaml", "wind-turbine-07.yaml"]
+                               "strip-mill-f3.yaml", "wind-turbine-07.yaml", "energy-meter-12.yaml",
+                               "gateway-meter-21.yaml", "gateway-meter-22.yaml"]
 
     static func load(_ name: String) throws -> DeviceMap {
         let text = try String(contentsOf: packageRoot.appendingPathComponent("maps/\(name)"), encoding: .utf8)
@@ -364,7 +365,7 @@ struct ExampleMapTests {
     @Test func allSixTogetherPassCrossCheckAndCoverEveryProfile() throws {
         let names = try FileManager.default.contentsOfDirectory(atPath: packageRoot.appendingPathComponent("maps").path)
             .filter { $0.hasSuffix(".yaml") }.sorted()
-        #expect(names == Self.exampleFiles)
+        #expect(names == Self.exampleFiles.sorted())
         let maps = try names.map(Self.load)
         try MapLoader.crossCheck(maps)
         #expect(Set(maps.map(\.profile)) == Set(ProfileID.allCases))
@@ -376,7 +377,7 @@ struct ExampleMapTests {
         #expect(m.plc.host == "127.0.0.1" && m.plc.port == 1502 && m.plc.pollMs == 50 && m.plc.timeoutMs == 100)
         #expect(m.limits == Limits(maxDriftMs: 200, maxAgeMs: 200, maxSkewMs: 1000, rearmMs: 100))
         #expect(m.identity.first?.expect == .uint(4711))
-        #expect(m.status.values == [0: "operational", 1: "fault", 2: "maintenance", 3: "emergency"])
+        #expect(m.status?.values == [0: "operational", 1: "fault", 2: "maintenance", 3: "emergency"])
         #expect(m.register(named: "wind_speed")?.table == .input && m.register(named: "wind_speed")?.address == 4)
         #expect(m.register(named: "hoist_locked")?.bit == 3)
         #expect(m.intent(named: "move_left")?.coil == 0 && m.intent(named: "hoist")?.coil == 1)

@@ -14,6 +14,7 @@ protocol BenchSuite {
 
 let suites: [any BenchSuite] = [
     PollerBench(),
+    FieldbusBench(),
     TwinFeedBench(),
     InterlockBench(),
     AuditBench(),

@@ -29,12 +29,14 @@ package struct PollerConfiguration: Sendable, Hashable {
     }
 }
 
-/// Polls PLCs over Modbus/TCP on a fixed schedule and delivers one `PhysicalState` per device
-/// per `poll_ms` to a sink.
+/// Polls PLCs over Modbus/TCP and Modbus RTU on a fixed schedule and delivers one
+/// `PhysicalState` per device per `poll_ms` to a sink.
 ///
 /// A few dedicated threads (never the cooperative pool), each with a deadline queue of its
-/// devices; per device one persistent connection (its own `ModbusClient`, used only by that
-/// thread). Deadlines advance by whole periods from the first one, so the schedule does not
+/// devices; per link one persistent connection or serial port (its own `ModbusClient`, used
+/// only by that thread). Maps that name the same TCP endpoint or serial port share one link
+/// (`PLCEndpoint.linkKey`): its devices live on one thread, so their requests are serialized
+/// and taken in order of due time; a unit that stops answering is backed off on its own. Deadlines advance by whole periods from the first one, so the schedule does not
 /// drift; slots that a slow poll ran past are skipped and counted, never piled up. A lost
 /// connection is retried with capped exponential backoff while the device still yields a bad
 /// state every period, so the guard sees `COMMS` at once.
@@ -65,10 +67,20 @@ package final class Poller: Sendable {
         let n = configuration.threads > 0
             ? min(configuration.threads, max(maps.count, 1))
             : min(max((maps.count + 63) / 64, 1), 8)
-        var buckets = Array(repeating: [DeviceMap](), count: n)
-        for (i, m) in maps.enumerated() { buckets[i % n].append(m) }
-        workers = buckets.enumerated().map { i, ms in
-            PollWorker(index: i, maps: ms, configuration: configuration, time: time, logger: logger, sink: sink)
+        // Whole links to threads, each to the thread with the fewest devices so far.
+        var order: [String] = []
+        var links: [String: [DeviceMap]] = [:]
+        for m in maps {
+            if links[m.plc.linkKey] == nil { order.append(m.plc.linkKey) }
+            links[m.plc.linkKey, default: []].append(m)
+        }
+        var buckets = Array(repeating: [[DeviceMap]](), count: min(n, max(order.count, 1)))
+        for key in order {
+            let i = buckets.indices.min { buckets[$0].joined().count < buckets[$1].joined().count }!
+            buckets[i].append(links[key]!)
+        }
+        workers = buckets.enumerated().map { i, ls in
+            PollWorker(index: i, links: ls, configuration: configuration, time: time, logger: logger, sink: sink)
         }
     }
 
@@ -122,6 +134,8 @@ package final class Poller: Sendable {
 final class PollWorker: Sendable {
     let index: Int
     private let maps: [DeviceMap]
+    /// The maps of each link on this thread.
+    private let links: [[DeviceMap]]
     private let configuration: PollerConfiguration
     private let time: any TimeSource
     private let logger: Logger
@@ -135,10 +149,11 @@ final class PollWorker: Sendable {
     }
     private let counters: Mutex<Counters>
 
-    init(index: Int, maps: [DeviceMap], configuration: PollerConfiguration, time: any TimeSource,
+    init(index: Int, links: [[DeviceMap]], configuration: PollerConfiguration, time: any TimeSource,
          logger: Logger, sink: @escaping PhysicalStateSink) {
         self.index = index
-        self.maps = maps
+        self.links = links
+        self.maps = links.flatMap { $0 }
         self.configuration = configuration
         self.time = time
         self.logger = logger
@@ -164,7 +179,11 @@ final class PollWorker: Sendable {
 
     /// The thread body: a deadline queue over this worker's devices.
     func run(startNs: Int64) {
-        var devices = maps.map { DeviceConnection(map: $0, configuration: configuration) }
+        var devices: [DeviceConnection] = []
+        for ms in links {
+            let link = PollLink(plc: ms[0].plc, shared: ms.count > 1, configuration: configuration)
+            devices += ms.map { DeviceConnection(map: $0, link: link, configuration: configuration) }
+        }
         var wasGood = Array(repeating: true, count: devices.count)  // the first bad poll is news
         // First deadlines spread over one period so devices of equal rate do not all fire at
         // once, on a grid of slots at least `slotNs` apart: the devices of one slot are polled
@@ -215,7 +234,7 @@ final class PollWorker: Sendable {
 extension PollWorker {
     /// One line per transition: connected, turned bad (and why), good again.
     fileprivate func log(device map: DeviceMap, outcome: PollOutcome, good: Bool, wasGood: Bool) {
-        let meta: Logger.Metadata = ["device": "\(map.device)", "plc": "\(map.plc.host):\(map.plc.port)",
+        let meta: Logger.Metadata = ["device": "\(map.device)", "plc": "\(map.plc.linkName)",
                                      "unit": "\(map.plc.unit)"]
         if outcome.connectedNow { logger.info("connected", metadata: meta) }
         if !good && wasGood {
@@ -311,65 +330,136 @@ struct ReconnectBackoff: Sendable, Hashable {
     mutating func reset() { currentMs = 0 }
 }
 
-/// One device on a poll thread: its plan, its connection, its reconnect backoff. Confined to
-/// that thread.
+/// One link (a TCP connection or a serial port) and its client, shared by the devices of the
+/// maps that name it. Confined to one poll thread, like the libmodbus context it owns.
+final class PollLink {
+    let plc: PLCEndpoint
+    /// More than one map names this link.
+    let shared: Bool
+    var client: (any ModbusLinkClient)?
+    var backoff: ReconnectBackoff
+    /// A connection was lost (not timed out) since the last good poll.
+    var lostSinceGood = false
+    var nextConnectNs: Int64 = 0
+    var lastConnectError: String?
+
+    init(plc: PLCEndpoint, shared: Bool, configuration: PollerConfiguration) {
+        self.plc = plc
+        self.shared = shared
+        backoff = ReconnectBackoff(initialMs: configuration.backoffInitialMs, maxMs: configuration.backoffMaxMs)
+    }
+
+    /// A client for this link (not connected).
+    func makeClient(unit: Int, timeoutMs: Int, byteTimeoutMs: Int?) throws(ModbusError) -> any ModbusLinkClient {
+        if let s = plc.serial {
+            let settings = SerialPortSettings(
+                device: s.device, baud: s.baud, parity: SerialPortSettings.Parity(rawValue: s.parity.rawValue) ?? .even,
+                dataBits: s.dataBits, stopBits: s.stopBits, rs485: s.rs485,
+                rts: s.rts.flatMap { SerialPortSettings.RTSMode(rawValue: $0.rawValue) }, rtsDelayUs: s.rtsDelayUs)
+            return try ModbusClient(serial: settings, unit: unit, responseTimeoutMs: timeoutMs, byteTimeoutMs: byteTimeoutMs)
+        }
+        if plc.framing == .rtu {
+            return RTUOverTCPClient(host: plc.host, port: plc.port, unit: unit, responseTimeoutMs: timeoutMs,
+                                    byteTimeoutMs: byteTimeoutMs)
+        }
+        let c = try ModbusClient(host: plc.host, port: plc.port, unit: unit, responseTimeoutMs: timeoutMs,
+                                 byteTimeoutMs: byteTimeoutMs)
+        // One silent unit behind a shared gateway must not cost the others a reconnect.
+        c.keepsConnectionOnTimeout = shared
+        return c
+    }
+
+    func close() {
+        client?.close()
+        client = nil
+    }
+}
+
+/// One device on a poll thread: its plan, its link, its own backoff when it stops answering
+/// on a shared link. Confined to that thread.
 struct DeviceConnection {
     let map: DeviceMap
     var plan: ReadPlan
     let periodNs: Int64
-    private let configuration: PollerConfiguration
-    private var client: ModbusClient?
-    private var backoff: ReconnectBackoff
-    /// A connection was lost (not timed out) since the last good poll.
-    private var lostSinceGood = false
-    private var nextConnectNs: Int64 = 0
-    private var lastConnectError: String?
+    let link: PollLink
+    /// Polls in a row in which the unit answered nothing (timeouts only).
+    private var silentPolls = 0
+    /// On a shared link, a unit silent for `silentLimit` polls in a row is tried again only
+    /// after this backoff, so its timeouts do not eat its neighbours' link time.
+    private var silenceBackoff: ReconnectBackoff
+    private var nextTryNs: Int64 = 0
+    static let silentLimit = 2
 
     init(map: DeviceMap, configuration: PollerConfiguration) {
+        self.init(map: map, link: PollLink(plc: map.plc, shared: false, configuration: configuration),
+                  configuration: configuration)
+    }
+
+    init(map: DeviceMap, link: PollLink, configuration: PollerConfiguration) {
         self.map = map
-        self.configuration = configuration
-        backoff = ReconnectBackoff(initialMs: configuration.backoffInitialMs, maxMs: configuration.backoffMaxMs)
+        self.link = link
+        silenceBackoff = ReconnectBackoff(initialMs: configuration.backoffInitialMs, maxMs: configuration.backoffMaxMs)
         plan = ReadPlan(map: map)
         periodNs = Int64(max(map.plc.pollMs, 1)) * 1_000_000
     }
 
     mutating func close() {
-        client?.close()
-        client = nil
+        link.close()
     }
 
     /// One poll: connect if needed (honouring the backoff), read every group, build the state.
     mutating func poll(time: any TimeSource) -> PollOutcome {
         let plc = map.plc
         var connectedNow = false
-        if client == nil || !(client!.isConnected) {
+        if link.shared, nextTryNs > 0 {
             let now = monotonicNowNs()
-            if now < nextConnectNs {
-                let inMs = (nextConnectNs - now + 999_999) / 1_000_000
-                let why = "not connected to \(endpoint) (reconnect in \(inMs) ms): \(lastConnectError ?? "connection lost")"
+            if now < nextTryNs {
+                let inMs = (nextTryNs - now + 999_999) / 1_000_000
+                let why = "unit \(plc.unit) on \(endpoint) did not answer \(silentPolls) polls in a row: not asked again for \(inMs) ms, so the link stays free for the others"
+                return PollOutcome(state: plan.failedState(quality: .badTimeout, why: why, at: time.now()),
+                                   connected: link.client?.isConnected ?? false, errors: [.timeout], groups: plan.groups.count)
+            }
+        }
+        if link.client == nil || !(link.client!.isConnected) {
+            let now = monotonicNowNs()
+            if now < link.nextConnectNs {
+                let inMs = (link.nextConnectNs - now + 999_999) / 1_000_000
+                let why = "not connected to \(endpoint) (reconnect in \(inMs) ms): \(link.lastConnectError ?? "connection lost")"
                 return PollOutcome(state: plan.failedState(quality: .badComm, why: why, at: time.now()),
                                    errors: [.notConnected], groups: plan.groups.count)
             }
             do throws(ModbusError) {
-                if client == nil {
-                    client = try ModbusClient(host: plc.host, port: plc.port, unit: plc.unit,
-                                              responseTimeoutMs: plc.timeoutMs)
+                if link.client == nil {
+                    link.client = try link.makeClient(unit: plc.unit, timeoutMs: plc.timeoutMs, byteTimeoutMs: plc.byteTimeoutMs)
                 }
-                try client!.connect(timeoutMs: plc.timeoutMs)
+                try link.client!.connect(timeoutMs: plc.timeoutMs)
                 connectedNow = true
-                lastConnectError = nil
+                link.lastConnectError = nil
             } catch {
-                nextConnectNs = monotonicNowNs() + Int64(backoff.failed()) * 1_000_000
-                lastConnectError = error.description
+                link.nextConnectNs = monotonicNowNs() + Int64(link.backoff.failed()) * 1_000_000
+                link.lastConnectError = error.description
                 return PollOutcome(state: plan.failedState(quality: .badComm, why: error.description, at: time.now()),
                                    errors: [PollErrorKind(error.kind)], groups: plan.groups.count)
             }
         }
-        let c = client!
+        let c = link.client!
+        if c.unit != plc.unit || c.responseTimeoutMs != plc.timeoutMs || c.byteTimeoutMs != plc.byteTimeoutMs {
+            // Devices on one link take turns with their own unit id and timeouts.
+            do throws(ModbusError) {
+                if c.unit != plc.unit { try c.setUnit(plc.unit) }
+                if c.responseTimeoutMs != plc.timeoutMs || c.byteTimeoutMs != plc.byteTimeoutMs {
+                    try c.setTimeouts(responseMs: plc.timeoutMs, byteMs: plc.byteTimeoutMs)
+                }
+            } catch {
+                return PollOutcome(state: plan.failedState(quality: .badComm, why: error.description, at: time.now()),
+                                   connected: c.isConnected, errors: [PollErrorKind(error.kind)], groups: plan.groups.count)
+            }
+        }
         var results: [ReadPlan.GroupResult] = []
         results.reserveCapacity(plan.groups.count)
         var requests = 0, splits = 0
         var errors: [PollErrorKind] = []
+        var answered = false
         var gi = 0
         while gi < plan.groups.count {
             let g = plan.groups[gi]
@@ -390,8 +480,10 @@ struct DeviceConnection {
                     }
                     results.append(.registers(words))
                 }
+                answered = true
             } catch {
                 errors.append(PollErrorKind(error.kind))
+                if case .exception = error.kind { answered = true }
                 if error.exceptionCode == 2, plan.split(groupAt: gi) != nil {
                     // Remembered in the plan; read the first part now.
                     splits += 1
@@ -399,20 +491,28 @@ struct DeviceConnection {
                 }
                 let quality = Self.quality(of: error)
                 results.append(.failed(quality, error.description))
+                var stop = false
                 if !c.isConnected {
                     // Timed out or lost: the connection is closed; the rest of this poll is
                     // unread. After a timeout (the PLC is there, only slow) and after the first
                     // loss the next poll reconnects at once; a PLC that keeps dropping the
                     // connection (e.g. a gateway out of sessions) is retried with backoff.
                     if case .timeout = error.kind {
-                        nextConnectNs = 0
-                    } else if !lostSinceGood {
-                        lostSinceGood = true
-                        nextConnectNs = 0
+                        link.nextConnectNs = 0
+                    } else if !link.lostSinceGood {
+                        link.lostSinceGood = true
+                        link.nextConnectNs = 0
                     } else {
-                        nextConnectNs = monotonicNowNs() + Int64(backoff.failed()) * 1_000_000
-                        lastConnectError = error.description
+                        link.nextConnectNs = monotonicNowNs() + Int64(link.backoff.failed()) * 1_000_000
+                        link.lastConnectError = error.description
                     }
+                    stop = true
+                } else if case .timeout = error.kind {
+                    // The link stays open (serial, or shared): a unit that is silent for one
+                    // request is not asked the rest of this poll.
+                    stop = true
+                }
+                if stop {
                     while results.count < plan.groups.count {
                         results.append(.failed(quality, error.description))
                     }
@@ -422,9 +522,19 @@ struct DeviceConnection {
             gi += 1
         }
         let state = plan.state(from: results, at: time.now())
+        if answered {
+            silentPolls = 0
+            nextTryNs = 0
+            silenceBackoff.reset()
+        } else if errors.contains(.timeout) {
+            silentPolls += 1
+            if link.shared, silentPolls >= Self.silentLimit {
+                nextTryNs = monotonicNowNs() + Int64(silenceBackoff.failed()) * 1_000_000
+            }
+        }
         if state.pollError == nil {
-            backoff.reset()
-            lostSinceGood = false
+            link.backoff.reset()
+            link.lostSinceGood = false
         } else if errors.isEmpty {
             errors.append(.decode)
         }
@@ -432,7 +542,7 @@ struct DeviceConnection {
                            connectedNow: connectedNow, errors: errors, groups: plan.groups.count)
     }
 
-    private var endpoint: String { "\(map.plc.host):\(map.plc.port)" }
+    private var endpoint: String { map.plc.linkName }
 
     static func quality(of error: ModbusError) -> Quality {
         switch error.kind {
