@@ -319,6 +319,20 @@ struct ApplianceEndToEndTests {
                 && perr.contains("127.0.0.1:\(port)") && perr.contains("EADDRINUSE"), "file:line:col of the key: \(perr)")
         #expect(perr.split(separator: "\n").count == 1, "\(perr)")
     }
+
+    @Test func aThousandPLCsOnLinksOfTheirOwnAreRefusedAtStartWithTheNumbers() async throws {
+        var maps: [String: String] = [:]
+        for i in 0..<1000 {
+            let name = String(format: "dev-%04d", i)
+            maps[name] = rigMapYAML(device: name, port: 20000 + i, coil: 2 * i)
+        }
+        let rig = try ApplianceRig(maps: maps)
+        let (code, out, err) = try runTibetTwin(["run", "--config", rig.dir.file("tibet-twin.yaml")])
+        #expect(code == 2, "\(err)")
+        #expect(out.isEmpty)
+        #expect(err.contains("more than the 1024 libmodbus's select() allows") && err.contains("PLC links 1000 (1000 devices on 1000 links"), "\(err)")
+        #expect(!FileManager.default.fileExists(atPath: rig.dir.file("audit")), "refused before the audit chain was opened")
+    }
 }
 
 /// `GET url` with curl (an outside client); the body.

@@ -93,10 +93,16 @@ package final class ApplianceRuntime: Sendable {
                              clock: any TimeSource = SystemTimeSource()) async throws(StartupError) -> ApplianceRuntime {
         let loaded = try LoadedConfig.load(configPath: configPath)
         let config = loaded.config
+        let descriptorLimit: Int
         do {
-            try DescriptorLimit.capForSelect()
+            descriptorLimit = try DescriptorLimit.capForSelect()
         } catch {
             throw StartupError("descriptor limit: \(error)")
+        }
+        // Refused here, with the numbers, rather than failing at the 1,000th connection.
+        if let refusal = DescriptorBudget(config: config, maps: loaded.maps)
+            .refusal(limit: min(descriptorLimit, DescriptorBudget.selectCeiling)) {
+            throw StartupError("\(config.sourceFile): \(refusal)")
         }
         // The reset token is read before anything is bound: a missing or readable-by-all
         // file stops the start like any other config error.
@@ -129,7 +135,7 @@ package final class ApplianceRuntime: Sendable {
         let api = HTTPAPI(control: control, resetPolicy: ResetPolicy(
             token: resetToken, listenHost: config.http.listen.host, perSecond: config.http.resetsPerSecond))
         let http = HTTPServer(host: config.http.listen.host, port: config.http.listen.port,
-                              maxPerClient: config.http.maxConnectionsPerClient,
+                              maxConnections: DescriptorBudget.httpConnections, maxPerClient: config.http.maxConnectionsPerClient,
                               requestTimeoutMs: config.http.requestTimeoutMs, handler: api.handler)
         do {
             try await http.start()
