@@ -13,7 +13,7 @@ import Glibc
 extension GuardLoop {
     // MARK: Publishing
 
-    func deviceReason(_ slot: Slot) -> ReasonCode {
+    static func deviceReason(_ slot: Slot) -> ReasonCode {
         for i in slot.published.indices where !slot.published[i] {
             let v = slot.guardState.verdict(intent: i)
             return v.permit ? .audit : v.reason
@@ -124,7 +124,7 @@ extension GuardLoop {
             var names = Set<String>()
             for i in slot.published.indices where slot.published[i] { names.insert(slot.map.intents[i].name) }
             devices[slot.map.device] = DeviceDiagnostics(
-                reason: g.lastEvaluation == nil ? nil : deviceReason(slot), driftMs: g.lastDriftMs,
+                reason: g.lastEvaluation == nil ? nil : Self.deviceReason(slot), driftMs: g.lastDriftMs,
                 physicalAgeMs: g.lastPhysicalAgeMs, twinAgeMs: g.lastTwinAgeMs, permits: names, blockCount: g.blockCount)
         }
         return PermitTable(layout: layout, heartbeat: heartbeat, healthy: healthy, devices: devices)
@@ -174,7 +174,10 @@ extension GuardLoop {
 
     // MARK: Status
 
-    func snapshot(now: ClockReading) -> StatusSnapshot {
+    /// The status of `slots` (a copy the loop handed over): built off the loop thread, so
+    /// explaining every device's every intent never delays an evaluation.
+    static func snapshot(slots: [Slot], node: String, auditOK: Bool, ready: Bool, heartbeat: UInt16,
+                         now: ClockReading) -> StatusSnapshot {
         var devices: [DeviceStatus] = []
         for slot in slots {
             let g = slot.guardState
@@ -222,13 +225,12 @@ extension GuardLoop {
                 device: slot.map.device, intents: intents, driftMs: g.lastDriftMs, physicalAgeMs: g.lastPhysicalAgeMs,
                 twinAgeMs: g.lastTwinAgeMs, physicalStatus: p?.status, twinStatus: t?.status,
                 identity: p.map { "\($0.identity)" }, twinSeq: t?.seq, blockCount: g.blockCount, values: values,
-                reasonCode: g.lastEvaluation == nil ? nil : deviceReason(slot),
+                reasonCode: g.lastEvaluation == nil ? nil : Self.deviceReason(slot),
                 reason: shared.isEmpty ? nil : shared.joined(separator: "; "),
                 physicalError: p == nil ? "no poll answer yet" : p?.pollError, inputProblems: inputProblems,
                 maxAgeMs: slot.map.limits.maxAgeMs, maxDriftMs: slot.map.limits.maxDriftMs))
         }
-        let auditOK = audit.isHealthy
-        return StatusSnapshot(node: config.node, healthy: auditOK && isReady, auditHealthy: auditOK,
+        return StatusSnapshot(node: node, healthy: auditOK && ready, auditHealthy: auditOK,
                               heartbeat: heartbeat, wallNs: now.wallNs, devices: devices)
     }
 

@@ -115,6 +115,8 @@ package final class GuardLoop: @unchecked Sendable {
     var lastStatusNs: Int64 = 0
     var lastStatusText = ""
     var lastPublished: PermitTable?
+    /// Where status snapshots are built from a copy of the slots (not the cooperative pool).
+    let statusQueue = DispatchQueue(label: "tibet-twin.status")
     /// The permit image as last published, rewritten in place (GuardLoop+Publishing.swift).
     var image = PermitImage()
     /// Resets that cleared nothing, folded per device, intent and client address (one token
@@ -130,7 +132,7 @@ package final class GuardLoop: @unchecked Sendable {
     let logger: Logger
 
     /// One device's guard and what the interlock serves for it.
-    struct Slot {
+    struct Slot: Sendable {
         var guardState: DeviceGuard
         var map: DeviceMap
         /// Per intent: the permit the interlock serves.
@@ -391,8 +393,14 @@ package final class GuardLoop: @unchecked Sendable {
             afterTick(now: now, auditOK: auditOK)
         }
         if !statusRequests.isEmpty {
-            let snap = snapshot(now: now)
-            for r in statusRequests { r(snap) }
+            // The loop hands over a copy of the slots (copy-on-write: the array is shared until the
+            // loop next changes a slot) and the texts are built on the status queue.
+            let captured = slots, node = config.node, auditOK = audit.isHealthy, ready = isReady, beat = heartbeat
+            let requests = statusRequests
+            statusQueue.async {
+                let snap = GuardLoop.snapshot(slots: captured, node: node, auditOK: auditOK, ready: ready, heartbeat: beat, now: now)
+                for r in requests { r(snap) }
+            }
         }
     }
 
