@@ -302,7 +302,8 @@ package struct CraneDemo: Sendable {
             output("")
             output("Next: keep the chain with `tibet-twin demo --audit DIR` and read it with `tibet-twin audit show DIR`;")
             output("serve a map's registers with `tibet-twin simulate --map maps/crane-01.yaml` and read them back with")
-            output("`tibet-twin read --map maps/crane-01.yaml`; docs/README.md says what to read next.")
+            output("`tibet-twin read --map maps/crane-01.yaml`; `make run` starts the appliance with a simulated PLC")
+            output("and twin and prints its status page address; docs/README.md says what to read next.")
         } else {
             output("\(c.red)\(c.bold)Failed: \(outcomes.filter { !$0.passed }.map(\.title).joined(separator: ", "))\(c.off)")
         }
