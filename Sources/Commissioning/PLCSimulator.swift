@@ -122,6 +122,8 @@ package final class PLCSimulator: Sendable {
         package var device: String
         package var host: String
         package var port: Int
+        /// The unit id the device answers (its map's, or its place behind a shared port).
+        package var unit: Int
     }
 
     /// Where each map is served, in order.
@@ -132,8 +134,14 @@ package final class PLCSimulator: Sendable {
     /// Opens one listener per map on `host` (port `port + i` for the i-th map, or any free port
     /// when `port` is 0) and starts serving. `initial` sets values by name on every device that
     /// has them (`["load_kg": "3200"]`). `strict`: see `SimulatorCommand.Action.strict`.
+    ///
+    /// `unitsPerPort` > 1 serves the maps as a gateway does: consecutive groups of that many
+    /// devices share one listener, the k-th of a group answering unit id k + 1 (the maps' own
+    /// unit ids are replaced); a request for a unit nobody answers gets exception 11 (gateway
+    /// target device failed to respond). A `stall` of one of them holds back its port.
     package init(maps: [DeviceMap], host: String = "127.0.0.1", port: Int = 0, initial: [String: String] = [:],
-                strict: Bool = false) throws(SimulatorError) {
+                strict: Bool = false, unitsPerPort: Int = 1) throws(SimulatorError) {
+        guard (1...247).contains(unitsPerPort) else { throw SimulatorError("units per port must be 1…247, got \(unitsPerPort)") }
         guard !maps.isEmpty else { throw SimulatorError("no maps to serve") }
         // The delegate is made on the server thread from what this init builds.
         let handoff = UncheckedHandoff<SimulatorCore>()
@@ -148,16 +156,21 @@ package final class PLCSimulator: Sendable {
         }
         var endpoints: [Endpoint] = []
         var devices: [SimulatedDevice] = []
-        for (i, map) in maps.enumerated() {
-            let p = port == 0 ? 0 : port + i
+        var shared = (listener: 0, port: server.port)
+        for (i, original) in maps.enumerated() {
+            let slot = i / unitsPerPort
+            let p = port == 0 ? 0 : port + slot
+            var map = original
+            if unitsPerPort > 1 { map.plc.unit = i % unitsPerPort + 1 }
             do {
-                let (listener, bound) = try i == 0 ? (0, server.port) : server.addListener(port: p)
+                if i % unitsPerPort == 0 && i > 0 { shared = try server.addListener(port: p) }
+                let (listener, bound) = shared
                 let d = try SimulatedDevice(map: map, listener: listener, strict: strict)
                 for (name, text) in initial where d.has(name) {
                     try d.set(name: name, text: text)
                 }
                 devices.append(d)
-                endpoints.append(Endpoint(device: map.device, host: host, port: bound))
+                endpoints.append(Endpoint(device: map.device, host: host, port: bound, unit: map.plc.unit))
             } catch let e as SimulatorError {
                 throw e
             } catch {
@@ -285,19 +298,26 @@ private final class UncheckedHandoff<T>: @unchecked Sendable {
 /// Confined to the simulator thread.
 final class SimulatorCore: ModbusServerDelegate {
     let devices: [SimulatedDevice]
-    private let byListener: [Int: SimulatedDevice]
+    /// The devices behind each listener: one, or a gateway's units.
+    private let byListener: [Int: [SimulatedDevice]]
     private let mailbox: SimulatorMailbox
 
     init(devices: [SimulatedDevice], mailbox: SimulatorMailbox) {
         self.devices = devices
-        self.byListener = Dictionary(uniqueKeysWithValues: devices.map { ($0.listener, $0) })
+        self.byListener = Dictionary(grouping: devices, by: \.listener)
         self.mailbox = mailbox
     }
 
     func answer(_ request: ModbusRequest, server: ModbusServerControl) -> ModbusServerAction {
-        guard let d = byListener[request.listener] else { return .close }
+        guard let behind = byListener[request.listener] else { return .close }
         let unit = Int(request.unit)
-        if unit != d.map.plc.unit && unit != 0 && unit != 255 { return .exception(11) }
+        if behind.count == 1 {
+            let d = behind[0]
+            if unit != d.map.plc.unit && unit != 0 && unit != 255 { return .exception(11) }
+            return d.action(for: request)
+        }
+        // A gateway: the unit id picks the device; 0 and 255 name no one of several.
+        guard let d = behind.first(where: { $0.map.plc.unit == unit }) else { return .exception(11) }
         return d.action(for: request)
     }
 

@@ -100,6 +100,10 @@ struct SimulateCommand: ParsableCommand {
     @Option(name: .long, help: "Serve each map this many times (needs --listen), e.g. for benchmarks.")
     var replicas: Int = 1
 
+    @Option(name: .customLong("units-per-port"),
+            help: "Serve the devices as gateways do: this many on each port, unit ids 1…N (default 1: a port each).")
+    var unitsPerPort: Int = 1
+
     @Flag(name: .long, help: "Start in strict addressing (see `strict on`).")
     var strict = false
 
@@ -122,6 +126,8 @@ struct SimulateCommand: ParsableCommand {
         guard !map.isEmpty else { throw ValidationError("--map is required") }
         guard (1...1000).contains(replicas) else { throw ValidationError("--replicas must be 1…1000") }
         if replicas > 1 && listen == nil { throw ValidationError("--replicas needs --listen HOST:PORT") }
+        guard (1...247).contains(unitsPerPort) else { throw ValidationError("--units-per-port must be 1…247") }
+        if unitsPerPort > 1 && listen == nil { throw ValidationError("--units-per-port needs --listen HOST:PORT") }
         if let listen, PhysicalCLI.parseEndpoint(listen) == nil {
             throw ValidationError("--listen: expected HOST:PORT, got \(listen)")
         }
@@ -156,7 +162,8 @@ struct SimulateCommand: ParsableCommand {
         var sims: [PLCSimulator] = []
         do {
             if let listen, let (host, port) = PhysicalCLI.parseEndpoint(listen) {
-                sims = [try PLCSimulator(maps: served, host: host, port: port, initial: initial, strict: strict)]
+                sims = [try PLCSimulator(maps: served, host: host, port: port, initial: initial, strict: strict,
+                                         unitsPerPort: unitsPerPort)]
             } else {
                 // Each map where it says its PLC is; all in one simulator per distinct host.
                 for m in served {
@@ -178,7 +185,7 @@ struct SimulateCommand: ParsableCommand {
         for sim in sims {
             for e in sim.endpoints {
                 let host = e.host.contains(":") ? "[\(e.host)]" : e.host
-                PhysicalCLI.out("listening \(host):\(e.port) \(e.device)")
+                PhysicalCLI.out("listening \(host):\(e.port) \(e.device)" + (unitsPerPort > 1 ? " unit \(e.unit)" : ""))
             }
         }
         // Commands from stdin; at end of input keep serving until `quit` or a signal.

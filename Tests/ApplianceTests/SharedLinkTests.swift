@@ -3,6 +3,7 @@ import Testing
 import TibetTwin
 @testable import Appliance
 import TestSupport
+import Commissioning
 
 /// A meter map (no status word) on one link: `plc` is the link part of the plc mapping.
 func unitMap(_ i: Int, plc: String, pollMs: Int, timeoutMs: Int) throws -> DeviceMap {
@@ -107,6 +108,36 @@ struct SharedLinkTests {
         #expect(stats.devices.map(\.connects).reduce(0, +) == 1)
         let othersConnected = stats.devices.filter { $0.device != "unit-5" }.allSatisfy { $0.connected }
         #expect(othersConnected)
+    }
+
+    /// The project's own simulator as a gateway (`--units-per-port`): 8 devices behind one port,
+    /// polled over one shared connection; one unit made to answer exception 11 stays alone.
+    @Test func simulatorGatewayServesEightUnitsOnOnePort() throws {
+        let probe = try (1...8).map { try unitMap($0, plc: "host: 127.0.0.1, port: 1502", pollMs: 100, timeoutMs: 200) }
+        let sim = try PLCSimulator(maps: probe, host: "127.0.0.1", port: 0, initial: ["a": "7"], unitsPerPort: 8)
+        defer { sim.stop() }
+        #expect(Set(sim.endpoints.map(\.port)).count == 1, "one port for the eight")
+        #expect(sim.endpoints.map(\.unit) == Array(1...8))
+        let port = sim.endpoints[0].port
+        let maps = try (1...8).map { try unitMap($0, plc: "host: 127.0.0.1, port: \(port)", pollMs: 100, timeoutMs: 200) }
+        let log = StateLog()
+        let poller = Poller(maps: maps) { log.put($0) }
+        try poller.start()
+        defer { poller.stop() }
+        for i in 1...8 {
+            let s = log.wait(timeoutMs: 15_000) { $0.device == "unit-\(i)" && $0.isAllGood }
+            #expect(s?.state.values["a"]?.value?.number == 7, "unit \(i) answers its own registers")
+        }
+        try sim.execute("@unit-3 exception 4")
+        #expect(log.wait(timeoutMs: 10_000) { $0.device == "unit-3" && !$0.isAllGood } != nil)
+        Thread.sleep(forTimeInterval: 0.5)
+        let from = log.count
+        Thread.sleep(forTimeInterval: 2)
+        let t = tally(log, from: from)
+        for (device, c) in t where device != "unit-3" {
+            #expect(c.good == c.polls && c.polls >= 5, "\(device): \(c.good)/\(c.polls) good while unit 3 fails")
+        }
+        #expect(poller.stats().devices.map(\.connects).reduce(0, +) == 1, "one connection for the eight")
     }
 
     @Test func rtuOverTCPThroughThePoller() throws {
