@@ -23,16 +23,19 @@ import Glibc
 /// - RSS and CPU of the appliance with 500 devices over a 10-minute soak (goal ≤ 64 MB, flat
 ///   within 5 %).
 ///
-/// Environment: `SYSTEM_BENCH_N` (default `1,200`), `SYSTEM_BENCH_SAMPLES` (default 100),
-/// `SYSTEM_BENCH_SOAK_N` (default 500), `SYSTEM_BENCH_SOAK_S` (default 600; 0 skips the soak).
+/// Environment: `SYSTEM_BENCH_N` (default `1,200,1000`), `SYSTEM_BENCH_SAMPLES` (default 100),
+/// `SYSTEM_BENCH_SOAK_N` (default 1000), `SYSTEM_BENCH_SOAK_S` (default 600; 0 skips the soak).
+/// Above 200 devices the simulated PLCs sit behind gateways, 32 to a port (one shared link
+/// each, as a plant of that size is wired; `SYSTEM_BENCH_UNITS_PER_PORT` overrides): 1,000
+/// links of their own cannot fit below libmodbus's descriptor ceiling.
 struct SystemBench: BenchSuite {
     let name = "SystemBench"
 
-    static func mapYAML(device: String, port: Int, coil: Int) -> String {
+    static func mapYAML(device: String, port: Int, coil: Int, unit: Int = 1) -> String {
         """
         device: \(device)
         profile: port
-        plc: {host: 127.0.0.1, port: \(port), unit: 1, poll_ms: 50, timeout_ms: 100}
+        plc: {host: 127.0.0.1, port: \(port), unit: \(unit), poll_ms: 50, timeout_ms: 100}
         limits: {max_drift_ms: 200, max_age_ms: 200, rearm_ms: 100}
         status: {address: 0, table: holding, type: uint16, values: {0: operational, 1: fault}}
         registers:
@@ -46,12 +49,12 @@ struct SystemBench: BenchSuite {
 
     func run() async throws {
         let env = ProcessInfo.processInfo.environment
-        let ns = (env["SYSTEM_BENCH_N"] ?? "1,200").split(separator: ",").compactMap { Int($0) }
+        let ns = (env["SYSTEM_BENCH_N"] ?? "1,200,1000").split(separator: ",").compactMap { Int($0) }
         let samples = Int(env["SYSTEM_BENCH_SAMPLES"] ?? "100") ?? 100
         // The soak's simulated PLCs run in a child process: in this one (a listening and an
         // accepted socket each, under the select() cap of 1024 descriptors) 500 of them ran it
         // out of descriptors, and libdispatch's pool monitor then trapped.
-        let soakN = Int(env["SYSTEM_BENCH_SOAK_N"] ?? "500") ?? 500
+        let soakN = Int(env["SYSTEM_BENCH_SOAK_N"] ?? "1000") ?? 1000
         let soakS = Int(env["SYSTEM_BENCH_SOAK_S"] ?? "600") ?? 600
         try DescriptorLimit.capForSelect()
         print("appliance: \(Self.binary()) (its own process); twin and interlock client in this process;"
@@ -153,7 +156,7 @@ struct SystemBench: BenchSuite {
     func soak(devices n: Int, seconds: Int) async throws {
         let rig = try await Rig(devices: n, simulator: .childProcess)
         defer { rig.stop() }
-        if let p = rig.simProcess { print("soak: simulated PLCs in `tibet-twin simulate --replicas \(n)` (pid \(p.pid))") }
+        if let p = rig.simProcess { print("soak: simulated PLCs in `tibet-twin simulate --replicas \(n)` (pid \(p.pid)), 32 to a port above 200 devices") }
         let armed = rig.reader.waitAll(true, count: n, timeoutMs: 120_000)
         print("soak: \(n) devices for \(seconds) s; all permits up at start: \(armed ? "yes" : "NO (\(rig.reader.permitsUp)/\(n))")")
         let start = Date()
@@ -217,8 +220,10 @@ final class Rig: @unchecked Sendable {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-system-bench-\(getpid())-\(n)")
         try? FileManager.default.removeItem(at: dir)
         try FileManager.default.createDirectory(at: dir.appendingPathComponent("maps"), withIntermediateDirectories: true)
-        let names = (0..<n).map { String(format: "dev-%03d", $0) }
+        let names = (0..<n).map { String(format: "dev-%04d", $0) }
         self.names = names
+        let env = ProcessInfo.processInfo.environment
+        let unitsPerPort = Int(env["SYSTEM_BENCH_UNITS_PER_PORT"] ?? "") ?? (n > 200 ? 32 : 1)
         let initial = ["load_kg": "2500", "position_x": "12.5"]
         let ports: [Int]
         switch simulator {
@@ -226,7 +231,7 @@ final class Rig: @unchecked Sendable {
             let probe = try (0..<n).map { i in
                 try MapLoader.parse(yaml: SystemBench.mapYAML(device: names[i], port: 1502, coil: i), file: "\(names[i]).yaml")
             }
-            let s = try PLCSimulator(maps: probe, host: "127.0.0.1", port: 0, initial: initial)
+            let s = try PLCSimulator(maps: probe, host: "127.0.0.1", port: 0, initial: initial, unitsPerPort: unitsPerPort)
             sim = s
             simProcess = nil
             ports = s.endpoints.map(\.port)
@@ -235,7 +240,8 @@ final class Rig: @unchecked Sendable {
             let template = dir.appendingPathComponent("sim-plc.yaml")
             try SystemBench.mapYAML(device: "sim-plc", port: 1502, coil: 0).write(to: template, atomically: true, encoding: .utf8)
             let p = try SimulatorProcess(mapFile: template.path, replicas: n,
-                                         extra: initial.sorted { $0.key < $1.key }.flatMap { ["--set", "\($0.key)=\($0.value)"] })
+                                         extra: initial.sorted { $0.key < $1.key }.flatMap { ["--set", "\($0.key)=\($0.value)"] }
+                                             + ["--units-per-port", String(unitsPerPort)])
             sim = nil
             simProcess = p
             ports = p.ports
@@ -243,7 +249,7 @@ final class Rig: @unchecked Sendable {
         self.ports = ports
         do {
             for i in 0..<n {
-                try SystemBench.mapYAML(device: names[i], port: ports[i], coil: i)
+                try SystemBench.mapYAML(device: names[i], port: ports[i], coil: i, unit: i % unitsPerPort + 1)
                     .write(to: dir.appendingPathComponent("maps/\(names[i]).yaml"), atomically: true, encoding: .utf8)
             }
             _ = try KeyFiles.generate(out: dir.appendingPathComponent("guard.key").path)
