@@ -185,7 +185,8 @@ struct SimulateCommand: ParsableCommand {
         for sim in sims {
             for e in sim.endpoints {
                 let host = e.host.contains(":") ? "[\(e.host)]" : e.host
-                PhysicalCLI.out("listening \(host):\(e.port) \(e.device)" + (unitsPerPort > 1 ? " unit \(e.unit)" : ""))
+                // Behind a shared port the unit tells the devices apart, as `--serial` prints it.
+                PhysicalCLI.out("listening \(host):\(e.port) " + (unitsPerPort > 1 ? "unit \(e.unit) " : "") + e.device)
             }
         }
         // Commands from stdin; at end of input keep serving until `quit` or a signal.

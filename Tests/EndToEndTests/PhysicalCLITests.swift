@@ -148,6 +148,22 @@ struct PhysicalCLITests {
         #expect(sim.quit() == 0)
     }
 
+    @Test func unitsPerPortServesDevicesBehindGatewayPorts() throws {
+        let child = try Child(binaryURL().path, ["simulate", "--map", craneMapPath, "--replicas", "4",
+                                                 "--listen", "127.0.0.1:0", "--units-per-port", "2"], name: "simulate")
+        defer { child.signal(SIGKILL); _ = child.waitForExit(timeout: 5) }
+        #expect(child.waitForLine(timeout: 20) { _ in child.stdoutLines.filter { $0.hasPrefix("listening ") }.count == 4 } != nil,
+                "\(child.transcript)")
+        let lines = child.stdoutLines.filter { $0.hasPrefix("listening ") }.map { $0.split(separator: " ") }
+        #expect(lines.map { $0.count } == [5, 5, 5, 5], "listening HOST:PORT unit N DEVICE: \(lines)")
+        #expect(lines.map { $0[3] } == ["1", "2", "1", "2"])
+        let ports = lines.compactMap { $0[1].split(separator: ":").last.flatMap { Int($0) } }
+        #expect(ports.count == 4 && ports[0] == ports[1] && ports[2] == ports[3] && ports[0] != ports[2], "\(ports)")
+        // Unit 1 behind the first port answers as the crane map (unit 1) expects.
+        let (code, _, err) = try runTibetTwin(["read", "--map", craneMapPath, "--plc", "127.0.0.1:\(ports[0])", "--timeout-ms", "5000"])
+        #expect(code == 0, "\(err)")
+    }
+
     @Test func watchPrintsOneLinePerPoll() throws {
         let sim = try SimulatorChild(["--map", craneMapPath, "--listen", "127.0.0.1:0", "--set", "load_kg=42"])
         defer { _ = sim.quit() }
