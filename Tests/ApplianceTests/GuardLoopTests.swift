@@ -278,6 +278,32 @@ struct GuardLoopTests {
             && ($0.erachter["why"]?.stringValue?.contains("map replaced") ?? false) })
     }
 
+    @Test func anOldPollersStatesAreShutOutOfAReplacedDeviceAndTheNewPollersAreTaken() throws {
+        let robotYAML = loopMapYAML.replacingOccurrences(of: "crane-01", with: "robot-07")
+            .replacingOccurrences(of: "coil: 0", with: "coil: 4").replacingOccurrences(of: "coil: 1", with: "coil: 5")
+        let maps = [try loopMap(), try loopMap(robotYAML, sha: "r")]
+        let loop = GuardLoop(configuration: GuardLoop.Configuration(node: "test", checkpointS: 0), maps: maps,
+                             layout: try InterlockLayout(maps: maps), audit: ScriptedAudit(recorder: LoopRecorder()),
+                             metrics: ApplianceMetrics()) { _ in }
+        let now = SystemTimeSource().now()
+        func state(_ d: String) -> PhysicalState {
+            PhysicalState(device: d, status: "operational", values: ["load_kg": Reading(value: .double(1000), quality: .good)], time: now)
+        }
+        // A reload replaces the crane's map: poller generation 1 may no longer speak for it.
+        loop.shutOutPhysical(["crane-01"], olderThan: 2)
+        loop.submit(physical: [state("crane-01"), state("robot-07")], generation: 1)
+        loop.iterateOnce()
+        #expect(loop.slots[0].guardState.physical == nil, "a state read by the old map never reaches the crane")
+        #expect(loop.slots[1].guardState.physical != nil, "the unchanged robot still takes the old poller's states")
+        loop.submit(physical: [state("crane-01")], generation: 2)
+        loop.iterateOnce()
+        #expect(loop.slots[0].guardState.physical != nil, "the new poller's states are taken")
+        // A later reload never reopens the door for an older generation.
+        loop.shutOutPhysical(["crane-01"], olderThan: 1)
+        loop.submit(physical: [state("crane-01")], generation: 1)
+        #expect(loop.cond.withLock { loop.inPhysical["crane-01"] } == nil)
+    }
+
     @Test func statusSnapshotShowsPublishedPermitsAndReasons() async throws {
         let h = try LoopHarness(maps: [try loopMap()])
         try h.start()

@@ -90,6 +90,9 @@ package final class GuardLoop: @unchecked Sendable {
     /// Devices whose twin state was withdrawn since the last iteration (see `withdrawTwin`).
     var inWithdrawn: Set<String> = []
     var inCommands: [GuardCommand] = []
+    /// Per device, the oldest poller generation whose states are still taken (`shutOutPhysical`):
+    /// after a reload the old poller's states for a changed map never reach the new one.
+    var physicalGate: [String: UInt64] = [:]
     var stopRequested = false
     var thread: OSThread?
 
@@ -190,10 +193,32 @@ package final class GuardLoop: @unchecked Sendable {
 
     // MARK: Producers
 
-    /// Hands in a poll's result (the poller's sink). Never blocks beyond the inbox lock.
-    package func submit(physical state: PhysicalState) {
-        cond.withLock { inPhysical[state.device] = state }
+    /// Hands in a poll's result. Never blocks beyond the inbox lock.
+    package func submit(physical state: PhysicalState, generation: UInt64 = 0) {
+        cond.withLock { admit(state, generation: generation) }
         cond.signal()
+    }
+
+    /// Hands in several polls' results under one lock and one wake-up (the poller's sink: a
+    /// poll thread hands over what it read back to back). States from a poller `generation`
+    /// older than the device's gate (`shutOutPhysical`) are dropped.
+    package func submit(physical states: [PhysicalState], generation: UInt64) {
+        cond.withLock { for s in states { admit(s, generation: generation) } }
+        cond.signal()
+    }
+
+    /// Under the inbox lock.
+    private func admit(_ state: PhysicalState, generation: UInt64) {
+        if !physicalGate.isEmpty, let oldest = physicalGate[state.device], generation < oldest { return }
+        inPhysical[state.device] = state
+    }
+
+    /// From now on, takes the physical states of `devices` only from poller generations
+    /// `oldest` and newer: a reload shuts the old poller out of the devices whose map changes
+    /// before the guard applies the new maps. Both are under the inbox lock, so once this
+    /// returns no state of the old poller can reach those devices, even one read before.
+    package func shutOutPhysical(_ devices: [String], olderThan oldest: UInt64) {
+        cond.withLock { for d in devices { physicalGate[d] = max(physicalGate[d] ?? 0, oldest) } }
     }
 
     /// Hands in a validated twin line (the feeds' sink). Never blocks beyond the inbox lock.

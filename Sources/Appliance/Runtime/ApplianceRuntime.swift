@@ -199,7 +199,7 @@ package final class ApplianceRuntime: Sendable {
         }
 
         let gate = PollerGate(guardLoop: guardLoop)
-        let poller = Poller(maps: loaded.maps) { [gate] state in gate.submit(state) }
+        let poller = Poller(maps: loaded.maps, batchSink: { [gate] states in gate.submit(states) })
         let runtime = ApplianceRuntime(configPath: configPath, loaded: loaded, audit: audit, guardLoop: guardLoop,
                                        interlock: interlock, http: http, twin: twin, poller: poller, gate: gate, metrics: metrics,
                                        auditor: auditor, notifier: notifier, logger: logger, clock: clock)
@@ -387,8 +387,8 @@ package final class ApplianceRuntime: Sendable {
         if !result.restarted.isEmpty || !result.removed.isEmpty {
             // The new poller starts before the old one stops: an unchanged device is polled by
             // both for a moment, never by neither (its state must not go stale over a reload).
-            let gate = PollerGate(guardLoop: guardLoop)
-            let newPoller = Poller(maps: next.maps) { [gate] s in gate.submit(s) }
+            let gate = oldGate.next()
+            let newPoller = Poller(maps: next.maps, batchSink: { [gate] states in gate.submit(states) })
             do {
                 try newPoller.start()
             } catch {

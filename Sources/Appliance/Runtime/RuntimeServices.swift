@@ -43,22 +43,28 @@ final class RuntimeControl: ApplianceControl {
 
 /// The poller's sink into the guard loop, with a door that can be shut per device: on a reload
 /// the old poller keeps running until the new one polls, but its states of replaced devices
-/// must not reach the replaced device's new guard. Checking and handing over happen under one
-/// lock, so no state slips through after `shutOut` returns.
+/// must not reach the replaced device's new guard. Each poller gets the next generation; the
+/// guard loop checks a state's generation under its inbox lock (`GuardLoop.shutOutPhysical`),
+/// so no state slips through after `shutOut` returns, and the poll threads share no other lock.
 final class PollerGate: Sendable {
     let guardLoop: GuardLoop
-    private let closed = Mutex<Set<String>>([])
+    let generation: UInt64
 
-    init(guardLoop: GuardLoop) { self.guardLoop = guardLoop }
-
-    func submit(_ state: PhysicalState) {
-        closed.withLock { c in
-            if !c.contains(state.device) { guardLoop.submit(physical: state) }
-        }
+    init(guardLoop: GuardLoop, generation: UInt64 = 1) {
+        self.guardLoop = guardLoop
+        self.generation = generation
     }
 
+    /// The gate of the poller that replaces this one's.
+    func next() -> PollerGate { PollerGate(guardLoop: guardLoop, generation: generation + 1) }
+
+    func submit(_ states: [PhysicalState]) {
+        guardLoop.submit(physical: states, generation: generation)
+    }
+
+    /// No more states of `devices` from this poller (or older ones).
     func shutOut(_ devices: [String]) {
-        closed.withLock { $0.formUnion(devices) }
+        guardLoop.shutOutPhysical(devices, olderThan: generation + 1)
     }
 }
 
