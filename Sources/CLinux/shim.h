@@ -25,6 +25,8 @@
 extern int CLinux_accept4(int sockfd, void *addr, unsigned int *addrlen, int flags) __asm__("accept4");
 /// pthread_setname_np(3); `thread` is a `pthread_t`.
 extern int CLinux_pthread_setname_np(unsigned long thread, const char *name) __asm__("pthread_setname_np");
+/// gettid(2): the calling thread's kernel id (per-thread nice takes it).
+extern int CLinux_gettid(void) __asm__("gettid");
 #endif
 
 #endif

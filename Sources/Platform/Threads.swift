@@ -48,6 +48,22 @@ package final class OSThread: @unchecked Sendable {
     }
 }
 
+extension OSThread {
+    /// Lowers the calling thread's scheduling priority by `steps` nice levels (Linux nice
+    /// is per thread). Lowering needs no privilege; it cannot fail in a way that matters, so a
+    /// refusal is returned, not thrown. Bulk work (polling) yields to the safety path (the
+    /// guard loop, the interlock server) when both are runnable on a busy machine.
+    @discardableResult
+    package static func lowerCurrentPriority(by steps: Int32) -> Errno? {
+        let tid = id_t(CLinux_gettid())
+        errno = 0
+        let now = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid)
+        if now == -1 && errno != 0 { return Errno(errno) }
+        if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid, min(now + steps, 19)) != 0 { return Errno(errno) }
+        return nil
+    }
+}
+
 /// Starting a thread failed.
 public struct ThreadStartError: Error, Sendable, Hashable, CustomStringConvertible {
     public var errno: Errno

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import InMemoryLogging
 import Logging
 import Testing
@@ -248,6 +249,51 @@ struct PollerSimulatorTests {
     }
 }
 
+extension PollerSimulatorTests {
+    @Test func eachLinkGetsAThreadOfItsOwnByDefault() throws {
+        let maps = (0..<6).map { i -> DeviceMap in var m = craneMap(port: 1600 + i % 3); m.device = "crane-\(i)"; return m }
+        let poller = Poller(maps: maps) { (_: PhysicalState) in }
+        #expect(poller.threadCount == 3, "three PLC links, three threads")
+    }
+
+    @Test func devicesBehindOneGatewayAreHandedOverInBatchesFromALowerPriorityThread() throws {
+        let maps = (0..<12).map { i -> DeviceMap in var m = craneMap(port: 0); m.device = "meter-\(i)"; return m }
+        let sim = try PLCSimulator(maps: maps, initial: ["load_kg": "42"], unitsPerPort: 12)
+        defer { sim.stop() }
+        let polled = maps.enumerated().map { i, m -> DeviceMap in
+            var m = m
+            m.plc.port = sim.endpoints[i].port
+            m.plc.unit = sim.endpoints[i].unit
+            return m
+        }
+        let batches = Mutex<[[PhysicalState]]>([])
+        let poller = Poller(maps: polled, batchSink: { states in batches.withLock { $0.append(states) } })
+        #expect(poller.threadCount == 1, "one gateway link")
+        try poller.start()
+        defer { poller.stop() }
+        try #require(waitUntil(within: 10) {
+            let seen = Set(batches.withLock { $0.joined().filter { $0.isAllGood }.map(\.device) })
+            return seen.count == polled.count
+        })
+        let all = batches.withLock { $0 }
+        #expect(all.allSatisfy { !$0.isEmpty && $0.count <= PollWorker.batchMax })
+        #expect(all.joined().allSatisfy { s in s.isAllGood ? value(s, "load_kg") == 42 : true })
+        // The poll thread runs `niceSteps` below this (test) thread, capped at 19.
+        let mine = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
+        let nices = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").compactMap { tid -> Int32? in
+            guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
+                  comm.hasPrefix("tt-poll"),
+                  let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            // Fields after "(comm)": state is field 3; nice is field 19.
+            let f = stat[stat.index(after: close)...].split(separator: " ")
+            return Int32(f[16])
+        }
+        #expect(!nices.isEmpty)
+        #expect(nices.allSatisfy { $0 == min(mine + PollWorker.niceSteps, 19) }, "poll threads at nice \(nices), this thread at \(mine)")
+    }
+}
+
 @Suite("Poller against pymodbus 3.8.6")
 struct PollerPymodbusTests {
     let values: [String: Value] = ["position_x": .double(-3.25), "load_kg": .uint(70000), "hoist_locked": .bool(true),
@@ -404,7 +450,7 @@ struct PollerPieceTests {
             getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
             lim.rlim_cur = lim.rlim_max  // as high as allowed, as under systemd's LimitNOFILE
             setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
-            let poller = Poller(maps: [craneMap(port: closedPort())]) { _ in }
+            let poller = Poller(maps: [craneMap(port: closedPort())]) { (_: PhysicalState) in }
             do { try poller.start() } catch { exit(2) }
             poller.stop()
             getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)

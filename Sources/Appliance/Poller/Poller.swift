@@ -12,15 +12,25 @@ import Glibc
 /// period (good or bad): it must not block (hand the state over and return).
 package typealias PhysicalStateSink = @Sendable (PhysicalState) -> Void
 
+/// `PhysicalStateSink` for several states at once: a poll thread hands over the states it read
+/// back to back in one call (one lock and one wake-up on the other side instead of one each).
+/// A state waits at most `PollWorker.batchHoldNs` for the others, and a bad one goes at once.
+package typealias PhysicalBatchSink = @Sendable ([PhysicalState]) -> Void
+
 /// How the poller runs.
 package struct PollerConfiguration: Sendable, Hashable {
-    /// Poll threads; 0 picks one per 64 devices, at least 1 and at most 8. Devices are dealt
-    /// to threads round-robin; a PLC that hangs delays only the devices of its own thread, by
-    /// at most its timeout.
+    /// Poll threads; 0 picks one per link (a PLC, gateway or serial port), at most
+    /// `defaultMaxThreads`. Whole links are dealt to threads, each to the thread with the
+    /// fewest devices so far; a PLC that hangs delays only the devices of its own thread, by at
+    /// most its timeout. A poll thread spends most of its time waiting for answers, so links
+    /// on threads of their own wait side by side instead of in turn.
     package var threads: Int
     /// First reconnect delay after a failed connect; doubles per failure up to `backoffMaxMs`.
     package var backoffInitialMs: Int
     package var backoffMaxMs: Int
+
+    /// The most poll threads `threads: 0` starts.
+    package static let defaultMaxThreads = 64
 
     package init(threads: Int = 0, backoffInitialMs: Int = 100, backoffMaxMs: Int = 5000) {
         self.threads = threads
@@ -47,7 +57,6 @@ package final class Poller: Sendable {
     }
     private let maps: [DeviceMap]
     private let configuration: PollerConfiguration
-    private let sink: PhysicalStateSink
     private let time: any TimeSource
     private let workers: [PollWorker]
     private let logger: Logger
@@ -56,17 +65,21 @@ package final class Poller: Sendable {
     /// A poller for `maps` (not started). `time` stamps each state when its answer arrived.
     /// `logger` hears transitions only (connected, connection lost, polls good again), never
     /// one line per period.
+    package convenience init(maps: [DeviceMap], configuration: PollerConfiguration = PollerConfiguration(),
+                            time: any TimeSource = SystemTimeSource(), logger: Logger = Logger(label: "tibet-twin.poller"),
+                            sink: @escaping PhysicalStateSink) {
+        self.init(maps: maps, configuration: configuration, time: time, logger: logger,
+                  batchSink: { states in for s in states { sink(s) } })
+    }
+
+    /// A poller that hands over the states of polls done back to back together.
     package init(maps: [DeviceMap], configuration: PollerConfiguration = PollerConfiguration(),
                 time: any TimeSource = SystemTimeSource(), logger: Logger = Logger(label: "tibet-twin.poller"),
-                sink: @escaping PhysicalStateSink) {
+                batchSink sink: @escaping PhysicalBatchSink) {
         self.maps = maps
         self.configuration = configuration
-        self.sink = sink
         self.time = time
         self.logger = logger
-        let n = configuration.threads > 0
-            ? min(configuration.threads, max(maps.count, 1))
-            : min(max((maps.count + 63) / 64, 1), 8)
         // Whole links to threads, each to the thread with the fewest devices so far.
         var order: [String] = []
         var links: [String: [DeviceMap]] = [:]
@@ -74,6 +87,9 @@ package final class Poller: Sendable {
             if links[m.plc.linkKey] == nil { order.append(m.plc.linkKey) }
             links[m.plc.linkKey, default: []].append(m)
         }
+        let n = configuration.threads > 0
+            ? min(configuration.threads, max(maps.count, 1))
+            : min(max(order.count, 1), PollerConfiguration.defaultMaxThreads)
         var buckets = Array(repeating: [[DeviceMap]](), count: min(n, max(order.count, 1)))
         for key in order {
             let i = buckets.indices.min { buckets[$0].joined().count < buckets[$1].joined().count }!
@@ -139,7 +155,7 @@ final class PollWorker: Sendable {
     private let configuration: PollerConfiguration
     private let time: any TimeSource
     private let logger: Logger
-    private let sink: PhysicalStateSink
+    private let sink: PhysicalBatchSink
     private let parker = Parker()
     private let stopFlag = Atomic<Bool>(false)
     private struct Counters: Sendable {
@@ -150,7 +166,7 @@ final class PollWorker: Sendable {
     private let counters: Mutex<Counters>
 
     init(index: Int, links: [[DeviceMap]], configuration: PollerConfiguration, time: any TimeSource,
-         logger: Logger, sink: @escaping PhysicalStateSink) {
+         logger: Logger, sink: @escaping PhysicalBatchSink) {
         self.index = index
         self.links = links
         self.maps = links.flatMap { $0 }
@@ -176,9 +192,20 @@ final class PollWorker: Sendable {
 
     /// The least spacing of first deadlines on one thread (see `run`).
     static let slotNs: Int64 = 4_000_000
+    /// How long a good state may wait for the polls after it, to be handed over with them.
+    static let batchHoldNs: Int64 = 1_000_000
+    /// At most this many states are handed over at once.
+    static let batchMax = 32
+    /// How many nice levels below the rest of the appliance the poll threads run.
+    static let niceSteps: Int32 = 5
 
     /// The thread body: a deadline queue over this worker's devices.
     func run(startNs: Int64) {
+        // Polling is bulk work: on a busy machine the guard loop and the interlock server (the
+        // drop path) run first. Polls still run whenever a core is free.
+        if let e = OSThread.lowerCurrentPriority(by: Self.niceSteps) {
+            logger.notice("poll thread keeps the normal priority: setpriority: \(e)")
+        }
         var devices: [DeviceConnection] = []
         for ms in links {
             let link = PollLink(plc: ms[0].plc, shared: ms.count > 1, configuration: configuration)
@@ -195,10 +222,25 @@ final class PollWorker: Sendable {
             let slots = max(1, min(Int64(devices.count), period / Self.slotNs))
             queue.push(deadline: startNs + period * (Int64(i) % slots) / slots, device: i)
         }
+        // States read back to back go to the sink together: before the thread sleeps, when
+        // the first of them has waited `batchHoldNs`, at `batchMax`, and at once when bad.
+        var batch: [PhysicalState] = []
+        batch.reserveCapacity(Self.batchMax)
+        var batchSinceNs: Int64 = 0
+        func flush() {
+            guard !batch.isEmpty else { return }
+            sink(batch)
+            batch.removeAll(keepingCapacity: true)
+        }
         while !stopFlag.load(ordering: .acquiring) {
-            guard let (deadline, i) = queue.peek() else { parker.wait(untilMonotonicNs: monotonicNowNs() + 1_000_000_000); continue }
+            guard let (deadline, i) = queue.peek() else {
+                flush()
+                parker.wait(untilMonotonicNs: monotonicNowNs() + 1_000_000_000)
+                continue
+            }
             let startedNs = monotonicNowNs()
             if deadline > startedNs {
+                flush()
                 parker.wait(untilMonotonicNs: deadline)
                 continue
             }
@@ -225,8 +267,17 @@ final class PollWorker: Sendable {
                 outcome.apply(to: &c.devices[i])
                 c.devices[i].lastPollNs = endedNs - startedNs
             }
-            sink(outcome.state)
+            if batch.isEmpty { batchSinceNs = endedNs }
+            batch.append(outcome.state)
+            // Held only while the polls run fast: any poll can block up to its timeout, and a
+            // state read must not wait on another PLC's silence. A slow poll or a bad state
+            // hands over at once.
+            if !good || batch.count >= Self.batchMax || endedNs - batchSinceNs >= Self.batchHoldNs
+                || endedNs - startedNs >= Self.batchHoldNs / 4 {
+                flush()
+            }
         }
+        flush()
         for i in devices.indices { devices[i].close() }
     }
 }
