@@ -41,6 +41,8 @@ package final class TwinClient: @unchecked Sendable {
     private let started = Atomic<Bool>(false)
     private let done = DispatchSemaphore(value: 0)
     private let kick = DispatchSemaphore(value: 0)
+    /// Devices to send at once, alone (`sendNow(device:)`); `everyone` asks for all of them.
+    private let urgent = Mutex<(devices: [String], everyone: Bool)>(([], false))
     /// When set, each line is handed to this (device, line without newline) instead of the
     /// TCP connection: the demo's twin over MQTT publishes it. Answers whether it was sent.
     let publisher: (@Sendable (String, [UInt8]) -> Bool)?
@@ -85,7 +87,18 @@ package final class TwinClient: @unchecked Sendable {
     }
 
     /// Sends every device's state right now (besides the periodic lines), if connected.
-    package func sendNow() { kick.signal() }
+    package func sendNow() {
+        urgent.withLock { $0.everyone = true }
+        kick.signal()
+    }
+
+    /// Sends one device's state right now, on its own (besides the periodic lines): the
+    /// benchmark times a line from the moment it is written (`lastSent(device:)`), not from
+    /// the start of a batch of every device's lines.
+    package func sendNow(device: String) {
+        urgent.withLock { $0.devices.append(device) }
+        kick.signal()
+    }
 
     /// Closes the connection once; the client reconnects on its next line.
     package func cutConnection() { cut.store(true, ordering: .relaxed) }
@@ -95,6 +108,17 @@ package final class TwinClient: @unchecked Sendable {
         lastSentMono.withLock { $0[device ?? order.first ?? ""] ?? 0 }
     }
     package var lastSent: Int64 { lastSent() }
+
+    /// Waits until a line of `device` was written after `after` (monotonic ns); its write time.
+    package func waitSent(device: String, after: Int64, timeoutMs: Int) -> Int64? {
+        let deadline = monotonicNowNs() + Int64(timeoutMs) * 1_000_000
+        while monotonicNowNs() < deadline {
+            let t = lastSent(device: device)
+            if t > after { return t }
+            usleep(100)
+        }
+        return nil
+    }
     package var linesSent: Int { sentCount.load(ordering: .relaxed) }
 
     package func stop() {
@@ -106,13 +130,21 @@ package final class TwinClient: @unchecked Sendable {
     private func loop() {
         var fd: Int32 = -1
         var seq = UInt64(SystemTimeSource().now().wallNs / 1_000_000)
+        var nextPeriodicNs: Int64 = 0
+        let periodNs = Int64(periodMs) * 1_000_000
         while running.load(ordering: .relaxed) {
             if cut.exchange(false, ordering: .relaxed), fd >= 0 {
                 close(fd)
                 fd = -1
             }
             let all = said.withLock { $0 }
-            let speaking = order.filter { all[$0]?.silent == false }
+            let asked = urgent.withLock { u in
+                defer { u = ([], false) }
+                return u
+            }
+            let periodic = asked.everyone || monotonicNowNs() >= nextPeriodicNs
+            let speaking = (periodic ? order : asked.devices).filter { all[$0]?.silent == false }
+            if periodic { nextPeriodicNs = monotonicNowNs() + periodNs }
             if !speaking.isEmpty, let publisher {
                 let now = SystemTimeSource().now()
                 var sent: [String] = []
@@ -131,8 +163,10 @@ package final class TwinClient: @unchecked Sendable {
                         seq += 1
                         text += line(device: d, all[d]!, seq: seq, wallNs: now.wallNs) + "\n"
                     }
-                    if Self.sendAll(fd, Array(text.utf8)) {
-                        lastSentMono.withLock { m in for d in speaking { m[d] = now.monotonicNs } }
+                    let bytes = Array(text.utf8)
+                    let writtenNs = monotonicNowNs()  // the lines are built: they leave now
+                    if Self.sendAll(fd, bytes) {
+                        lastSentMono.withLock { m in for d in speaking { m[d] = writtenNs } }
                         sentCount.add(speaking.count, ordering: .relaxed)
                     } else {
                         close(fd)
@@ -140,7 +174,8 @@ package final class TwinClient: @unchecked Sendable {
                     }
                 }
             }
-            _ = kick.wait(timeout: .now() + .milliseconds(fd < 0 && !speaking.isEmpty ? 100 : periodMs))
+            let waitNs = fd < 0 && !speaking.isEmpty ? 100_000_000 : max(0, nextPeriodicNs - monotonicNowNs())
+            _ = kick.wait(timeout: .now() + .nanoseconds(Int(waitNs)))
         }
         if fd >= 0 { close(fd) }
     }
@@ -237,9 +272,14 @@ package final class CoilReader: @unchecked Sendable {
         let deadline = SystemTimeSource().now().monotonicNs + Int64(timeoutMs) * 1_000_000
         while SystemTimeSource().now().monotonicNs < deadline {
             let hit: Int64? = changes.withLock { cs in
-                // The latest change decides; its time is when the coil first showed the value.
+                // The latest read decides; the time is when this coil first showed the value in
+                // the run of reads that still show it (other coils may have changed since).
                 guard let last = cs.last, last.bits.count > index, (last.bits[index] == 1) == value else { return nil }
-                return max(last.monotonicNs, sinceNs)
+                var i = cs.count - 1
+                while i > 0, cs[i].monotonicNs > sinceNs, cs[i - 1].bits.count > index, (cs[i - 1].bits[index] == 1) == value {
+                    i -= 1
+                }
+                return max(cs[i].monotonicNs, sinceNs)
             }
             if let hit { return hit }
             usleep(1000)

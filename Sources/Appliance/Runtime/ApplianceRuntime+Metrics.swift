@@ -49,15 +49,20 @@ extension ApplianceRuntime {
         }
         samples.append(.gauge(name: "tibet_twin_plcs_connected", help: "PLC connections open", labels: [],
                               value: Double(now.devices.filter(\.connected).count)))
-        var cumulative: [UInt64] = []
-        var running = 0
-        for c in latency.counts.dropLast() {
-            running += c
-            cumulative.append(UInt64(running))
+        var jitter = retired.jitter
+        jitter.merge(now.jitter)
+        func histogram(_ name: String, _ help: String, _ h: PollLatencyHistogram) -> MetricSample {
+            var cumulative: [UInt64] = []
+            var running = 0
+            for c in h.counts.dropLast() {
+                running += c
+                cumulative.append(UInt64(running))
+            }
+            return .histogram(name: name, help: help, labels: [], bounds: PollLatencyHistogram.boundsUs.map { Double($0) / 1e6 },
+                              counts: cumulative, sum: Double(h.sumNs) / 1e9, count: UInt64(h.count))
         }
-        samples.append(.histogram(name: "tibet_twin_poll_latency_seconds", help: "Poll duration, request to last answer",
-                                  labels: [], bounds: PollLatencyHistogram.boundsUs.map { Double($0) / 1e6 },
-                                  counts: cumulative, sum: Double(latency.sumNs) / 1e9, count: UInt64(latency.count)))
+        samples.append(histogram("tibet_twin_poll_latency_seconds", "Poll duration, request to last answer", latency))
+        samples.append(histogram("tibet_twin_poll_jitter_seconds", "How late each poll started after its slot", jitter))
         return samples
     }
 
