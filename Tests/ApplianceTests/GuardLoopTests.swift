@@ -304,6 +304,93 @@ struct GuardLoopTests {
         #expect(loop.cond.withLock { loop.inPhysical["crane-01"] } == nil)
     }
 
+    /// `n` cranes with coils 2i and 2i+1, driven by `iterateOnce` on the test's thread.
+    final class ManualLoop {
+        let recorder = LoopRecorder()
+        let audit: ScriptedAudit
+        let loop: GuardLoop
+        let names: [String]
+        let clock = SystemTimeSource()
+        var seq: UInt64 = 0
+
+        init(devices n: Int) throws {
+            names = (0..<n).map { "crane-\($0)" }
+            let maps = try names.enumerated().map { i, d in
+                try loopMap(loopMapYAML.replacingOccurrences(of: "crane-01", with: d)
+                    .replacingOccurrences(of: "coil: 0", with: "coil: \(2 * i)").replacingOccurrences(of: "coil: 1", with: "coil: \(2 * i + 1)"),
+                            sha: d)
+            }
+            audit = ScriptedAudit(recorder: recorder)
+            let recorder = self.recorder
+            loop = GuardLoop(configuration: GuardLoop.Configuration(node: "test", checkpointS: 0), maps: maps,
+                             layout: try InterlockLayout(maps: maps), audit: audit, metrics: ApplianceMetrics()) { recorder.add(.published($0)) }
+        }
+
+        /// Fresh states for every device (`fault` ones with a faulted PLC), then one iteration.
+        func step(fault: Set<String> = []) {
+            let now = clock.now()
+            for d in names {
+                loop.submit(physical: PhysicalState(device: d, status: fault.contains(d) ? "fault" : "operational",
+                                                    values: ["load_kg": Reading(value: .double(1000), quality: .good)], time: now))
+                seq += 1
+                loop.submit(twin: TwinState(device: d, tsNs: now.wallNs, seq: seq, status: "operational", values: ["load_kg": 1000], received: now))
+            }
+            loop.iterateOnce()
+        }
+
+        func armAll() throws {
+            let deadline = Date().addingTimeInterval(10)
+            while loop.publishedPermitCount < 2 * names.count {
+                try #require(Date() < deadline, "every permit rises within 10 s")
+                step()
+                usleep(5000)
+            }
+        }
+    }
+
+    @Test func aDropReachesTheCoilsBeforeTheOtherDevicesAreEvaluated() throws {
+        let m = try ManualLoop(devices: 100)
+        try m.armAll()
+        let mark = m.recorder.tables.count
+        m.step(fault: ["crane-0"])
+        let tables = Array(m.recorder.tables[mark...])
+        // The first device's drop is published at once, then the iteration's own table.
+        #expect(tables.count >= 2)
+        let first = try #require(tables.first)
+        #expect(first.permit(device: "crane-0", intent: "move_left") == false)
+        #expect(first.permit(device: "crane-99", intent: "move_left") == true)
+        #expect(tables.last?.permit(device: "crane-0", intent: "move_left") == false)
+    }
+
+    @Test func anEarlyPublicationNeverShowsARiseThatIsStillToBeJudgedAgain() throws {
+        let m = try ManualLoop(devices: 60)
+        try m.armAll()
+        // crane-50 drops, then re-arms; its rise token is held (not yet durable).
+        m.step(fault: ["crane-50"])
+        m.audit.holdGating.store(true, ordering: .relaxed)
+        let deadline = Date().addingTimeInterval(10)
+        while m.audit.heldCount == 0 {
+            try #require(Date() < deadline, "crane-50's rise is submitted")
+            m.step()
+            usleep(5000)
+        }
+        // In one iteration: crane-50's rise becomes durable while its PLC has faulted, and
+        // crane-0 drops first in slot order, which publishes early.
+        let mark = m.recorder.tables.count
+        let now = m.clock.now()
+        m.audit.release()
+        for d in ["crane-0", "crane-50"] {
+            m.loop.submit(physical: PhysicalState(device: d, status: "fault",
+                                                  values: ["load_kg": Reading(value: .double(1000), quality: .good)], time: now))
+        }
+        m.loop.iterateOnce()
+        let tables = Array(m.recorder.tables[mark...])
+        #expect(tables.count >= 2, "crane-0's drop went out early")
+        #expect(tables.allSatisfy { $0.permit(device: "crane-50", intent: "move_left") == false },
+                "the rise was judged again and blocked before any table showed it")
+        #expect(tables.allSatisfy { $0.permit(device: "crane-0", intent: "move_left") == false })
+    }
+
     @Test func statusSnapshotShowsPublishedPermitsAndReasons() async throws {
         let h = try LoopHarness(maps: [try loopMap()])
         try h.start()

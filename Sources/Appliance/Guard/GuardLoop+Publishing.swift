@@ -115,6 +115,49 @@ extension GuardLoop {
         publishTable(table)
     }
 
+    /// Slots evaluated between two early publications, at most, while drops keep coming.
+    static let earlyPublishEvery = 64
+
+    /// Publishes the slots touched so far in this iteration, mid-iteration, because a permit
+    /// fell in one of them: the coils drop before the rest of the devices are evaluated. The
+    /// iteration still publishes at its end (the ticks' full rewrite, the other slots).
+    ///
+    /// Only slots already evaluated in this iteration are written (index ≤ `evaluatedThrough`,
+    /// or not to be evaluated at all): a rise acknowledged in this iteration is judged again
+    /// at this iteration's `now` before it may reach the coils, so a slot still waiting for
+    /// that evaluation stays as last published until the end.
+    func publishFallenNow(healthy: Bool, evaluatedThrough: Int, tick: Bool) {
+        guard !image.stale else { return }  // a reload's rebuild publishes at the end
+        var later: [Int] = []
+        withImage { bits, regs in
+            for s in image.touched {
+                if s > evaluatedThrough && (tick || slots[s].evaluate) {
+                    later.append(s)
+                } else {
+                    writeSlot(s, &bits, &regs)
+                }
+            }
+        }
+        image.touched.removeAll(keepingCapacity: true)
+        image.touched.append(contentsOf: later)
+        PermitTable.encodeHeader(layout: layout, heartbeat: heartbeat, healthy: healthy, registers: &image.registers)
+        let table = PermitTable(layout: layout, bits: image.bits, registers: image.registers)
+        assert(noCoilAbovePublished(table), "an early publication shows a permit the guard has not published")
+        publishTable(table)
+    }
+
+    /// Every coil at 1 belongs to an intent whose permit is published (debug builds): what an
+    /// early publication must never break, while slots held back may still show an older 0.
+    func noCoilAbovePublished(_ table: PermitTable) -> Bool {
+        for s in slots.indices {
+            for j in image.intentStart[s]..<image.intentStart[s + 1] where table.bits[image.intentCoil[j]] == 1 {
+                let i = image.intentMap[j]
+                if i < 0 || !slots[s].published[i] { return false }
+            }
+        }
+        return true
+    }
+
     /// The coils always, and on a tick everything, equal the table encoded whole (debug builds).
     func agreesWithFullTable(_ table: PermitTable, healthy: Bool, tick: Bool) -> Bool {
         let full = fullTable(healthy: healthy)

@@ -24,6 +24,7 @@ extension GuardLoop {
                 if slots[s].published[i] {
                     slots[s].published[i] = false
                     pending.tableChanged = true
+                    pending.fallen += 1
                     pending.drops.append((s, i, "blocked"))
                     metrics.countDrop(reason: v.reason)
                 } else if slots[s].pendingRise[i] != nil {

@@ -351,6 +351,8 @@ package final class GuardLoop: @unchecked Sendable {
     /// What an evaluation changed and must be done after publishing.
     struct Pending {
         var drops: [(slot: Int, intent: Int, why: String)] = []
+        /// Permits that fell from 1 (published) in this iteration.
+        var fallen = 0
         /// Drop records built before their slot went away (reload), submitted after publishing.
         var records: [AuditRecord] = []
         var tableChanged = false
@@ -388,11 +390,28 @@ package final class GuardLoop: @unchecked Sendable {
         auditHealthyNow.store(auditOK, ordering: .relaxed)
         let tick = now.monotonicNs >= nextTickNs
         var evaluated = 0
+        // A drop goes to the coils as soon as it is known, not after the evaluation of every
+        // other device in this iteration: the first at once, further ones at least every
+        // `earlyPublishEvery` slots (each publication rewrites only the slots touched).
+        var sinceEarly = 0, earlyPublications = 0
+        var unpublishedFall = false
         for s in slots.indices where tick || slots[s].evaluate {
             slots[s].evaluate = false
             if !tick { image.touched.append(s) }
+            let fallenBefore = pending.fallen
             evaluate(slot: s, now: now, auditOK: auditOK, pending: &pending)
             evaluated += slots[s].map.intents.count
+            sinceEarly += 1
+            if pending.fallen > fallenBefore {
+                if tick { image.touched.append(s) }
+                unpublishedFall = true
+            }
+            if unpublishedFall && (earlyPublications == 0 || sinceEarly >= Self.earlyPublishEvery) {
+                publishFallenNow(healthy: auditOK, evaluatedThrough: s, tick: tick)
+                earlyPublications += 1
+                sinceEarly = 0
+                unpublishedFall = false
+            }
         }
         metrics.countDecisions(evaluated)
         if tick {
