@@ -321,10 +321,23 @@ struct GuardLoopTests {
                             sha: d)
             }
             audit = ScriptedAudit(recorder: recorder)
-            let recorder = self.recorder
+            let recorder = self.recorder, probe = self.probe
             loop = GuardLoop(configuration: GuardLoop.Configuration(node: "test", checkpointS: 0), maps: maps,
-                             layout: try InterlockLayout(maps: maps), audit: audit, metrics: ApplianceMetrics()) { recorder.add(.published($0)) }
+                             layout: try InterlockLayout(maps: maps), audit: audit, metrics: ApplianceMetrics()) {
+                recorder.add(.published($0))
+                probe.note()
+            }
+            probe.loop = loop
         }
+
+        /// At each publication, how many devices were still to be evaluated in that iteration
+        /// (read on the loop's own thread: `iterateOnce` runs on the test's).
+        final class Probe: @unchecked Sendable {
+            weak var loop: GuardLoop?
+            var stillToEvaluate: [Int] = []
+            func note() { stillToEvaluate.append(loop?.slots.filter(\.evaluate).count ?? -1) }
+        }
+        let probe = Probe()
 
         /// Fresh states for every device (`fault` ones with a faulted PLC), then one iteration.
         func step(fault: Set<String> = []) {
@@ -360,6 +373,17 @@ struct GuardLoopTests {
         #expect(first.permit(device: "crane-0", intent: "move_left") == false)
         #expect(first.permit(device: "crane-99", intent: "move_left") == true)
         #expect(tables.last?.permit(device: "crane-0", intent: "move_left") == false)
+    }
+
+    @Test func aDeviceWhoseStatusChangedIsJudgedBeforeTheRestOfTheBurst() throws {
+        let m = try ManualLoop(devices: 100)
+        try m.armAll()
+        let mark = m.recorder.tables.count, probes = m.probe.stillToEvaluate.count
+        // The last device in slot order faults in a burst of fresh states of every device.
+        m.step(fault: ["crane-99"])
+        let first = try #require(m.recorder.tables[mark...].first)
+        #expect(first.permit(device: "crane-99", intent: "move_left") == false)
+        #expect(m.probe.stillToEvaluate[probes...].first == 99, "its drop was published before the other 99 were judged")
     }
 
     @Test func anEarlyPublicationNeverShowsARiseThatIsStillToBeJudgedAgain() throws {

@@ -236,7 +236,7 @@ struct SystemBench: BenchSuite {
         guard !v.isEmpty else { return "no samples" }
         let s = v.sorted()
         func q(_ p: Double) -> Double { s[min(s.count - 1, max(0, Int((Double(s.count) * p).rounded(.up)) - 1))] }
-        return String(format: "p50 %6.2f  p99 %6.2f  max %6.2f %@ (n=%d)", q(0.5), q(0.99), s.last!, label, s.count)
+        return String(format: "p50 %6.2f  p90 %6.2f  p99 %6.2f  max %6.2f %@ (n=%d)", q(0.5), q(0.9), q(0.99), s.last!, label, s.count)
     }
 
     static func binary() -> String {
@@ -314,7 +314,7 @@ final class Rig: @unchecked Sendable {
 
                 """.write(to: dir.appendingPathComponent("tibet-twin.yaml"), atomically: true, encoding: .utf8)
             child = try ApplianceProcess(binary: SystemBench.binary(), config: dir.appendingPathComponent("tibet-twin.yaml").path)
-            twin = TwinClient(port: child.twinPort, periodMs: 50, devices: names.map {
+            twin = TwinClient(port: child.twinPort, periodMs: Int(env["SYSTEM_BENCH_TWIN_MS"] ?? "") ?? 50, devices: names.map {
                 ($0, TwinClient.Said(status: "operational", values: ["position_x": 12.5, "load_kg": 2500]))
             })
             twin.start()

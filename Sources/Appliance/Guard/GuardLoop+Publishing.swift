@@ -122,16 +122,16 @@ extension GuardLoop {
     /// fell in one of them: the coils drop before the rest of the devices are evaluated. The
     /// iteration still publishes at its end (the ticks' full rewrite, the other slots).
     ///
-    /// Only slots already evaluated in this iteration are written (index ≤ `evaluatedThrough`,
-    /// or not to be evaluated at all): a rise acknowledged in this iteration is judged again
-    /// at this iteration's `now` before it may reach the coils, so a slot still waiting for
-    /// that evaluation stays as last published until the end.
-    func publishFallenNow(healthy: Bool, evaluatedThrough: Int, tick: Bool) {
+    /// Only slots already evaluated in this iteration (or not to be evaluated in it) are
+    /// written: a rise acknowledged in this iteration is judged again at this iteration's
+    /// `now` before it may reach the coils, so a slot still waiting for that evaluation
+    /// (`evaluate` still set) stays as last published until the end.
+    func publishFallenNow(healthy: Bool) {
         guard !image.stale else { return }  // a reload's rebuild publishes at the end
         var later: [Int] = []
         withImage { bits, regs in
             for s in image.touched {
-                if s > evaluatedThrough && (tick || slots[s].evaluate) {
+                if slots[s].evaluate {
                     later.append(s)
                 } else {
                     writeSlot(s, &bits, &regs)

@@ -118,6 +118,8 @@ package final class GuardLoop: @unchecked Sendable {
     var lastStatusNs: Int64 = 0
     var lastStatusText = ""
     var lastPublished: PermitTable?
+    /// What the last `takeInbox` took (loop thread only).
+    var taken = (physical: [String: PhysicalState](), twin: [String: TwinState](), withdrawn: Set<String>(), commands: [GuardCommand]())
     /// Where status snapshots are built from a copy of the slots (not the cooperative pool).
     let statusQueue = DispatchQueue(label: "tibet-twin.status")
     /// The permit image as last published, rewritten in place (GuardLoop+Publishing.swift).
@@ -150,7 +152,10 @@ package final class GuardLoop: @unchecked Sendable {
         var identityAuditedNs: Int64?
         /// Failure episodes since that token that were not written (rate limit).
         var identityEpisodesFolded = 0
+        /// To be evaluated (in this iteration, once it runs).
         var evaluate = false
+        /// A new state that may well drop a permit (status changed): evaluated first.
+        var suspect = false
 
         init(map: DeviceMap) {
             self.map = map
@@ -306,23 +311,17 @@ package final class GuardLoop: @unchecked Sendable {
         nextCheckpointNs = start.monotonicNs + Int64(config.checkpointS) * 1_000_000_000
         publishTable(PermitTable.allBlocked(layout: layout))
         while true {
-            var physical: [String: PhysicalState] = [:]
-            var twin: [String: TwinState] = [:]
-            var withdrawn: Set<String> = []
-            var commands: [GuardCommand] = []
             let stop: Bool = cond.withLock {
                 while !stopRequested && inPhysical.isEmpty && inTwin.isEmpty && inWithdrawn.isEmpty && inCommands.isEmpty
                         && clock.now().monotonicNs < nextTickNs {
                     cond.wait(untilMonotonicNs: nextTickNs)
                 }
-                swap(&physical, &inPhysical)
-                swap(&twin, &inTwin)
-                swap(&withdrawn, &inWithdrawn)
-                swap(&commands, &inCommands)
+                takeInbox()
                 return stopRequested
             }
             if stop { break }
-            iterate(physical: physical, twin: twin, withdrawn: withdrawn, commands: commands)
+            iterate(physical: taken.physical, twin: taken.twin, withdrawn: taken.withdrawn, commands: taken.commands)
+            emptyTaken()
         }
         flushNoopResets(now: clock.now(), all: true)
     }
@@ -335,15 +334,28 @@ package final class GuardLoop: @unchecked Sendable {
     /// tick is due. For benchmarks and profiling (`tibet-twin-profile`); never while `start()`ed.
     package func iterateOnce() {
         if lastPublished == nil { publishTable(PermitTable.allBlocked(layout: layout)) }
-        var physical: [String: PhysicalState] = [:]
-        var twin: [String: TwinState] = [:]
-        var commands: [GuardCommand] = []
-        cond.withLock {
-            swap(&physical, &inPhysical)
-            swap(&twin, &inTwin)
-            swap(&commands, &inCommands)
-        }
-        iterate(physical: physical, twin: twin, commands: commands)
+        cond.withLock { takeInbox() }
+        iterate(physical: taken.physical, twin: taken.twin, withdrawn: taken.withdrawn, commands: taken.commands)
+        emptyTaken()
+    }
+
+    /// Moves the inbox into `taken` (under the inbox lock). The collections are swapped, not
+    /// replaced: the inbox gets back last iteration's, emptied (`emptyTaken`, outside the lock)
+    /// but keeping their capacity — at 1,000 devices a fresh dictionary per iteration was
+    /// allocated, grown and rehashed state by state.
+    private func takeInbox() {
+        swap(&taken.physical, &inPhysical)
+        swap(&taken.twin, &inTwin)
+        swap(&taken.withdrawn, &inWithdrawn)
+        swap(&taken.commands, &inCommands)
+    }
+
+    /// Releases what the last iteration took, on the loop thread and outside the inbox lock.
+    private func emptyTaken() {
+        taken.physical.removeAll(keepingCapacity: true)
+        taken.twin.removeAll(keepingCapacity: true)
+        taken.withdrawn.removeAll(keepingCapacity: true)
+        taken.commands.removeAll(keepingCapacity: true)
     }
 
     // MARK: One iteration
@@ -362,8 +374,13 @@ package final class GuardLoop: @unchecked Sendable {
 
     func iterate(physical: [String: PhysicalState], twin: [String: TwinState], withdrawn: Set<String> = [],
                  commands: [GuardCommand]) {
+        // A state whose status (or poll quality) differs from the device's last one is the
+        // likely drop: such devices are evaluated first in this iteration (the order changes
+        // nothing else), so a fault does not wait for the evaluation of a burst of others.
         for (device, state) in physical {
             if let s = slotIndex[device] {
+                let last = slots[s].guardState.physical
+                if last?.status != state.status || last?.isAllGood != state.isAllGood { slots[s].suspect = true }
                 slots[s].guardState.updatePhysical(state)
                 slots[s].evaluate = true
             }
@@ -372,10 +389,12 @@ package final class GuardLoop: @unchecked Sendable {
             if let s = slotIndex[device] {
                 slots[s].guardState.withdrawTwin()
                 slots[s].evaluate = true
+                slots[s].suspect = true
             }
         }
         for (device, state) in twin {
             if let s = slotIndex[device] {
+                if slots[s].guardState.twin?.status != state.status { slots[s].suspect = true }
                 slots[s].guardState.updateTwin(state)
                 slots[s].evaluate = true
             }
@@ -395,22 +414,28 @@ package final class GuardLoop: @unchecked Sendable {
         // `earlyPublishEvery` slots (each publication rewrites only the slots touched).
         var sinceEarly = 0, earlyPublications = 0
         var unpublishedFall = false
-        for s in slots.indices where tick || slots[s].evaluate {
-            slots[s].evaluate = false
-            if !tick { image.touched.append(s) }
-            let fallenBefore = pending.fallen
-            evaluate(slot: s, now: now, auditOK: auditOK, pending: &pending)
-            evaluated += slots[s].map.intents.count
-            sinceEarly += 1
-            if pending.fallen > fallenBefore {
-                if tick { image.touched.append(s) }
-                unpublishedFall = true
-            }
-            if unpublishedFall && (earlyPublications == 0 || sinceEarly >= Self.earlyPublishEvery) {
-                publishFallenNow(healthy: auditOK, evaluatedThrough: s, tick: tick)
-                earlyPublications += 1
-                sinceEarly = 0
-                unpublishedFall = false
+        // `evaluate` marks every slot still to be evaluated in this iteration (all on a tick);
+        // the suspects go first.
+        if tick { for s in slots.indices { slots[s].evaluate = true } }
+        for pass in 0..<2 {
+            for s in slots.indices where slots[s].evaluate && (pass == 1 || slots[s].suspect) {
+                slots[s].evaluate = false
+                slots[s].suspect = false
+                if !tick { image.touched.append(s) }
+                let fallenBefore = pending.fallen
+                evaluate(slot: s, now: now, auditOK: auditOK, pending: &pending)
+                evaluated += slots[s].map.intents.count
+                sinceEarly += 1
+                if pending.fallen > fallenBefore {
+                    if tick { image.touched.append(s) }
+                    unpublishedFall = true
+                }
+                if unpublishedFall && (earlyPublications == 0 || sinceEarly >= Self.earlyPublishEvery) {
+                    publishFallenNow(healthy: auditOK)
+                    earlyPublications += 1
+                    sinceEarly = 0
+                    unpublishedFall = false
+                }
             }
         }
         metrics.countDecisions(evaluated)
