@@ -413,6 +413,28 @@ struct AsyncuaSecurityTests {
         #expect(after?.value == .int32(1))
     }
 
+    @Test("SignAndEncrypt: a request and its response that span several chunks each, with the encryption overhead per chunk")
+    func manyChunks() async throws {
+        let rig = try SecureRig()
+        defer { rig.remove() }
+        let server = try OPCUAPeer.asyncua(certificateDirectory: rig.server)
+        defer { server.stop() }
+        var options = rig.options(.signAndEncrypt)
+        options.tcpLimits.receiveBufferSize = 8192
+        options.tcpLimits.sendBufferSize = 8192
+        let chosen = options
+        // 1200 string NodeIds (about 26 bytes each) do not fit one 8192-byte chunk; nor do 1200 answers.
+        let items = (0..<1200).map { NodeId.string("Many.Item\(String(format: "%02d", $0 % 40))", namespace: 2) }
+        let values = try await onThread { () -> [DataValue] in
+            let c = try OPCUAClient(endpoint: server.endpoint, options: chosen)
+            try c.connect()
+            defer { c.disconnect() }
+            return try c.readValues(items)
+        }
+        #expect(values.count == 1200)
+        #expect(values.enumerated().allSatisfy { $0.element.value == .int32(Int32($0.offset % 40)) })
+    }
+
     @Test("a mode the server does not offer is refused, listing what it offers")
     func modeNotOffered() async throws {
         let rig = try SecureRig()

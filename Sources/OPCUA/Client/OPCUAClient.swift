@@ -155,7 +155,10 @@ public final class OPCUAClient: @unchecked Sendable {
     private func explainCertificateRefusal(_ e: OPCUAError) -> OPCUAError {
         guard options.security.isSecured, let code = e.statusCode, (0x8012_0000...0x801A_0000).contains(code.rawValue & 0xFFFF_0000) else { return e }
         let cert = options.security.certificatePath ?? "the client certificate"
-        return OPCUAError(.securityCheckFailed("the server refused our certificate (\(code)): have the server trust \(cert) "
+        let what = code.rawValue & 0xFFFF_0000 == 0x8013_0000
+            ? "the server's security checks failed (\(code)); most often the server does not trust our certificate"
+            : "the server refused our certificate (\(code))"
+        return OPCUAError(.securityCheckFailed(what + ": have the server trust \(cert) "
             + "(copy it into the server's trusted certificates, or accept it there), and check that its application URI and validity suit the server"),
             operation: e.operation, endpoint: e.endpoint)
     }
