@@ -31,6 +31,14 @@ def recv_exact(c, n):
     return buf
 
 
+def shut(*sockets):
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def pump_raw(src, dst):
     try:
         while True:
@@ -41,11 +49,7 @@ def pump_raw(src, dst):
     except OSError:
         pass
     finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut(src, dst)
 
 
 def pump_chunks(src, dst):
@@ -63,11 +67,7 @@ def pump_chunks(src, dst):
     except (OSError, EOFError):
         pass
     finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut(src, dst)
 
 
 def serve(listener):

@@ -101,18 +101,7 @@ private func temporaryDirectory() throws -> String {
     return dir
 }
 
-private func runOpenSSL(_ args: [String]) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
-}
+private func runOpenSSL(_ args: [String]) throws -> String { try runProcess("/usr/bin/openssl", args).1 }
 
 @Suite("OPC UA application instance certificate")
 struct CertificateToolTests {
@@ -193,6 +182,19 @@ private struct SecureRig {
         try? FileManager.default.removeItem(atPath: root)
         try? FileManager.default.removeItem(atPath: server)
     }
+}
+
+/// Reads the server time until the channel was renewed twice or a read fails (liveness, not
+/// timing: 30 s at most); returns the renewals, every token id seen and the last value.
+func readUntilRenewedTwice(_ c: OPCUAClient) -> (Int, Set<UInt32>, DataValue) {
+    var tokens: Set<UInt32> = [c.channelTokenId]
+    var last = DataValue()
+    _ = waitUntil(within: 30) {
+        last = (try? c.readValues([.numeric(2258)])[0]) ?? DataValue(status: .bad)
+        tokens.insert(c.channelTokenId)
+        return c.channelRenewals >= 2 || !last.status.isGood
+    }
+    return (c.channelRenewals, tokens, last)
 }
 
 private func connectError(_ endpoint: String, _ options: OPCUAClientOptions) async throws -> OPCUAError? {
@@ -347,14 +349,7 @@ struct AsyncuaSecurityTests {
             let c = try OPCUAClient(endpoint: server.endpoint, options: short)
             try c.connect()
             defer { c.disconnect() }
-            var tokens: Set<UInt32> = [c.channelTokenId]
-            var last = DataValue()
-            _ = waitUntil(within: 30) {
-                last = (try? c.readValues([.numeric(2258)])[0]) ?? DataValue(status: .bad)
-                tokens.insert(c.channelTokenId)
-                return c.channelRenewals >= 2 || !last.status.isGood
-            }
-            return (c.channelRenewals, tokens, last)
+            return readUntilRenewedTwice(c)
         }
         #expect(renewals >= 2)
         #expect(tokens.count >= 3)

@@ -218,7 +218,7 @@ public final class OPCUAClient: @unchecked Sendable {
         if let security {
             // The server proves it holds the key of the certificate we checked: it signs our
             // certificate and nonce.
-            guard serverCertificate == security.remote.der else {
+            guard serverCertificate.starts(with: security.remote.der) else {
                 throw ch.fail(.securityCheckFailed("CreateSession answered with a certificate other than the endpoint's"), "CreateSession")
             }
             guard serverNonce.count >= UACrypto.nonceLength else {

@@ -345,7 +345,8 @@ final class UASecureChannel: @unchecked Sendable {
                         throw fail(.protocolViolation("channel id \(channel), ours is \(channelId)"), op)
                     }
                     if let security {
-                        guard sender == security.remote.der else {
+                        // The sender's certificate, possibly followed by its issuers' (Part 6 §6.7.2).
+                        guard let sender, sender.starts(with: security.remote.der) else {
                             throw fail(.securityCheckFailed("OpenSecureChannel answered with a certificate other than the endpoint's"), op)
                         }
                         guard thumbprint == security.local.thumbprint else {
@@ -453,11 +454,11 @@ final class UASecureChannel: @unchecked Sendable {
                 guard !sealed.isEmpty, sealed.count % protection.cipherBlock == 0 else {
                     throw UASecurityFault("encrypted part of \(sealed.count) bytes is not a whole number of \(protection.cipherBlock)-byte blocks")
                 }
-                if token == nil {
-                    plain = try UACrypto.rsaDecrypt(sealed, with: security.local.decryptionKey)
-                } else {
-                    guard let keys = tokenKeys[token!]?.server else { throw UASecurityFault("no keys for security token \(token!)") }
+                if let token {
+                    guard let keys = tokenKeys[token]?.server else { throw UASecurityFault("no keys for security token \(token)") }
                     plain = try UACrypto.aesCBC(encrypt: false, Array(sealed), key: keys.encryptingKey, iv: keys.iv)
+                } else {
+                    plain = try UACrypto.rsaDecrypt(sealed, with: security.local.decryptionKey)
                 }
             } else {
                 plain = Array(sealed)
@@ -472,12 +473,11 @@ final class UASecureChannel: @unchecked Sendable {
         plain.removeLast(protection.signatureSize)
         let signed = head.bytes + plain
         let valid: Bool
-        if token == nil {
-            valid = UACrypto.rsaVerify(signature, signed, with: security.remote.verifyKey)
-        } else if let keys = tokenKeys[token!]?.server {
+        if let token {
+            guard let keys = tokenKeys[token]?.server else { throw fail(.securityCheckFailed("no keys for security token \(token)"), op) }
             valid = HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: signed, using: keys.signingKey)
         } else {
-            valid = false
+            valid = UACrypto.rsaVerify(signature, signed, with: security.remote.verifyKey)
         }
         guard valid else { throw fail(.securityCheckFailed("the signature of a \(what) from the server does not verify"), op) }
         do { return try protection.stripPadding(plain) } catch {
