@@ -184,37 +184,23 @@ public final class OPCUAClient: @unchecked Sendable {
         let client = ApplicationDescription(applicationUri: security?.local.applicationUri ?? options.applicationUri, productUri: "urn:tibet-twin",
                                             applicationName: options.applicationName, applicationType: 1)
         let nonce = UACrypto.random(UACrypto.nonceLength)
-        let answer: (NodeId, NodeId, Double, [EndpointDescription], [UInt8], [UInt8], String?, [UInt8])
+        let answer: CreateSessionAnswer
         do {
             answer = try call(ch, "CreateSession", ServiceId.createSessionRequest, ServiceId.createSessionResponse, timeoutMs: options.timeoutMs) { w in
-            client.encode(&w)
-            w.writeString(nil)  // ServerUri
-            w.writeString(endpoint.text)
-            w.writeString("tibet-twin session")
-            w.writeByteString(nonce)
-            w.writeByteString(security?.local.certificateDER)  // ClientCertificate
-            w.writeDouble(options.sessionTimeoutMs)
-            w.writeUInt32(options.tcpLimits.maxMessageSize)  // MaxResponseMessageSize
-        } decode: { (r: inout UABinaryReader) throws(UADecodingError) in
-            let sessionId = try r.readNodeId("CreateSessionResponse.SessionId")
-            let token = try r.readNodeId("CreateSessionResponse.AuthenticationToken")
-            let timeout = try r.readDouble("CreateSessionResponse.RevisedSessionTimeout")
-            let serverNonce = try r.readByteString("CreateSessionResponse.ServerNonce") ?? []
-            let serverCertificate = try r.readByteString("CreateSessionResponse.ServerCertificate") ?? []
-            let endpoints = try r.readArray("CreateSessionResponse.ServerEndpoints", minElementBytes: 30) { (e: inout UABinaryReader) throws(UADecodingError) in
-                try EndpointDescription(decoding: &e)
-            }
-            _ = try r.readArray("CreateSessionResponse.ServerSoftwareCertificates", minElementBytes: 8) { (e: inout UABinaryReader) throws(UADecodingError) in
-                _ = try e.readByteString("SignedSoftwareCertificate.CertificateData")
-                _ = try e.readByteString("SignedSoftwareCertificate.Signature")
-            }
-            let algorithm = try r.readString("CreateSessionResponse.ServerSignature.Algorithm")
-            let signature = try r.readByteString("CreateSessionResponse.ServerSignature.Signature") ?? []
-            _ = try r.readUInt32("CreateSessionResponse.MaxRequestMessageSize")
-            return (sessionId, token, timeout, endpoints, serverNonce, serverCertificate, algorithm, signature)
+                client.encode(&w)
+                w.writeString(nil)  // ServerUri
+                w.writeString(endpoint.text)
+                w.writeString("tibet-twin session")
+                w.writeByteString(nonce)
+                w.writeByteString(security?.local.certificateDER)  // ClientCertificate
+                w.writeDouble(options.sessionTimeoutMs)
+                w.writeUInt32(options.tcpLimits.maxMessageSize)  // MaxResponseMessageSize
+            } decode: { (r: inout UABinaryReader) throws(UADecodingError) in try CreateSessionAnswer(decoding: &r) }
+        } catch {
+            throw explainCertificateRefusal(error)
         }
-        } catch { throw explainCertificateRefusal(error) }
-        let (_, token, timeout, endpoints, serverNonce, serverCertificate, algorithm, signature) = answer
+        let (token, timeout, endpoints) = (answer.authenticationToken, answer.revisedSessionTimeoutMs, answer.endpoints)
+        let (serverNonce, serverCertificate, algorithm, signature) = (answer.serverNonce, answer.serverCertificate, answer.signatureAlgorithm, answer.signature)
         if let security {
             // The server proves it holds the key of the certificate we checked: it signs our
             // certificate and nonce.
@@ -457,5 +443,34 @@ public final class OPCUAClient: @unchecked Sendable {
         var id = text.nodeId
         id.namespace = UInt16(index)
         return id
+    }
+}
+
+/// The CreateSession response fields this client uses.
+private struct CreateSessionAnswer {
+    var authenticationToken: NodeId
+    var revisedSessionTimeoutMs: Double
+    var serverNonce: [UInt8]
+    var serverCertificate: [UInt8]
+    var endpoints: [EndpointDescription]
+    var signatureAlgorithm: String?
+    var signature: [UInt8]
+
+    init(decoding r: inout UABinaryReader) throws(UADecodingError) {
+        _ = try r.readNodeId("CreateSessionResponse.SessionId")
+        authenticationToken = try r.readNodeId("CreateSessionResponse.AuthenticationToken")
+        revisedSessionTimeoutMs = try r.readDouble("CreateSessionResponse.RevisedSessionTimeout")
+        serverNonce = try r.readByteString("CreateSessionResponse.ServerNonce") ?? []
+        serverCertificate = try r.readByteString("CreateSessionResponse.ServerCertificate") ?? []
+        endpoints = try r.readArray("CreateSessionResponse.ServerEndpoints", minElementBytes: 30) { (e: inout UABinaryReader) throws(UADecodingError) in
+            try EndpointDescription(decoding: &e)
+        }
+        _ = try r.readArray("CreateSessionResponse.ServerSoftwareCertificates", minElementBytes: 8) { (e: inout UABinaryReader) throws(UADecodingError) in
+            _ = try e.readByteString("SignedSoftwareCertificate.CertificateData")
+            _ = try e.readByteString("SignedSoftwareCertificate.Signature")
+        }
+        signatureAlgorithm = try r.readString("CreateSessionResponse.ServerSignature.Algorithm")
+        signature = try r.readByteString("CreateSessionResponse.ServerSignature.Signature") ?? []
+        _ = try r.readUInt32("CreateSessionResponse.MaxRequestMessageSize")
     }
 }
