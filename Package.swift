@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-certificates", exact: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", exact: "1.7.4"),
     ],
     targets: [
         // The only door to libmodbus. shim.h re-exports what Swift cannot import.
@@ -48,8 +50,18 @@ let package = Package(
             dependencies: ["CModbus", "CLinux", "Platform"]
         ),
         // Our OPC UA client: binary encoding with strict bounds, UA-TCP, secure channel, session,
-        // services. Blocking, one thread per client. No guard logic.
-        .target(name: "OPCUA", dependencies: ["Platform"]),
+        // services, security policy Basic256Sha256 (RSA, AES-CBC, X.509 from swift-crypto and
+        // swift-certificates). Blocking, one thread per client. No guard logic.
+        .target(
+            name: "OPCUA",
+            dependencies: [
+                "Platform",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
         // Swift over libmosquitto: a client on its own network thread, reconnect with a capped
         // backoff, typed errors. No guard logic.
         .target(

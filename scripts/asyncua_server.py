@@ -2,9 +2,16 @@
 """An OPC UA server on asyncua 2.1.0 for tibet-twin's tests: an outside OPC UA peer.
 
 Usage: asyncua_server.py [--port N] [--users USER:PASSWORD,...] [--cert DIR]
+                         [--secure sign,signandencrypt] [--trust-clients DIR]
+                         [--encrypted-passwords-only]
   Listens on opc.tcp://127.0.0.1:PORT/ (port 0: any free port), security policy None,
   anonymous login (user name + password instead when --users is given). With --cert DIR
-  (DIR/cert.der and DIR/key.pem) it also offers Basic256Sha256 SignAndEncrypt.
+  (DIR/cert.der and DIR/key.pem) it also offers Basic256Sha256 in the modes --secure lists
+  (default: SignAndEncrypt only). With --trust-clients DIR it accepts only client certificates
+  found in DIR (DER or PEM files) and checks their validity, application URI and key usage;
+  without it any client certificate is accepted (DIR must hold at least one certificate).
+  With --encrypted-passwords-only a user name login whose password is not encrypted with the
+  server's key (UserNameIdentityToken.EncryptionAlgorithm empty) is refused.
 
 Address space, namespace "urn:tibet-twin:test" (index 2):
   Objects/Crane01 (ns=2;s=Crane01) with variables ns=2;s=Crane01.NAME:
@@ -65,6 +72,9 @@ async def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--users", default="")
     ap.add_argument("--cert", default="")
+    ap.add_argument("--secure", default="signandencrypt")
+    ap.add_argument("--trust-clients", default="")
+    ap.add_argument("--encrypted-passwords-only", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
 
@@ -73,12 +83,32 @@ async def main():
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{args.port}/")
     if args.cert:
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity, ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        modes = {"sign": ua.SecurityPolicyType.Basic256Sha256_Sign,
+                 "signandencrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt}
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity] + [modes[m] for m in args.secure.split(",") if m])
         await server.load_certificate(f"{args.cert}/cert.der")
         await server.load_private_key(f"{args.cert}/key.pem")
+        if args.trust_clients:
+            from pathlib import Path
+            from asyncua.crypto.truststore import TrustStore
+            from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+            store = TrustStore([Path(args.trust_clients)], [])
+            await store.load()
+            options = (CertificateValidatorOptions.EXT_VALIDATION | CertificateValidatorOptions.TRUSTED
+                       | CertificateValidatorOptions.PEER_CLIENT)
+            server.set_certificate_validator(CertificateValidator(options, store))
     else:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     server.set_security_IDs(["Username"] if users else ["Anonymous"])
+    if args.encrypted_passwords_only:
+        decrypt = server.iserver.decrypt_user_token
+
+        def only_encrypted(isession, token):
+            if not token.EncryptionAlgorithm:
+                raise ua.UaError("password not encrypted")
+            return decrypt(isession, token)
+
+        server.iserver.decrypt_user_token = only_encrypted
     idx = await server.register_namespace(NS_URI)
     objects = server.nodes.objects
 

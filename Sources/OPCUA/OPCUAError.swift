@@ -29,6 +29,10 @@ public struct OPCUAError: Error, Sendable, Hashable, CustomStringConvertible {
         case decoding(UADecodingError)
         /// The client refused to go on (e.g. a password that would travel unencrypted).
         case refused(String)
+        /// A security check failed: a server certificate not trusted, expired or naming another
+        /// application; a signature, padding or encrypted block that does not verify; our own
+        /// certificate or key unusable. The text says which check and what to do.
+        case securityCheckFailed(String)
         /// The channel is closed (after an earlier failure or `close()`).
         case channelClosed
     }
@@ -70,6 +74,7 @@ public struct OPCUAError: Error, Sendable, Hashable, CustomStringConvertible {
         case .limitExceeded(let why): s += "limit exceeded: \(why)"
         case .decoding(let e): s += e.description
         case .refused(let why): s += why
+        case .securityCheckFailed(let why): s += "security check failed: \(why)"
         case .channelClosed: s += "the secure channel is closed"
         }
         return s

@@ -2,16 +2,23 @@ import ArgumentParser
 import OPCUA
 import Platform
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `tibet-twin opcua`: commissioning commands for a twin served over OPC UA.
 struct OPCUACommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "opcua",
         abstract: "Look into an OPC UA server: its endpoints, its address space, node values.",
         discussion: """
-            ENDPOINT is opc.tcp://HOST[:PORT][/PATH] (port 4840 when left out). The client speaks \
-            security policy None only so far; see docs/opcua.md for what works today.
+            ENDPOINT is opc.tcp://HOST[:PORT][/PATH] (port 4840 when left out). Security policy None, \
+            or Basic256Sha256 in mode Sign or SignAndEncrypt with the appliance's certificate \
+            (`opcua cert`) and a trust directory of server certificates (`opcua trust`); see \
+            docs/opcua.md.
             """,
-        subcommands: [OPCUAEndpointsCommand.self, OPCUABrowseCommand.self, OPCUAReadCommand.self, OPCUAWatchCommand.self])
+        subcommands: [OPCUAEndpointsCommand.self, OPCUABrowseCommand.self, OPCUAReadCommand.self, OPCUAWatchCommand.self,
+                      OPCUACertCommand.self, OPCUATrustCommand.self])
 }
 
 /// What every `opcua` subcommand takes to connect.
@@ -25,15 +32,50 @@ struct OPCUAConnectionOptions: ParsableArguments {
     @Option(name: .customLong("timeout-ms"), help: ArgumentHelp("Deadline for connecting and for each request.", valueName: "MS"))
     var timeoutMs: Int = 5000
 
+    @Option(name: .long, help: ArgumentHelp("Security policy: None or Basic256Sha256.", valueName: "POLICY"))
+    var security: String = "None"
+
+    @Option(name: .long, help: ArgumentHelp("Security mode: Sign or SignAndEncrypt (default SignAndEncrypt with Basic256Sha256).", valueName: "MODE"))
+    var mode: String?
+
+    @Option(name: .long, help: ArgumentHelp("The appliance's certificate (cert.der from `opcua cert`).", valueName: "FILE"))
+    var cert: String?
+
+    @Option(name: .long, help: ArgumentHelp("Its private key (key.pem from `opcua cert`).", valueName: "FILE"))
+    var key: String?
+
+    @Option(name: .customLong("trust-dir"), help: ArgumentHelp("Directory of trusted server certificates.", valueName: "DIR"))
+    var trustDir: String?
+
     func validate() throws {
         guard (1...600_000).contains(timeoutMs) else { throw ValidationError("--timeout-ms must be 1…600000, got \(timeoutMs)") }
         if (user == nil) != (passwordFile == nil) { throw ValidationError("--user and --password-file go together") }
+        let s = try securitySettings()
+        if s.policy == .none, s.mode != .none { throw ValidationError("--mode \(s.mode.rawValue) needs --security Basic256Sha256") }
+        if s.policy != .none, s.mode == .none { throw ValidationError("--security \(s.policy.rawValue) needs --mode Sign or SignAndEncrypt") }
+        if s.isSecured, cert == nil || key == nil || trustDir == nil {
+            throw ValidationError("--security \(s.policy.rawValue) needs --cert, --key (from `tibet-twin opcua cert`) and --trust-dir")
+        }
+    }
+
+    /// The security options as one value.
+    func securitySettings() throws -> OPCUASecurity {
+        guard let policy = OPCUASecurity.Policy(name: security) else { throw ValidationError("--security must be None or Basic256Sha256, got \(security)") }
+        let m: OPCUASecurity.Mode
+        if let mode {
+            guard let parsed = OPCUASecurity.Mode(name: mode) else { throw ValidationError("--mode must be Sign or SignAndEncrypt, got \(mode)") }
+            m = parsed
+        } else {
+            m = policy == .none ? .none : .signAndEncrypt
+        }
+        return OPCUASecurity(policy: policy, mode: m, certificatePath: cert, privateKeyPath: key, trustDirectory: trustDir)
     }
 
     /// Client options; reads the password file (exit 2 when it cannot be read).
     func clientOptions() throws -> OPCUAClientOptions {
         var o = OPCUAClientOptions()
         o.timeoutMs = timeoutMs
+        o.security = try securitySettings()
         if let user, let passwordFile {
             let text: String
             do { text = try CLIFiles.readText(passwordFile) } catch {
@@ -63,6 +105,14 @@ struct OPCUAConnectionOptions: ParsableArguments {
 
 /// Parses NodeId texts for the commands (exit 2 on a bad one).
 enum OPCUACLI {
+    /// This machine's host name (gethostname), `localhost` if it has none.
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "localhost" : name
+    }
+
     /// `NODE  VALUE  STATUS  source=TIME server=TIME`, `-` for what the server did not send.
     static func valueLine(_ node: String, _ dv: DataValue) -> String {
         let value = dv.hasValue && dv.value != .null ? dv.value.description : "-"
@@ -119,7 +169,9 @@ struct OPCUAEndpointsCommand: ParsableCommand {
                 case nil: return "unknown"
                 }
             }
-            CLIOut.outputLine("\(e.endpointUrl ?? "-")  security=\(e.securityMode?.name ?? "?")/\(e.securityPolicyName)  logins=\(logins.joined(separator: ","))")
+            var line = "\(e.endpointUrl ?? "-")  security=\(e.securityMode?.name ?? "?")/\(e.securityPolicyName)  logins=\(logins.joined(separator: ","))"
+            if let thumbprint = e.serverCertificateThumbprint { line += "  cert-sha1=\(thumbprint)" }
+            CLIOut.outputLine(line)
         }
     }
 }
@@ -308,6 +360,83 @@ struct OPCUAWatchCommand: ParsableCommand {
                     CLIOut.errorLine("lost: \(e) (retry in \(retry) ms)")
                 }
             }
+        }
+    }
+}
+
+/// `tibet-twin opcua cert --out DIR`
+struct OPCUACertCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cert",
+        abstract: "Make the appliance's OPC UA application instance certificate and private key.",
+        discussion: """
+            Writes DIR/cert.der (give it to the server to trust), DIR/cert.pem (the same in PEM) and \
+            DIR/key.pem (the private key, mode 0600): RSA 2048, SHA-256, self-signed, the application \
+            URI and host name in subjectAltName. Prints the SHA-1 thumbprint the server's operator \
+            compares. Existing files are not replaced without --force.
+            Exit codes: 0 made, 1 not made (files exist, cannot write), 2 bad input.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("Directory to write cert.der, cert.pem and key.pem to.", valueName: "DIR"))
+    var out: String
+
+    @Option(name: .long, help: ArgumentHelp("Application URI (must match the client's in the server's eyes).", valueName: "URI"))
+    var uri: String?
+
+    @Option(name: .long, help: ArgumentHelp("Host name for the subjectAltName (default: this machine's).", valueName: "NAME"))
+    var host: String?
+
+    @Option(name: .customLong("days"), help: ArgumentHelp("Validity in days.", valueName: "DAYS"))
+    var days: Int = 3650
+
+    @Flag(name: .long, help: "Replace an existing certificate and key.")
+    var force = false
+
+    func run() throws {
+        let hostName = host ?? OPCUACLI.hostName()
+        let applicationUri = uri ?? "urn:\(hostName):tibet-twin"
+        guard applicationUri.contains(":"), !hostName.isEmpty else {
+            CLIOut.error("--uri must be a URI (urn:…), --host a host name")
+            throw ExitCode(2)
+        }
+        do {
+            let made = try OPCUACertificateTool.makeCertificate(directory: out, applicationUri: applicationUri, host: hostName,
+                                                                validityDays: days, force: force)
+            CLIOut.outputLine("certificate  \(made.certificateDER)  (PEM: \(made.certificatePEM))")
+            CLIOut.outputLine("private key  \(made.privateKeyPEM)  (mode 0600)")
+            CLIOut.outputLine("application URI  \(made.applicationUri)")
+            CLIOut.outputLine("SHA-1 thumbprint  \(made.thumbprint)")
+        } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// `tibet-twin opcua trust FILE --trust-dir DIR`
+struct OPCUATrustCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "trust",
+        abstract: "Trust a server certificate: copy it (DER or PEM) into the trust directory.",
+        discussion: """
+            Check its SHA-1 thumbprint (printed) against the one the server's operator reads off the \
+            server before trusting it. A refused server certificate is saved to DIR/rejected/.
+            Exit codes: 0 trusted, 1 not (unreadable, not a certificate, cannot write).
+            """)
+
+    @Argument(help: ArgumentHelp("The server certificate.", valueName: "FILE"))
+    var file: String
+
+    @Option(name: .customLong("trust-dir"), help: ArgumentHelp("The trust directory.", valueName: "DIR"))
+    var trustDir: String
+
+    func run() throws {
+        do {
+            let t = try OPCUACertificateTool.trust(certificate: file, trustDirectory: trustDir)
+            CLIOut.outputLine("trusted  \(t.subject)  SHA-1 \(t.thumbprint)  -> \(t.path)")
+        } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(1)
         }
     }
 }

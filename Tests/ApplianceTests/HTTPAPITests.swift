@@ -246,17 +246,3 @@ struct HTTPAPITests {
         #expect(q == ["device": "crane-01", "intent": "move left", "x": ""])
     }
 }
-
-/// Runs a program and returns (exit code, stdout).
-func runProcess(_ path: String, _ args: [String]) throws -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-}

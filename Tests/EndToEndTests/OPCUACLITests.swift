@@ -72,4 +72,45 @@ struct OPCUACLITests {
         #expect(child.waitForExit(timeout: 30) == 0, "\(child.transcript)")
         #expect(child.stdoutLines.filter { $0.hasPrefix("ns=2;s=Crane01.PosX  40.5  Good") }.count == 2)
     }
+
+    @Test("security: opcua cert, a refused server with the trust command to run, that command, then read over SignAndEncrypt")
+    func secureCommissioning() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-twin-cli-sec-\(UUID().uuidString)").path
+        let serverCerts = try makeServerCertificate()
+        defer { try? FileManager.default.removeItem(atPath: dir); try? FileManager.default.removeItem(atPath: serverCerts) }
+        let (c0, out0, e0) = try runTibetTwin(["opcua", "cert", "--out", dir + "/me", "--uri", "urn:guard7:tibet-twin", "--host", "guard7"])
+        #expect(c0 == 0, "\(e0)")
+        #expect(out0.contains("application URI  urn:guard7:tibet-twin"))
+        let (c0b, _, e0b) = try runTibetTwin(["opcua", "cert", "--out", dir + "/me"])
+        #expect(c0b == 1)
+        #expect(e0b.contains("--force"))
+
+        let server = try OPCUAPeer.asyncua(certificateDirectory: serverCerts)
+        defer { server.stop() }
+        let security = ["--security", "Basic256Sha256", "--mode", "SignAndEncrypt", "--cert", dir + "/me/cert.der",
+                        "--key", dir + "/me/key.pem", "--trust-dir", dir + "/trusted"]
+        let (c1, _, e1) = try runTibetTwin(["opcua", "read", server.endpoint, "ns=2;s=Crane01.PosX"] + security)
+        #expect(c1 == 1)
+        #expect(e1.contains("is not trusted"))
+        let start = try #require(e1.range(of: "tibet-twin opcua trust "))
+        let end = try #require(e1.range(of: "   (or: cp"))
+        let command = e1[start.upperBound..<end.lowerBound].split(separator: " ").map(String.init)
+        #expect(command.count == 3 && command[1] == "--trust-dir")
+        let (c2, out2, e2) = try runTibetTwin(["opcua", "trust"] + command)
+        #expect(c2 == 0, "\(e2)")
+        #expect(out2.hasPrefix("trusted  "))
+
+        let (c3, out3, e3) = try runTibetTwin(["opcua", "read", server.endpoint, "ns=2;s=Crane01.PosX"] + security)
+        #expect(c3 == 0, "\(e3)")
+        #expect(out3.hasPrefix("ns=2;s=Crane01.PosX  12.5  Good"))
+
+        let (c4, out4, _) = try runTibetTwin(["opcua", "endpoints", server.endpoint])
+        #expect(c4 == 0)
+        #expect(out4.contains("security=SignAndEncrypt/Basic256Sha256"))
+        #expect(out4.contains("cert-sha1="))
+
+        let (c5, _, e5) = try runTibetTwin(["opcua", "read", server.endpoint, "i=2258", "--security", "Basic256Sha256"])
+        #expect(c5 == 2)
+        #expect(e5.contains("--cert, --key"))
+    }
 }

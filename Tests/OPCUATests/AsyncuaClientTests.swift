@@ -140,18 +140,7 @@ struct AsyncuaClientTests {
         defer { server.stop() }
         var options = OPCUAClientOptions()
         options.secureChannelLifetimeMs = 1000
-        let (renewals, tokens, lastValue) = try await withClient(server.endpoint, options: options) { c -> (Int, Set<UInt32>, DataValue) in
-            var tokens: Set<UInt32> = [c.channelTokenId]
-            var last = DataValue()
-            // Liveness, not timing: keep reading until two renewals happened (or 30 s pass).
-            let ok = waitUntil(within: 30) {
-                last = (try? c.readValues([.numeric(2258)])[0]) ?? DataValue(status: .bad)
-                tokens.insert(c.channelTokenId)
-                return c.channelRenewals >= 2 || !last.status.isGood
-            }
-            _ = ok
-            return (c.channelRenewals, tokens, last)
-        }
+        let (renewals, tokens, lastValue) = try await withClient(server.endpoint, options: options) { c in readUntilRenewedTwice(c) }
         #expect(renewals >= 2)
         #expect(tokens.count >= 3)
         #expect(lastValue.status.isGood)

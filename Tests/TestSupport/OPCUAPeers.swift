@@ -19,11 +19,25 @@ public final class OPCUAPeer: @unchecked Sendable {
     /// The asyncua server (see the script for its address space), optionally with users
     /// (`["operator": "secret"]`: then only user name logins are offered), on a given port, or
     /// with a certificate directory (`cert.der`, `key.pem`: then Basic256Sha256 is offered too).
-    public static func asyncua(users: [String: String] = [:], port: Int = 0, certificateDirectory: String? = nil) throws -> OPCUAPeer {
+    /// `secureModes`: which Basic256Sha256 modes it offers beside None ("sign",
+    /// "signandencrypt"); `trustedClients`: a directory of the client certificates it accepts
+    /// (nil: any); `encryptedPasswordsOnly`: refuse a user name login whose password is not
+    /// encrypted with the server's key.
+    public static func asyncua(users: [String: String] = [:], port: Int = 0, certificateDirectory: String? = nil,
+                               secureModes: [String] = ["signandencrypt"], trustedClients: String? = nil,
+                               encryptedPasswordsOnly: Bool = false) throws -> OPCUAPeer {
         var args = ["--port", String(port)]
         if !users.isEmpty { args += ["--users", users.map { "\($0):\($1)" }.joined(separator: ",")] }
-        if let certificateDirectory { args += ["--cert", certificateDirectory] }
+        if let certificateDirectory { args += ["--cert", certificateDirectory, "--secure", secureModes.joined(separator: ",")] }
+        if let trustedClients { args += ["--trust-clients", trustedClients] }
+        if encryptedPasswordsOnly { args.append("--encrypted-passwords-only") }
         return try OPCUAPeer(script: "asyncua_server.py", arguments: args)
+    }
+
+    /// A proxy to `127.0.0.1:upstreamPort` that flips a bit in a server message on command
+    /// (`flip MSG`, `flip OPN`): scripts/opcua_tamper_proxy.py.
+    public static func tamperProxy(upstreamPort: Int) throws -> OPCUAPeer {
+        try OPCUAPeer(script: "opcua_tamper_proxy.py", arguments: [String(upstreamPort)])
     }
 
     /// The hostile server in `mode` (see the script for the modes).

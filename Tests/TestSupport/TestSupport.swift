@@ -340,3 +340,17 @@ public final class PymodbusUnits: @unchecked Sendable {
 
     public func stop() { peer.stop() }
 }
+
+/// Runs a program and returns (exit code, stdout).
+public func runProcess(_ path: String, _ args: [String]) throws -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}

@@ -6,6 +6,8 @@ import Platform
 /// (benchmarks/opcua_baseline.py):
 /// - Read round trip of one node against a local asyncua server, one request at a time, p50/p99
 ///   (both clients talk to the same server, which dominates: the difference is client cost).
+/// - The same Read round trip over Basic256Sha256 SignAndEncrypt, beside None in the same run
+///   against the same server (what signing and encrypting each message costs both sides).
 /// - Decoding DataValues (a Double, a StatusCode, both timestamps: what a notification
 ///   carries), ns per value, best of several rounds.
 struct OPCUABench: BenchSuite {
@@ -52,9 +54,16 @@ struct OPCUABench: BenchSuite {
     }
 
     private func readFigures(python: String, root: String) throws {
+        // Certificates for the SignAndEncrypt figure: the server's (with asyncua's application
+        // URI) and ours, each trusted by the other side.
+        let pki = NSTemporaryDirectory() + "opcua-bench-pki-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: pki) }
+        _ = try OPCUACertificateTool.makeCertificate(directory: pki + "/server", applicationUri: "urn:freeopcua:python:server", host: "localhost")
+        _ = try OPCUACertificateTool.makeCertificate(directory: pki + "/client", applicationUri: "urn:tibet-twin:bench", host: "localhost")
+        _ = try OPCUACertificateTool.trust(certificate: pki + "/server/cert.der", trustDirectory: pki + "/trusted")
         let server = Process()
         server.executableURL = URL(fileURLWithPath: python)
-        server.arguments = [root + "/scripts/asyncua_server.py"]
+        server.arguments = [root + "/scripts/asyncua_server.py", "--cert", pki + "/server"]
         let input = Pipe(), output = Pipe()
         server.standardInput = input
         server.standardOutput = output
@@ -78,8 +87,25 @@ struct OPCUABench: BenchSuite {
         let endpoint = "opc.tcp://127.0.0.1:\(port)/"
         let n = 2000
         let node = NodeId.string("Crane01.PosX", namespace: 2)
-        let samples: [Int64] = try {
-            let client = try OPCUAClient(endpoint: endpoint)
+        let samples = try readSamples(endpoint, node, n, OPCUAClientOptions())
+        var secured = OPCUAClientOptions()
+        secured.security = OPCUASecurity(policy: .basic256Sha256, mode: .signAndEncrypt, certificatePath: pki + "/client/cert.der",
+                                         privateKeyPath: pki + "/client/key.pem", trustDirectory: pki + "/trusted")
+        let securedSamples = try readSamples(endpoint, node, n, secured)
+        let p50 = Double(samples[n / 2]) / 1000, p99 = Double(samples[n * 99 / 100]) / 1000
+        let baseline = capture([python, root + "/benchmarks/opcua_baseline.py", "read", endpoint, "ns=2;s=Crane01.PosX", String(n)])?
+            .split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        let base = baseline.map { $0.count == 2 ? String(format: "p50 %6.0f  p99 %6.0f µs", $0[0], $0[1]) : "failed" } ?? "failed"
+        print(String(format: "  Read 1 node, asyncua server          p50 %6.0f  p99 %6.0f µs", p50, p99) + "   asyncua client: \(base)   (n=\(n) each)")
+        let s50 = Double(securedSamples[n / 2]) / 1000, s99 = Double(securedSamples[n * 99 / 100]) / 1000
+        print(String(format: "  Read 1 node, Basic256Sha256 SignAndEncrypt  p50 %6.0f  p99 %6.0f µs", s50, s99)
+              + String(format: "   same client, security None: p50 %6.0f  p99 %6.0f µs   (n=%d each)", p50, p99, n))
+    }
+
+    /// `n` Read round trips of one node, sorted, ns.
+    private func readSamples(_ endpoint: String, _ node: NodeId, _ n: Int, _ options: OPCUAClientOptions) throws -> [Int64] {
+        try {
+            let client = try OPCUAClient(endpoint: endpoint, options: options)
             try client.connect()
             defer { client.disconnect() }
             _ = try client.readValues([node])
@@ -92,11 +118,6 @@ struct OPCUABench: BenchSuite {
             }
             return s.sorted()
         }()
-        let p50 = Double(samples[n / 2]) / 1000, p99 = Double(samples[n * 99 / 100]) / 1000
-        let baseline = capture([python, root + "/benchmarks/opcua_baseline.py", "read", endpoint, "ns=2;s=Crane01.PosX", String(n)])?
-            .split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-        let base = baseline.map { $0.count == 2 ? String(format: "p50 %6.0f  p99 %6.0f µs", $0[0], $0[1]) : "failed" } ?? "failed"
-        print(String(format: "  Read 1 node, asyncua server          p50 %6.0f  p99 %6.0f µs", p50, p99) + "   asyncua client: \(base)   (n=\(n) each)")
     }
 
     private func capture(_ args: [String]) -> String? { GuardBench().capture(args) }

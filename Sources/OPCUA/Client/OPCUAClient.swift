@@ -3,8 +3,9 @@ import Platform
 /// Who the client logs in as.
 public enum UserIdentity: Sendable, Hashable {
     case anonymous
-    /// A user name and password. Sent only where no encryption is on offer at all (see
-    /// `OPCUAClient.connect`): this client does not speak an encrypting policy yet.
+    /// A user name and password. Never sent in the clear where the server offers encryption:
+    /// encrypted with the server's key where its user token policy asks for it, in the clear
+    /// only inside a SignAndEncrypt channel or to a server that offers no encryption at all.
     case userName(String, password: [UInt8])
 }
 
@@ -19,13 +20,17 @@ public struct OPCUAClientOptions: Sendable, Hashable {
     /// Session timeout asked for, ms.
     public var sessionTimeoutMs: Double = 60_000
     public var identity: UserIdentity = .anonymous
+    /// The application URI; with security on, the one in the certificate's subjectAltName wins.
     public var applicationUri = "urn:tibet-twin:client"
     public var applicationName = "tibet-twin"
+    /// Security policy and mode, certificate, key and trust directory (default: None).
+    public var security: OPCUASecurity = .none
 
     public init() {}
 }
 
-/// An OPC UA client over UA-TCP with security policy None: one secure channel and one session,
+/// An OPC UA client over UA-TCP, security policy None or Basic256Sha256 (Sign, SignAndEncrypt):
+/// one secure channel and one session,
 /// used by one thread at a time (each call blocks that thread until its answer or the
 /// deadline; never call it from the Swift cooperative pool). Read, Browse and GetEndpoints.
 ///
@@ -39,6 +44,9 @@ public final class OPCUAClient: @unchecked Sendable {
     private let channelLock = MonotonicCondition()
     private var authenticationToken: NodeId = .null
     private var cachedNamespaces: [String]?
+    /// The nonce of the server's last CreateSession answer (a password is encrypted with it).
+    private var sessionServerNonce: [UInt8] = []
+    private var sessionServerCertificate: [UInt8] = []
     /// The endpoints the server listed in CreateSession.
     public private(set) var serverEndpoints: [EndpointDescription] = []
     /// The session timeout the server granted, ms.
@@ -67,12 +75,15 @@ public final class OPCUAClient: @unchecked Sendable {
 
     /// Opens the secure channel, creates and activates a session.
     ///
-    /// A user name and password are sent only when none of the server's endpoints offers
-    /// encryption and the user token policy asks for none: this client speaks security policy
-    /// None only, and refuses to send a password in the clear to a server that could protect it.
+    /// With `options.security` on: asks the server for its endpoints (GetEndpoints over a
+    /// channel without security), takes the one with the policy and mode asked for, checks its
+    /// certificate against the trust directory (validity, application URI), then opens the
+    /// secured channel and signs the session with our certificate. A password is never sent in
+    /// the clear to a server that offers encryption.
     public func connect() throws(OPCUAError) {
         disconnect()
-        let ch = try openChannel()
+        let security = try prepareSecurity()
+        let ch = try openChannel(security)
         channelLock.withLock { channel = ch }
         do {
             try createSession(ch)
@@ -103,11 +114,53 @@ public final class OPCUAClient: @unchecked Sendable {
     /// method another thread may call.
     public func interrupt() { channelLock.withLock { channel?.interrupt() } }
 
-    private func openChannel() throws(OPCUAError) -> UASecureChannel {
+    private func openChannel(_ security: UAChannelSecurity? = nil) throws(OPCUAError) -> UASecureChannel {
         let ch = UASecureChannel(endpoint: endpoint, limits: options.tcpLimits, decodingLimits: options.decodingLimits,
-                                 requestedLifetimeMs: options.secureChannelLifetimeMs)
-        try ch.open(timeoutMs: options.timeoutMs)
+                                 requestedLifetimeMs: options.secureChannelLifetimeMs, security: security)
+        do { try ch.open(timeoutMs: options.timeoutMs) } catch { throw explainCertificateRefusal(error) }
         return ch
+    }
+
+    /// Nil for policy None; else our identity and the server's checked certificate.
+    private func prepareSecurity() throws(OPCUAError) -> UAChannelSecurity? {
+        let s = options.security
+        guard s.isSecured else { return nil }
+        if let problem = s.problem { throw OPCUAError(.refused(problem), operation: "connect", endpoint: endpoint.text) }
+        guard let certPath = s.certificatePath, let keyPath = s.privateKeyPath, let trustDir = s.trustDirectory else { return nil }
+        let local = try UALocalIdentity.load(certificatePath: certPath, privateKeyPath: keyPath)
+        var plain = options
+        plain.security = .none
+        let endpoints = try Self.getEndpoints(endpoint: endpoint.text, options: plain)
+        let mode = s.mode.messageSecurityMode
+        guard let chosen = endpoints.first(where: { $0.securityPolicyUri == s.policy.uri && $0.securityMode == mode }) else {
+            let offered = endpoints.map { "\($0.securityPolicyName)/\($0.securityMode?.name ?? "?")" }
+            throw OPCUAError(.refused("the server offers no \(s.policy.rawValue)/\(s.mode.rawValue) endpoint; it offers "
+                + (offered.isEmpty ? "none" : offered.joined(separator: ", "))), operation: "GetEndpoints", endpoint: endpoint.text)
+        }
+        guard let der = chosen.serverCertificate, !der.isEmpty else {
+            throw OPCUAError(.securityCheckFailed("the server's \(s.policy.rawValue) endpoint carries no certificate"), operation: "GetEndpoints", endpoint: endpoint.text)
+        }
+        let remote: UARemoteCertificate
+        do { remote = try UARemoteCertificate(der: der) } catch {
+            throw OPCUAError(.securityCheckFailed(error.description), operation: "check server certificate", endpoint: endpoint.text)
+        }
+        do { try UATrustStore.check(remote, serverApplicationUri: chosen.server.applicationUri, directory: trustDir) } catch {
+            throw OPCUAError(error.kind, operation: error.operation, endpoint: endpoint.text)
+        }
+        return UAChannelSecurity(policyUri: s.policy.uri, mode: mode, local: local, remote: remote)
+    }
+
+    /// A Bad certificate status from the server (BadCertificate…, BadSecurityChecksFailed) means
+    /// it refused our certificate: say so, and what to do.
+    private func explainCertificateRefusal(_ e: OPCUAError) -> OPCUAError {
+        guard options.security.isSecured, let code = e.statusCode, (0x8012_0000...0x801A_0000).contains(code.rawValue & 0xFFFF_0000) else { return e }
+        let cert = options.security.certificatePath ?? "the client certificate"
+        let what = code.rawValue & 0xFFFF_0000 == 0x8013_0000
+            ? "the server's security checks failed (\(code)); most often the server does not trust our certificate"
+            : "the server refused our certificate (\(code))"
+        return OPCUAError(.securityCheckFailed(what + ": have the server trust \(cert) "
+            + "(copy it into the server's trusted certificates, or accept it there), and check that its application URI and validity suit the server"),
+            operation: e.operation, endpoint: e.endpoint)
     }
 
     /// The endpoints a server offers (GetEndpoints over a channel of its own, no session).
@@ -127,86 +180,121 @@ public final class OPCUAClient: @unchecked Sendable {
     }
 
     private func createSession(_ ch: UASecureChannel) throws(OPCUAError) {
-        let client = ApplicationDescription(applicationUri: options.applicationUri, productUri: "urn:tibet-twin",
+        let security = ch.security
+        let client = ApplicationDescription(applicationUri: security?.local.applicationUri ?? options.applicationUri, productUri: "urn:tibet-twin",
                                             applicationName: options.applicationName, applicationType: 1)
-        let nonce = (0..<32).map { _ in UInt8.random(in: 0...255) }
-        let (sessionId, token, timeout, endpoints) = try call(ch, "CreateSession", ServiceId.createSessionRequest, ServiceId.createSessionResponse, timeoutMs: options.timeoutMs) { w in
-            client.encode(&w)
-            w.writeString(nil)  // ServerUri
-            w.writeString(endpoint.text)
-            w.writeString("tibet-twin session")
-            w.writeByteString(nonce)
-            w.writeByteString(nil)  // ClientCertificate
-            w.writeDouble(options.sessionTimeoutMs)
-            w.writeUInt32(options.tcpLimits.maxMessageSize)  // MaxResponseMessageSize
-        } decode: { (r: inout UABinaryReader) throws(UADecodingError) in
-            let sessionId = try r.readNodeId("CreateSessionResponse.SessionId")
-            let token = try r.readNodeId("CreateSessionResponse.AuthenticationToken")
-            let timeout = try r.readDouble("CreateSessionResponse.RevisedSessionTimeout")
-            _ = try r.readByteString("CreateSessionResponse.ServerNonce")
-            _ = try r.readByteString("CreateSessionResponse.ServerCertificate")
-            let endpoints = try r.readArray("CreateSessionResponse.ServerEndpoints", minElementBytes: 30) { (e: inout UABinaryReader) throws(UADecodingError) in
-                try EndpointDescription(decoding: &e)
-            }
-            _ = try r.readArray("CreateSessionResponse.ServerSoftwareCertificates", minElementBytes: 8) { (e: inout UABinaryReader) throws(UADecodingError) in
-                _ = try e.readByteString("SignedSoftwareCertificate.CertificateData")
-                _ = try e.readByteString("SignedSoftwareCertificate.Signature")
-            }
-            _ = try r.readString("CreateSessionResponse.ServerSignature.Algorithm")
-            _ = try r.readByteString("CreateSessionResponse.ServerSignature.Signature")
-            _ = try r.readUInt32("CreateSessionResponse.MaxRequestMessageSize")
-            return (sessionId, token, timeout, endpoints)
+        let nonce = UACrypto.random(UACrypto.nonceLength)
+        let answer: CreateSessionAnswer
+        do {
+            answer = try call(ch, "CreateSession", ServiceId.createSessionRequest, ServiceId.createSessionResponse, timeoutMs: options.timeoutMs) { w in
+                client.encode(&w)
+                w.writeString(nil)  // ServerUri
+                w.writeString(endpoint.text)
+                w.writeString("tibet-twin session")
+                w.writeByteString(nonce)
+                w.writeByteString(security?.local.certificateDER)  // ClientCertificate
+                w.writeDouble(options.sessionTimeoutMs)
+                w.writeUInt32(options.tcpLimits.maxMessageSize)  // MaxResponseMessageSize
+            } decode: { (r: inout UABinaryReader) throws(UADecodingError) in try CreateSessionAnswer(decoding: &r) }
+        } catch {
+            throw explainCertificateRefusal(error)
         }
-        _ = sessionId
+        let (token, timeout, endpoints) = (answer.authenticationToken, answer.revisedSessionTimeoutMs, answer.endpoints)
+        let (serverNonce, serverCertificate, algorithm, signature) = (answer.serverNonce, answer.serverCertificate, answer.signatureAlgorithm, answer.signature)
+        if let security {
+            // The server proves it holds the key of the certificate we checked: it signs our
+            // certificate and nonce.
+            guard serverCertificate.starts(with: security.remote.der) else {
+                throw ch.fail(.securityCheckFailed("CreateSession answered with a certificate other than the endpoint's"), "CreateSession")
+            }
+            guard serverNonce.count >= UACrypto.nonceLength else {
+                throw ch.fail(.securityCheckFailed("the server's session nonce has \(serverNonce.count) bytes, at least \(UACrypto.nonceLength) are needed"), "CreateSession")
+            }
+            guard algorithm == UACrypto.rsaSHA256SignatureUri,
+                  UACrypto.rsaVerify(signature, security.local.certificateDER + nonce, with: security.remote.verifyKey) else {
+                throw ch.fail(.securityCheckFailed("the server's CreateSession signature (\(algorithm ?? "no algorithm")) does not verify with its certificate"), "CreateSession")
+            }
+        }
+        sessionServerNonce = serverNonce
+        sessionServerCertificate = serverCertificate
         guard !token.isNull else { throw ch.fail(.protocolViolation("CreateSession returned a null authentication token"), "CreateSession") }
         authenticationToken = token
         revisedSessionTimeoutMs = timeout
         serverEndpoints = endpoints
     }
 
-    /// The user token policy to log in with, on a None endpoint; refuses a password that would
-    /// travel unencrypted where the server offers encryption.
-    private func userTokenPolicy() throws(OPCUAError) -> UserTokenPolicy {
-        let noneEndpoints = serverEndpoints.filter { $0.securityMode == MessageSecurityMode.none }
+    /// The user token policy to log in with, from the endpoints of the channel's policy and mode,
+    /// and the certificate to encrypt a password with (nil: the password travels as it is).
+    /// Refuses a password that would travel in the clear where the server offers encryption.
+    private func userTokenPolicy(_ ch: UASecureChannel) throws(OPCUAError) -> (UserTokenPolicy, encryptFor: UARemoteCertificate?) {
+        let channelPolicy = ch.security?.policyUri ?? UASecureChannel.policyNone
+        let channelMode = ch.security?.mode ?? MessageSecurityMode.none
+        let matching = serverEndpoints.filter { $0.securityMode == channelMode && ($0.securityPolicyUri ?? UASecureChannel.policyNone) == channelPolicy }
         let wanted: UserTokenType
         switch options.identity {
         case .anonymous: wanted = .anonymous
         case .userName: wanted = .userName
         }
-        let policies = noneEndpoints.flatMap(\.userIdentityTokens).filter { $0.tokenType == wanted }
+        let policies = matching.flatMap(\.userIdentityTokens).filter { $0.tokenType == wanted }
         guard let policy = policies.first else {
             let what = wanted == .anonymous ? "anonymous login" : "user name login"
-            throw OPCUAError(.refused("the server offers no \(what) on a security-None endpoint"), operation: "ActivateSession", endpoint: endpoint.text)
+            throw OPCUAError(.refused("the server offers no \(what) on a \(ch.security == nil ? "security-None" : "\(options.security.policy.rawValue)/\(channelMode.name)") endpoint"),
+                             operation: "ActivateSession", endpoint: endpoint.text)
         }
-        if wanted == .userName {
+        guard wanted == .userName else { return (policy, nil) }
+        let tokenPolicy = (policy.securityPolicyUri ?? "").isEmpty ? channelPolicy : policy.securityPolicyUri!
+        if tokenPolicy == UASecureChannel.policyNone {
+            if channelMode == .signAndEncrypt { return (policy, nil) }
             if serverEndpoints.contains(where: \.isSecured) {
                 throw OPCUAError(.refused("the server offers encrypted endpoints; the password is not sent unencrypted "
-                    + "(this client speaks security policy None only so far)"), operation: "ActivateSession", endpoint: endpoint.text)
+                    + "(connect with security Basic256Sha256 and mode SignAndEncrypt, or Sign where the server encrypts the password)"),
+                    operation: "ActivateSession", endpoint: endpoint.text)
             }
-            if let uri = policy.securityPolicyUri, !uri.isEmpty, uri != UASecureChannel.policyNone {
-                throw OPCUAError(.refused("the server wants the password encrypted with \(uri), which this client does not speak yet; "
-                    + "it is not sent unencrypted"), operation: "ActivateSession", endpoint: endpoint.text)
-            }
+            return (policy, nil)
         }
-        return policy
+        guard tokenPolicy == OPCUASecurity.Policy.basic256Sha256.uri, let remote = ch.security?.remote else {
+            throw OPCUAError(.refused("the server wants the password encrypted with \(tokenPolicy), which this client does not do on this channel "
+                + "(it encrypts with Basic256Sha256 on a Basic256Sha256 channel); it is not sent unencrypted"), operation: "ActivateSession", endpoint: endpoint.text)
+        }
+        return (policy, remote)
     }
 
     private func activateSession(_ ch: UASecureChannel) throws(OPCUAError) {
-        let policy = try userTokenPolicy()
+        let (policy, encryptFor) = try userTokenPolicy(ch)
         let identity = options.identity
+        var clientSignature: [UInt8]?
+        if let security = ch.security {
+            do { clientSignature = try UACrypto.rsaSign(sessionServerCertificate + sessionServerNonce, with: security.local.signingKey) } catch {
+                throw ch.fail(.securityCheckFailed("signing ActivateSession failed: \(error)"), "ActivateSession")
+            }
+        }
+        var secret: [UInt8] = []
+        if case .userName(_, let password) = identity {
+            secret = password
+            if let encryptFor {
+                var plain = UABinaryWriter()
+                plain.writeUInt32(UInt32(password.count + sessionServerNonce.count))
+                plain.writeBytes(password)
+                plain.writeBytes(sessionServerNonce)
+                do { secret = try UACrypto.rsaEncrypt(plain.bytes, with: encryptFor.encryptionKey) } catch {
+                    throw ch.fail(.securityCheckFailed("encrypting the password failed: \(error)"), "ActivateSession")
+                }
+            }
+        }
         try call(ch, "ActivateSession", ServiceId.activateSessionRequest, ServiceId.activateSessionResponse, timeoutMs: options.timeoutMs) { w in
-            w.writeString(nil); w.writeByteString(nil)  // ClientSignature
+            w.writeString(clientSignature == nil ? nil : UACrypto.rsaSHA256SignatureUri)
+            w.writeByteString(clientSignature)  // ClientSignature
             w.writeArray([UInt8]()) { _, _ in }  // ClientSoftwareCertificates
             w.writeArray(["en"]) { $0.writeString($1) }  // LocaleIds
             switch identity {
             case .anonymous:
                 w.writeExtensionObject(typeId: .numeric(ServiceId.anonymousIdentityToken)) { $0.writeString(policy.policyId) }
-            case .userName(let user, let password):
+            case .userName(let user, _):
                 w.writeExtensionObject(typeId: .numeric(ServiceId.userNameIdentityToken)) { t in
                     t.writeString(policy.policyId)
                     t.writeString(user)
-                    t.writeByteString(password)
-                    t.writeString(nil)  // EncryptionAlgorithm: none
+                    t.writeByteString(secret)
+                    t.writeString(encryptFor == nil ? nil : UACrypto.rsaOAEPUri)  // EncryptionAlgorithm
                 }
             }
             w.writeString(nil); w.writeByteString(nil)  // UserTokenSignature
@@ -355,5 +443,34 @@ public final class OPCUAClient: @unchecked Sendable {
         var id = text.nodeId
         id.namespace = UInt16(index)
         return id
+    }
+}
+
+/// The CreateSession response fields this client uses.
+private struct CreateSessionAnswer {
+    var authenticationToken: NodeId
+    var revisedSessionTimeoutMs: Double
+    var serverNonce: [UInt8]
+    var serverCertificate: [UInt8]
+    var endpoints: [EndpointDescription]
+    var signatureAlgorithm: String?
+    var signature: [UInt8]
+
+    init(decoding r: inout UABinaryReader) throws(UADecodingError) {
+        _ = try r.readNodeId("CreateSessionResponse.SessionId")
+        authenticationToken = try r.readNodeId("CreateSessionResponse.AuthenticationToken")
+        revisedSessionTimeoutMs = try r.readDouble("CreateSessionResponse.RevisedSessionTimeout")
+        serverNonce = try r.readByteString("CreateSessionResponse.ServerNonce") ?? []
+        serverCertificate = try r.readByteString("CreateSessionResponse.ServerCertificate") ?? []
+        endpoints = try r.readArray("CreateSessionResponse.ServerEndpoints", minElementBytes: 30) { (e: inout UABinaryReader) throws(UADecodingError) in
+            try EndpointDescription(decoding: &e)
+        }
+        _ = try r.readArray("CreateSessionResponse.ServerSoftwareCertificates", minElementBytes: 8) { (e: inout UABinaryReader) throws(UADecodingError) in
+            _ = try e.readByteString("SignedSoftwareCertificate.CertificateData")
+            _ = try e.readByteString("SignedSoftwareCertificate.Signature")
+        }
+        signatureAlgorithm = try r.readString("CreateSessionResponse.ServerSignature.Algorithm")
+        signature = try r.readByteString("CreateSessionResponse.ServerSignature.Signature") ?? []
+        _ = try r.readUInt32("CreateSessionResponse.MaxRequestMessageSize")
     }
 }

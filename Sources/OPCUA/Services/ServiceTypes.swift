@@ -114,6 +114,12 @@ public struct EndpointDescription: Sendable, Hashable {
         return String(uri[uri.index(after: hash)...])
     }
 
+    /// SHA-1 of the server certificate, hex (what `opcua trust` and the server's operator show).
+    public var serverCertificateThumbprint: String? {
+        guard let c = serverCertificate, !c.isEmpty else { return nil }
+        return UACrypto.hex(UACrypto.sha1(c))
+    }
+
     /// Whether messages on this endpoint are signed or encrypted.
     public var isSecured: Bool { securityMode == .sign || securityMode == .signAndEncrypt }
 }

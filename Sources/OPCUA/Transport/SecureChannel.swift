@@ -1,12 +1,17 @@
+import Crypto
 import Platform
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A UA-TCP connection and the secure channel over it, security policy None: Hello /
-/// Acknowledge, OpenSecureChannel (renewed at 75 % of the token's lifetime), chunked
-/// requests and responses with every negotiated limit enforced, CloseSecureChannel.
+/// A UA-TCP connection and the secure channel over it: Hello / Acknowledge, OpenSecureChannel
+/// (renewed at 75 % of the token's lifetime, with new keys), chunked requests and responses with
+/// every negotiated limit enforced, CloseSecureChannel. Security policy None, or Basic256Sha256
+/// in mode Sign or SignAndEncrypt (`UAChannelSecurity`): OpenSecureChannel signed with our RSA
+/// key and encrypted for the server's, every other message signed with HMAC-SHA256 and, in
+/// SignAndEncrypt, encrypted with AES-256-CBC under keys derived from both nonces. A chunk whose
+/// signature or padding does not verify closes the channel (`securityCheckFailed`).
 ///
 /// One request at a time, from one thread: `call` sends a request and blocks until its
 /// response (or the deadline). Any transport or protocol failure closes the channel; later
@@ -19,6 +24,10 @@ final class UASecureChannel: @unchecked Sendable {
     let decodingLimits: UAEncodingLimits
     /// Lifetime asked for each security token, ms.
     let requestedLifetimeMs: UInt32
+    /// Nil: security policy None.
+    let security: UAChannelSecurity?
+    /// The keys of the current and (until the server uses the new one) the previous token.
+    private var tokenKeys: [UInt32: UATokenKeys] = [:]
 
     /// Written only by the owning thread, under `socketLock`, so `interrupt()` from another
     /// thread never meets a closed (possibly reused) descriptor.
@@ -38,7 +47,9 @@ final class UASecureChannel: @unchecked Sendable {
     private(set) var renewals = 0
     private var closedBy: OPCUAError?
 
-    init(endpoint: UAEndpointURL, limits: UATCPLimits, decodingLimits: UAEncodingLimits, requestedLifetimeMs: UInt32) {
+    init(endpoint: UAEndpointURL, limits: UATCPLimits, decodingLimits: UAEncodingLimits, requestedLifetimeMs: UInt32,
+         security: UAChannelSecurity? = nil) {
+        self.security = security
         self.endpoint = endpoint
         self.limits = limits
         self.decodingLimits = decodingLimits
@@ -99,8 +110,9 @@ final class UASecureChannel: @unchecked Sendable {
         writeRequestHeader(&body, authenticationToken: .null, timeoutHint: UInt32(clamping: max(0, (deadline - monotonicNowNs()) / 1_000_000)))
         body.writeUInt32(0)  // ClientProtocolVersion
         body.writeUInt32(renew ? 1 : 0)  // RequestType: Issue, Renew
-        body.writeUInt32(1)  // MessageSecurityMode None
-        body.writeByteString([])  // ClientNonce
+        body.writeUInt32(security?.mode.rawValue ?? MessageSecurityMode.none.rawValue)
+        let clientNonce = security == nil ? [] : UACrypto.random(UACrypto.nonceLength)
+        body.writeByteString(clientNonce)
         body.writeUInt32(requestedLifetimeMs)
         let requestId = try sendMessage(.open, body.bytes, op, deadline)
         var r = try receiveMessage(requestId: requestId, op, deadline)
@@ -118,13 +130,20 @@ final class UASecureChannel: @unchecked Sendable {
             let token = try r.readUInt32("SecurityToken.TokenId")
             _ = try r.readDateTime("SecurityToken.CreatedAt")
             let lifetime = try r.readUInt32("SecurityToken.RevisedLifetime")
-            _ = try r.readByteString("ServerNonce")
+            let serverNonce = try r.readByteString("ServerNonce") ?? []
+            if security != nil, serverNonce.count != UACrypto.nonceLength {
+                throw fail(.securityCheckFailed("the server's nonce has \(serverNonce.count) bytes, Basic256Sha256 needs \(UACrypto.nonceLength)"), op)
+            }
             guard channel != 0, !renew || channel == channelId else {
                 throw fail(.protocolViolation("OpenSecureChannel answered with channel id \(channel) (ours \(channelId))"), op)
             }
             channelId = channel
             if renew { previousTokenId = tokenId }
             tokenId = token
+            if security != nil {
+                tokenKeys = tokenKeys.filter { $0.key == previousTokenId }
+                tokenKeys[token] = UATokenKeys(clientNonce: clientNonce, serverNonce: serverNonce)
+            }
             tokenCreatedNs = monotonicNowNs()
             revisedLifetimeMs = lifetime
         }
@@ -219,14 +238,16 @@ final class UASecureChannel: @unchecked Sendable {
         let requestId = nextRequestId
         var securityHeader = UABinaryWriter()
         if type == .open {
-            securityHeader.writeString(Self.policyNone)
-            securityHeader.writeByteString(nil)  // SenderCertificate
-            securityHeader.writeByteString(nil)  // ReceiverCertificateThumbprint
+            securityHeader.writeString(security?.policyUri ?? Self.policyNone)
+            securityHeader.writeByteString(security?.local.certificateDER)  // SenderCertificate
+            securityHeader.writeByteString(security?.remote.thumbprint)  // ReceiverCertificateThumbprint
         } else {
             securityHeader.writeUInt32(tokenId)
         }
-        let overhead = UATCPHeader.size + 4 + securityHeader.bytes.count + 8
-        let maxBody = Int(sendLimits.chunkSize) - overhead
+        let protection = sendProtection(type)
+        let headerSize = UATCPHeader.size + 4 + securityHeader.bytes.count
+        let maxBody = protection.maxBody(chunkSize: Int(sendLimits.chunkSize), headerSize: headerSize)
+        let overhead = Int(sendLimits.chunkSize) - maxBody
         guard maxBody > 0 else { throw fail(.limitExceeded("send buffer of \(sendLimits.chunkSize) bytes holds no body"), op) }
         let chunkCount = max(1, (body.count + maxBody - 1) / maxBody)
         if sendLimits.maxChunkCount > 0, chunkCount > Int(sendLimits.maxChunkCount) {
@@ -238,16 +259,24 @@ final class UASecureChannel: @unchecked Sendable {
         var out = UABinaryWriter(capacity: body.count + chunkCount * overhead)
         for i in 0..<chunkCount {
             let part = body[min(body.count, i * maxBody)..<min(body.count, (i + 1) * maxBody)]
-            let start = out.bytes.count
-            UATCPHeader(type: type, chunk: UInt8(ascii: i == chunkCount - 1 ? "F" : "C"), messageSize: 0).write(into: &out)
-            out.writeUInt32(channelId)
-            out.writeBytes(securityHeader.bytes)
             sendSequence &+= 1
             if sendSequence == 0 { sendSequence = 1 }
-            out.writeUInt32(sendSequence)
-            out.writeUInt32(requestId)
-            out.writeBytes(Array(part))
-            out.patchUInt32(UInt32(out.bytes.count - start), at: start + 4)
+            var plain = UABinaryWriter(capacity: part.count + 8 + protection.signatureSize + 32)
+            plain.writeUInt32(sendSequence)
+            plain.writeUInt32(requestId)
+            plain.writeBytes(Array(part))
+            plain.writeBytes(protection.padding(forPlain: plain.bytes.count))
+            let messageSize = headerSize + protection.wireSize(ofPlain: plain.bytes.count + protection.signatureSize)
+            var head = UABinaryWriter(capacity: headerSize)
+            UATCPHeader(type: type, chunk: UInt8(ascii: i == chunkCount - 1 ? "F" : "C"), messageSize: UInt32(messageSize)).write(into: &head)
+            head.writeUInt32(channelId)
+            head.writeBytes(securityHeader.bytes)
+            out.writeBytes(head.bytes)
+            if security == nil {
+                out.writeBytes(plain.bytes)
+            } else {
+                out.writeBytes(try protect(type, head: head.bytes, plain: plain.bytes, protection, op))
+            }
         }
         try sendRaw(out.bytes, op, deadline)
         return requestId
@@ -296,8 +325,9 @@ final class UASecureChannel: @unchecked Sendable {
         var message: [UInt8] = []
         var chunks = 0
         while true {
-            let (header, body) = try receiveChunk(op, deadline)
-            var r = UABinaryReader(body, limits: decodingLimits)
+            let (header, chunkBody) = try receiveChunk(op, deadline)
+            var r = UABinaryReader(chunkBody, limits: decodingLimits)
+            var body = chunkBody
             try closingOnFailure(op) {
                 guard header.type == .message || header.type == .open else {
                     throw fail(.protocolViolation("unexpected \(header.type.rawValue) message"), op)
@@ -305,19 +335,40 @@ final class UASecureChannel: @unchecked Sendable {
                 let channel = try r.readUInt32("SecureChannelId")
                 if header.type == .open {
                     let policy = try r.readString("SecurityPolicyUri")
-                    guard policy == Self.policyNone else {
-                        throw fail(.protocolViolation("server answered with security policy \(policy ?? "null"), asked for None"), op)
+                    let ours = security?.policyUri ?? Self.policyNone
+                    guard policy == ours else {
+                        throw fail(.protocolViolation("server answered with security policy \(policy ?? "null"), asked for \(ours)"), op)
                     }
-                    _ = try r.readByteString("SenderCertificate")
-                    _ = try r.readByteString("ReceiverCertificateThumbprint")
+                    let sender = try r.readByteString("SenderCertificate")
+                    let thumbprint = try r.readByteString("ReceiverCertificateThumbprint")
                     guard channelId == 0 || channel == channelId else {
                         throw fail(.protocolViolation("channel id \(channel), ours is \(channelId)"), op)
+                    }
+                    if let security {
+                        // The sender's certificate, possibly followed by its issuers' (Part 6 §6.7.2).
+                        guard let sender, sender.starts(with: security.remote.der) else {
+                            throw fail(.securityCheckFailed("OpenSecureChannel answered with a certificate other than the endpoint's"), op)
+                        }
+                        guard thumbprint == security.local.thumbprint else {
+                            throw fail(.securityCheckFailed("OpenSecureChannel answered for a certificate other than ours (receiver thumbprint)"), op)
+                        }
+                        body = try unprotect(header, chunkBody, at: r.position, token: nil, op)
+                        r = UABinaryReader(body, limits: decodingLimits)
                     }
                 } else {
                     guard channel == channelId else { throw fail(.protocolViolation("channel id \(channel), ours is \(channelId)"), op) }
                     let token = try r.readUInt32("TokenId")
                     guard token == tokenId || token == previousTokenId else {
                         throw fail(.protocolViolation("unknown security token \(token)"), op)
+                    }
+                    if security != nil {
+                        body = try unprotect(header, chunkBody, at: r.position, token: token, op)
+                        r = UABinaryReader(body, limits: decodingLimits)
+                        if token == tokenId, let previous = previousTokenId {
+                            // The server uses the new token: the old one's keys are done with.
+                            tokenKeys[previous] = nil
+                            previousTokenId = nil
+                        }
                     }
                 }
                 let sequence = try r.readUInt32("SequenceNumber")
@@ -344,6 +395,96 @@ final class UASecureChannel: @unchecked Sendable {
         }
     }
 
+    // MARK: signing and encryption
+
+    /// How our chunks of `type` are protected.
+    private func sendProtection(_ type: UATCPMessageType) -> UAChunkProtection {
+        guard let security else { return UAChunkProtection(signatureSize: 0, encrypted: false, plainBlock: 1, cipherBlock: 1, extraPaddingByte: false) }
+        if type == .open {
+            let k = security.remote.keyBytes
+            return UAChunkProtection(signatureSize: security.local.keyBytes, encrypted: true, plainBlock: k - UACrypto.oaepSHA1Overhead,
+                                     cipherBlock: k, extraPaddingByte: k > 256)
+        }
+        return UAChunkProtection(signatureSize: UACrypto.symmetricSignatureSize, encrypted: security.mode == .signAndEncrypt,
+                                 plainBlock: UACrypto.symmetricBlockSize, cipherBlock: UACrypto.symmetricBlockSize, extraPaddingByte: false)
+    }
+
+    /// How the server's chunks of `type` are protected.
+    private func receiveProtection(_ type: UATCPMessageType, _ security: UAChannelSecurity) -> UAChunkProtection {
+        if type == .open {
+            let k = security.local.keyBytes
+            return UAChunkProtection(signatureSize: security.remote.keyBytes, encrypted: true, plainBlock: k - UACrypto.oaepSHA1Overhead,
+                                     cipherBlock: k, extraPaddingByte: k > 256)
+        }
+        return sendProtection(type)
+    }
+
+    /// Signs `head` + `plain` (sequence header, body, padding) and encrypts `plain` + signature
+    /// where the mode asks; returns what follows `head` on the wire.
+    private func protect(_ type: UATCPMessageType, head: [UInt8], plain: [UInt8], _ protection: UAChunkProtection, _ op: String) throws(OPCUAError) -> [UInt8] {
+        guard let security else { return plain }
+        do {
+            if type == .open {
+                let signature = try UACrypto.rsaSign(head + plain, with: security.local.signingKey)
+                return try UACrypto.rsaEncrypt(plain + signature, with: security.remote.encryptionKey)
+            }
+            guard let keys = tokenKeys[tokenId]?.client else { throw UASecurityFault("no keys for security token \(tokenId)") }
+            let signature = UACrypto.hmac(head + plain, key: keys.signingKey)
+            guard protection.encrypted else { return plain + signature }
+            return try UACrypto.aesCBC(encrypt: true, plain + signature, key: keys.encryptingKey, iv: keys.iv)
+        } catch {
+            throw fail(.securityCheckFailed("signing or encrypting a \(type.rawValue) chunk failed: \(error)"), op)
+        }
+    }
+
+    /// Decrypts (where encrypted) and verifies one received chunk whose security header ends at
+    /// `offset` of `body` (the chunk after its 8-byte header); returns the plaintext from the
+    /// sequence header on, padding and signature removed. `token` nil: asymmetric (OPN).
+    private func unprotect(_ header: UATCPHeader, _ body: [UInt8], at offset: Int, token: UInt32?, _ op: String) throws(OPCUAError) -> [UInt8] {
+        guard let security else { return Array(body[offset...]) }
+        let protection = receiveProtection(header.type, security)
+        let what = "\(header.type.rawValue) chunk" + (token.map { " (token \($0))" } ?? "")
+        var head = UABinaryWriter(capacity: UATCPHeader.size + offset)
+        header.write(into: &head)
+        head.writeBytes(Array(body[..<offset]))
+        let sealed = body[offset...]
+        var plain: [UInt8]
+        do {
+            if protection.encrypted {
+                guard !sealed.isEmpty, sealed.count % protection.cipherBlock == 0 else {
+                    throw UASecurityFault("encrypted part of \(sealed.count) bytes is not a whole number of \(protection.cipherBlock)-byte blocks")
+                }
+                if let token {
+                    guard let keys = tokenKeys[token]?.server else { throw UASecurityFault("no keys for security token \(token)") }
+                    plain = try UACrypto.aesCBC(encrypt: false, Array(sealed), key: keys.encryptingKey, iv: keys.iv)
+                } else {
+                    plain = try UACrypto.rsaDecrypt(sealed, with: security.local.decryptionKey)
+                }
+            } else {
+                plain = Array(sealed)
+            }
+        } catch {
+            throw fail(.securityCheckFailed("\(what) does not decrypt: \(error)"), op)
+        }
+        guard plain.count >= protection.signatureSize + 8 else {
+            throw fail(.securityCheckFailed("\(what) of \(plain.count) bytes has no room for its \(protection.signatureSize)-byte signature"), op)
+        }
+        let signature = Array(plain[(plain.count - protection.signatureSize)...])
+        plain.removeLast(protection.signatureSize)
+        let signed = head.bytes + plain
+        let valid: Bool
+        if let token {
+            guard let keys = tokenKeys[token]?.server else { throw fail(.securityCheckFailed("no keys for security token \(token)"), op) }
+            valid = HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: signed, using: keys.signingKey)
+        } else {
+            valid = UACrypto.rsaVerify(signature, signed, with: security.remote.verifyKey)
+        }
+        guard valid else { throw fail(.securityCheckFailed("the signature of a \(what) from the server does not verify"), op) }
+        do { return try protection.stripPadding(plain) } catch {
+            throw fail(.securityCheckFailed("\(what): \(error)"), op)
+        }
+    }
+
     /// Each chunk's sequence number is the previous one plus one (wrapping below 1024 once it
     /// passes 4294966271, as Part 6 allows).
     private func checkSequence(_ s: UInt32, _ op: String) throws(OPCUAError) {
@@ -353,6 +494,14 @@ final class UASecureChannel: @unchecked Sendable {
         if last > 4_294_966_271 && s < 1024 { return }
         throw fail(.protocolViolation("sequence number \(s) after \(last)"), op)
     }
+}
+
+/// What a secured channel needs: policy, mode, our identity and the server's certificate.
+struct UAChannelSecurity: @unchecked Sendable {
+    let policyUri: String
+    let mode: MessageSecurityMode
+    let local: UALocalIdentity
+    let remote: UARemoteCertificate
 }
 
 /// The header of every response.
