@@ -11,7 +11,7 @@ Address space, namespace "urn:tibet-twin:test" (index 2):
     PosX Double 12.5, Load Float 250.0, Mode Int32 1, Name String "crane one",
     Running Boolean true, Counter UInt32 7, Big Int64 -9000000000, Levels Double[] [1.0, 2.5, 4.0],
     Stale Double 3.0 with StatusCode UncertainLastUsableValue,
-    Broken Double 0.0 with StatusCode BadSensorFailure
+    Broken Double 0.0 with StatusCode BadSensorFailure, Beat UInt32 0 (the crane model's heartbeat)
   Objects/Many (ns=2;s=Many) with 40 (--items) variables ns=2;s=Many.Item00 … (Int32 = index)
   With --devices N (for benchmarks): Objects/Plant with ns=2;s=Dev000.Mode (Int32 1),
     Dev000.PosX (Double 12.5), Dev000.Load (Float 2500.0) … for N devices

@@ -24,7 +24,8 @@ package final class DemoOPCUAServer: @unchecked Sendable {
     /// `opc.tcp://127.0.0.1:PORT/`
     package var endpoint: String { "opc.tcp://127.0.0.1:\(port)/" }
 
-    package init() throws {
+    /// `arguments`: more of the script's options (`--devices N`, `--items N`).
+    package init(arguments: [String] = []) throws {
         guard let root = Self.repositoryRoot() else {
             throw NotStarted(description: "--twin opcua needs scripts/asyncua_server.py: run it from the tibet-twin repository")
         }
@@ -35,7 +36,7 @@ package final class DemoOPCUAServer: @unchecked Sendable {
         }
         let out = Pipe()
         process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [root + "/scripts/asyncua_server.py", "--port", "0"]
+        process.arguments = [root + "/scripts/asyncua_server.py", "--port", "0"] + arguments
         process.standardInput = input
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
@@ -51,12 +52,15 @@ package final class DemoOPCUAServer: @unchecked Sendable {
 
     /// Sends one command and waits for its answer; true on `ok`.
     @discardableResult
-    package func command(_ line: String) -> Bool {
+    package func command(_ line: String) -> Bool { request(line) == "ok" }
+
+    /// Sends one command; its answer line (`ok`, `ok MONOTONIC_NS`, `error …`), or nil.
+    package func request(_ line: String) -> String? {
         lock.lock()
         defer { lock.unlock() }
-        guard process.isRunning else { return false }
+        guard process.isRunning else { return nil }
         input.fileHandleForWriting.write(Data((line + "\n").utf8))
-        return Self.readLine(output, &buffer, timeoutMs: 10_000) == "ok"
+        return Self.readLine(output, &buffer, timeoutMs: 10_000)
     }
 
     package func stop() {
@@ -81,7 +85,7 @@ package final class DemoOPCUAServer: @unchecked Sendable {
     }
 
     /// A line from `fd` within `timeoutMs` (poll), or nil.
-    static func readLine(_ handle: FileHandle, _ buffer: inout [UInt8], timeoutMs: Int) -> String? {
+    package static func readLine(_ handle: FileHandle, _ buffer: inout [UInt8], timeoutMs: Int) -> String? {
         let fd = handle.fileDescriptor
         let deadline = monotonicNowNs() + Int64(timeoutMs) * 1_000_000
         while true {

@@ -101,19 +101,8 @@ extension MapParser {
             }
         }
         if status == nil { ok = false }
-        var values: [String: String] = [:]
-        if let vn = m.require("values", "register name: NodeId, for every register the twin reports") {
-            if let entries = MappingReader.freeEntries(ctx, vn, keyPath(path, "values"), what: "a mapping register: NodeId") {
-                for e in entries {
-                    let p = keyPath(keyPath(path, "values"), e.key)
-                    if !registers.contains(e.key) {
-                        ctx.error(e.keyNode, p, "no register \"\(e.key)\" in this map (registers: \(registers.sorted().joined(separator: ", ")))")
-                        ok = false
-                    }
-                    if let id = nodeId(e.value, p) { values[e.key] = id }
-                }
-            } else { ok = false }
-        } else { ok = false }
+        let values = parseTwinValues(m, path, registers: registers, what: "NodeId") { n, p in nodeId(n, p) }
+        if values == nil { ok = false }
         var sampling = 100.0
         if let n = m.take("sampling_ms") {
             if let v = ctx.number(n, keyPath(path, "sampling_ms"), min: 0, max: 60_000, expected: "milliseconds 0…60000 (0: as fast as the server can)") {
@@ -130,7 +119,7 @@ extension MapParser {
                 if let id, let stall { heartbeat = .init(node: id, maxStallMs: stall) } else { ok = false }
             } else { ok = false }
         }
-        guard ok, let status else { return nil }
+        guard ok, let status, let values else { return nil }
         return OPCUABinding(status: status, values: values, samplingMs: sampling, heartbeat: heartbeat)
     }
 }

@@ -67,6 +67,25 @@ extension MapParser {
         return parseSparkplugBinding(sn, registers: registers, statusNames: statusNames).map(TwinBinding.sparkplug)
     }
 
+    /// `values`: register name → where the twin's value comes from (`source` reads one; nil
+    /// after reporting an error). Every key must be a register of the map. Nil after an error.
+    func parseTwinValues(_ m: MappingReader, _ path: String, registers: Set<String>, what: String,
+                         _ source: (Node, String) -> String?) -> [String: String]? {
+        guard let vn = m.require("values", "register name: \(what), for every register the twin reports"),
+              let entries = MappingReader.freeEntries(ctx, vn, keyPath(path, "values"), what: "a mapping register: \(what)") else { return nil }
+        var ok = true
+        var values: [String: String] = [:]
+        for e in entries {
+            let p = keyPath(keyPath(path, "values"), e.key)
+            if !registers.contains(e.key) {
+                ctx.error(e.keyNode, p, "no register \"\(e.key)\" in this map (registers: \(registers.sorted().joined(separator: ", ")))")
+                ok = false
+            }
+            if let v = source(e.value, p) { values[e.key] = v } else { ok = false }
+        }
+        return ok ? values : nil
+    }
+
     /// Integer code → status name (`status_codes` of Sparkplug, `status.values` of OPC UA); every
     /// name must be one of the map's statuses. Nil after an error.
     func parseStatusCodes(_ cn: Node, _ path: String, statusNames: Set<String>?) -> [Int64: String]? {
@@ -115,20 +134,11 @@ extension MapParser {
             codes = parseStatusCodes(cn, keyPath(path, "status_codes"), statusNames: statusNames)
             if codes == nil { ok = false }
         }
-        var values: [String: String] = [:]
-        if let vn = m.require("values", "register name: metric name, for every register the twin reports") {
-            if let entries = MappingReader.freeEntries(ctx, vn, keyPath(path, "values"), what: "a mapping register: metric name") {
-                for e in entries {
-                    let p = keyPath(keyPath(path, "values"), e.key)
-                    if !registers.contains(e.key) {
-                        ctx.error(e.keyNode, p, "no register \"\(e.key)\" in this map (registers: \(registers.sorted().joined(separator: ", ")))")
-                        ok = false
-                    }
-                    if let metric = ctx.string(e.value, p, expected: "a metric name") { values[e.key] = metric } else { ok = false }
-                }
-            } else { ok = false }
-        } else { ok = false }
-        guard ok, let group, let nodeId, let device, let status else { return nil }
+        let values = parseTwinValues(m, path, registers: registers, what: "metric name") { n, p in
+            ctx.string(n, p, expected: "a metric name")
+        }
+        if values == nil { ok = false }
+        guard ok, let group, let nodeId, let device, let status, let values else { return nil }
         return SparkplugBinding(group: group, node: nodeId, device: device, status: status, statusCodes: codes, values: values)
     }
 }

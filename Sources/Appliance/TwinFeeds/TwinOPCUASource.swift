@@ -48,6 +48,7 @@ package final class TwinOPCUASource: Sendable {
     private let link = Mutex(Link())
     /// Devices whose binding a reload changed or removed: no states for them until a restart.
     private let retired = Mutex<Set<String>>([])
+    private let notified = Atomic<UInt64>(0)
 
     private struct Link {
         var up = false
@@ -67,6 +68,9 @@ package final class TwinOPCUASource: Sendable {
     package var name: String { core.name }
 
     package var counters: TwinFeedCounters { core.snapshot }
+
+    /// Node values the server has sent (each notification of each monitored item).
+    package var notifications: UInt64 { notified.load(ordering: .relaxed) }
 
     /// Whether the subscription is up.
     package var isSubscribed: Bool { link.withLock { $0.up } }
@@ -165,7 +169,7 @@ package final class TwinOPCUASource: Sendable {
                        + (refused.isEmpty ? "" : "; not monitored: " + refused.map { "\($0.0) (\(OPCUATwinView.name($0.1)))" }.joined(separator: ", ")), now)
             }
         case .values(let values):
-            core.update { $0.bytes += UInt64(values.count) }
+            notified.add(UInt64(values.count), ordering: .relaxed)
             let (touched, beats, states) = view.withLock { v -> ([Int], (stalled: [(device: String, detail: String)], resumed: [String]), [TwinState]) in
                 let touched = v.update(values, nowNs: now.monotonicNs)
                 let beats = v.checkHeartbeats(nowNs: now.monotonicNs)
