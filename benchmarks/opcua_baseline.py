@@ -4,7 +4,7 @@
 Usage:
   opcua_baseline.py read ENDPOINT NODE COUNT   read NODE's value COUNT times, one request at a
                                                time; prints "p50_us p99_us"
-  opcua_baseline.py watch ENDPOINT DEVICES SAMPLING_MS
+  opcua_baseline.py watch ENDPOINT DEVICES SAMPLING_MS PUBLISHING_MS
                                                subscribe to ns=2;s=DevNNN.Mode of DEVICES devices;
                                                print "READY", then "chg DEVICE VALUE MONOTONIC_NS"
                                                on each change of value (until stdin closes)
@@ -50,10 +50,10 @@ class Changes:
             print(f"chg {self.names.get(key, key)} {val} {t}", flush=True)
 
 
-async def watch(endpoint, devices, sampling):
+async def watch(endpoint, devices, sampling, publishing):
     async with Client(endpoint) as client:
         names = {f"Dev{d:03d}.Mode": d for d in range(devices)}
-        sub = await client.create_subscription(sampling, Changes(names))
+        sub = await client.create_subscription(publishing, Changes(names))
         await sub.subscribe_data_change([client.get_node(f"ns=2;s=Dev{d:03d}.Mode") for d in range(devices)],
                                         sampling_interval=sampling)
         print("READY", flush=True)
@@ -98,7 +98,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "read":
         asyncio.run(read(sys.argv[2], sys.argv[3], int(sys.argv[4])))
     elif sys.argv[1] == "watch":
-        asyncio.run(watch(sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+        asyncio.run(watch(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])))
     elif sys.argv[1] == "count":
         asyncio.run(count(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])))
     else:

@@ -185,6 +185,13 @@ struct OPCUATwinEndToEndTests {
         #expect((out + err).contains("twin.feeds[0].opcua.security.policy: security policy Basic256Sha256 (SignAndEncrypt) is not supported yet"), "\(out)\(err)")
     }
 
+    @Test func mapBoundToOPCUAWithoutAnOPCUAFeedStopsTheStartAtTheMapsLine() async throws {
+        let rig = try ApplianceRig(maps: ["crane-01": opcuaMapYAML(port: 1502)])
+        let (code, out, err) = try runTibetTwin(["run", "--config", rig.dir.file("tibet-twin.yaml")], cwd: URL(fileURLWithPath: rig.dir.path))
+        #expect(code != 0)
+        #expect((out + err).contains("crane-01.yaml:16:3: twin.opcua: crane-01 is bound to OPC UA nodes, but the config has no opcua feed"), "\(out)\(err)")
+    }
+
     @Test func mapsValidateNamesBindingErrorsWithFileLineAndKey() throws {
         let dir = try TempDir("tibet-opcua-map")
         defer { dir.cleanup() }

@@ -21,6 +21,7 @@ import Glibc
 ///   asyncua client's CPU per notification.
 ///
 /// Environment: `OPCUA_TWIN_BENCH_N` (default `1,200`), `OPCUA_TWIN_BENCH_SAMPLES` (default 50),
+/// `OPCUA_TWIN_BENCH_PUBLISHING_MS` (default 50: the publishing interval of both subscriptions),
 /// `OPCUA_TWIN_BENCH_ITEMS` (default 1000), `OPCUA_TWIN_BENCH_SECONDS` (default 10).
 struct OPCUATwinBench: BenchSuite {
     let name = "OPCUATwinBench"
@@ -39,7 +40,9 @@ struct OPCUATwinBench: BenchSuite {
         print("server: scripts/asyncua_server.py (asyncua 2.1.0); appliance: \(SystemBench.binary()) (its own process);"
               + " baseline: an asyncua client (benchmarks/opcua_baseline.py); PLCs and interlock client in this process")
         print("load average at start: \(SystemBench.loadAverage())")
-        for n in ns { try latencies(devices: n, samples: samples, python: python, root: root) }
+        let publishing = Int(env["OPCUA_TWIN_BENCH_PUBLISHING_MS"] ?? "50") ?? 50
+        print("sampling 50 ms; publishing interval \(publishing) ms for the feed and the asyncua client")
+        for n in ns { try latencies(devices: n, samples: samples, publishingMs: publishing, python: python, root: root) }
         let items = Int(env["OPCUA_TWIN_BENCH_ITEMS"] ?? "1000") ?? 1000
         let seconds = Double(env["OPCUA_TWIN_BENCH_SECONDS"] ?? "10") ?? 10
         if items > 0 { try await cpu(items: items, seconds: seconds, python: python, root: root) }
@@ -59,7 +62,7 @@ struct OPCUATwinBench: BenchSuite {
             """
     }
 
-    func latencies(devices n: Int, samples: Int, python: String, root: String) throws {
+    func latencies(devices n: Int, samples: Int, publishingMs: Int, python: String, root: String) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tibet-opcua-bench-\(getpid())-\(n)")
         try? FileManager.default.removeItem(at: dir)
         try FileManager.default.createDirectory(at: dir.appendingPathComponent("maps"), withIntermediateDirectories: true)
@@ -82,7 +85,7 @@ struct OPCUATwinBench: BenchSuite {
             twin:
               feeds:
                 - tcp: 127.0.0.1:0
-                - opcua: {endpoint: "\(server.endpoint)", publishing_ms: 50}
+                - opcua: {endpoint: "\(server.endpoint)", publishing_ms: \(publishingMs)}
             audit: {dir: audit, key: guard.key, checkpoint_s: 60}
             http: {listen: 127.0.0.1:0}
 
@@ -96,7 +99,7 @@ struct OPCUATwinBench: BenchSuite {
         let ready = Atomic<Bool>(false)
         let baseline = Process()
         baseline.executableURL = URL(fileURLWithPath: python)
-        baseline.arguments = [root + "/benchmarks/opcua_baseline.py", "watch", server.endpoint, String(n), "50"]
+        baseline.arguments = [root + "/benchmarks/opcua_baseline.py", "watch", server.endpoint, String(n), "50", String(publishingMs)]
         let bin = Pipe(), bout = Pipe()
         baseline.standardInput = bin
         baseline.standardOutput = bout
