@@ -80,6 +80,8 @@ let package = Package(
         .target(
             name: "TibetTwin",
             dependencies: [
+                // Only for the NodeId syntax of `twin: {opcua: …}` bindings (pure, no I/O used).
+                "OPCUA",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
@@ -90,7 +92,7 @@ let package = Package(
         .target(
             name: "Appliance",
             dependencies: [
-                "TibetTwin", "Modbus", "MQTT", "SparkplugB", "Platform",
+                "TibetTwin", "Modbus", "MQTT", "SparkplugB", "OPCUA", "Platform",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -168,7 +170,7 @@ let package = Package(
         .testTarget(
             name: "ApplianceTests",
             dependencies: [
-                "Appliance", "Commissioning", "TibetTwin", "Modbus", "MQTT", "Platform", "TestSupport",
+                "Appliance", "Commissioning", "TibetTwin", "Modbus", "MQTT", "OPCUA", "Platform", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -21,12 +21,16 @@ package struct CraneDemo: Sendable {
     /// The twin publishes its lines to a local mosquitto (started by the demo) that the
     /// appliance subscribes to, instead of writing them to the appliance's TCP feed.
     package var twinOverMQTT: Bool
+    /// The twin is the crane model on a local asyncua OPC UA server (started by the demo; the
+    /// demo's twin writes its nodes every cycle) whose nodes the map binds (`twin: {opcua: …}`).
+    package var twinOverOPCUA: Bool
 
-    package init(auditDir: String? = nil, color: Bool = false, twinOverMQTT: Bool = false,
+    package init(auditDir: String? = nil, color: Bool = false, twinOverMQTT: Bool = false, twinOverOPCUA: Bool = false,
                  output: @escaping @Sendable (String) -> Void) {
         self.auditDir = auditDir
         self.color = color
         self.twinOverMQTT = twinOverMQTT
+        self.twinOverOPCUA = twinOverOPCUA
         self.output = output
     }
 
@@ -50,6 +54,27 @@ package struct CraneDemo: Sendable {
           hoist:     {coil: 1, requires: {load_kg: {max: 40000}}}
 
         """
+
+    /// With `--twin opcua`: crane-01's twin is the asyncua server's Crane01 (Mode as a code).
+    static let opcuaBinding = """
+        twin:
+          opcua:
+            status: {node: "ns=2;s=Crane01.Mode", values: {1: operational, 2: fault, 3: maintenance, 4: emergency}}
+            values: {position_x: "ns=2;s=Crane01.PosX", load_kg: "nsu=urn:tibet-twin:test;s=Crane01.Load"}
+            sampling_ms: 20
+
+        """
+
+    static let opcuaStatusCodes = ["operational": 1, "fault": 2, "maintenance": 3, "emergency": 4]
+
+    /// One cycle of the model on the OPC UA server: the twin line's status and values written to
+    /// their nodes with one new SourceTimestamp.
+    static func opcuaCycle(_ line: [UInt8]) -> String? {
+        guard let j = try? JSONParser.parse(String(decoding: line, as: UTF8.self)),
+              let status = j["status"]?.stringValue, let code = opcuaStatusCodes[status],
+              let x = j["values"]?["position_x"]?.doubleValue, let load = j["values"]?["load_kg"]?.doubleValue else { return nil }
+        return "setmany Mode int32 \(code) PosX double \(x) Load float \(load)"
+    }
 
     /// One scenario's outcome.
     package struct Outcome: Sendable {
@@ -80,14 +105,15 @@ package struct CraneDemo: Sendable {
         let simulator: PLCSimulator
         let map: DeviceMap
         do {
-            let probe = try MapLoader.parse(yaml: Self.mapYAML.replacingOccurrences(of: "PORT", with: "1502"), file: "crane-01.yaml")
+            let mapYAML = Self.mapYAML + (twinOverOPCUA ? Self.opcuaBinding : "")
+            let probe = try MapLoader.parse(yaml: mapYAML.replacingOccurrences(of: "PORT", with: "1502"), file: "crane-01.yaml")
             simulator = try PLCSimulator(maps: [probe], host: "127.0.0.1", port: 0,
                                          initial: ["load_kg": "2500", "position_x": "12.5"])
             let port = simulator.endpoints[0].port
             try FileManager.default.createDirectory(atPath: work + "/maps", withIntermediateDirectories: true)
-            try Self.mapYAML.replacingOccurrences(of: "PORT", with: String(port))
+            try mapYAML.replacingOccurrences(of: "PORT", with: String(port))
                 .write(toFile: work + "/maps/crane-01.yaml", atomically: true, encoding: .utf8)
-            map = try MapLoader.parse(yaml: Self.mapYAML.replacingOccurrences(of: "PORT", with: String(port)), file: "crane-01.yaml")
+            map = try MapLoader.parse(yaml: mapYAML.replacingOccurrences(of: "PORT", with: String(port)), file: "crane-01.yaml")
         } catch {
             output("\(c.red)demo: the PLC simulator did not start: \(error)\(c.off)")
             return false
@@ -107,6 +133,19 @@ package struct CraneDemo: Sendable {
         defer { broker?.stop() }
         let mqttFeed = broker.map { "\n    - mqtt: {broker: 127.0.0.1:\($0.port), topics: [plant/twin/+], topic_names_device: true, reconnect_min_ms: 50}" } ?? ""
 
+        // The OPC UA server with the crane model, for the twin over OPC UA.
+        var opcua: DemoOPCUAServer?
+        if twinOverOPCUA {
+            do {
+                opcua = try DemoOPCUAServer()
+            } catch {
+                output("\(c.red)demo: \(error)\(c.off)")
+                return false
+            }
+        }
+        defer { opcua?.stop() }
+        let opcuaFeed = opcua.map { "\n    - opcua: {endpoint: \"\($0.endpoint)\", publishing_ms: 20, reconnect_min_ms: 50}" } ?? ""
+
         // The appliance.
         let config = """
             node: demo-guard
@@ -114,7 +153,7 @@ package struct CraneDemo: Sendable {
             interlock: {listen: 127.0.0.1:0, unit: 1, allow: [127.0.0.0/8], stop_grace_ms: 300}
             twin:
               feeds:
-                - tcp: 127.0.0.1:0\(mqttFeed)
+                - tcp: 127.0.0.1:0\(mqttFeed)\(opcuaFeed)
             audit: {dir: \(audit), key: guard.key, checkpoint_s: 60}
             http: {listen: 127.0.0.1:0}
 
@@ -160,6 +199,10 @@ package struct CraneDemo: Sendable {
                 }
             }
         }
+        if let server = opcua {
+            // The model writes its nodes each cycle; a cycle it skips (silent) writes nothing.
+            publish = { _, line in Self.opcuaCycle(line).map { server.command($0) } ?? false }
+        }
         let twin = TwinClient(port: ports.twinTCP[0], device: "crane-01", periodMs: 50, status: "operational",
                               values: ["position_x": 12.5, "load_kg": 2500], publisher: publish)
         twin.start()
@@ -167,7 +210,9 @@ package struct CraneDemo: Sendable {
         coils.start()
 
         output("  PLC simulator   127.0.0.1:\(simulator.endpoints[0].port)  crane-01, polled every \(pollMs) ms")
-        if let broker {
+        if let opcua {
+            output("  twin feed       opcua \(opcua.endpoint) (asyncua), crane model nodes ns=2;s=Crane01.*, written every 50 ms (max_age_ms \(maxAge))")
+        } else if let broker {
             output("  twin feed       mqtt 127.0.0.1:\(broker.port) (mosquitto), topic plant/twin/crane-01, a message every 50 ms (max_age_ms \(maxAge))")
         } else {
             output("  twin feed       tcp 127.0.0.1:\(ports.twinTCP[0])  a line every 50 ms (max_age_ms \(maxAge))")

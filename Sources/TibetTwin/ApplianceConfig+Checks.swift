@@ -72,6 +72,8 @@ extension ConfigParser {
                 paths.append((keyPath(base, "unix"), "unix socket", normalizedPath(path), node))
             case .mqtt:
                 note(keyPath(base, "mqtt"), entry(item, "mqtt"))
+            case .opcua:
+                note(keyPath(base, "opcua"), entry(item, "opcua"))
             case .file(let path, _):
                 let node = entry(item, "file")
                 note(keyPath(base, "file"), node)

@@ -66,6 +66,8 @@ public struct ApplianceConfig: Sendable, Hashable {
         case unix(path: String, access: SocketFeedAccess = SocketFeedAccess())
         /// An MQTT broker the appliance subscribes to (docs/mqtt.md).
         case mqtt(MQTTFeed)
+        /// An OPC UA server whose nodes the maps bind (docs/opcua.md).
+        case opcua(OPCUAFeed)
 
         public var description: String {
             switch self {
@@ -73,6 +75,7 @@ public struct ApplianceConfig: Sendable, Hashable {
             case .tcp(let a, _): return "tcp:\(a)"
             case .unix(let p, _): return "unix:\(p)"
             case .mqtt(let m): return "mqtt:\(m.broker)"
+            case .opcua(let o): return "opcua:\(o.endpoint)"
             }
         }
     }
@@ -394,12 +397,12 @@ struct ConfigParser {
         var ok = true
         for (i, item) in items.enumerated() {
             let p = keyPath("twin.feeds", index: i)
-            guard let fm = MappingReader(ctx, item, p, keys: ["file", "tcp", "unix", "mqtt", "from_start"] + Self.socketFeedKeys,
-                                         what: "a feed source mapping: {file: PATH}, {tcp: HOST:PORT}, {unix: PATH} or {mqtt: {broker: HOST:PORT, topics: […]}}")
+            guard let fm = MappingReader(ctx, item, p, keys: ["file", "tcp", "unix", "mqtt", "opcua", "from_start"] + Self.socketFeedKeys,
+                                         what: "a feed source mapping: {file: PATH}, {tcp: HOST:PORT}, {unix: PATH}, {mqtt: {broker: HOST:PORT, topics: […]}} or {opcua: {endpoint: opc.tcp://HOST:4840}}")
             else { ok = false; continue }
-            let kinds = ["file", "tcp", "unix", "mqtt"].filter { fm.has($0) }
+            let kinds = ["file", "tcp", "unix", "mqtt", "opcua"].filter { fm.has($0) }
             guard kinds.count == 1 else {
-                ctx.error(item, p, kinds.isEmpty ? "needs one of file, tcp, unix, mqtt"
+                ctx.error(item, p, kinds.isEmpty ? "needs one of file, tcp, unix, mqtt, opcua"
                                                  : "has \(kinds.joined(separator: " and ")): one source per entry")
                 ok = false
                 continue
@@ -409,7 +412,7 @@ struct ConfigParser {
                 ctx.error(fm.keyNode("from_start"), keyPath(p, "from_start"), "applies only to file feeds")
                 ok = false
             }
-            if kinds[0] == "file" || kinds[0] == "mqtt" {
+            if kinds[0] == "file" || kinds[0] == "mqtt" || kinds[0] == "opcua" {
                 for k in Self.socketFeedKeys where fm.has(k) {
                     ctx.error(fm.keyNode(k), keyPath(p, k), "applies only to tcp and unix feeds")
                     ok = false
@@ -418,6 +421,11 @@ struct ConfigParser {
             switch kinds[0] {
             case "mqtt":
                 if let m = parseMQTTFeed(fm.take("mqtt")!, p) { feeds.append(.mqtt(m)) } else { ok = false }
+            case "opcua":
+                if feeds.contains(where: { if case .opcua = $0 { true } else { false } }) {
+                    ctx.error(fm.take("opcua"), keyPath(p, "opcua"), "a second opcua feed: one OPC UA server is the twin of every map bound with twin: {opcua: …}")
+                    ok = false
+                } else if let o = parseOPCUAFeed(fm.take("opcua")!, p) { feeds.append(.opcua(o)) } else { ok = false }
             case "file":
                 if let s = ctx.string(fm.take("file")!, keyPath(p, "file"), expected: "a file path") {
                     feeds.append(.file(path: ApplianceConfig.resolve(s, against: baseDir), fromStart: fromStart ?? false))

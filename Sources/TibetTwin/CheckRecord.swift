@@ -119,6 +119,11 @@ final class CheckRecord: Sendable {
         w.raw(",\"physical_status\":"); w.string(d.delta.physicalStatus)
         if d.delta.physicalStatusDerived { w.raw(",\"physical_status_derived\":true") }
         w.raw(",\"twin_age_ms\":"); w.double(d.delta.twinAgeMs)
+        if let q = d.delta.twinQuality {
+            w.raw(",\"twin_quality\":")
+            let bytes = q.json.canonicalBytes
+            bytes.withUnsafeBufferPointer { w.out.append($0) }
+        }
         w.raw(",\"twin_status\":"); w.string(d.delta.twinStatus)
         w.raw(",\"values\":{")
         var first = true

@@ -163,6 +163,9 @@ public struct StateDelta: Sendable, Hashable {
     /// `"physical_status_derived": true` (the key is absent otherwise).
     public var physicalStatusDerived: Bool
     public var twinStatus: String?
+    /// The quality the twin's source gave each value (OPC UA); nil for sources without it.
+    /// Shown as `"twin_quality"` (the key is absent otherwise).
+    public var twinQuality: TwinQuality?
 
     public init(driftMs: Double? = nil, physicalAgeMs: Double? = nil, twinAgeMs: Double? = nil,
                 values: [String: Double] = [:], maxSensor: String? = nil, maxValueDelta: Double? = nil,
@@ -194,6 +197,7 @@ public struct StateDelta: Sendable, Hashable {
             "twin_status": twinStatus.map { .string($0) } ?? .null,
         ]
         if physicalStatusDerived { o["physical_status_derived"] = .bool(true) }
+        if let twinQuality { o["twin_quality"] = twinQuality.json }
         return .object(o)
     }
 }

@@ -44,6 +44,8 @@ public struct DescriptorBudget: Sendable, Hashable {
                 items.append(Item(name: "twin feed \(feed)", count: 2, detail: "the file and its inotify watch"))
             case .mqtt:
                 items.append(Item(name: "twin feed \(feed)", count: 3, detail: "broker connection, libmosquitto's wake-up pair"))
+            case .opcua:
+                items.append(Item(name: "twin feed \(feed)", count: 2, detail: "server connection, one while reconnecting"))
             }
         }
         items.append(Item(name: "audit", count: 3, detail: "segment, directory, key file while it is read"))

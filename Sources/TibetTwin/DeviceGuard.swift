@@ -301,6 +301,7 @@ public struct DeviceGuard: Sendable {
         var delta = StateDelta(driftMs: driftNs(physical, twin).map { Fmt.ms($0) },
                                physicalStatus: physical?.status, physicalStatusDerived: physical?.statusDerived ?? false,
                                twinStatus: twin?.status)
+        delta.twinQuality = twin?.quality
         if let now = lastEvaluation {
             // A permit means every check passed at that evaluation: there is nothing to explain,
             // so the texts are only built (and the agreement asserted) in debug builds.

@@ -225,11 +225,20 @@ struct MapParser {
         let twinKey = m.take("twin_key").flatMap { ctx.string($0, "twin_key", expected: "a path to an Ed25519 public key") }
         // Without a status word the only status is the derived `operational`.
         let statusNames: Set<String>? = statusNode == nil ? ["operational"] : statusResult.map { Set($0.spec.values.values) }
-        let sparkplug = m.take("twin").flatMap {
+        let twinBinding = m.take("twin").flatMap {
             parseTwinSource($0, registers: declaredRegisterNames, statusNames: statusNames)
+        }
+        var sparkplug: SparkplugBinding?, opcua: OPCUABinding?
+        switch twinBinding {
+        case .sparkplug(let b)?: sparkplug = b
+        case .opcua(let b)?: opcua = b
+        case nil: break
         }
         if sparkplug != nil, twinKey != nil, let n = m.take("twin") {
             ctx.error(n, "twin.sparkplug", "a Sparkplug twin cannot sign its states, and this map has twin_key: it could never permit (remove one of them)")
+        }
+        if opcua != nil, twinKey != nil, let n = m.take("twin") {
+            ctx.error(n, "twin.opcua", "an OPC UA twin cannot sign its states, and this map has twin_key: it could never permit (remove one of them)")
         }
         let allowPredicted = m.take("allow_predicted").flatMap { ctx.bool($0, "allow_predicted") } ?? false
 
@@ -249,7 +258,7 @@ struct MapParser {
             twinKey: twinKey, intents: intents, allowPredicted: allowPredicted,
             sourceFile: ctx.file, clock: clock?.clock, description: description,
             keyLocations: Dictionary(m.entries.map { ($0.key, ctx.location($0.value)) },
-                                     uniquingKeysWith: { a, _ in a }), sparkplug: sparkplug,
+                                     uniquingKeysWith: { a, _ in a }), sparkplug: sparkplug, opcua: opcua,
             warnings: ctx.sortedWarnings)
     }
 

@@ -379,6 +379,9 @@ public struct DeviceMap: Sendable, Hashable {
     /// Where the twin's state comes from when the twin is a Sparkplug B edge node (`twin:
     /// {sparkplug: …}`, docs/mqtt.md); nil: JSON lines naming `device`.
     public var sparkplug: SparkplugBinding?
+    /// Where the twin's state comes from when the twin is an OPC UA server (`twin: {opcua: …}`,
+    /// docs/opcua.md), read through the appliance's `opcua` feed.
+    public var opcua: OPCUABinding?
     /// Things that are valid but probably not what was meant (an unquoted 5-digit address that
     /// looks like Modicon): `maps validate` prints them, nothing refuses the map for them.
     public var warnings: [MapIssue]
@@ -388,8 +391,9 @@ public struct DeviceMap: Sendable, Hashable {
                 twinKey: String? = nil, intents: [IntentSpec], allowPredicted: Bool = false,
                 sourceFile: String = "", sha256: String = "", clock: PLCClock? = nil,
                 description: String? = nil, keyLocations: [String: SourceLocation] = [:],
-                sparkplug: SparkplugBinding? = nil, warnings: [MapIssue] = []) {
+                sparkplug: SparkplugBinding? = nil, opcua: OPCUABinding? = nil, warnings: [MapIssue] = []) {
         self.sparkplug = sparkplug
+        self.opcua = opcua
         self.warnings = warnings
         self.clock = clock
         self.description = description

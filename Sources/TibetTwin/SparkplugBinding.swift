@@ -37,19 +37,80 @@ public struct SparkplugBinding: Sendable, Hashable {
     /// The twin's status name for the status metric's value: text as it is, a number through
     /// `statusCodes`; nil when it cannot be told (missing, null, an unmapped code).
     public func statusName(text: String?, number: Double?) -> String? {
-        if let statusCodes {
+        Self.statusName(codes: statusCodes, text: text, number: number)
+    }
+
+    /// A twin status name from a status value: a number through `codes`, text as it is when
+    /// there are no codes; nil when it cannot be told (shared by the Sparkplug and OPC UA bindings).
+    public static func statusName(codes: [Int64: String]?, text: String?, number: Double?) -> String? {
+        if let codes {
             guard let number, number.rounded() == number, abs(number) < 9e15 else { return nil }
-            return statusCodes[Int64(number)]
+            return codes[Int64(number)]
         }
         return text
     }
 }
 
 extension MapParser {
-    /// `twin: {sparkplug: {…}}`; values must name the map's registers, status codes its statuses.
-    func parseTwinSource(_ node: Node, registers: Set<String>, statusNames: Set<String>?) -> SparkplugBinding? {
-        guard let tm = MappingReader(ctx, node, "twin", keys: ["sparkplug"], what: "a mapping (sparkplug: {group, node, device, status, values})"),
-              let sn = tm.require("sparkplug", "the Sparkplug B device that is this map's twin") else { return nil }
+    /// `twin: {sparkplug: {…}}` or `twin: {opcua: {…}}` (exactly one).
+    func parseTwinSource(_ node: Node, registers: Set<String>, statusNames: Set<String>?) -> TwinBinding? {
+        guard let tm = MappingReader(ctx, node, "twin", keys: ["sparkplug", "opcua"],
+                                     what: "a mapping (sparkplug: {group, node, device, status, values} or opcua: {status, values})") else { return nil }
+        if tm.has("sparkplug"), tm.has("opcua") {
+            ctx.error(tm.keyNode("opcua"), "twin.opcua", "a map has one twin: sparkplug or opcua, not both")
+            return nil
+        }
+        if let on = tm.take("opcua") {
+            return parseOPCUABinding(on, registers: registers, statusNames: statusNames).map(TwinBinding.opcua)
+        }
+        guard let sn = tm.require("sparkplug", "the Sparkplug B device (or opcua: the OPC UA nodes) that is this map's twin") else { return nil }
+        return parseSparkplugBinding(sn, registers: registers, statusNames: statusNames).map(TwinBinding.sparkplug)
+    }
+
+    /// `values`: register name → where the twin's value comes from (`source` reads one; nil
+    /// after reporting an error). Every key must be a register of the map. Nil after an error.
+    func parseTwinValues(_ m: MappingReader, _ path: String, registers: Set<String>, what: String,
+                         _ source: (Node, String) -> String?) -> [String: String]? {
+        guard let vn = m.require("values", "register name: \(what), for every register the twin reports"),
+              let entries = MappingReader.freeEntries(ctx, vn, keyPath(path, "values"), what: "a mapping register: \(what)") else { return nil }
+        var ok = true
+        var values: [String: String] = [:]
+        for e in entries {
+            let p = keyPath(keyPath(path, "values"), e.key)
+            if !registers.contains(e.key) {
+                ctx.error(e.keyNode, p, "no register \"\(e.key)\" in this map (registers: \(registers.sorted().joined(separator: ", ")))")
+                ok = false
+            }
+            if let v = source(e.value, p) { values[e.key] = v } else { ok = false }
+        }
+        return ok ? values : nil
+    }
+
+    /// Integer code → status name (`status_codes` of Sparkplug, `status.values` of OPC UA); every
+    /// name must be one of the map's statuses. Nil after an error.
+    func parseStatusCodes(_ cn: Node, _ path: String, statusNames: Set<String>?) -> [Int64: String]? {
+        guard let entries = MappingReader.freeEntries(ctx, cn, path, what: "a mapping code: status name") else { return nil }
+        var ok = true
+        var c: [Int64: String] = [:]
+        for e in entries {
+            let p = keyPath(path, e.key)
+            guard let code = Int64(e.key) else {
+                ctx.error(e.keyNode, p, "\"\(e.key)\" is not an integer code")
+                ok = false
+                continue
+            }
+            guard let name = ctx.string(e.value, p, expected: "a status name") else { ok = false; continue }
+            if let statusNames, !statusNames.contains(name) {
+                ctx.error(e.value, p, "unknown status \"\(name)\" (the map's statuses: \(statusNames.sorted().joined(separator: ", ")))")
+                ok = false
+            }
+            c[code] = name
+        }
+        return ok ? c : nil
+    }
+
+    /// `twin.sparkplug`: values must name the map's registers, status codes its statuses.
+    func parseSparkplugBinding(_ sn: Node, registers: Set<String>, statusNames: Set<String>?) -> SparkplugBinding? {
         let path = "twin.sparkplug"
         guard let m = MappingReader(ctx, sn, path, keys: ["group", "node", "device", "status", "status_codes", "values"],
                                     what: "a mapping (group, node, device, status, status_codes, values)") else { return nil }
@@ -70,39 +131,20 @@ extension MapParser {
         if status == nil { ok = false }
         var codes: [Int64: String]?
         if let cn = m.take("status_codes") {
-            var c: [Int64: String] = [:]
-            if let entries = MappingReader.freeEntries(ctx, cn, keyPath(path, "status_codes"), what: "a mapping code: status name") {
-                for e in entries {
-                    let p = keyPath(keyPath(path, "status_codes"), e.key)
-                    guard let code = Int64(e.key) else {
-                        ctx.error(e.keyNode, p, "\"\(e.key)\" is not an integer code")
-                        ok = false
-                        continue
-                    }
-                    guard let name = ctx.string(e.value, p, expected: "a status name") else { ok = false; continue }
-                    if let statusNames, !statusNames.contains(name) {
-                        ctx.error(e.value, p, "unknown status \"\(name)\" (the map's statuses: \(statusNames.sorted().joined(separator: ", ")))")
-                        ok = false
-                    }
-                    c[code] = name
-                }
-            } else { ok = false }
-            codes = c
+            codes = parseStatusCodes(cn, keyPath(path, "status_codes"), statusNames: statusNames)
+            if codes == nil { ok = false }
         }
-        var values: [String: String] = [:]
-        if let vn = m.require("values", "register name: metric name, for every register the twin reports") {
-            if let entries = MappingReader.freeEntries(ctx, vn, keyPath(path, "values"), what: "a mapping register: metric name") {
-                for e in entries {
-                    let p = keyPath(keyPath(path, "values"), e.key)
-                    if !registers.contains(e.key) {
-                        ctx.error(e.keyNode, p, "no register \"\(e.key)\" in this map (registers: \(registers.sorted().joined(separator: ", ")))")
-                        ok = false
-                    }
-                    if let metric = ctx.string(e.value, p, expected: "a metric name") { values[e.key] = metric } else { ok = false }
-                }
-            } else { ok = false }
-        } else { ok = false }
-        guard ok, let group, let nodeId, let device, let status else { return nil }
+        let values = parseTwinValues(m, path, registers: registers, what: "metric name") { n, p in
+            ctx.string(n, p, expected: "a metric name")
+        }
+        if values == nil { ok = false }
+        guard ok, let group, let nodeId, let device, let status, let values else { return nil }
         return SparkplugBinding(group: group, node: nodeId, device: device, status: status, statusCodes: codes, values: values)
     }
+}
+
+/// Where a map's twin state comes from, when it is not JSON lines naming the device.
+public enum TwinBinding: Sendable, Hashable {
+    case sparkplug(SparkplugBinding)
+    case opcua(OPCUABinding)
 }

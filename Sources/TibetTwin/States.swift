@@ -153,6 +153,9 @@ public struct TwinState: Sendable, Hashable {
     public var signature: SignatureCheck
     /// When the line was received here (monotonic and wall).
     public var received: ClockReading
+    /// Per-value quality as the twin's source reported it (OPC UA StatusCodes); nil for sources
+    /// that have none (JSON lines, Sparkplug). A value that is not good is absent from `values`.
+    public var quality: TwinQuality?
 
     /// The largest `seq` a feed line may carry: 2^53, the largest integer every JSON number
     /// (an IEEE double) carries exactly. A line above it is dropped as `seq_out_of_range`.
@@ -177,5 +180,55 @@ public struct TwinState: Sendable, Hashable {
         self.modelVersion = modelVersion
         self.signature = signature
         self.received = received
+    }
+}
+
+/// What a twin source that reports quality (OPC UA) said about each value of a state: shown in
+/// `/status` and in the ERIN of decision tokens (`delta.twin_quality`). Only `good` values are
+/// in the state; the others are missing for the rule (and block where the map needs them).
+public struct TwinQuality: Sendable, Hashable {
+    public enum Level: String, Sendable, Hashable {
+        case good, uncertain, bad
+    }
+
+    public struct Value: Sendable, Hashable {
+        public var level: Level
+        /// Why it is not good (a StatusCode name, "no value yet", …); nil when good.
+        public var reason: String?
+
+        public init(_ level: Level, reason: String? = nil) {
+            self.level = level
+            self.reason = reason
+        }
+    }
+
+    /// Which timestamp `ts` was taken from.
+    public enum TimestampSource: String, Sendable, Hashable {
+        /// Every bound node had a SourceTimestamp: `ts` is the oldest of them.
+        case source
+        /// At least one node had none: its ServerTimestamp stood in.
+        case server
+        /// No node had either: the time of receipt.
+        case received
+    }
+
+    /// Register name (and `status`, and `heartbeat` where bound) → quality.
+    public var values: [String: Value]
+    public var timestamp: TimestampSource
+
+    public init(values: [String: Value], timestamp: TimestampSource) {
+        self.values = values
+        self.timestamp = timestamp
+    }
+
+    /// `{"timestamp": "source", "values": {"load_kg": {"quality": "good"}, …}}`.
+    public var json: JSONValue {
+        var v: [String: JSONValue] = [:]
+        for (name, q) in values {
+            var o: [String: JSONValue] = ["quality": .string(q.level.rawValue)]
+            if let r = q.reason { o["reason"] = .string(r) }
+            v[name] = .object(o)
+        }
+        return .object(["timestamp": .string(timestamp.rawValue), "values": .object(v)])
     }
 }

@@ -28,17 +28,17 @@ struct DemoCommand: AsyncParsableCommand {
     @Flag(help: "Colour even when stdout is not a terminal.")
     var color = false
 
-    @Option(help: ArgumentHelp("How the twin reaches the appliance: tcp (its own feed), or mqtt (through a local mosquitto the demo starts).",
-                               valueName: "tcp|mqtt"))
+    @Option(help: ArgumentHelp("How the twin reaches the appliance: tcp (its own feed), mqtt (through a local mosquitto the demo starts), or opcua (a local asyncua server with the crane model, bound in the map).",
+                               valueName: "tcp|mqtt|opcua"))
     var twin: String = "tcp"
 
     func validate() throws {
-        guard twin == "tcp" || twin == "mqtt" else { throw ValidationError("--twin must be tcp or mqtt, not \(twin)") }
+        guard ["tcp", "mqtt", "opcua"].contains(twin) else { throw ValidationError("--twin must be tcp, mqtt or opcua, not \(twin)") }
     }
 
     func run() async throws {
         LoggingSystem.bootstrap { LineLogHandler(label: $0, level: .error) }
-        let demo = CraneDemo(auditDir: audit, color: color || CLIOut.stdoutIsTerminal, twinOverMQTT: twin == "mqtt") { CLIOut.outputLine($0) }
+        let demo = CraneDemo(auditDir: audit, color: color || CLIOut.stdoutIsTerminal, twinOverMQTT: twin == "mqtt", twinOverOPCUA: twin == "opcua") { CLIOut.outputLine($0) }
         if await !demo.run() { throw ExitCode(1) }
     }
 }

@@ -1,6 +1,8 @@
+import Appliance
 import ArgumentParser
 import OPCUA
 import Platform
+import TibetTwin
 
 #if canImport(Glibc)
 import Glibc
@@ -308,7 +310,10 @@ struct OPCUAWatchCommand: ParsableCommand {
     var endpoint: String
 
     @Argument(help: ArgumentHelp("NodeIds to watch (i=…, ns=N;s=…, nsu=URI;s=…).", valueName: "NODE"))
-    var nodes: [String]
+    var nodes: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Watch the nodes this register map (file or folder, repeatable) binds as its twin (twin: {opcua: …}), and print the twin state the guard would get.", valueName: "M"))
+    var map: [String] = []
 
     @Option(name: .customLong("sampling-ms"), help: ArgumentHelp("How often the server samples each node.", valueName: "MS"))
     var samplingMs: Int = 100
@@ -319,7 +324,8 @@ struct OPCUAWatchCommand: ParsableCommand {
     @OptionGroup var connection: OPCUAConnectionOptions
 
     func validate() throws {
-        guard !nodes.isEmpty else { throw ValidationError("name at least one NODE") }
+        guard !nodes.isEmpty || !map.isEmpty else { throw ValidationError("name at least one NODE, or --map") }
+        guard nodes.isEmpty || map.isEmpty else { throw ValidationError("NODEs or --map, not both") }
         guard nodes.count <= 10_000 else { throw ValidationError("at most 10000 nodes") }
         guard (1...60_000).contains(samplingMs) else { throw ValidationError("--sampling-ms must be 1…60000, got \(samplingMs)") }
         if let count, count < 1 { throw ValidationError("--count must be at least 1") }
@@ -327,6 +333,7 @@ struct OPCUAWatchCommand: ParsableCommand {
 
     func run() throws {
         PhysicalCLI.unblockTerminationSignals()
+        if !map.isEmpty { return try watchMaps() }
         let texts = try nodes.map(OPCUACLI.parseNode)
         do { _ = try UAEndpointURL(parsing: endpoint) } catch {
             CLIOut.error(error.description)
@@ -438,5 +445,86 @@ struct OPCUATrustCommand: ParsableCommand {
             CLIOut.error(error.description)
             throw ExitCode(1)
         }
+    }
+}
+
+extension OPCUAWatchCommand {
+    /// `--map`: the maps' bound nodes as the guard sees them. Per notification a line per node
+    /// (`DEVICE.KEY NODE VALUE STATUS source=… server=…`), then per device concerned the twin
+    /// state it makes: `twin DEVICE status=… ts=… (source|server) KEY=VALUE … missing: KEY (why)`.
+    func watchMaps() throws {
+        let maps = try PhysicalCLI.loadMaps(map)
+        let bindings = Dictionary(maps.compactMap { m in m.opcua.map { (m.device, $0) } }, uniquingKeysWith: { a, _ in a })
+        guard !bindings.isEmpty else {
+            CLIOut.error("no map of \(map.joined(separator: ", ")) binds its twin to OPC UA (twin: {opcua: …})")
+            throw ExitCode(2)
+        }
+        do { _ = try UAEndpointURL(parsing: endpoint) } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(2)
+        }
+        var view = OPCUATwinView(bindings: bindings)
+        var labels = Array(repeating: [String](), count: view.nodes.count)
+        for d in view.devices {
+            labels[d.status].append("\(d.name).status")
+            for (name, n) in d.values { labels[n].append("\(d.name).\(name)") }
+            if let h = d.heartbeat { labels[h].append("\(d.name).heartbeat") }
+        }
+        var config = OPCUASubscriber.Configuration(endpoint: endpoint, nodes: try view.nodes.map(OPCUACLI.parseNode),
+                                                   samplingIntervalMs: view.samplingMs.min() ?? Double(samplingMs),
+                                                   publishingIntervalMs: view.samplingMs.min() ?? Double(samplingMs),
+                                                   options: try connection.clientOptions())
+        config.samplingIntervalsMs = view.samplingMs
+        let events = WaitQueue<OPCUASubscriber.Event>()
+        let subscriber = OPCUASubscriber(config) { events.push($0, limit: 100_000) }
+        do { try subscriber.start() } catch {
+            CLIOut.error(error.description)
+            throw ExitCode(1)
+        }
+        defer { subscriber.stop() }
+        let clock = SystemTimeSource()
+        var printed = 0
+        while true {
+            for event in events.take(max: 1000, deadlineNs: nil).batch {
+                let now = clock.now()
+                var touched: [Int] = []
+                switch event {
+                case .subscribed(let statuses):
+                    view.subscribed(statuses, nowNs: now.monotonicNs)
+                    CLIOut.outputLine("subscribed " + zip(view.nodes, statuses).map { "\($0)=\($1)" }.joined(separator: " "))
+                case .values(let values):
+                    touched = view.update(values, nowNs: now.monotonicNs)
+                    for v in values {
+                        CLIOut.outputLine(labels[v.index].joined(separator: ",") + "  " + OPCUACLI.valueLine(view.nodes[v.index], v.value))
+                    }
+                case .keepAlive:
+                    CLIOut.outputLine("keep-alive")
+                case .lost(let e, let retry):
+                    view.lost()
+                    CLIOut.errorLine("lost: \(e) (retry in \(retry) ms); every bound device has no twin")
+                }
+                let beats = view.checkHeartbeats(nowNs: now.monotonicNs)
+                for (_, detail) in beats.stalled { CLIOut.outputLine("silent \(detail)") }
+                for d in beats.resumed { CLIOut.outputLine("heartbeat \(d) moves again") }
+                for d in touched {
+                    CLIOut.outputLine(Self.stateLine(view.state(device: d, received: now), silent: view.stalled.contains(view.devices[d].name)))
+                    printed += 1
+                    if let count, printed >= count { return }
+                }
+            }
+        }
+    }
+
+    /// `twin crane-01 status=operational ts=2026-…Z (source) load_kg=2500 position_x=12.5 missing: …`
+    static func stateLine(_ s: TwinState, silent: Bool) -> String {
+        var line = "twin \(s.device) status=\(s.status.isEmpty ? "?" : s.status) ts=\(RFC3339.format(wallNs: s.tsNs))"
+        line += " (\(s.quality?.timestamp.rawValue ?? "received"))"
+        for (k, v) in s.values.sorted(by: { $0.key < $1.key }) { line += " \(k)=\(NumberText.text(v, precision: .float64))" }
+        let missing = (s.quality?.values ?? [:]).filter { $0.value.level != .good }.sorted { $0.key < $1.key }
+        if !missing.isEmpty {
+            line += " not good: " + missing.map { "\($0.key) (\($0.value.level.rawValue)\($0.value.reason.map { ": " + $0 } ?? ""))" }.joined(separator: ", ")
+        }
+        if silent { line += " SILENT (heartbeat stalled)" }
+        return line
     }
 }

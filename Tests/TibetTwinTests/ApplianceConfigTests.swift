@@ -125,7 +125,7 @@ struct ApplianceConfigTests {
         ("node: g\ntwin: {feeds: [{tcp: 127.0.0.1:7502, from_start: true}, {file: a, tcp: b}, {}, {file: x, from_start: 1}]}\n",
          [#"etc/tibet-twin.yaml:2:38: twin.feeds[0].from_start: applies only to file feeds"#,
           #"etc/tibet-twin.yaml:2:57: twin.feeds[1]: has file and tcp: one source per entry"#,
-          #"etc/tibet-twin.yaml:2:76: twin.feeds[2]: needs one of file, tcp, unix, mqtt"#,
+          #"etc/tibet-twin.yaml:2:76: twin.feeds[2]: needs one of file, tcp, unix, mqtt, opcua"#,
           #"etc/tibet-twin.yaml:2:102: twin.feeds[3].from_start: expected true or false, got "1""#]),
         ("twin: {feeds: [{tcp: 127.0.0.1:7502}]}\naudit: {checkpoint_s: 0, segment_bytes: 10}\nhttp: {listen: 9102}\n",
          [#"etc/tibet-twin.yaml:1:1: node: missing required key "node" (this appliance's name, in every audit token)"#,

@@ -23,6 +23,7 @@ let suites: [any BenchSuite] = [
     SystemBench(),
     OPCUABench(),
     MQTTBench(),
+    OPCUATwinBench(),
 ]
 
 let wanted = Set(CommandLine.arguments.dropFirst())

@@ -68,6 +68,14 @@ package struct LoadedConfig: Sendable {
         } catch {
             throw StartupError(error.issues.map(\.description))
         }
+        // A map bound to OPC UA with no opcua feed would never have a twin: say so at its line.
+        if !config.twin.feeds.contains(where: { if case .opcua = $0 { true } else { false } }) {
+            let unfed = maps.filter { $0.opcua != nil }.map { m in
+                "\(m.keyLocations["twin"] ?? SourceLocation(file: m.sourceFile, line: 1, column: 1)): twin.opcua: "
+                    + "\(m.device) is bound to OPC UA nodes, but the config has no opcua feed (twin.feeds: - opcua: {endpoint: …}): it could never have a twin"
+            }
+            if !unfed.isEmpty { throw StartupError(unfed) }
+        }
         let layout: InterlockLayout
         do {
             layout = try InterlockLayout(maps: maps)

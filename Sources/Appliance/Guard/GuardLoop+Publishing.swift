@@ -266,17 +266,21 @@ extension GuardLoop {
             var values: [ValueStatus] = []
             for r in slot.map.registers {
                 let reading = p?.values[r.name]
-                values.append(ValueStatus(name: r.name, physical: reading?.value, quality: reading?.quality,
-                                          twin: t?.values[r.name], unit: r.unit, tolerance: r.tolerance, precision: r.precision))
+                var vs = ValueStatus(name: r.name, physical: reading?.value, quality: reading?.quality,
+                                     twin: t?.values[r.name], unit: r.unit, tolerance: r.tolerance, precision: r.precision)
+                vs.twinQuality = t?.quality?.values[r.name]
+                values.append(vs)
             }
-            devices.append(DeviceStatus(
+            var status = DeviceStatus(
                 device: slot.map.device, intents: intents, driftMs: g.lastDriftMs, physicalAgeMs: g.lastPhysicalAgeMs,
                 twinAgeMs: g.lastTwinAgeMs, physicalStatus: p?.status, twinStatus: t?.status,
                 identity: p.map { "\($0.identity)" }, twinSeq: t?.seq, blockCount: g.blockCount, values: values,
                 reasonCode: g.lastEvaluation == nil ? nil : Self.deviceReason(slot),
                 reason: shared.isEmpty ? nil : shared.joined(separator: "; "),
                 physicalError: p == nil ? "no poll answer yet" : p?.pollError, inputProblems: inputProblems,
-                maxAgeMs: slot.map.limits.maxAgeMs, maxDriftMs: slot.map.limits.maxDriftMs))
+                maxAgeMs: slot.map.limits.maxAgeMs, maxDriftMs: slot.map.limits.maxDriftMs)
+            status.twinQuality = t?.quality
+            devices.append(status)
         }
         return StatusSnapshot(node: node, healthy: auditOK && ready, auditHealthy: auditOK,
                               heartbeat: heartbeat, wallNs: now.wallNs, devices: devices)

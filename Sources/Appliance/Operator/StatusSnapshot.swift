@@ -45,6 +45,8 @@ package struct DeviceStatus: Sendable, Hashable {
     /// Identity as last read (`ok`, `not_configured`, `mismatch: …`, `unknown`).
     package var identity: String?
     package var twinSeq: UInt64?
+    /// Per-value quality and the timestamp used, where the twin's source reports them (OPC UA).
+    package var twinQuality: TwinQuality?
     /// Permit drops since start (or since the device's map was last replaced).
     package var blockCount: UInt64
     package var values: [ValueStatus]
@@ -120,6 +122,8 @@ package struct ValueStatus: Sendable, Hashable {
     package var physical: Value?
     package var quality: Quality?
     package var twin: Double?
+    /// The twin value's quality where its source reports one (OPC UA); nil otherwise.
+    package var twinQuality: TwinQuality.Value?
     package var unit: String?
     package var tolerance: Double?
     /// The physical value's precision (the register's type and scale), for printing it.
@@ -156,13 +160,16 @@ extension StatusSnapshot {
             }
             var values: [String: JSONValue] = [:]
             for v in d.values {
-                values[v.name] = .object([
+                var vo: [String: JSONValue] = [
                     "value": v.physical.map { ReadReport.jsonValue($0, precision: v.precision) } ?? .null,
                     "quality": v.quality.map { .string($0.description) } ?? .null,
                     "twin": v.twin.map { .double($0) } ?? .null,
                     "unit": v.unit.map { .string($0) } ?? .null,
                     "tolerance": v.tolerance.map { .double($0) } ?? .null,
-                ])
+                ]
+                // Only where the twin's source reports quality (OPC UA): `good`, `uncertain: REASON`, `bad: REASON`.
+                if let q = v.twinQuality { vo["twin_quality"] = .string(q.reason.map { "\(q.level.rawValue): \($0)" } ?? q.level.rawValue) }
+                values[v.name] = .object(vo)
             }
             var o: [String: JSONValue] = [
                 "intents": .object(intents),
@@ -176,6 +183,7 @@ extension StatusSnapshot {
                 "block_count": .int(Int64(truncatingIfNeeded: d.blockCount)),
                 "values": .object(values),
             ]
+            if let q = d.twinQuality { o["twin_quality"] = q.json }
             o.merge(Self.diagnosisJSON(d)) { a, _ in a }
             devs[d.device] = .object(o)
         }

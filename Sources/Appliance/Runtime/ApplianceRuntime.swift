@@ -243,6 +243,7 @@ package final class ApplianceRuntime: Sendable {
         case .tcp: return "twin.feeds[\(index)].tcp"
         case .unix: return "twin.feeds[\(index)].unix"
         case .mqtt: return "twin.feeds[\(index)].mqtt"
+        case .opcua: return "twin.feeds[\(index)].opcua"
         }
     }
 
@@ -383,6 +384,7 @@ package final class ApplianceRuntime: Sendable {
         twin.pipeline.replace(parser: next.parser, forgetting: result.replaced + result.removed)
         for source in twin.sources {
             (source as? TwinMQTTSource)?.replaceBindings(maps: next.maps)
+            (source as? TwinOPCUASource)?.replaceBindings(maps: next.maps)
         }
         if !result.restarted.isEmpty || !result.removed.isEmpty {
             // The new poller starts before the old one stops: an unchanged device is polled by

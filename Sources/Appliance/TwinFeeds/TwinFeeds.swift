@@ -16,6 +16,7 @@ package enum TwinFeedSpec: Sendable, Hashable, CustomStringConvertible {
     case tcp(host: String, port: Int, options: TwinSocketSource.Options = .init())
     case unix(path: String, options: TwinSocketSource.Options = .init())
     case mqtt(TwinMQTTSource.Settings)
+    case opcua(TwinOPCUASource.Settings)
 
     /// The spec for a configured feed; reads its TLS files (a bad one is a start-up error).
     /// `maps` give an `mqtt` feed's Sparkplug bindings.
@@ -27,6 +28,7 @@ package enum TwinFeedSpec: Sendable, Hashable, CustomStringConvertible {
             self = .tcp(host: listen.host, port: listen.port, options: TwinSocketSource.Options(access, tls: tls))
         case .unix(let path, let access): self = .unix(path: path, options: TwinSocketSource.Options(access, tls: nil))
         case .mqtt(let m): self = .mqtt(try TwinMQTTSource.Settings(m, maps: maps))
+        case .opcua(let o): self = .opcua(try TwinOPCUASource.Settings(o, maps: maps))
         }
     }
 
@@ -36,6 +38,7 @@ package enum TwinFeedSpec: Sendable, Hashable, CustomStringConvertible {
         case .tcp(let h, let p, let o): return "tcp:\(h):\(p)" + (o.tls == nil ? "" : " (tls)")
         case .unix(let p, _): return "unix:\(p)"
         case .mqtt(let s): return "mqtt:\(s.options.broker)" + (s.options.tls == nil ? "" : " (tls)")
+        case .opcua(let s): return "opcua:\(s.endpoint)"
         }
     }
 }
@@ -61,6 +64,8 @@ extension TwinFileSource: TwinSource {
 extension TwinSocketSource: TwinSource {}
 
 extension TwinMQTTSource: TwinSource {}
+
+extension TwinOPCUASource: TwinSource {}
 
 /// All configured twin sources as one swift-service-lifecycle `Service`: starts them, runs until
 /// graceful shutdown (or cancellation), then stops them (the unix socket file is removed).
@@ -94,6 +99,8 @@ package final class TwinFeedService: Service, Sendable {
                 return TwinSocketSource(endpoint: .unix(path: path), pipeline: pipeline, options: options, logger: logger)
             case .mqtt(let settings):
                 return TwinMQTTSource(settings: settings, pipeline: pipeline, logger: logger, events: events)
+            case .opcua(let settings):
+                return TwinOPCUASource(settings: settings, pipeline: pipeline, logger: logger, events: events)
             }
         }
     }

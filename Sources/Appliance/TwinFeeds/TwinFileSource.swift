@@ -13,7 +13,7 @@ import Glibc
 /// Why a twin source could not start.
 package struct TwinSourceError: Error, Sendable, Hashable, CustomStringConvertible {
     package enum Kind: String, Sendable, Hashable {
-        case badPath, pipe, bind, chmod, alreadyStarted, mqtt
+        case badPath, pipe, bind, chmod, alreadyStarted, mqtt, opcua
     }
 
     package var kind: Kind

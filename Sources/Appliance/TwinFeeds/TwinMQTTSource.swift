@@ -35,6 +35,19 @@ package struct TwinFeedEvent: Sendable, Hashable {
         case sessionExpired = "session_expired"
         /// Back: connected and every subscription granted.
         case subscribed
+        /// OPC UA: no connection to the server (refused, unreachable, name not found).
+        case serverUnreachable = "server_unreachable"
+        /// OPC UA: no answer to a Publish within the keep-alive period (and the request deadline).
+        case keepAliveMissing = "keepalive_missing"
+        /// OPC UA: the server ended the session or the subscription (BadSessionIdInvalid, a
+        /// subscription that timed out …).
+        case sessionLost = "session_lost"
+        /// OPC UA: the server sent something malformed or out of order; the channel was closed.
+        case protocolError = "protocol_error"
+        /// OPC UA: a device's heartbeat node stopped changing for longer than `max_stall_ms`.
+        case heartbeatStalled = "heartbeat_stalled"
+        /// OPC UA: that heartbeat changes again.
+        case heartbeatMoving = "heartbeat_moving"
     }
 
     package var source: String

@@ -12,6 +12,8 @@ public final class OPCUASubscriber: @unchecked Sendable {
         /// The nodes to monitor; events name them by their index here.
         public var nodes: [NodeIdText]
         public var samplingIntervalMs: Double
+        /// Per node (same order as `nodes`), when they differ; nil: `samplingIntervalMs` for all.
+        public var samplingIntervalsMs: [Double]?
         public var publishingIntervalMs: Double
         /// Publishing intervals without a change before the server sends a keep-alive.
         public var maxKeepAliveCount: UInt32 = 5
@@ -35,6 +37,11 @@ public final class OPCUASubscriber: @unchecked Sendable {
         /// Index into `Configuration.nodes`.
         public var index: Int
         public var value: DataValue
+
+        public init(index: Int, value: DataValue) {
+            self.index = index
+            self.value = value
+        }
     }
 
     public enum Event: Sendable, Hashable {
@@ -121,7 +128,10 @@ public final class OPCUASubscriber: @unchecked Sendable {
         let sub = try client.createSubscription(publishingIntervalMs: configuration.publishingIntervalMs,
                                                 lifetimeCount: configuration.maxKeepAliveCount * 3,
                                                 maxKeepAliveCount: configuration.maxKeepAliveCount)
-        let requests = nodes.enumerated().map { MonitoredItemRequest($1, clientHandle: UInt32($0), samplingIntervalMs: configuration.samplingIntervalMs) }
+        let requests = nodes.enumerated().map { i, node in
+            let sampling = configuration.samplingIntervalsMs.flatMap { $0.indices.contains(i) ? $0[i] : nil } ?? configuration.samplingIntervalMs
+            return MonitoredItemRequest(node, clientHandle: UInt32(i), samplingIntervalMs: sampling)
+        }
         let results = try client.createMonitoredItems(subscription: sub.id, requests)
         onEvent(.subscribed(results.map(\.status)))
         resetBackoff()
