@@ -133,10 +133,13 @@ final class ApplianceRig {
 
     /// The `twin.feeds` entries of the config; nil: one TCP listener.
     let twinFeeds: String?
+    /// More top-level config keys (YAML), e.g. `publish:`.
+    let extraConfig: String
 
-    init(maps: [String: String], fixedPorts: Bool = false, twinFeeds: String? = nil) throws {
+    init(maps: [String: String], fixedPorts: Bool = false, twinFeeds: String? = nil, extraConfig: String = "") throws {
         dir = try TempDir("tibet-rig")
         self.twinFeeds = twinFeeds
+        self.extraConfig = extraConfig
         fixedInterlock = fixedPorts ? closedPort() : 0
         fixedTwin = fixedPorts ? closedPort() : 0
         for (name, yaml) in maps { try dir.write("maps/\(name).yaml", yaml) }
@@ -155,7 +158,7 @@ final class ApplianceRig {
             \(twinFeeds ?? "    - tcp: 127.0.0.1:\(fixedTwin)")
             audit: {dir: audit, key: guard.key, checkpoint_s: \(checkpointS)}
             http: {listen: 127.0.0.1:0}
-
+            \(extraConfig)
             """)
     }
 

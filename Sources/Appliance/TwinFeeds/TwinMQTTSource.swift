@@ -319,6 +319,18 @@ extension TwinMQTTSource.Settings {
     /// other local users may read, stops the start naming the config line). The TLS files are
     /// checked for presence here; libmosquitto reads them when it connects.
     package init(_ m: ApplianceConfig.MQTTFeed, maps: [DeviceMap] = []) throws(TwinFeedConfigError) {
+        let options = try Self.options(m)
+        let sparkplug = m.sparkplug.map { sp in
+            TwinMQTTSource.SparkplugSettings(group: sp.group, hostId: sp.hostId,
+                              bindings: Dictionary(maps.compactMap { map in map.sparkplug.map { (map.device, $0) } },
+                                                   uniquingKeysWith: { a, _ in a }))
+        }
+        self.init(options: options, maxMessageBytes: m.maxMessageBytes, topicNamesDevice: m.topicNamesDevice, sparkplug: sparkplug)
+    }
+
+    /// The libmosquitto options of a configured connection (an `mqtt` feed's, or `publish`'s):
+    /// reads the password file; checks that the TLS files can be read.
+    package static func options(_ m: ApplianceConfig.MQTTFeed) throws(TwinFeedConfigError) -> MQTTOptions {
         var password: String?
         if let file = m.passwordFile { password = try Self.readPassword(file) }
         var tls: MQTTOptions.TLS?
@@ -328,17 +340,11 @@ extension TwinMQTTSource.Settings {
             }
             tls = MQTTOptions.TLS(caFile: t.ca.path, certFile: t.cert?.path, keyFile: t.key?.path)
         }
-        let options = MQTTOptions(
+        return MQTTOptions(
             host: m.broker.host, port: m.broker.port, clientId: m.clientId ?? "tibet-twin",
             protocolVersion: m.protocolVersion == .v5 ? .v5 : .v311, keepaliveS: m.keepaliveS,
             cleanSession: m.cleanSession, username: m.username, password: password, tls: tls,
             subscriptions: m.topics, qos: m.qos, reconnectMinMs: m.reconnectMinMs, reconnectMaxMs: m.reconnectMaxMs)
-        let sparkplug = m.sparkplug.map { sp in
-            TwinMQTTSource.SparkplugSettings(group: sp.group, hostId: sp.hostId,
-                              bindings: Dictionary(maps.compactMap { map in map.sparkplug.map { (map.device, $0) } },
-                                                   uniquingKeysWith: { a, _ in a }))
-        }
-        self.init(options: options, maxMessageBytes: m.maxMessageBytes, topicNamesDevice: m.topicNamesDevice, sparkplug: sparkplug)
     }
 
     /// The password: the file's first line. Refused if every local user may read it.
