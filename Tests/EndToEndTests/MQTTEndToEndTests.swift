@@ -75,6 +75,21 @@ struct MQTTEndToEndTests {
         #expect(show.contains("twin_feed_restored"))
     }
 
+    @Test func persistentSessionLostInABrokerRestartIsAuditedAsSessionExpired() async throws {
+        let broker = try MosquittoBroker()
+        let s = try await MQTTSystem.start(broker: broker, feedExtra: ", clean_session: false")
+        #expect(await s.coils.becomes(0, true), "\(s.rig.transcript)")
+        // The broker keeps no persistence: restarted, it has no session for the appliance.
+        broker.stop()
+        #expect(await s.coils.becomes(0, false), "the broker is gone: the twin goes stale")
+        try broker.start()
+        #expect(await s.coils.becomes(0, true, within: 30), "reconnected and re-armed\n\(s.rig.transcript)")
+        try await s.stopAndVerify()
+        let tokens = try s.rig.auditShow(json: true).split(separator: "\n").filter { $0.contains("twin_feed_lost") }
+        #expect(tokens.contains { $0.contains("connection_lost") }, "the outage: \(tokens)")
+        #expect(tokens.contains { $0.contains("session_expired") }, "the lost session is named: \(tokens)")
+    }
+
     @Test func brokerRefusingCredentialsIsAClearErrorAndThePermitStaysZero() async throws {
         let broker = try MosquittoBroker(users: ["tibet": "the-right-one"])
         let s0 = try TempDir("tibet-pw")

@@ -414,7 +414,13 @@ extension TwinMQTTSource {
             switch event {
             case .device(let key, let device, let metrics):
                 for (name, b) in bindings.withLock({ $0 }) where b.node == key.node && b.device == device {
-                    _ = core.pipeline.submit(Self.state(device: name, binding: b, metrics: metrics, received: received))
+                    // Counted per device as a JSON line is (`tibet_twin_device_twin_lines_*`).
+                    switch core.pipeline.submit(Self.state(device: name, binding: b, metrics: metrics, received: received)) {
+                    case .accepted:
+                        core.update { $0.devices[name, default: DeviceTwinCounters()].accepted += 1 }
+                    case .identityFailure(_, let drop), .dropped(let drop):
+                        core.update { $0.devices[name, default: DeviceTwinCounters()].dropped[drop.reason, default: 0] += 1 }
+                    }
                 }
             case .deviceLost(let key, let device, let why):
                 for (name, b) in bindings.withLock({ $0 }) where b.node == key.node && b.device == device {
