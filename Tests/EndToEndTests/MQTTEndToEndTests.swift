@@ -17,9 +17,7 @@ struct MQTTSystem {
 
     static func start(broker: MosquittoBroker, feedExtra: String = "", startTwin: Bool = true) async throws -> MQTTSystem {
         let scratch = try TempDir("tibet-plc")
-        let sim = try startPLC({ rigMapYAML(port: $0) }, dir: scratch)
-        _ = sim.command("set position_x 12.5")
-        _ = sim.command("set load_kg 2500")
+        let sim = try startCranePLC(dir: scratch)
         let feed = "    - mqtt: {broker: 127.0.0.1:\(broker.port), topics: [plant/twin/+], topic_names_device: true, "
             + "reconnect_min_ms: 50, reconnect_max_ms: 500\(feedExtra)}"
         let rig = try ApplianceRig(maps: ["crane-01": rigMapYAML(port: sim.port)], twinFeeds: feed)
@@ -37,10 +35,7 @@ struct MQTTSystem {
         _ = sim.quit()
     }
 
-    func reasonCode() throws -> Int64? {
-        let json = try JSONParser.parse(try runTibetTwin(["status", "--url", rig.url, "--json"]).1)
-        return json["devices"]?["crane-01"]?["intents"]?["move_left"]?["reason_code"]?.intValue
-    }
+    func reasonCode() throws -> Int64? { try intentReasonCode(url: rig.url) }
 }
 
 @Suite("Twin over MQTT, end to end", .serialized)

@@ -138,11 +138,7 @@ final class PythonSparkplugWatcher {
 
     func messages(_ type: String) -> [Message] { messages.filter { $0.type == type } }
 
-    func command(_ line: String) async {
-        let before = child.stdoutLines.filter { $0.hasPrefix("ok ") }.count
-        child.send(line)
-        _ = await eventually(within: 10) { child.stdoutLines.filter { $0.hasPrefix("ok ") }.count > before }
-    }
+    func command(_ line: String) async { await child.command(line) }
 
     deinit { child.stop(grace: 1) }
 }
@@ -162,9 +158,7 @@ struct PublishEndToEndTests {
     static func start() async throws -> System {
         let broker = try MosquittoBroker()
         let scratch = try TempDir("tibet-plc")
-        let sim = try startPLC({ rigMapYAML(port: $0) }, dir: scratch)
-        _ = sim.command("set position_x 12.5")
-        _ = sim.command("set load_kg 2500")
+        let sim = try startCranePLC(dir: scratch)
         let publish = """
             publish:
               broker: 127.0.0.1:\(broker.port)

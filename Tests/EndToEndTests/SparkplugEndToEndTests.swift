@@ -111,13 +111,33 @@ final class PythonSparkplugNode {
         child = try Child(python, [dir.file("edge.py"), String(port), group, node, device], name: "edge")
     }
 
-    func command(_ line: String) async {
-        let before = child.stdoutLines.filter { $0.hasPrefix("ok ") }.count
-        child.send(line)
-        _ = await eventually(within: 5) { child.stdoutLines.filter { $0.hasPrefix("ok ") }.count > before }
-    }
+    func command(_ line: String) async { await child.command(line) }
 
     deinit { child.stop(grace: 1) }
+}
+
+/// A broker, the crane PLC, the appliance with a Sparkplug feed bound by `binding`, the Python
+/// edge node and the coil watcher.
+struct SparkplugSystem {
+    let broker: MosquittoBroker
+    let scratch: TempDir
+    let sim: SimulatorChild
+    let rig: ApplianceRig
+    let edge: PythonSparkplugNode
+    let coils: CoilWatcher
+
+    static func start(binding: String) async throws -> SparkplugSystem {
+        let broker = try MosquittoBroker()
+        let scratch = try TempDir("tibet-plc")
+        let sim = try startCranePLC(dir: scratch)
+        let feed = "    - mqtt: {broker: 127.0.0.1:\(broker.port), sparkplug: {group: Plant1, host_id: tibet-e2e}, "
+            + "reconnect_min_ms: 50, reconnect_max_ms: 500}"
+        let rig = try ApplianceRig(maps: ["crane-01": rigMapYAML(port: sim.port) + binding], twinFeeds: feed)
+        try await rig.start()
+        let edge = try PythonSparkplugNode(port: broker.port, dir: rig.dir)
+        let coils = try CoilWatcher(port: rig.interlockPort, count: 2, dir: rig.dir)
+        return SparkplugSystem(broker: broker, scratch: scratch, sim: sim, rig: rig, edge: edge, coils: coils)
+    }
 }
 
 @Suite("Sparkplug B twin, end to end", .serialized)
@@ -135,21 +155,9 @@ struct SparkplugEndToEndTests {
         """
 
     @Test func sparkplugTwinPermitsBlocksOnDeathAndSeqGapAndComesBackAfterRebirth() async throws {
-        let broker = try MosquittoBroker()
-        let scratch = try TempDir("tibet-plc")
-        let sim = try startPLC({ rigMapYAML(port: $0) }, dir: scratch)
-        _ = sim.command("set position_x 12.5")
-        _ = sim.command("set load_kg 2500")
-        let feed = "    - mqtt: {broker: 127.0.0.1:\(broker.port), sparkplug: {group: Plant1, host_id: tibet-e2e}, "
-            + "reconnect_min_ms: 50, reconnect_max_ms: 500}"
-        let rig = try ApplianceRig(maps: ["crane-01": rigMapYAML(port: sim.port) + Self.binding], twinFeeds: feed)
-        try await rig.start()
-        let edge = try PythonSparkplugNode(port: broker.port, dir: rig.dir)
-        let coils = try CoilWatcher(port: rig.interlockPort, count: 2, dir: rig.dir)
-        func reason() throws -> Int64? {
-            let json = try JSONParser.parse(try runTibetTwin(["status", "--url", rig.url, "--json"]).1)
-            return json["devices"]?["crane-01"]?["intents"]?["move_left"]?["reason_code"]?.intValue
-        }
+        let s = try await SparkplugSystem.start(binding: Self.binding)
+        let (scratch, sim, rig, edge, coils) = (s.scratch, s.sim, s.rig, s.edge, s.coils)
+        func reason() throws -> Int64? { try intentReasonCode(url: rig.url) }
 
         #expect(await coils.becomes(0, true), "DBIRTH + DDATA in sync → permit\n\(rig.transcript)\n\(edge.child.transcript)")
         await edge.command("status 1")
@@ -188,21 +196,9 @@ struct SparkplugEndToEndTests {
     }
 
     @Test func aReloadedMapsSparkplugBindingIsTakenAndTheOldBindingNoLongerFeedsTheDevice() async throws {
-        let broker = try MosquittoBroker()
-        let scratch = try TempDir("tibet-plc")
-        let sim = try startPLC({ rigMapYAML(port: $0) }, dir: scratch)
-        _ = sim.command("set position_x 12.5")
-        _ = sim.command("set load_kg 2500")
-        let feed = "    - mqtt: {broker: 127.0.0.1:\(broker.port), sparkplug: {group: Plant1, host_id: tibet-e2e}, "
-            + "reconnect_min_ms: 50, reconnect_max_ms: 500}"
-        let rig = try ApplianceRig(maps: ["crane-01": rigMapYAML(port: sim.port) + Self.binding], twinFeeds: feed)
-        try await rig.start()
-        let edge = try PythonSparkplugNode(port: broker.port, dir: rig.dir)
-        let coils = try CoilWatcher(port: rig.interlockPort, count: 2, dir: rig.dir)
-        func reason() throws -> Int64? {
-            let json = try JSONParser.parse(try runTibetTwin(["status", "--url", rig.url, "--json"]).1)
-            return json["devices"]?["crane-01"]?["intents"]?["move_left"]?["reason_code"]?.intValue
-        }
+        let s = try await SparkplugSystem.start(binding: Self.binding)
+        let (scratch, sim, rig, edge, coils) = (s.scratch, s.sim, s.rig, s.edge, s.coils)
+        func reason() throws -> Int64? { try intentReasonCode(url: rig.url) }
         func reload(_ map: String) async -> Bool {
             let before = rig.child?.stderrLines.filter { $0.contains("reload applied") }.count ?? 0
             try? rig.dir.write("maps/crane-01.yaml", map)
