@@ -127,7 +127,7 @@ let package = Package(
         .executableTarget(
             name: "tibet-twin-bench",
             dependencies: [
-                "TibetTwin", "Appliance", "Commissioning", "Modbus", "MQTT", "OPCUA", "Platform", "CLinux",
+                "TibetTwin", "Appliance", "Commissioning", "Modbus", "MQTT", "SparkplugB", "OPCUA", "Platform", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
@@ -178,7 +178,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["TibetTwin", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TibetTwin", "SparkplugB", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
     ]
 )

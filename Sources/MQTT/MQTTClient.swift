@@ -226,6 +226,20 @@ public final class MQTTClient: Sendable {
         }
     }
 
+    /// Replaces the last-will message for the next CONNECT (a Sparkplug edge node's NDEATH
+    /// carries the bdSeq of its next session). Call it before `start` or from `onEvent` on the
+    /// network thread (`connectFailed` / `connectionLost` come before the next attempt): the
+    /// will is sent with CONNECT, so changing it while connected takes effect only at the next one.
+    /// The corresponding C function is `mosquitto_will_set`.
+    public func setWill(_ will: MQTTOptions.Will) throws(MQTTError) {
+        let rc = will.payload.withUnsafeBytes {
+            mosquitto_will_set(handle.mosq, will.topic, Int32($0.count), $0.baseAddress, Int32(will.qos), will.retain)
+        }
+        guard rc == MOSQ_ERR_SUCCESS.rawValue else {
+            throw MQTTError(kind: .setup, broker: options.broker, function: "mosquitto_will_set", code: rc, detail: "topic \(will.topic)")
+        }
+    }
+
     /// Disconnects cleanly (messages already queued are sent first, for up to half a second)
     /// and joins the network thread. Idempotent.
     public func stop() {

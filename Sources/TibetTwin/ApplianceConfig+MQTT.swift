@@ -132,7 +132,18 @@ extension ConfigParser {
         if broker == nil { ok = false }
         guard let broker else { return nil }
         var r = ApplianceConfig.MQTTFeed(broker: broker, topics: topics, sparkplug: sparkplug)
-        if let n = m.take("client_id") {
+        if !parseMQTTConnection(m, node, path, &r) { ok = false }
+        return ok ? r : nil
+    }
+
+    /// The connection keys shared by an `mqtt:` feed and `publish:` (client id, protocol,
+    /// keepalive, credentials, TLS, reconnect backoff, and for a feed qos, clean_session and the
+    /// message limits), read from `m` into `r`; false after an error.
+    func parseMQTTConnection(_ m: MappingReader, _ node: Node, _ path: String, _ r: inout ApplianceConfig.MQTTFeed) -> Bool {
+        var ok = true
+        // `publish:` declares fewer keys than a feed (no qos, clean_session, message limits).
+        func take(_ key: String) -> Node? { m.known.contains(key) ? m.take(key) : nil }
+        if let n = take("client_id") {
             if let s = ctx.string(n, keyPath(path, "client_id"), expected: "a client id") {
                 if s.isEmpty || s.utf8.count > 65_535 {
                     ctx.error(n, keyPath(path, "client_id"), "must be 1…65535 bytes")
@@ -140,19 +151,19 @@ extension ConfigParser {
                 } else { r.clientId = s }
             } else { ok = false }
         }
-        if let n = m.take("protocol") {
+        if let n = take("protocol") {
             if let v = ctx.choice(ApplianceConfig.MQTTFeed.ProtocolVersion.self, n, keyPath(path, "protocol"), what: "MQTT protocol version") {
                 r.protocolVersion = v
             } else { ok = false }
         }
         func int(_ key: String, _ range: ClosedRange<Int>, _ expected: String) -> Int? {
-            guard let n = m.take(key) else { return nil }
+            guard let n = take(key) else { return nil }
             let v = ctx.int(n, keyPath(path, key), range, expected: expected)
             if v == nil { ok = false }
             return v
         }
         func bool(_ key: String) -> Bool? {
-            guard let n = m.take(key) else { return nil }
+            guard let n = take(key) else { return nil }
             let v = ctx.bool(n, keyPath(path, key))
             if v == nil { ok = false }
             return v
@@ -171,11 +182,11 @@ extension ConfigParser {
         if let v = int("reconnect_min_ms", 10...60_000, "milliseconds 10…60000") { r.reconnectMinMs = v }
         if let v = int("reconnect_max_ms", 10...600_000, "milliseconds 10…600000") { r.reconnectMaxMs = v }
         if r.reconnectMaxMs < r.reconnectMinMs {
-            ctx.error(m.take("reconnect_max_ms") ?? node, keyPath(path, "reconnect_max_ms"),
+            ctx.error(take("reconnect_max_ms") ?? node, keyPath(path, "reconnect_max_ms"),
                       "\(r.reconnectMaxMs) is below reconnect_min_ms \(r.reconnectMinMs)")
             ok = false
         }
-        if let n = m.take("username") {
+        if let n = take("username") {
             if let s = ctx.string(n, keyPath(path, "username"), expected: "a user name") { r.username = s } else { ok = false }
         }
         r.passwordFile = file(m, path, "password_file", required: nil)
@@ -183,7 +194,7 @@ extension ConfigParser {
             ctx.error(m.keyNode("password_file"), keyPath(path, "password_file"), "needs username too")
             ok = false
         }
-        if let n = m.take("tls") {
+        if let n = take("tls") {
             let tp = keyPath(path, "tls")
             if let tm = MappingReader(ctx, n, tp, keys: ["ca", "cert", "key"], what: "a mapping (ca, and cert + key where the broker asks for a client certificate)") {
                 let ca = file(tm, tp, "ca", required: "the CA that signed the broker's certificate, PEM")
@@ -196,7 +207,7 @@ extension ConfigParser {
                 if let ca { r.tls = .init(ca: ca, cert: cert, key: key) } else { ok = false }
             } else { ok = false }
         }
-        return ok ? r : nil
+        return ok
     }
 
     /// Why `filter` is not a valid MQTT topic filter, or nil.

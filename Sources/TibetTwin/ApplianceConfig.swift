@@ -12,6 +12,8 @@ public struct ApplianceConfig: Sendable, Hashable {
     public var twin: Twin
     public var audit: Audit
     public var http: HTTP
+    /// `publish:`: the permits published to an MQTT broker for display and records; nil: off.
+    public var publish: Publish?
     /// The file the config came from.
     public var sourceFile: String
     /// Where each top-level key's value was written, for errors found after parsing.
@@ -234,7 +236,8 @@ public struct ApplianceConfig: Sendable, Hashable {
 
     public init(node: String, maps: [String] = ["maps/"], interlock: Interlock = Interlock(), twin: Twin,
                 audit: Audit = Audit(), http: HTTP = HTTP(), sourceFile: String = "",
-                keyLocations: [String: SourceLocation] = [:]) {
+                keyLocations: [String: SourceLocation] = [:], publish: Publish? = nil) {
+        self.publish = publish
         self.node = node
         self.maps = maps
         self.interlock = interlock
@@ -246,7 +249,7 @@ public struct ApplianceConfig: Sendable, Hashable {
     }
 
     /// The keys a config file may have at its top level.
-    public static let topLevelKeys = ["node", "maps", "interlock", "twin", "audit", "http"]
+    public static let topLevelKeys = ["node", "maps", "interlock", "twin", "audit", "http", "publish"]
 
     /// Parses a config file's text. `file` is its path: used in errors and to resolve relative
     /// paths (maps, feeds, audit). Every problem is reported, not just the first.
@@ -322,11 +325,21 @@ struct ConfigParser {
         }
         let audit = m.take("audit").map(parseAudit) ?? ApplianceConfig.Audit()
         let http = m.take("http").map(parseHTTP) ?? ApplianceConfig.HTTP()
+        // Its own client id: the broker would close the feed's session for a second client with the same one.
+        let publish = m.take("publish").map { n in
+            parsePublish(n, applianceNode: node).map { p in
+                var p = p
+                if p.connection.clientId == nil, let node { p.connection.clientId = "tibet-twin-\(node)-publish" }
+                return p
+            }
+        }
         guard ctx.issues.isEmpty, let node, let interlock, let twin, let audit, let http else { return nil }
+        if case .some(nil) = publish { return nil }
         return ApplianceConfig(node: node, maps: maps, interlock: interlock, twin: twin, audit: audit, http: http,
                                sourceFile: ctx.file,
                                keyLocations: Dictionary(m.entries.map { ($0.key, ctx.location($0.value)) },
-                                                        uniquingKeysWith: { a, _ in a }))
+                                                        uniquingKeysWith: { a, _ in a }),
+                               publish: publish ?? nil)
     }
 
     func hostPort(_ node: Node, _ path: String) -> HostPort? {

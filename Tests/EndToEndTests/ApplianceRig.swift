@@ -111,11 +111,7 @@ final class PythonTwin {
     }
 
     /// Sends a command; waits (suspending) for its `ok`.
-    func command(_ line: String) async {
-        let before = child.stdoutLines.filter { $0.hasPrefix("ok ") }.count
-        child.send(line)
-        _ = await eventually(within: 5) { child.stdoutLines.filter { $0.hasPrefix("ok ") }.count > before }
-    }
+    func command(_ line: String) async { await child.command(line) }
 
     deinit { child.stop(grace: 1) }
 }
@@ -133,10 +129,13 @@ final class ApplianceRig {
 
     /// The `twin.feeds` entries of the config; nil: one TCP listener.
     let twinFeeds: String?
+    /// More top-level config keys (YAML), e.g. `publish:`.
+    let extraConfig: String
 
-    init(maps: [String: String], fixedPorts: Bool = false, twinFeeds: String? = nil) throws {
+    init(maps: [String: String], fixedPorts: Bool = false, twinFeeds: String? = nil, extraConfig: String = "") throws {
         dir = try TempDir("tibet-rig")
         self.twinFeeds = twinFeeds
+        self.extraConfig = extraConfig
         fixedInterlock = fixedPorts ? closedPort() : 0
         fixedTwin = fixedPorts ? closedPort() : 0
         for (name, yaml) in maps { try dir.write("maps/\(name).yaml", yaml) }
@@ -155,7 +154,7 @@ final class ApplianceRig {
             \(twinFeeds ?? "    - tcp: 127.0.0.1:\(fixedTwin)")
             audit: {dir: audit, key: guard.key, checkpoint_s: \(checkpointS)}
             http: {listen: 127.0.0.1:0}
-
+            \(extraConfig)
             """)
     }
 
@@ -221,4 +220,18 @@ extension CoilWatcher {
             return (bits[bits.index(bits.startIndex, offsetBy: index)] == "1") == value
         }
     }
+}
+
+/// The rig's crane PLC (`rigMapYAML`) simulated, with values the twins of these tests agree with.
+func startCranePLC(dir: TempDir) throws -> SimulatorChild {
+    let sim = try startPLC({ rigMapYAML(port: $0) }, dir: dir)
+    _ = sim.command("set position_x 12.5")
+    _ = sim.command("set load_kg 2500")
+    return sim
+}
+
+/// The reason code `tibet-twin status --json` gives for one intent of a device.
+func intentReasonCode(url: String, device: String = "crane-01", intent: String = "move_left") throws -> Int64? {
+    let json = try JSONParser.parse(try runTibetTwin(["status", "--url", url, "--json"]).1)
+    return json["devices"]?[device]?["intents"]?[intent]?["reason_code"]?.intValue
 }

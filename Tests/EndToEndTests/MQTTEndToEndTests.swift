@@ -17,9 +17,7 @@ struct MQTTSystem {
 
     static func start(broker: MosquittoBroker, feedExtra: String = "", startTwin: Bool = true) async throws -> MQTTSystem {
         let scratch = try TempDir("tibet-plc")
-        let sim = try startPLC({ rigMapYAML(port: $0) }, dir: scratch)
-        _ = sim.command("set position_x 12.5")
-        _ = sim.command("set load_kg 2500")
+        let sim = try startCranePLC(dir: scratch)
         let feed = "    - mqtt: {broker: 127.0.0.1:\(broker.port), topics: [plant/twin/+], topic_names_device: true, "
             + "reconnect_min_ms: 50, reconnect_max_ms: 500\(feedExtra)}"
         let rig = try ApplianceRig(maps: ["crane-01": rigMapYAML(port: sim.port)], twinFeeds: feed)
@@ -37,10 +35,7 @@ struct MQTTSystem {
         _ = sim.quit()
     }
 
-    func reasonCode() throws -> Int64? {
-        let json = try JSONParser.parse(try runTibetTwin(["status", "--url", rig.url, "--json"]).1)
-        return json["devices"]?["crane-01"]?["intents"]?["move_left"]?["reason_code"]?.intValue
-    }
+    func reasonCode() throws -> Int64? { try intentReasonCode(url: rig.url) }
 }
 
 @Suite("Twin over MQTT, end to end", .serialized)
@@ -73,6 +68,21 @@ struct MQTTEndToEndTests {
         #expect(show.contains("twin_feed_lost"), "the outage is on the record")
         #expect(show.contains("connection_lost"))
         #expect(show.contains("twin_feed_restored"))
+    }
+
+    @Test func persistentSessionLostInABrokerRestartIsAuditedAsSessionExpired() async throws {
+        let broker = try MosquittoBroker()
+        let s = try await MQTTSystem.start(broker: broker, feedExtra: ", clean_session: false")
+        #expect(await s.coils.becomes(0, true), "\(s.rig.transcript)")
+        // The broker keeps no persistence: restarted, it has no session for the appliance.
+        broker.stop()
+        #expect(await s.coils.becomes(0, false), "the broker is gone: the twin goes stale")
+        try broker.start()
+        #expect(await s.coils.becomes(0, true, within: 30), "reconnected and re-armed\n\(s.rig.transcript)")
+        try await s.stopAndVerify()
+        let tokens = try s.rig.auditShow(json: true).split(separator: "\n").filter { $0.contains("twin_feed_lost") }
+        #expect(tokens.contains { $0.contains("connection_lost") }, "the outage: \(tokens)")
+        #expect(tokens.contains { $0.contains("session_expired") }, "the lost session is named: \(tokens)")
     }
 
     @Test func brokerRefusingCredentialsIsAClearErrorAndThePermitStaysZero() async throws {

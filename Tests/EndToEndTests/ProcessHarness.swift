@@ -216,3 +216,13 @@ struct HarnessError: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }
 }
+
+extension Child {
+    /// Sends a line to a Python peer that answers each with `ok <line>`, and waits (suspending,
+    /// a liveness bound) for that answer.
+    func command(_ line: String, within seconds: Double = 10) async {
+        let before = stdoutLines.filter { $0.hasPrefix("ok ") }.count
+        send(line)
+        _ = await eventually(within: seconds) { stdoutLines.filter { $0.hasPrefix("ok ") }.count > before }
+    }
+}

@@ -111,13 +111,33 @@ final class PythonSparkplugNode {
         child = try Child(python, [dir.file("edge.py"), String(port), group, node, device], name: "edge")
     }
 
-    func command(_ line: String) async {
-        let before = child.stdoutLines.filter { $0.hasPrefix("ok ") }.count
-        child.send(line)
-        _ = await eventually(within: 5) { child.stdoutLines.filter { $0.hasPrefix("ok ") }.count > before }
-    }
+    func command(_ line: String) async { await child.command(line) }
 
     deinit { child.stop(grace: 1) }
+}
+
+/// A broker, the crane PLC, the appliance with a Sparkplug feed bound by `binding`, the Python
+/// edge node and the coil watcher.
+struct SparkplugSystem {
+    let broker: MosquittoBroker
+    let scratch: TempDir
+    let sim: SimulatorChild
+    let rig: ApplianceRig
+    let edge: PythonSparkplugNode
+    let coils: CoilWatcher
+
+    static func start(binding: String) async throws -> SparkplugSystem {
+        let broker = try MosquittoBroker()
+        let scratch = try TempDir("tibet-plc")
+        let sim = try startCranePLC(dir: scratch)
+        let feed = "    - mqtt: {broker: 127.0.0.1:\(broker.port), sparkplug: {group: Plant1, host_id: tibet-e2e}, "
+            + "reconnect_min_ms: 50, reconnect_max_ms: 500}"
+        let rig = try ApplianceRig(maps: ["crane-01": rigMapYAML(port: sim.port) + binding], twinFeeds: feed)
+        try await rig.start()
+        let edge = try PythonSparkplugNode(port: broker.port, dir: rig.dir)
+        let coils = try CoilWatcher(port: rig.interlockPort, count: 2, dir: rig.dir)
+        return SparkplugSystem(broker: broker, scratch: scratch, sim: sim, rig: rig, edge: edge, coils: coils)
+    }
 }
 
 @Suite("Sparkplug B twin, end to end", .serialized)
@@ -135,21 +155,9 @@ struct SparkplugEndToEndTests {
         """
 
     @Test func sparkplugTwinPermitsBlocksOnDeathAndSeqGapAndComesBackAfterRebirth() async throws {
-        let broker = try MosquittoBroker()
-        let scratch = try TempDir("tibet-plc")
-        let sim = try startPLC({ rigMapYAML(port: $0) }, dir: scratch)
-        _ = sim.command("set position_x 12.5")
-        _ = sim.command("set load_kg 2500")
-        let feed = "    - mqtt: {broker: 127.0.0.1:\(broker.port), sparkplug: {group: Plant1, host_id: tibet-e2e}, "
-            + "reconnect_min_ms: 50, reconnect_max_ms: 500}"
-        let rig = try ApplianceRig(maps: ["crane-01": rigMapYAML(port: sim.port) + Self.binding], twinFeeds: feed)
-        try await rig.start()
-        let edge = try PythonSparkplugNode(port: broker.port, dir: rig.dir)
-        let coils = try CoilWatcher(port: rig.interlockPort, count: 2, dir: rig.dir)
-        func reason() throws -> Int64? {
-            let json = try JSONParser.parse(try runTibetTwin(["status", "--url", rig.url, "--json"]).1)
-            return json["devices"]?["crane-01"]?["intents"]?["move_left"]?["reason_code"]?.intValue
-        }
+        let s = try await SparkplugSystem.start(binding: Self.binding)
+        let (scratch, sim, rig, edge, coils) = (s.scratch, s.sim, s.rig, s.edge, s.coils)
+        func reason() throws -> Int64? { try intentReasonCode(url: rig.url) }
 
         #expect(await coils.becomes(0, true), "DBIRTH + DDATA in sync → permit\n\(rig.transcript)\n\(edge.child.transcript)")
         await edge.command("status 1")
@@ -174,11 +182,44 @@ struct SparkplugEndToEndTests {
         let metrics = String(decoding: try await httpGet(rig.url + "/metrics"), as: UTF8.self)
         let gapLine = metrics.split(separator: "\n").first { $0.contains("reason=\"sparkplug_sequence\"") }
         #expect(gapLine != nil && !(gapLine?.hasSuffix(" 0") ?? true), "the gap was counted: \(gapLine ?? "none")")
+        // Sparkplug states are counted per device as JSON lines are.
+        let deviceLine = metrics.split(separator: "\n").first { $0.hasPrefix("tibet_twin_device_twin_lines_accepted_total{device=\"crane-01\"}") }
+        #expect(deviceLine.flatMap { $0.split(separator: " ").last.flatMap { Double($0) } } ?? 0 > 0,
+                "per-device Sparkplug states: \(deviceLine ?? "none")")
 
         let code = await rig.terminate()
         #expect(code == 0, "\(rig.transcript)")
         let (vcode, vout) = try rig.verifyAudit()
         #expect(vcode == 0, "\(vout)")
+        _ = sim.quit()
+        scratch.cleanup()
+    }
+
+    @Test func aReloadedMapsSparkplugBindingIsTakenAndTheOldBindingNoLongerFeedsTheDevice() async throws {
+        let s = try await SparkplugSystem.start(binding: Self.binding)
+        let (scratch, sim, rig, edge, coils) = (s.scratch, s.sim, s.rig, s.edge, s.coils)
+        func reason() throws -> Int64? { try intentReasonCode(url: rig.url) }
+        func reload(_ map: String) async -> Bool {
+            let before = rig.child?.stderrLines.filter { $0.contains("reload applied") }.count ?? 0
+            try? rig.dir.write("maps/crane-01.yaml", map)
+            rig.child?.signal(SIGHUP)
+            return await eventually(within: 20) { (rig.child?.stderrLines.filter { $0.contains("reload applied") }.count ?? 0) > before }
+        }
+        #expect(await coils.becomes(0, true), "bound to Crane01 → permit\n\(rig.transcript)\n\(edge.child.transcript)")
+
+        // Bound to a device the edge node does not publish: the old binding's states no longer count.
+        let other = rigMapYAML(port: sim.port) + Self.binding.replacingOccurrences(of: "device: Crane01", with: "device: Crane02")
+        #expect(await reload(other), "\(rig.transcript)")
+        #expect(await coils.becomes(0, false), "the binding changed → the twin state is withdrawn")
+        try await Task.sleep(for: .seconds(1))
+        #expect(try reason() == Int64(ReasonCode.noTwin.rawValue), "Crane01's DDATA (every 50 ms) no longer feed crane-01")
+        #expect(coils.current?.first == "0")
+
+        // Back to Crane01: its next DDATA is the twin again.
+        #expect(await reload(rigMapYAML(port: sim.port) + Self.binding), "\(rig.transcript)")
+        #expect(await coils.becomes(0, true, within: 20), "bound again → re-armed\n\(rig.transcript)")
+        let code = await rig.terminate()
+        #expect(code == 0, "\(rig.transcript)")
         _ = sim.quit()
         scratch.cleanup()
     }

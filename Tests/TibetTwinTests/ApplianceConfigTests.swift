@@ -106,7 +106,7 @@ struct ApplianceConfigTests {
 
     @Test(arguments: [
         ("node: g\ntwin: {feeds: [{tcp: 127.0.0.1:7502}]}\nmax_clients: 3\n",
-         [#"etc/tibet-twin.yaml:3:1: max_clients: unknown key "max_clients" (expected one of: node, maps, interlock, twin, audit, http)"#]),
+         [#"etc/tibet-twin.yaml:3:1: max_clients: unknown key "max_clients" (expected one of: node, maps, interlock, twin, audit, http, publish)"#]),
         ("node: g\ntwin: {feeds: [{tcp: 127.0.0.1:7502}]}\ninterlock: {alow: [10.0.0.0/8]}\n",
          [#"etc/tibet-twin.yaml:3:13: interlock.alow: unknown key "alow" (did you mean "allow"?)"#]),
         ("node: g\ntwin: {feeds: [{tcp: 127.0.0.1:7502}]}\ninterlock: {allow: [10.0.0.5/24, 10.0.0.0/33, 300.1.1.1, fe80::1/64]}\n",

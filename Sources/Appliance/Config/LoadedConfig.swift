@@ -131,6 +131,7 @@ package struct LoadedConfig: Sendable {
         if config.audit != old.config.audit { out.append("audit") }
         if config.http != old.config.http { out.append("http") }
         if config.twin != old.config.twin { out.append("twin.feeds") }
+        if config.publish != old.config.publish { out.append("publish") }
         return out
     }
 }

@@ -51,6 +51,14 @@ package final class InterlockAuditor: Sendable {
             key = "c|\(Self.host(of: client))|\(reason)"
             action = .clientRefused
             detail = .object(["client": .string(client), "reason": .string(reason)])
+        case .mqttCommandRefused(let broker, let topic, let metrics, let why):
+            key = "m|\(topic)|\(why)"
+            action = .writeRejected
+            detail = .object([
+                "client": .string("mqtt:\(broker)"), "topic": .string(topic), "reason": .string(why),
+                "metrics": .array(metrics.map { .string($0) }),
+                "answer": .string("ignored: the published permits are read-only; the permit coil is the only control path"),
+            ])
         }
         let write: (UInt64, JSONValue)? = pending.withLock { p in
             var entry = p[key] ?? Pending(count: 0, lastWrittenNs: nil, detail: detail, action: action)
@@ -90,7 +98,9 @@ package final class InterlockAuditor: Sendable {
         erin["count"] = .int(Int64(clamping: count))
         audit.submit(AuditRecord(action: action, erin: .object(erin), eraan: .object(["interlock": .string("jis:\(node)")]),
                                  erachter: .object([
-                                    "why": .string(action == .writeRejected
+                                    "why": .string(erin["topic"] != nil
+                                        ? "an MQTT command tried to write to the read-only permit publisher"
+                                        : action == .writeRejected
                                         ? "a client tried to write to the read-only permit server"
                                         : "a client outside interlock.allow or beyond max_clients connected"),
                                     "safety_critical": .bool(true),

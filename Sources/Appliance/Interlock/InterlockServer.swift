@@ -67,6 +67,9 @@ package enum InterlockEvent: Sendable, Hashable {
     case writeRejected(client: String, unit: UInt8, function: UInt8, address: UInt16?, count: UInt16?)
     /// A connection was closed at accept (`not_allowed`, `too_many_clients`, `descriptor_limit`).
     case clientRefused(client: String, reason: String)
+    /// A Sparkplug command (NCMD / DCMD) to the permit publisher that tried to write: refused,
+    /// ignored (docs/mqtt.md#publishing-the-permits). `why`: `ncmd_write`, `dcmd_write`, `not_sparkplug`.
+    case mqttCommandRefused(broker: String, topic: String, metrics: [String], why: String)
 }
 
 /// Why the interlock server could not start.

@@ -17,6 +17,7 @@ extension ApplianceRuntime {
         metrics.addSource { [twin] in Self.twinSamples(twin.counters) }
         metrics.addSource { [interlock] in Self.interlockSamples(interlock.counters()) }
         metrics.addSource { [audit] in Self.auditSamples(audit.stats) }
+        if let publisher { metrics.addSource { Self.publisherSamples(publisher.snapshot) } }
         metrics.addDeviceSource { [weak self] status in self?.deviceSamples(status) ?? [] }
     }
 
@@ -64,6 +65,29 @@ extension ApplianceRuntime {
         samples.append(histogram("tibet_twin_poll_latency_seconds", "Poll duration, request to last answer", latency))
         samples.append(histogram("tibet_twin_poll_jitter_seconds", "How late each poll started after its slot", jitter))
         return samples
+    }
+
+    /// The permit publisher's messages, refused commands and connection (`publish:`).
+    static func publisherSamples(_ c: PermitPublisherCounters) -> [MetricSample] {
+        let broker = ("broker", c.broker)
+        var out: [MetricSample] = [
+            .gauge(name: "tibet_twin_publish_connected", help: "1 while the permit publisher's broker connection is up",
+                   labels: [broker], value: c.connected ? 1 : 0),
+            .counter(name: "tibet_twin_publish_errors_total", help: "Permit publisher messages libmosquitto could not queue",
+                     labels: [broker], total: c.publishErrors),
+            .counter(name: "tibet_twin_publish_rebirths_total", help: "Sparkplug rebirth requests answered",
+                     labels: [broker], total: c.rebirths),
+        ]
+        for kind in ["nbirth", "dbirth", "ddata", "ndata", "ndeath", "json"] {
+            out.append(.counter(name: "tibet_twin_publish_messages_total", help: "Permit publisher messages sent, by kind",
+                                labels: [broker, ("kind", kind)], total: c.published[kind] ?? 0))
+        }
+        for why in ["ncmd_write", "dcmd_write", "not_sparkplug"] {
+            out.append(.counter(name: "tibet_twin_publish_commands_refused_total",
+                                help: "Sparkplug commands to the permit publisher refused (writes), by reason",
+                                labels: [broker, ("reason", why)], total: c.refused[why] ?? 0))
+        }
+        return out
     }
 
     static func twinSamples(_ counters: [TwinFeedCounters]) -> [MetricSample] {

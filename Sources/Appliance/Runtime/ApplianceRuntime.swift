@@ -32,6 +32,8 @@ package final class ApplianceRuntime: Sendable {
     package let twin: TwinFeedService
     package let metrics: ApplianceMetrics
     package let auditor: InterlockAuditor
+    /// `publish:`: the permits to an MQTT broker, for display and records (nil: off).
+    package let publisher: PermitPublisher?
     let notifier: SystemdNotifier
     let logger: Logger
     let clock: any TimeSource
@@ -69,8 +71,9 @@ package final class ApplianceRuntime: Sendable {
 
     private init(configPath: String, loaded: LoadedConfig, audit: AuditStore, guardLoop: GuardLoop,
                  interlock: InterlockServer, http: HTTPServer, twin: TwinFeedService, poller: Poller,
-                 gate: PollerGate, metrics: ApplianceMetrics, auditor: InterlockAuditor, notifier: SystemdNotifier,
-                 logger: Logger, clock: any TimeSource) {
+                 gate: PollerGate, metrics: ApplianceMetrics, auditor: InterlockAuditor, publisher: PermitPublisher?,
+                 notifier: SystemdNotifier, logger: Logger, clock: any TimeSource) {
+        self.publisher = publisher
         self.configPath = configPath
         self.audit = audit
         self.guardLoop = guardLoop
@@ -160,11 +163,28 @@ package final class ApplianceRuntime: Sendable {
         let auditor = InterlockAuditor(audit: audit, node: config.node, clock: clock)
         auditBox.set(auditor)
 
+        // The publisher only receives each table the interlock gets (a store and a signal);
+        // it never feeds anything back.
+        var publisher: PermitPublisher?
+        if let p = config.publish {
+            do {
+                let options = try TwinMQTTSource.Settings.options(p.connection)
+                publisher = PermitPublisher(settings: PermitPublisher.Settings(options: options, sparkplug: p.sparkplug, json: p.json,
+                                                                               node: config.node),
+                                            clock: clock, refusedCommand: { [auditor] in auditor.record($0) })
+            } catch {
+                interlock.stopImmediately()
+                await http.stop()
+                audit.close(reason: "start failed: publish: \(error)")
+                throw StartupError("\(error.file): \(error.message)")
+            }
+        }
         let guardLoop = GuardLoop(
             configuration: GuardLoop.Configuration(node: config.node, checkpointS: config.audit.checkpointS),
             maps: loaded.maps, layout: loaded.layout, audit: audit, metrics: metrics, notifier: notifier,
-            clock: clock, logger: Logger(label: "tibet-twin.guard")) { [interlock] table in
+            clock: clock, logger: Logger(label: "tibet-twin.guard")) { [interlock, publisher] table in
             interlock.publish(table)
+            publisher?.offer(table)
         }
         controlBox.set(guardLoop)
 
@@ -202,12 +222,14 @@ package final class ApplianceRuntime: Sendable {
         let poller = Poller(maps: loaded.maps, batchSink: { [gate] states in gate.submit(states) })
         let runtime = ApplianceRuntime(configPath: configPath, loaded: loaded, audit: audit, guardLoop: guardLoop,
                                        interlock: interlock, http: http, twin: twin, poller: poller, gate: gate, metrics: metrics,
-                                       auditor: auditor, notifier: notifier, logger: logger, clock: clock)
+                                       auditor: auditor, publisher: publisher, notifier: notifier, logger: logger, clock: clock)
         do {
+            try publisher?.start()
             try guardLoop.start()
             try poller.start()
             try interlock.start()
         } catch {
+            publisher?.stop()
             guardLoop.stop()
             poller.stop()
             for s in started.reversed() { await s.stop() }
@@ -272,6 +294,7 @@ package final class ApplianceRuntime: Sendable {
             .init(service: TwinStopper(twin: twin), serviceName: "twin"),
             .init(service: HTTPStopper(http: http), serviceName: "http"),
             .init(service: interlock, serviceName: "interlock"),
+            .init(service: PublisherStopper(publisher: publisher), serviceName: "publish"),
             .init(service: StopNotifier(notifier: notifier, logger: logger), serviceName: "notify"),
         ]
         var config = ServiceGroupConfiguration(

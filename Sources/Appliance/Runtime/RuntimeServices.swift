@@ -134,6 +134,16 @@ struct TwinStopper: Service {
     }
 }
 
+/// Stops the permit publisher before the interlock's grace period: it publishes every permit 0
+/// (what the interlock serves from now on) and the Sparkplug NDEATH, and disconnects.
+struct PublisherStopper: Service {
+    let publisher: PermitPublisher?
+    func run() async throws {
+        try? await gracefulShutdown()
+        publisher?.stop()
+    }
+}
+
 /// Closes the HTTP API.
 struct HTTPStopper: Service {
     let http: HTTPServer

@@ -332,6 +332,18 @@ extension TwinMQTTSource.Settings {
     /// other local users may read, stops the start naming the config line). The TLS files are
     /// checked for presence here; libmosquitto reads them when it connects.
     package init(_ m: ApplianceConfig.MQTTFeed, maps: [DeviceMap] = []) throws(TwinFeedConfigError) {
+        let options = try Self.options(m)
+        let sparkplug = m.sparkplug.map { sp in
+            TwinMQTTSource.SparkplugSettings(group: sp.group, hostId: sp.hostId,
+                              bindings: Dictionary(maps.compactMap { map in map.sparkplug.map { (map.device, $0) } },
+                                                   uniquingKeysWith: { a, _ in a }))
+        }
+        self.init(options: options, maxMessageBytes: m.maxMessageBytes, topicNamesDevice: m.topicNamesDevice, sparkplug: sparkplug)
+    }
+
+    /// The libmosquitto options of a configured connection (an `mqtt` feed's, or `publish`'s):
+    /// reads the password file; checks that the TLS files can be read.
+    package static func options(_ m: ApplianceConfig.MQTTFeed) throws(TwinFeedConfigError) -> MQTTOptions {
         var password: String?
         if let file = m.passwordFile { password = try Self.readPassword(file) }
         var tls: MQTTOptions.TLS?
@@ -341,17 +353,11 @@ extension TwinMQTTSource.Settings {
             }
             tls = MQTTOptions.TLS(caFile: t.ca.path, certFile: t.cert?.path, keyFile: t.key?.path)
         }
-        let options = MQTTOptions(
+        return MQTTOptions(
             host: m.broker.host, port: m.broker.port, clientId: m.clientId ?? "tibet-twin",
             protocolVersion: m.protocolVersion == .v5 ? .v5 : .v311, keepaliveS: m.keepaliveS,
             cleanSession: m.cleanSession, username: m.username, password: password, tls: tls,
             subscriptions: m.topics, qos: m.qos, reconnectMinMs: m.reconnectMinMs, reconnectMaxMs: m.reconnectMaxMs)
-        let sparkplug = m.sparkplug.map { sp in
-            TwinMQTTSource.SparkplugSettings(group: sp.group, hostId: sp.hostId,
-                              bindings: Dictionary(maps.compactMap { map in map.sparkplug.map { (map.device, $0) } },
-                                                   uniquingKeysWith: { a, _ in a }))
-        }
-        self.init(options: options, maxMessageBytes: m.maxMessageBytes, topicNamesDevice: m.topicNamesDevice, sparkplug: sparkplug)
     }
 
     /// The password: the file's first line. Refused if every local user may read it.
@@ -421,7 +427,13 @@ extension TwinMQTTSource {
             switch event {
             case .device(let key, let device, let metrics):
                 for (name, b) in bindings.withLock({ $0 }) where b.node == key.node && b.device == device {
-                    _ = core.pipeline.submit(Self.state(device: name, binding: b, metrics: metrics, received: received))
+                    // Counted per device as a JSON line is (`tibet_twin_device_twin_lines_*`).
+                    switch core.pipeline.submit(Self.state(device: name, binding: b, metrics: metrics, received: received)) {
+                    case .accepted:
+                        core.update { $0.devices[name, default: DeviceTwinCounters()].accepted += 1 }
+                    case .identityFailure(_, let drop), .dropped(let drop):
+                        core.update { $0.devices[name, default: DeviceTwinCounters()].dropped[drop.reason, default: 0] += 1 }
+                    }
                 }
             case .deviceLost(let key, let device, let why):
                 for (name, b) in bindings.withLock({ $0 }) where b.node == key.node && b.device == device {
