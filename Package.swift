@@ -52,9 +52,13 @@ let package = Package(
         // Our OPC UA client: binary encoding with strict bounds, UA-TCP, secure channel, session,
         // services, security policy Basic256Sha256 (RSA, AES-CBC, X.509 from swift-crypto and
         // swift-certificates). Blocking, one thread per client. No guard logic.
+        // OPC UA's NodeIds, GUIDs and endpoint URL syntax as plain values: what the core needs to
+        // check a binding, without the client. Re-exported by OPCUA.
+        .target(name: "OPCUATypes"),
         .target(
             name: "OPCUA",
             dependencies: [
+                "OPCUATypes",
                 "Platform",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -80,8 +84,8 @@ let package = Package(
         .target(
             name: "TibetTwin",
             dependencies: [
-                // Only for the NodeId syntax of `twin: {opcua: …}` bindings (pure, no I/O used).
-                "OPCUA",
+                // The NodeId and endpoint syntax of OPC UA bindings and feeds (pure values).
+                "OPCUATypes",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]

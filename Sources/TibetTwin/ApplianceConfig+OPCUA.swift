@@ -1,4 +1,4 @@
-import OPCUA
+import OPCUATypes
 import Yams
 
 extension ApplianceConfig {
@@ -84,12 +84,10 @@ extension ConfigParser {
         if let n = m.require("endpoint", "the server's endpoint URL, e.g. opc.tcp://model-pc:4840") {
             if let s = ctx.string(n, keyPath(path, "endpoint"), expected: "an endpoint URL opc.tcp://HOST[:PORT][/PATH]") {
                 do {
-                    _ = try UAEndpointURL(parsing: s)
+                    _ = try OPCUAEndpointText(parsing: s)
                     endpoint = s
                 } catch {
-                    var why = error.description
-                    if case .badEndpoint(let w) = error.kind { why = w }
-                    ctx.error(n, keyPath(path, "endpoint"), "\"\(s)\" is not an OPC UA endpoint: \(why)")
+                    ctx.error(n, keyPath(path, "endpoint"), "\"\(s)\" is not an OPC UA endpoint: \(error.reason)")
                 }
             }
         }

@@ -1,4 +1,4 @@
-import OPCUA
+import OPCUATypes
 import Yams
 
 /// Which OPC UA nodes are a map's twin (docs/opcua.md), read through the appliance's `opcua` feed:

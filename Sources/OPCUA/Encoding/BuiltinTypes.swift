@@ -2,50 +2,6 @@
 import Glibc
 #endif
 
-/// A GUID as OPC UA encodes it: Data1–Data3 little-endian, Data4 as 8 raw bytes.
-public struct UAGuid: Sendable, Hashable, CustomStringConvertible {
-    public var data1: UInt32
-    public var data2: UInt16
-    public var data3: UInt16
-    public var data4: [UInt8]
-
-    public init(data1: UInt32, data2: UInt16, data3: UInt16, data4: [UInt8]) {
-        self.data1 = data1
-        self.data2 = data2
-        self.data3 = data3
-        self.data4 = data4.count == 8 ? data4 : Array((data4 + [UInt8](repeating: 0, count: 8)).prefix(8))
-    }
-
-    public static let zero = UAGuid(data1: 0, data2: 0, data3: 0, data4: [UInt8](repeating: 0, count: 8))
-
-    /// `09087e75-8e5e-499b-954f-f2a9603db28a` (braces allowed); nil when malformed.
-    public init?(parsing text: String) {
-        var t = Substring(text)
-        if t.hasPrefix("{") && t.hasSuffix("}") { t = t.dropFirst().dropLast() }
-        let parts = t.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 5, [8, 4, 4, 4, 12] == parts.map(\.count),
-              parts.allSatisfy({ $0.allSatisfy(\.isHexDigit) }),
-              let d1 = UInt32(parts[0], radix: 16), let d2 = UInt16(parts[1], radix: 16), let d3 = UInt16(parts[2], radix: 16)
-        else { return nil }
-        let tail = Array(parts[3] + parts[4])
-        var d4: [UInt8] = []
-        for i in stride(from: 0, to: 16, by: 2) {
-            guard let b = UInt8(String(tail[i..<i + 2]), radix: 16) else { return nil }
-            d4.append(b)
-        }
-        self.init(data1: d1, data2: d2, data3: d3, data4: d4)
-    }
-
-    public var description: String {
-        func hex<T: BinaryInteger>(_ v: T, _ width: Int) -> String {
-            let s = String(v, radix: 16)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
-        }
-        let d4 = data4.map { hex($0, 2) }
-        return "\(hex(data1, 8))-\(hex(data2, 4))-\(hex(data3, 4))-\(d4[0..<2].joined())-\(d4[2...].joined())"
-    }
-}
-
 /// An OPC UA DateTime: 100 ns ticks since 1601-01-01 00:00 UTC. 0 means "no time".
 public struct UADateTime: Sendable, Hashable, Comparable, CustomStringConvertible {
     public var ticks: Int64

@@ -137,35 +137,14 @@ public struct UAEndpointURL: Sendable, Hashable, CustomStringConvertible {
     public var text: String
 
     public init(parsing text: String) throws(OPCUAError) {
-        func fail(_ why: String) -> OPCUAError { OPCUAError(.badEndpoint(why), operation: "connect", endpoint: text) }
-        guard text.hasPrefix("opc.tcp://") else { throw fail("expected opc.tcp://HOST[:PORT][/PATH]") }
-        let rest = text.dropFirst("opc.tcp://".count)
-        let authority = rest.prefix { $0 != "/" }
-        var host: Substring
-        var portText: Substring?
-        if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { throw fail("unclosed [ in IPv6 address") }
-            host = authority[authority.index(after: authority.startIndex)..<close]
-            let after = authority[authority.index(after: close)...]
-            if !after.isEmpty {
-                guard after.hasPrefix(":") else { throw fail("expected :PORT after ]") }
-                portText = after.dropFirst()
-            }
-        } else if let colon = authority.lastIndex(of: ":") {
-            host = authority[..<colon]
-            portText = authority[authority.index(after: colon)...]
-        } else {
-            host = authority
+        do {
+            let parsed = try OPCUAEndpointText(parsing: text)
+            host = parsed.host
+            port = parsed.port
+            self.text = text
+        } catch {
+            throw OPCUAError(.badEndpoint(error.reason), operation: "connect", endpoint: text)
         }
-        guard !host.isEmpty else { throw fail("no host") }
-        var port = 4840
-        if let portText {
-            guard let p = Int(portText), (1...65535).contains(p) else { throw fail("port must be 1…65535") }
-            port = p
-        }
-        self.host = String(host)
-        self.port = port
-        self.text = text
     }
 
     public var description: String { text }
