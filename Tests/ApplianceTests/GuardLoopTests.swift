@@ -291,16 +291,17 @@ struct GuardLoopTests {
         }
         // A reload replaces the crane's map: poller generation 1 may no longer speak for it.
         loop.shutOutPhysical(["crane-01"], olderThan: 2)
-        loop.submit(physical: [state("crane-01"), state("robot-07")], generation: 1)
+        loop.submit(physical: state("crane-01"), generation: 1)
+        loop.submit(physical: state("robot-07"), generation: 1)
         loop.iterateOnce()
         #expect(loop.slots[0].guardState.physical == nil, "a state read by the old map never reaches the crane")
         #expect(loop.slots[1].guardState.physical != nil, "the unchanged robot still takes the old poller's states")
-        loop.submit(physical: [state("crane-01")], generation: 2)
+        loop.submit(physical: state("crane-01"), generation: 2)
         loop.iterateOnce()
         #expect(loop.slots[0].guardState.physical != nil, "the new poller's states are taken")
         // A later reload never reopens the door for an older generation.
         loop.shutOutPhysical(["crane-01"], olderThan: 1)
-        loop.submit(physical: [state("crane-01")], generation: 1)
+        loop.submit(physical: state("crane-01"), generation: 1)
         #expect(loop.cond.withLock { loop.inPhysical["crane-01"] } == nil)
     }
 

@@ -198,17 +198,11 @@ package final class GuardLoop: @unchecked Sendable {
 
     // MARK: Producers
 
-    /// Hands in a poll's result. Never blocks beyond the inbox lock.
+    /// Hands in a poll's result (the poller's sink, through `PollerGate`). States from a poller
+    /// `generation` older than the device's gate (`shutOutPhysical`) are dropped. Never blocks
+    /// beyond the inbox lock.
     package func submit(physical state: PhysicalState, generation: UInt64 = 0) {
         cond.withLock { admit(state, generation: generation) }
-        cond.signal()
-    }
-
-    /// Hands in several polls' results under one lock and one wake-up (the poller's sink: a
-    /// poll thread hands over what it read back to back). States from a poller `generation`
-    /// older than the device's gate (`shutOutPhysical`) are dropped.
-    package func submit(physical states: [PhysicalState], generation: UInt64) {
-        cond.withLock { for s in states { admit(s, generation: generation) } }
         cond.signal()
     }
 

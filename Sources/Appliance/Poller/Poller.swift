@@ -12,11 +12,6 @@ import Glibc
 /// period (good or bad): it must not block (hand the state over and return).
 package typealias PhysicalStateSink = @Sendable (PhysicalState) -> Void
 
-/// `PhysicalStateSink` for several states at once: a poll thread hands over the states it read
-/// back to back in one call (one lock and one wake-up on the other side instead of one each).
-/// A state waits at most `PollWorker.batchHoldNs` for the others, and a bad one goes at once.
-package typealias PhysicalBatchSink = @Sendable ([PhysicalState]) -> Void
-
 /// How the poller runs.
 package struct PollerConfiguration: Sendable, Hashable {
     /// Poll threads; 0 picks one per link (a PLC, gateway or serial port), at most
@@ -65,17 +60,9 @@ package final class Poller: Sendable {
     /// A poller for `maps` (not started). `time` stamps each state when its answer arrived.
     /// `logger` hears transitions only (connected, connection lost, polls good again), never
     /// one line per period.
-    package convenience init(maps: [DeviceMap], configuration: PollerConfiguration = PollerConfiguration(),
-                            time: any TimeSource = SystemTimeSource(), logger: Logger = Logger(label: "tibet-twin.poller"),
-                            sink: @escaping PhysicalStateSink) {
-        self.init(maps: maps, configuration: configuration, time: time, logger: logger,
-                  batchSink: { states in for s in states { sink(s) } })
-    }
-
-    /// A poller that hands over the states of polls done back to back together.
     package init(maps: [DeviceMap], configuration: PollerConfiguration = PollerConfiguration(),
                 time: any TimeSource = SystemTimeSource(), logger: Logger = Logger(label: "tibet-twin.poller"),
-                batchSink sink: @escaping PhysicalBatchSink) {
+                sink: @escaping PhysicalStateSink) {
         self.maps = maps
         self.configuration = configuration
         self.time = time
@@ -155,7 +142,7 @@ final class PollWorker: Sendable {
     private let configuration: PollerConfiguration
     private let time: any TimeSource
     private let logger: Logger
-    private let sink: PhysicalBatchSink
+    private let sink: PhysicalStateSink
     private let parker = Parker()
     private let stopFlag = Atomic<Bool>(false)
     private struct Counters: Sendable {
@@ -166,7 +153,7 @@ final class PollWorker: Sendable {
     private let counters: Mutex<Counters>
 
     init(index: Int, links: [[DeviceMap]], configuration: PollerConfiguration, time: any TimeSource,
-         logger: Logger, sink: @escaping PhysicalBatchSink) {
+         logger: Logger, sink: @escaping PhysicalStateSink) {
         self.index = index
         self.links = links
         self.maps = links.flatMap { $0 }
@@ -192,10 +179,6 @@ final class PollWorker: Sendable {
 
     /// The least spacing of first deadlines on one thread (see `run`).
     static let slotNs: Int64 = 4_000_000
-    /// How long a good state may wait for the polls after it, to be handed over with them.
-    static let batchHoldNs: Int64 = 1_000_000
-    /// At most this many states are handed over at once.
-    static let batchMax = 32
     /// How many nice levels below the rest of the appliance the poll threads run.
     static let niceSteps: Int32 = 5
 
@@ -222,25 +205,10 @@ final class PollWorker: Sendable {
             let slots = max(1, min(Int64(devices.count), period / Self.slotNs))
             queue.push(deadline: startNs + period * (Int64(i) % slots) / slots, device: i)
         }
-        // States read back to back go to the sink together: before the thread sleeps, when
-        // the first of them has waited `batchHoldNs`, at `batchMax`, and at once when bad.
-        var batch: [PhysicalState] = []
-        batch.reserveCapacity(Self.batchMax)
-        var batchSinceNs: Int64 = 0
-        func flush() {
-            guard !batch.isEmpty else { return }
-            sink(batch)
-            batch.removeAll(keepingCapacity: true)
-        }
         while !stopFlag.load(ordering: .acquiring) {
-            guard let (deadline, i) = queue.peek() else {
-                flush()
-                parker.wait(untilMonotonicNs: monotonicNowNs() + 1_000_000_000)
-                continue
-            }
+            guard let (deadline, i) = queue.peek() else { parker.wait(untilMonotonicNs: monotonicNowNs() + 1_000_000_000); continue }
             let startedNs = monotonicNowNs()
             if deadline > startedNs {
-                flush()
                 parker.wait(untilMonotonicNs: deadline)
                 continue
             }
@@ -267,17 +235,10 @@ final class PollWorker: Sendable {
                 outcome.apply(to: &c.devices[i])
                 c.devices[i].lastPollNs = endedNs - startedNs
             }
-            if batch.isEmpty { batchSinceNs = endedNs }
-            batch.append(outcome.state)
-            // Held only while the polls run fast: any poll can block up to its timeout, and a
-            // state read must not wait on another PLC's silence. A slow poll or a bad state
-            // hands over at once.
-            if !good || batch.count >= Self.batchMax || endedNs - batchSinceNs >= Self.batchHoldNs
-                || endedNs - startedNs >= Self.batchHoldNs / 4 {
-                flush()
-            }
+            // At once, never held for the polls after it: any poll can block up to its timeout,
+            // and a state read (a fault among them) must not wait on another PLC's silence.
+            sink(outcome.state)
         }
-        flush()
         for i in devices.indices { devices[i].close() }
     }
 }

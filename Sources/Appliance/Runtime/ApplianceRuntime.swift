@@ -219,7 +219,7 @@ package final class ApplianceRuntime: Sendable {
         }
 
         let gate = PollerGate(guardLoop: guardLoop)
-        let poller = Poller(maps: loaded.maps, batchSink: { [gate] states in gate.submit(states) })
+        let poller = Poller(maps: loaded.maps) { [gate] state in gate.submit(state) }
         let runtime = ApplianceRuntime(configPath: configPath, loaded: loaded, audit: audit, guardLoop: guardLoop,
                                        interlock: interlock, http: http, twin: twin, poller: poller, gate: gate, metrics: metrics,
                                        auditor: auditor, publisher: publisher, notifier: notifier, logger: logger, clock: clock)
@@ -413,7 +413,7 @@ package final class ApplianceRuntime: Sendable {
             // The new poller starts before the old one stops: an unchanged device is polled by
             // both for a moment, never by neither (its state must not go stale over a reload).
             let gate = oldGate.next()
-            let newPoller = Poller(maps: next.maps, batchSink: { [gate] states in gate.submit(states) })
+            let newPoller = Poller(maps: next.maps) { [gate] s in gate.submit(s) }
             do {
                 try newPoller.start()
             } catch {
