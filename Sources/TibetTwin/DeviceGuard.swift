@@ -276,7 +276,8 @@ public struct DeviceGuard: Sendable {
             var d = StateDelta()
             fillValueDeltas(&d)
             deltaCache = ValueDeltas(values: d.values, maxSensor: d.maxSensor, maxValueDelta: d.maxValueDelta,
-                                     okReason: DeviceGuard.okReason(driftMs: driftNs(physical, twin).map { Fmt.ms($0) }))
+                                     okReason: DeviceGuard.okReason(driftMs: driftNs(physical, twin).map { Fmt.ms($0) }),
+                                     sorted: d.values.sorted { JSONValue.utf8Precedes($0.key, $1.key) }.map { ($0.key, $0.value) })
         }
         return decision(intent: index, deltas: deltaCache)
     }
@@ -288,6 +289,10 @@ public struct DeviceGuard: Sendable {
         var maxSensor: String?
         var maxValueDelta: Double?
         var okReason: String
+        /// `values` in canonical key order, for the token's bytes.
+        var sorted: [(String, Double)]
+        /// The permitted decisions' canonical texts, by intent index, as `SyncGuard` keeps them.
+        var erin: [Int: ErinText] = [:]
     }
 
     static func okReason(driftMs: Double?) -> String {
@@ -332,7 +337,7 @@ public struct DeviceGuard: Sendable {
         } else {
             fillValueDeltas(&delta)
         }
-        let failing = sink.failing
+        let failing = sink.details.isEmpty ? [] : sink.failing
         assert(verdict.permit ? failing.isEmpty : CheckMask(failing.map(\.check)) == verdict.failing,
                "decision text disagrees with the verdict")
         let reason: String

@@ -124,9 +124,64 @@ public enum JSONValue: Sendable, Hashable {
             if d == 0 { return d.sign == .minus ? "-0.0" : "0.0" }
             return String(Int64(d)) + ".0"
         }
+        var scratch: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        let short = withUnsafeMutableBytes(of: &scratch) { raw -> String? in
+            let buf = raw.bindMemory(to: UInt8.self)
+            return shortDecimal(d, into: buf).map { String(decoding: UnsafeBufferPointer(rebasing: buf[..<$0]), as: UTF8.self) }
+        }
+        if let short { return short }
         let plain = d.description
         if Swift.abs(d) >= 1e-4, !plain.utf8.contains(UInt8(ascii: "e")) { return plain }
         return formatGeneral(d)
+    }
+
+    /// Powers of ten exact as doubles, for `shortDecimal`.
+    static let powersOfTen: [Double] = [1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15]
+
+    /// The shortest round-trip text of a non-integral `d` of magnitude 1e-4 ..< 2^48 with at most
+    /// 15 digits after the point (ages and deltas rounded to the microsecond, register values),
+    /// written into `out` (32 bytes at least) without the general digit search; `nil` when `d` is
+    /// outside that case. Returns the byte count.
+    ///
+    /// Why it is exact: with `k` digits after the point, decimals are spaced 10^-k apart. While
+    /// |d|·10^k < 2^48, that spacing is over 16 times the gap between neighbouring doubles at `d`
+    /// (ulp(d) ≤ |d|·2^-52), so at most one `k`-digit decimal reads back as `d`, and the rounded
+    /// product names it (its distance from the exact product is below 1/32 + 1/64). The first `k`
+    /// whose decimal reads back (a correctly rounded division decides) gives the fewest digits:
+    /// a decimal with more digits after the point has at least as many significant digits, and
+    /// the same number only across a power of ten, which would put two decimals 10^-(k+1) apart
+    /// within one ulp (ruled out: 10^(k+1)·ulp < 10/16). A test compares it with the general path.
+    static func shortDecimal(_ d: Double, into out: UnsafeMutableBufferPointer<UInt8>) -> Int? {
+        let magnitude = Swift.abs(d)
+        guard magnitude >= 1e-4, magnitude < 0x1p48, d != d.rounded(.towardZero) else { return nil }
+        for k in 1..<powersOfTen.count {
+            let p = powersOfTen[k]
+            let scaled = magnitude * p
+            guard scaled < 0x1p48 else { return nil }
+            let n = scaled.rounded()
+            guard n / p == magnitude else { continue }
+            // n has k digits after the point: integer part, ".", k digits (leading zeros kept).
+            var m = UInt64(n)
+            var tmp: (UInt64, UInt64, UInt64) = (0, 0, 0)
+            return withUnsafeMutableBytes(of: &tmp) { digits -> Int in
+                var at = digits.count
+                var written = 0
+                repeat {
+                    at -= 1
+                    digits[at] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: m % 10)
+                    m /= 10
+                    written += 1
+                } while m > 0 || written <= k
+                var i = 0
+                if d < 0 { out[i] = UInt8(ascii: "-"); i += 1 }
+                let intDigits = digits.count - at - k
+                for j in 0..<intDigits { out[i] = digits[at + j]; i += 1 }
+                out[i] = UInt8(ascii: "."); i += 1
+                for j in 0..<k { out[i] = digits[at + intDigits + j]; i += 1 }
+                return i
+            }
+        }
+        return nil
     }
 
     /// Python's `repr(float)` layout from Swift's shortest digits, for every finite value.

@@ -70,6 +70,15 @@ public enum RFC3339 {
     /// Formats nanoseconds since the epoch as UTC with millisecond precision:
     /// `2026-11-26T14:32:00.500Z`.
     public static func format(wallNs: Int64, fractionDigits: Int = 3) -> String {
+        let n = Swift.min(Swift.max(fractionDigits, 0), 9)
+        // The usual range: fixed widths, written straight into the string's storage.
+        let text = String(unsafeUninitializedCapacity: 21 + n) { write(wallNs: wallNs, fractionDigits: n, into: $0) ?? 0 }
+        return text.isEmpty ? formatGeneral(wallNs: wallNs, fractionDigits: n) : text
+    }
+
+    /// `format(wallNs:fractionDigits:)` for years 0 to 9999 into `out` (at least 21 +
+    /// `fractionDigits` bytes): returns the byte count, or nil for a year out of that range.
+    static func write(wallNs: Int64, fractionDigits n: Int, into out: UnsafeMutableBufferPointer<UInt8>) -> Int? {
         var secs = wallNs / 1_000_000_000
         var nanos = wallNs % 1_000_000_000
         if nanos < 0 { nanos += 1_000_000_000; secs -= 1 }
@@ -77,29 +86,34 @@ public enum RFC3339 {
         var rem = secs % 86_400
         if rem < 0 { rem += 86_400; days -= 1 }
         let (y, m, d) = civilFromDays(Int(days))
-        if (0...9999).contains(y) {
-            // The usual range: fixed widths, written straight into the string's storage.
-            let n = Swift.min(Swift.max(fractionDigits, 0), 9)
-            return String(unsafeUninitializedCapacity: 21 + n) { out in
-                var i = 0
-                @inline(__always) func put(_ v: Int, _ width: Int) {
-                    var v = v
-                    var k = i + width - 1
-                    while k >= i { out[k] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v % 10); v /= 10; k -= 1 }
-                    i += width
-                }
-                @inline(__always) func char(_ c: Unicode.Scalar) { out[i] = UInt8(ascii: c); i += 1 }
-                put(y, 4); char("-"); put(m, 2); char("-"); put(d, 2); char("T")
-                put(Int(rem / 3600), 2); char(":"); put(Int(rem % 3600 / 60), 2); char(":"); put(Int(rem % 60), 2)
-                if n > 0 {
-                    var div = 1
-                    for _ in 0..<(9 - n) { div *= 10 }
-                    char("."); put(Int(nanos) / div, n)
-                }
-                char("Z")
-                return i
-            }
+        guard (0...9999).contains(y), (0...9).contains(n) else { return nil }
+        var i = 0
+        @inline(__always) func put(_ v: Int, _ width: Int) {
+            var v = v
+            var k = i + width - 1
+            while k >= i { out[k] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v % 10); v /= 10; k -= 1 }
+            i += width
         }
+        @inline(__always) func char(_ c: Unicode.Scalar) { out[i] = UInt8(ascii: c); i += 1 }
+        put(y, 4); char("-"); put(m, 2); char("-"); put(d, 2); char("T")
+        put(Int(rem / 3600), 2); char(":"); put(Int(rem % 3600 / 60), 2); char(":"); put(Int(rem % 60), 2)
+        if n > 0 {
+            var div = 1
+            for _ in 0..<(9 - n) { div *= 10 }
+            char("."); put(Int(nanos) / div, n)
+        }
+        char("Z")
+        return i
+    }
+
+    static func formatGeneral(wallNs: Int64, fractionDigits: Int) -> String {
+        var secs = wallNs / 1_000_000_000
+        var nanos = wallNs % 1_000_000_000
+        if nanos < 0 { nanos += 1_000_000_000; secs -= 1 }
+        var days = secs / 86_400
+        var rem = secs % 86_400
+        if rem < 0 { rem += 86_400; days -= 1 }
+        let (y, m, d) = civilFromDays(Int(days))
         var out: [UInt8] = []
         out.reserveCapacity(32)
         func digits(_ v: Int, _ width: Int) {

@@ -66,10 +66,10 @@ public final class SyncGuard: Sendable {
 
     struct State: ~Copyable {
         var devices: [String: DeviceGuard]
-        /// The chain head: ids are `<idPrefix>-<n>` as `TokenChain` makes them.
-        let idPrefix: String
-        var lastId: String?
-        var lastHash: String?
+        /// The chain head: ids are `<idPrefix>-<n>` as `TokenChain` makes them; the last token
+        /// is number `tokenCount`, its hash `lastDigest`.
+        let chain: CheckChain
+        var lastDigest: Digest256?
         var tokenCount: UInt64 = 0
         var ring: TokenRing
         var checks: UInt64 = 0
@@ -78,6 +78,8 @@ public final class SyncGuard: Sendable {
         var ignoredUpdates: UInt64 = 0
         /// Where each check's hashed bytes are written (reused: no allocation per check).
         let scratch = ByteSink()
+        /// Where a permitted decision's text is written before it is kept.
+        let erinScratch = ByteSink(capacity: 1024)
     }
 
     let state: Mutex<State>
@@ -106,7 +108,8 @@ public final class SyncGuard: Sendable {
         self.host = host ?? SyncGuard.hostName()
         self.safetyCritical = [:]
         let start = clock.now()
-        state = Mutex(State(devices: [:], idPrefix: SyncGuard.idPrefix(node, start),
+        state = Mutex(State(devices: [:], chain: CheckChain(idPrefix: SyncGuard.idPrefix(node, start), node: node,
+                                                             actor: actor, host: self.host),
                             ring: TokenRing(capacity: auditCapacity)))
     }
 
@@ -128,7 +131,8 @@ public final class SyncGuard: Sendable {
         self.host = host ?? SyncGuard.hostName()
         safetyCritical = critical
         let start = clock.now()
-        state = Mutex(State(devices: devices, idPrefix: SyncGuard.idPrefix(node, start),
+        state = Mutex(State(devices: devices, chain: CheckChain(idPrefix: SyncGuard.idPrefix(node, start), node: node,
+                                                                 actor: actor, host: self.host),
                             ring: TokenRing(capacity: auditCapacity)))
     }
 
@@ -215,11 +219,14 @@ public final class SyncGuard: Sendable {
             var decision: SyncDecision
             var twinSeq: UInt64?
             var mapSHA: String?
+            var sorted: [(String, Double)]?
+            var erin: ErinText?
             // One hash of the name when the device is known (the common case), not three.
             var slot = s.devices.index(forKey: device)
             if slot == nil, ensureDevice(device, &s) { slot = s.devices.index(forKey: device) }
             if let slot {
-                (decision, twinSeq, mapSHA) = decide(&s.devices.values[slot], intent: intent, now: now)
+                (decision, twinSeq, mapSHA, sorted, erin) = decide(&s.devices.values[slot], intent: intent, now: now,
+                                                                   erinScratch: s.erinScratch)
             } else {
                 decision = SyncGuard.unknown(device: device, intent: intent, check: .physical,
                                              detail: "device \(device) is not in the maps — cannot verify sync")
@@ -228,29 +235,44 @@ public final class SyncGuard: Sendable {
             if decision.allowed { s.allowed += 1 } else { s.blocked += 1 }
             s.tokenCount += 1
             let record = CheckRecord(
-                tokenId: "\(s.idPrefix)-\(s.tokenCount)", now: now, node: node, actor: actor, host: host, decision: decision,
+                chain: s.chain, serial: s.tokenCount, now: now, decision: decision, sortedValues: sorted, erin: erin,
                 mapSHA256: mapSHA, twinSeq: twinSeq,
                 safetyCritical: adHoc?.safetyCritical ?? safetyCritical[device] ?? true,
-                parentId: s.lastId, prevHash: s.lastHash, scratch: s.scratch)
-            s.lastId = record.tokenId
-            s.lastHash = record.contentHash
+                prevDigest: s.lastDigest, scratch: s.scratch)
+            s.lastDigest = record.digest
             s.ring.append(record)
             decision.record = record
             return decision
         }
     }
 
-    /// Evaluates one device in place and explains the intent's verdict.
-    func decide(_ g: inout DeviceGuard, intent: String, now: ClockReading) -> (SyncDecision, UInt64?, String?) {
+    /// Evaluates one device in place and explains the intent's verdict; with it, the decision's
+    /// values in canonical order when the guard has them sorted, and for a permit its canonical
+    /// text kept from the last check with the same states (made and kept now if there is none).
+    func decide(_ g: inout DeviceGuard, intent: String, now: ClockReading, erinScratch: ByteSink)
+        -> (SyncDecision, UInt64?, String?, [(String, Double)]?, ErinText?) {
         var index = g.intentIndex(named: intent)
         if index == nil, let a = adHoc {
             index = g.addIntent(IntentSpec(name: intent, coil: 0, allowedStatuses: a.allowedStatuses))
         }
         g.evaluate(now: now, auditOK: true)
-        let decision = index.map { g.explain(intent: $0) }
-            ?? SyncGuard.unknown(device: g.map.device, intent: intent, check: .intent,
-                                 detail: "intent \(intent) is not defined for \(g.map.device)")
-        return (decision, g.twin?.seq, g.map.sha256.isEmpty ? nil : g.map.sha256)
+        guard let index else {
+            let decision = SyncGuard.unknown(device: g.map.device, intent: intent, check: .intent,
+                                             detail: "intent \(intent) is not defined for \(g.map.device)")
+            return (decision, g.twin?.seq, g.map.sha256.isEmpty ? nil : g.map.sha256, nil, nil)
+        }
+        let decision = g.explain(intent: index)
+        let sorted = g.deltaCache?.sorted
+        var erin: ErinText?
+        if decision.allowed {
+            if let kept = g.deltaCache?.erin[index], kept.fits(decision) {
+                erin = kept
+            } else if let made = ErinText(decision, sortedValues: sorted, scratch: erinScratch) {
+                g.deltaCache?.erin[index] = made
+                erin = made
+            }
+        }
+        return (decision, g.twin?.seq, g.map.sha256.isEmpty ? nil : g.map.sha256, sorted, erin)
     }
 
     static func unknown(device: String, intent: String, check: GuardCheck, detail: String) -> SyncDecision {

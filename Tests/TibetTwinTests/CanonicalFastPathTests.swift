@@ -1,3 +1,4 @@
+import Crypto
 import PropertyBased
 import Testing
 @testable import TibetTwin
@@ -20,6 +21,35 @@ struct CanonicalFastPathTests {
             var scale = 1.0
             for _ in 0..<e { scale *= 10 }
             let d = Double(n) / scale
+            #expect(JSONValue.format(d) == JSONValue.formatGeneral(d), "\(d)")
+        }
+    }
+
+    /// The short decimal path (ages, deltas and readings with few digits after the point) must
+    /// give the general path's digits, here and at its edges: across powers of ten, at its
+    /// magnitude bounds, with the most digits it takes.
+    @Test func shortDecimalsEqualTheGeneralLayout() async {
+        var edges: [Double] = [1e-4, 0.00010000000000000002, 0.1, 0.3, 0x1p48 - 0.5, 0x1p47 + 0.25, 1.0000000000000002,
+                               0.9999999999999999, 123456789.123456, 2.2250738585072014e-308, .leastNonzeroMagnitude]
+        for e in -4...15 {
+            var p = 1.0
+            if e >= 0 { for _ in 0..<e { p *= 10 } } else { for _ in 0..<(-e) { p /= 10 } }
+            var up = p, down = p
+            for _ in 0..<8 { up = up.nextUp; down = down.nextDown; edges += [up, down, -up] }
+        }
+        for d in edges { #expect(JSONValue.format(d) == JSONValue.formatGeneral(d), "\(d)") }
+        await propertyCheck(count: 5000, input: Gen.int64(in: -99_999_999_999_999...99_999_999_999_999), Gen.int(in: 1...15)) { n, k in
+            let d = Double(n) / JSONValue.powersOfTen[k]
+            #expect(JSONValue.format(d) == JSONValue.formatGeneral(d), "\(d)")
+        }
+        // Any double of the magnitudes the path takes, most of which it hands on to the general one.
+        await propertyCheck(count: 5000, input: Gen.uint64(in: 0x3F1A_36E2_EB1C_432D...0x42F0_0000_0000_0000)) { bits in
+            let d = Double(bitPattern: bits)
+            #expect(JSONValue.format(d) == JSONValue.formatGeneral(d), "\(d)")
+        }
+        // Microsecond-rounded milliseconds, the ages in every check token.
+        await propertyCheck(count: 5000, input: Gen.int64(in: 0...10_000_000_000_000)) { ns in
+            let d = Fmt.ms(ns)
             #expect(JSONValue.format(d) == JSONValue.formatGeneral(d), "\(d)")
         }
     }
@@ -92,15 +122,20 @@ struct CheckRecordTests {
                 delta: StateDelta(driftMs: flags[1] ? d(0) : nil, physicalAgeMs: d(1), twinAgeMs: flags[2] ? nil : d(2),
                                   values: values, maxSensor: flags[3] ? t(3) : nil, maxValueDelta: d(3),
                                   physicalStatus: t(4), physicalStatusDerived: flags[2], twinStatus: flags[1] ? nil : t(5)))
-            let r = CheckRecord(tokenId: "x-\(texts[0])", now: ClockReading(monotonicNs: Int64(bitPattern: bits[4]) / 2, wallNs: 1_795_703_520_000_000_000),
-                                node: t(6), actor: "jis:" + t(6), host: t(7), decision: decision,
+            let chain = CheckChain(idPrefix: "x-" + t(7), node: t(6), actor: "jis:" + t(6), host: t(7))
+            let prev = flags[2] ? Digest256(SHA256.hash(data: bits.map { UInt8(truncatingIfNeeded: $0) })) : nil
+            let sorted = flags[0] ? values.sorted { JSONValue.utf8Precedes($0.key, $1.key) }.map { ($0.key, $0.value) } : nil
+            let r = CheckRecord(chain: chain, serial: bits[3] % 3 + (prev == nil ? 0 : 1),
+                                now: ClockReading(monotonicNs: Int64(bitPattern: bits[4]) / 2,
+                                                  wallNs: 1_795_703_520_000_000_000 + Int64(bits[5] % 1_000_000_000_000)),
+                                decision: decision, sortedValues: sorted,
                                 mapSHA256: flags[0] ? t(5) : nil, twinSeq: flags[2] ? bits[5] : nil,
-                                safetyCritical: flags[3], parentId: flags[1] ? t(3) : nil,
-                                // A previous hash is always hex (written unscanned); every other text is arbitrary.
-                                prevHash: flags[2] ? Hex.encode(bits.map { UInt8(truncatingIfNeeded: $0) }) : nil,
-                                scratch: ByteSink(capacity: 16))
+                                safetyCritical: flags[3], prevDigest: prev, scratch: ByteSink(capacity: 16))
             let token = r.token
             #expect(token.computeContentHash() == r.contentHash)
+            #expect(token.parentId == (prev == nil ? nil : "x-\(t(7))-\(r.serial - 1)"))
+            #expect(token.prevHash == prev.map { d in d.withUnsafeBytes { Hex.encode($0) } })
+            #expect(token.tokenId == "x-\(t(7))-\(r.serial)")
             #expect(token.hashedBytes == JSONValue.object(token.hashedFields).canonicalBytes)
         }
     }
@@ -126,6 +161,26 @@ struct CheckRecordTests {
         }
     }
 
+    @Test func byteSinkTimestampsEqualTheFormattedText() async {
+        let sink = ByteSink(capacity: 16)
+        func written(_ ns: Int64) -> String {
+            sink.reset()
+            sink.appendTimestamp(wallNs: ns)
+            return String(decoding: sink.bytes, as: UTF8.self)
+        }
+        // Edges: the second each side of the epoch, the ends of Int64, years outside 0...9999 are not
+        // possible in Int64 nanoseconds; within a kept second and across to the next.
+        for ns: Int64 in [0, -1, 1, 999_999_999, 1_000_000_000, -1_000_000_000, -999_999_999, .max, .min, .min + 1,
+                          1_795_703_520_000_000_000, 1_795_703_520_999_999_999, 1_795_703_521_000_000_000, 1_795_703_520_500_000_000] {
+            #expect(written(ns) == RFC3339.format(wallNs: ns, fractionDigits: 6), "\(ns)")
+        }
+        await propertyCheck(count: 3000, input: Gen.int64(), Gen.int64(in: 0...3_000_000_000)) { ns, step in
+            #expect(written(ns) == RFC3339.format(wallNs: ns, fractionDigits: 6), "\(ns)")
+            let (next, overflow) = ns.addingReportingOverflow(step)
+            if !overflow { #expect(written(next) == RFC3339.format(wallNs: next, fractionDigits: 6), "\(next)") }
+        }
+    }
+
     @Test func escapeScanFindsEverySpecialByteAtEveryOffset() {
         // The eight-bytes-at-a-time scan must see a special byte in any lane, and no false one.
         for special: UInt8 in [0x00, 0x01, 0x0A, 0x1F, 0x22, 0x5C] {
@@ -145,5 +200,17 @@ struct CheckRecordTests {
         let s = "crane \"01\"\n\u{01}é"
         sink.appendEscaped(s)
         #expect("\"" + String(decoding: sink.bytes, as: UTF8.self) + "\"" == JSONValue.string(s).canonical)
+        // The one-pass copy of short texts and the scan of long ones, with a special byte anywhere.
+        for length in 0...40 {
+            for at in -1..<length {
+                for special in ["\"", "\\", "\n", "\u{01}", "é"] {
+                    var t = String(repeating: "a", count: length)
+                    if at >= 0 { t = String(t.prefix(at)) + special + String(t.dropFirst(at + 1)) }
+                    sink.reset()
+                    sink.appendEscaped(t)
+                    #expect("\"" + String(decoding: sink.bytes, as: UTF8.self) + "\"" == JSONValue.string(t).canonical, "\(t)")
+                }
+            }
+        }
     }
 }

@@ -180,6 +180,34 @@ struct SyncGuardTests {
         #expect(t.timestamp == "2026-11-26T14:32:00.020000Z")
     }
 
+    /// A permit's decision text is kept between checks while the states stay; every token must
+    /// still carry exactly its own decision, across new states, blocks and permits again.
+    @Test func keptDecisionTextsFollowEveryChange() throws {
+        let clock = ManualTimeSource(wallNs: Fixture.t0)
+        let g = Self.adHoc(clock)
+        var decisions: [SyncDecision] = []
+        for step in 0..<120 {
+            switch step % 10 {
+            case 0: Self.feed(g, physical: ["position_x": 12.5 + Double(step) / 100, "load_kg": 2500])
+            case 3: Self.feed(g, status: "fault")
+            case 5: Self.feed(g, twin: ["position_x": 12.5, "load_kg": 2500 + Double(step)])
+            case 7: clock.advance(milliseconds: 300)  // past the drift limit and max age: blocked
+            default: break
+            }
+            clock.advance(milliseconds: Double(step % 4) + 0.001 * Double(step))
+            decisions.append(g.check(device: "crane-01", intent: step % 3 == 0 ? "hoist" : "move_left"))
+        }
+        #expect(decisions.contains { $0.allowed } && decisions.contains { !$0.allowed })
+        let tokens = g.exportAudit()
+        #expect(tokens == decisions.map { $0.token! })
+        for (t, d) in zip(tokens, decisions) {
+            #expect(t.erin == d.json)
+            #expect(t.contentHash == t.computeContentHash())
+            #expect(try TibetToken(json: JSONParser.parse(t.line)) == t)
+        }
+        for (a, b) in zip(tokens, tokens.dropFirst()) { #expect(b.prevHash == a.contentHash) }
+    }
+
     @Test func tokenRingIsBoundedAndKeepsTheNewest() {
         let clock = ManualTimeSource(wallNs: Fixture.t0)
         let g = Self.adHoc(clock, capacity: 10)
