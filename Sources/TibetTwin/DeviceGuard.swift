@@ -56,7 +56,7 @@ public struct DeviceGuard: Sendable {
     var pendingPhysical: PhysicalState?
     var pendingTwin: TwinState?
     var twinWithdrawn = false
-    var dirty = true
+    @usableFromInline var dirty = true
 
     // Results of the state-only checks for `physical` and `twin` (recomputed when dirty), and
     // their times, so the per-tick checks touch no strings or dictionaries.
@@ -69,13 +69,15 @@ public struct DeviceGuard: Sendable {
     /// a state is absorbed).
     var deltaCache: ValueDeltas?
 
-    var runtime: [IntentRuntime]
+    @usableFromInline var runtime: [IntentRuntime]
 
     /// The `now` and audit health of the last evaluation; `nil` before the first.
     public private(set) var lastEvaluation: ClockReading?
     var lastAuditOK = true
-    var lastPhysicalAgeNs: Int64?
-    var lastTwinAgeNs: Int64?
+    @usableFromInline var lastPhysicalAgeNs: Int64?
+    @usableFromInline var lastTwinAgeNs: Int64?
+    /// |physical time − twin `ts`| of the current states (set when they are absorbed).
+    @usableFromInline var currentDriftNs: UInt64?
     /// Evaluations so far.
     public private(set) var evaluationCount: UInt64 = 0
     /// Permit drops (1 → 0) over all intents so far.
@@ -179,7 +181,7 @@ public struct DeviceGuard: Sendable {
 
     /// A state was handed in (or the guard is new) since the last evaluation: the next one
     /// judges new states, not just a later `now`.
-    public var hasUnevaluatedState: Bool { dirty }
+    @inlinable public var hasUnevaluatedState: Bool { dirty }
 
     /// The newest physical and twin states handed in, evaluated or not.
     public var latestPhysical: PhysicalState? { pendingPhysical ?? physical }
@@ -194,15 +196,19 @@ public struct DeviceGuard: Sendable {
     public var verdicts: [IntentVerdict] { runtime.map(\.verdict) }
 
     /// The current verdict of one intent.
-    public func verdict(intent index: Int) -> IntentVerdict { runtime[index].verdict }
+    @inlinable public func verdict(intent index: Int) -> IntentVerdict { runtime[index].verdict }
 
     /// Whether the intent is latched and waits for a reset.
     public func isLatched(intent index: Int) -> Bool { runtime[index].latched }
 
     /// Drift, physical age and twin age at the last evaluation, in ms; `nil` when unknown.
-    public var lastDriftMs: Double? { driftNs(physical, twin).map { Double($0) / 1e6 } }
-    public var lastPhysicalAgeMs: Double? { lastPhysicalAgeNs.map { Double($0) / 1e6 } }
-    public var lastTwinAgeMs: Double? { lastTwinAgeNs.map { Double($0) / 1e6 } }
+    ///
+    /// Inlinable, like `verdict(intent:)`: the guard loop reads these for every device on every
+    /// tick, and a call into this module from another one copied the whole guard (1.6 KB and
+    /// its references) each time.
+    @inlinable public var lastDriftMs: Double? { currentDriftNs.map { Double($0) / 1e6 } }
+    @inlinable public var lastPhysicalAgeMs: Double? { lastPhysicalAgeNs.map { Double($0) / 1e6 } }
+    @inlinable public var lastTwinAgeMs: Double? { lastTwinAgeNs.map { Double($0) / 1e6 } }
 
     // MARK: - Evaluation
 
@@ -214,7 +220,8 @@ public struct DeviceGuard: Sendable {
         if dirty { absorbPending() }
         recordAges(now)
         var time = MaskSink()
-        timeChecks(now, &time)
+        Self.timeChecks(now, physicalMonoNs: physicalMonoNs, twinMonoNs: twinMonoNs, twinTsNs: twinTsNs,
+                        maxAgeNs: maxAgeNs, maxSkewNs: maxSkewNs, &time)
         if !auditOK { time.mask.insert(.audit) }
         var anyChanged = false
         for i in runtime.indices {
@@ -240,6 +247,7 @@ public struct DeviceGuard: Sendable {
         physicalMonoNs = physical?.time.monotonicNs
         twinMonoNs = twin?.received.monotonicNs
         twinTsNs = twin?.tsNs
+        currentDriftNs = driftNs(physical, twin)
         // Through non-mutating helpers: the states are then borrowed from `self`, not copied.
         staticMask = deviceMask()
         for i in staticIntentMasks.indices {
@@ -474,6 +482,14 @@ public struct DeviceGuard: Sendable {
 
     /// Rows 2 and 3 (ages, skew): what changes with `now` alone.
     func timeChecks<S: CheckSink>(_ now: ClockReading, _ s: inout S) {
+        Self.timeChecks(now, physicalMonoNs: physicalMonoNs, twinMonoNs: twinMonoNs, twinTsNs: twinTsNs,
+                        maxAgeNs: maxAgeNs, maxSkewNs: maxSkewNs, &s)
+    }
+
+    /// `timeChecks` from the values it reads: `evaluate` (mutating) calls this one, because
+    /// calling the method made every evaluation copy the whole guard (1.6 KB) first.
+    static func timeChecks<S: CheckSink>(_ now: ClockReading, physicalMonoNs: Int64?, twinMonoNs: Int64?, twinTsNs: Int64?,
+                                         maxAgeNs: Int64, maxSkewNs: Int64, _ s: inout S) {
         if let arrived = physicalMonoNs {
             let age = Self.sub(now.monotonicNs, arrived)
             if let age, age <= maxAgeNs, age >= -maxSkewNs {

@@ -23,8 +23,8 @@ struct IntentPlan: Sendable {
 }
 
 /// One intent's re-arm timer, latch and verdict.
-struct IntentRuntime: Sendable {
-    var verdict = IntentVerdict.initial
+@usableFromInline struct IntentRuntime: Sendable {
+    @usableFromInline var verdict = IntentVerdict.initial
     /// Monotonic time of the first evaluation of the current unbroken run of passing checks.
     var healthySinceNs: Int64?
     /// How long the checks had held at the last evaluation (for the REARMING text).

@@ -31,7 +31,7 @@ extension GuardLoop {
                     // device again at this iteration's `now` before the table is built, so a
                     // state that went stale while the token was being written drops the rise
                     // before it reaches the coils.
-                    slots[s].evaluate = true
+                    mark(s)
                 }
             } else {
                 metrics.countAuditFailure()
@@ -62,7 +62,7 @@ extension GuardLoop {
             }
             submitReset(slot: s, device: device, intent: intent, cleared: cleared, client: client, count: nil, now: now)
             logger.notice("reset", metadata: ["device": "\(device)", "cleared": "\(cleared)", "client": "\(client)"])
-            slots[s].evaluate = true
+            mark(s)
             done(.done(device: device, cleared: cleared))
         case .status(let done):
             statusRequests.append(done)
@@ -160,7 +160,11 @@ extension GuardLoop {
         tickNs = Self.tickNs(reload.maps)
         nextTickNs = min(nextTickNs, now.monotonicNs + tickNs)
         pending.tableChanged = true
-        for s in slots.indices { slots[s].evaluate = true }
+        // The lists name slots of the old array: every new slot is evaluated instead.
+        marked.removeAll(keepingCapacity: true)
+        suspects.removeAll(keepingCapacity: true)
+        for s in slots.indices { slots[s].evaluate = true; slots[s].suspect = false }
+        allMarked = true
         return result
     }
 

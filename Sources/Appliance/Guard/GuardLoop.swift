@@ -107,6 +107,13 @@ package final class GuardLoop: @unchecked Sendable {
 
     var slots: [Slot] = []
     var slotIndex: [String: Int] = [:]
+    /// The slots marked for evaluation since the last iteration (`mark`), and the suspects
+    /// among them, in marking order: an iteration without a tick walks these, not every slot,
+    /// so its cost follows what changed (a burst of twin lines wakes the loop many times).
+    /// `allMarked`: every slot is marked (a reload).
+    var marked: [Int] = []
+    var suspects: [Int] = []
+    var allMarked = false
     var layout: InterlockLayout
     var heartbeat: UInt16 = 0
     var tickNs: Int64 = 100_000_000
@@ -374,23 +381,22 @@ package final class GuardLoop: @unchecked Sendable {
         for (device, state) in physical {
             if let s = slotIndex[device] {
                 let last = slots[s].guardState.physical
-                if last?.status != state.status || last?.isAllGood != state.isAllGood { slots[s].suspect = true }
+                let suspect = last?.status != state.status || last?.isAllGood != state.isAllGood
                 slots[s].guardState.updatePhysical(state)
-                slots[s].evaluate = true
+                mark(s, suspect: suspect)
             }
         }
         for device in withdrawn {
             if let s = slotIndex[device] {
                 slots[s].guardState.withdrawTwin()
-                slots[s].evaluate = true
-                slots[s].suspect = true
+                mark(s, suspect: true)
             }
         }
         for (device, state) in twin {
             if let s = slotIndex[device] {
-                if slots[s].guardState.twin?.status != state.status { slots[s].suspect = true }
+                let suspect = slots[s].guardState.twin?.status != state.status
                 slots[s].guardState.updateTwin(state)
-                slots[s].evaluate = true
+                mark(s, suspect: suspect)
             }
         }
         let now = clock.now()
@@ -410,9 +416,12 @@ package final class GuardLoop: @unchecked Sendable {
         var unpublishedFall = false
         // `evaluate` marks every slot still to be evaluated in this iteration (all on a tick);
         // the suspects go first.
-        if tick { for s in slots.indices { slots[s].evaluate = true } }
+        let everySlot = tick || allMarked
+        if everySlot { for s in slots.indices { slots[s].evaluate = true } }
         for pass in 0..<2 {
-            for s in slots.indices where slots[s].evaluate && (pass == 1 || slots[s].suspect) {
+            // The suspects first, then the rest: every slot on a tick or reload, else the marked.
+            let order = pass == 0 ? suspects : everySlot ? Array(slots.indices) : marked
+            for s in order where slots[s].evaluate {
                 slots[s].evaluate = false
                 slots[s].suspect = false
                 if !tick { image.touched.append(s) }
@@ -432,6 +441,10 @@ package final class GuardLoop: @unchecked Sendable {
                 }
             }
         }
+        assert(slots.allSatisfy { !$0.evaluate && !$0.suspect }, "a marked slot was not evaluated")
+        marked.removeAll(keepingCapacity: true)
+        suspects.removeAll(keepingCapacity: true)
+        allMarked = false
         metrics.countDecisions(evaluated)
         if tick {
             heartbeat &+= 1
@@ -464,6 +477,19 @@ package final class GuardLoop: @unchecked Sendable {
                 let snap = GuardLoop.snapshot(slots: captured, node: node, auditOK: auditOK, ready: ready, heartbeat: beat, now: now)
                 for r in requests { r(snap) }
             }
+        }
+    }
+
+    /// Marks a slot for evaluation in this iteration (once); a suspect (a state that may well
+    /// drop a permit) is evaluated before the others.
+    func mark(_ s: Int, suspect: Bool = false) {
+        if !slots[s].evaluate {
+            slots[s].evaluate = true
+            marked.append(s)
+        }
+        if suspect && !slots[s].suspect {
+            slots[s].suspect = true
+            suspects.append(s)
         }
     }
 
