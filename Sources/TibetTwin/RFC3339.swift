@@ -79,13 +79,7 @@ public enum RFC3339 {
     /// `format(wallNs:fractionDigits:)` for years 0 to 9999 into `out` (at least 21 +
     /// `fractionDigits` bytes): returns the byte count, or nil for a year out of that range.
     static func write(wallNs: Int64, fractionDigits n: Int, into out: UnsafeMutableBufferPointer<UInt8>) -> Int? {
-        var secs = wallNs / 1_000_000_000
-        var nanos = wallNs % 1_000_000_000
-        if nanos < 0 { nanos += 1_000_000_000; secs -= 1 }
-        var days = secs / 86_400
-        var rem = secs % 86_400
-        if rem < 0 { rem += 86_400; days -= 1 }
-        let (y, m, d) = civilFromDays(Int(days))
+        let (y, m, d, rem, nanos) = civil(wallNs: wallNs)
         guard (0...9999).contains(y), (0...9).contains(n) else { return nil }
         var i = 0
         @inline(__always) func put(_ v: Int, _ width: Int) {
@@ -106,7 +100,8 @@ public enum RFC3339 {
         return i
     }
 
-    static func formatGeneral(wallNs: Int64, fractionDigits: Int) -> String {
+    /// The civil date, seconds into the day and nanoseconds of an instant (UTC).
+    static func civil(wallNs: Int64) -> (year: Int, month: Int, day: Int, secondOfDay: Int64, nanos: Int64) {
         var secs = wallNs / 1_000_000_000
         var nanos = wallNs % 1_000_000_000
         if nanos < 0 { nanos += 1_000_000_000; secs -= 1 }
@@ -114,6 +109,11 @@ public enum RFC3339 {
         var rem = secs % 86_400
         if rem < 0 { rem += 86_400; days -= 1 }
         let (y, m, d) = civilFromDays(Int(days))
+        return (y, m, d, rem, nanos)
+    }
+
+    static func formatGeneral(wallNs: Int64, fractionDigits: Int) -> String {
+        let (y, m, d, rem, nanos) = civil(wallNs: wallNs)
         var out: [UInt8] = []
         out.reserveCapacity(32)
         func digits(_ v: Int, _ width: Int) {
