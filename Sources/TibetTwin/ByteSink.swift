@@ -177,8 +177,10 @@ final class ByteSink: @unchecked Sendable {
             reserve(32)
             if let n = JSONValue.shortDecimal(d, into: UnsafeMutableBufferPointer(start: base + count, count: 32)) {
                 count += n
+            } else if d.isFinite {
+                appendUTF8(JSONValue.formatLong(d))  // shortDecimal declined: not tried twice
             } else {
-                appendUTF8(JSONValue.format(d))
+                append("null")
             }
         }
     }

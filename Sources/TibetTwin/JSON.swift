@@ -129,7 +129,11 @@ public enum JSONValue: Sendable, Hashable {
             let buf = raw.bindMemory(to: UInt8.self)
             return shortDecimal(d, into: buf).map { String(decoding: UnsafeBufferPointer(rebasing: buf[..<$0]), as: UTF8.self) }
         }
-        if let short { return short }
+        return short ?? formatLong(d)
+    }
+
+    /// `format` for a finite, non-integral `d` that `shortDecimal` does not take.
+    static func formatLong(_ d: Double) -> String {
         let plain = d.description
         if Swift.abs(d) >= 1e-4, !plain.utf8.contains(UInt8(ascii: "e")) { return plain }
         return formatGeneral(d)

@@ -85,10 +85,6 @@ public final class SyncGuard: Sendable {
     let state: Mutex<State>
     let adHoc: AdHoc?
     let clock: any TimeSource
-    let node: String
-    /// `jis:<node>`, the actor of every check token.
-    let actor: String
-    let host: String
     let safetyCritical: [String: Bool]
 
     /// A guard in the original's shape: every device judged by the same drift limit (and
@@ -103,13 +99,9 @@ public final class SyncGuard: Sendable {
         adHoc = AdHoc(maxDriftMs: maxDriftMs, maxAgeMs: maxAgeMs, maxSkewMs: maxSkewMs, rearmMs: rearmMs,
                       tolerances: valueTolerances, allowedStatuses: allowedStatuses, safetyCritical: safetyCritical)
         self.clock = clock
-        self.node = node
-        actor = "jis:\(node)"
-        self.host = host ?? SyncGuard.hostName()
         self.safetyCritical = [:]
         let start = clock.now()
-        state = Mutex(State(devices: [:], chain: CheckChain(idPrefix: SyncGuard.idPrefix(node, start), node: node,
-                                                             actor: actor, host: self.host),
+        state = Mutex(State(devices: [:], chain: SyncGuard.chain(node: node, host: host, start: start),
                             ring: TokenRing(capacity: auditCapacity)))
     }
 
@@ -126,14 +118,16 @@ public final class SyncGuard: Sendable {
         }
         adHoc = nil
         self.clock = clock
-        self.node = node
-        actor = "jis:\(node)"
-        self.host = host ?? SyncGuard.hostName()
         safetyCritical = critical
         let start = clock.now()
-        state = Mutex(State(devices: devices, chain: CheckChain(idPrefix: SyncGuard.idPrefix(node, start), node: node,
-                                                                 actor: actor, host: self.host),
+        state = Mutex(State(devices: devices, chain: SyncGuard.chain(node: node, host: host, start: start),
                             ring: TokenRing(capacity: auditCapacity)))
+    }
+
+    /// The chain head's constant texts: actor `jis:<node>`, the host (this machine's name unless
+    /// given), ids `<node>-<start in ms, base 36>-<n>`.
+    static func chain(node: String, host: String?, start: ClockReading) -> CheckChain {
+        CheckChain(idPrefix: idPrefix(node, start), node: node, actor: "jis:\(node)", host: host ?? hostName())
     }
 
     static func idPrefix(_ node: String, _ start: ClockReading) -> String {
