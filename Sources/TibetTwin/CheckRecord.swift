@@ -268,13 +268,16 @@ final class ErinText: Sendable {
         w.bytes(middle)
         w.double(d.delta.twinAgeMs)
         w.bytes(tail)
-        if _isDebugAssertConfiguration() {
-            let fresh = ByteSink()
-            CheckRecord.writeDecision(d, CanonicalWriter(out: fresh))
-            let start = w.out.count - fresh.count
-            assert(start >= 0 && Array(UnsafeRawBufferPointer(rebasing: w.out.bytes[start...])) == Array(fresh.bytes),
-                   "kept decision text differs from the decision")
-        }
+        // Debug builds only (an assertion's condition is not evaluated in release builds).
+        assert(Self.endsWithFreshWriting(of: d, w.out), "kept decision text differs from the decision")
+    }
+
+    /// Whether `out` ends with the decision's text as written afresh.
+    static func endsWithFreshWriting(of d: SyncDecision, _ out: ByteSink) -> Bool {
+        let fresh = ByteSink()
+        CheckRecord.writeDecision(d, CanonicalWriter(out: fresh))
+        let start = out.count - fresh.count
+        return start >= 0 && Array(UnsafeRawBufferPointer(rebasing: out.bytes[start...])) == Array(fresh.bytes)
     }
 }
 
