@@ -231,7 +231,7 @@ package final class GuardLoop: @unchecked Sendable {
     package func submit(twin state: TwinState) {
         cond.withLock {
             inTwin[state.device] = state
-            inWithdrawn.remove(state.device)
+            if !inWithdrawn.isEmpty { inWithdrawn.remove(state.device) }
         }
         cond.signal()
     }
@@ -418,6 +418,8 @@ package final class GuardLoop: @unchecked Sendable {
         // the suspects go first.
         let everySlot = tick || allMarked
         if everySlot { for s in slots.indices { slots[s].evaluate = true } }
+        // In slot order, whatever order the inbox handed them over in (a dictionary's).
+        if suspects.count > 1 { suspects.sort() }
         for pass in 0..<2 {
             // The suspects first, then the rest: every slot on a tick or reload, else the marked.
             let order = pass == 0 ? suspects : everySlot ? Array(slots.indices) : marked
