@@ -94,6 +94,7 @@ public struct CheckMask: Sendable, Hashable, Sequence, ExpressibleByArrayLiteral
 
     @inlinable public var isEmpty: Bool { rawValue == 0 }
     @inlinable public mutating func insert(_ check: GuardCheck) { rawValue |= 1 << UInt16(check.rawValue) }
+    @inlinable public mutating func remove(_ check: GuardCheck) { rawValue &= ~(1 << UInt16(check.rawValue)) }
     @inlinable public func contains(_ check: GuardCheck) -> Bool { rawValue & (1 << UInt16(check.rawValue)) != 0 }
     @inlinable public func union(_ other: CheckMask) -> CheckMask { CheckMask(rawValue: rawValue | other.rawValue) }
     @inlinable public func isSuperset(of other: CheckMask) -> Bool { rawValue & other.rawValue == other.rawValue }

@@ -65,6 +65,8 @@ public struct DeviceGuard: Sendable {
     var twinMonoNs: Int64?
     var twinTsNs: Int64?
     var staticIntentMasks: [CheckMask]
+    /// The masks were computed from the current states (by a full `absorbPending`).
+    var masksCurrent = false
     /// The value deltas of `physical` and `twin` once `explain` has computed them (cleared when
     /// a state is absorbed).
     var deltaCache: ValueDeltas?
@@ -238,21 +240,69 @@ public struct DeviceGuard: Sendable {
     }
 
     /// Moves the pending states in and recomputes the state-only checks.
+    ///
+    /// A state that repeats the device's last one but for its time (a poll that read the same
+    /// registers, a twin line that repeats its device's last one with a new `ts` and `seq`)
+    /// changes only the drift among the state-only checks: the masks are kept and the drift bit
+    /// alone is judged again. Debug builds recompute the masks in full and assert they agree.
     mutating func absorbPending() {
-        if let p = pendingPhysical { physical = p; pendingPhysical = nil }
+        // Both states present before and after, and neither changed but for its time. The
+        // states are moved, not copied (each copy retains and releases every string and
+        // dictionary in them).
+        var sameContent = !twinWithdrawn && physical != nil && twin != nil
+        if let p = pendingPhysical.take() {
+            sameContent = sameContent && physicalRepeats(p)
+            physical = consume p
+        }
         if twinWithdrawn { twin = nil; twinWithdrawn = false }
-        if let t = pendingTwin { twin = t; pendingTwin = nil }
+        if let t = pendingTwin.take() {
+            sameContent = sameContent && twinRepeats(t)
+            twin = consume t
+        }
         dirty = false
         deltaCache = nil
         physicalMonoNs = physical?.time.monotonicNs
         twinMonoNs = twin?.received.monotonicNs
         twinTsNs = twin?.tsNs
         currentDriftNs = driftNs(physical, twin)
+        if sameContent && masksCurrent {
+            // As `deviceChecks` judges drift, with both states present.
+            if let d = currentDriftNs, d <= maxDriftNs { staticMask.remove(.drift) } else { staticMask.insert(.drift) }
+            assert(staticMask == deviceMask() && staticIntentMasks.indices.allSatisfy { staticIntentMasks[$0] == intentMask($0) },
+                   "the state-only checks of a repeated state differ")
+            return
+        }
         // Through non-mutating helpers: the states are then borrowed from `self`, not copied.
         staticMask = deviceMask()
         for i in staticIntentMasks.indices {
             staticIntentMasks[i] = intentMask(i)
         }
+        masksCurrent = true
+    }
+
+    /// Whether `b` differs from the current physical state in its time alone (when read, the
+    /// PLC's clock): every state-only check but drift judges them alike.
+    func physicalRepeats(_ b: borrowing PhysicalState) -> Bool {
+        guard let a = physical else { return false }
+        return Self.sameContent(a, b)
+    }
+
+    /// Whether `b` differs from the current twin state in its time alone (`ts`, `seq`, when
+    /// received). A repeated feed line shares its values' storage with the last one, so
+    /// `values` compare without a lookup.
+    func twinRepeats(_ b: borrowing TwinState) -> Bool {
+        guard let a = twin else { return false }
+        return Self.sameContent(a, b)
+    }
+
+    static func sameContent(_ a: borrowing PhysicalState, _ b: borrowing PhysicalState) -> Bool {
+        a.status == b.status && a.statusRaw == b.statusRaw && a.statusQuality == b.statusQuality && a.pollError == b.pollError
+            && a.identity == b.identity && a.statusDerived == b.statusDerived && a.device == b.device && a.values == b.values
+    }
+
+    static func sameContent(_ a: borrowing TwinState, _ b: borrowing TwinState) -> Bool {
+        a.status == b.status && a.predicted == b.predicted && a.signature == b.signature && a.modelVersion == b.modelVersion
+            && a.quality == b.quality && a.device == b.device && a.values == b.values
     }
 
     /// The state-only device checks (rows 1, 3–8) of the current states, as a mask.

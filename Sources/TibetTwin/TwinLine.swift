@@ -1,4 +1,5 @@
 import Crypto
+import Synchronization
 
 /// Why a twin feed line was not applied (docs/twin-feed.md). The raw value is the stable label used in
 /// metrics and logs (`tibet_twin_lines_dropped_total{reason="replay"}`).
@@ -162,11 +163,15 @@ public struct TwinLineParser: Sendable {
     public static let maxLineBytes = 65_536
 
     public let devices: [String: TwinDeviceRules]
+    /// Tells parsers apart (a `TwinLineMemo` holds the lines of one).
+    let generation: UInt64
+    private static let generations = Atomic<UInt64>(0)
 
     public init(rules: [TwinDeviceRules]) {
         var d: [String: TwinDeviceRules] = [:]
         for r in rules { d[r.device] = r }
         devices = d
+        generation = Self.generations.add(1, ordering: .relaxed).newValue
     }
 
     /// Rules from loaded maps; `keys` maps device name to its twin key. Every map that names a
@@ -200,6 +205,29 @@ public struct TwinLineParser: Sendable {
 
     /// Parses a line held in a buffer; see `parse(_:received:)`.
     public func parse(buffer b: UnsafeBufferPointer<UInt8>, received: ClockReading) -> TwinLineOutcome {
+        var spans: TwinLineMemo.Spans?
+        return parse(buffer: b, received: received, spans: &spans)
+    }
+
+    /// Parses a line as `parse(buffer:received:)` does, unless it repeats its device's last
+    /// accepted line in `memo` but for `ts` and `seq` (see `TwinLineMemo`): then the
+    /// remembered state with the new `ts` and `seq`. Accepted lines are remembered.
+    public func parse(buffer b: UnsafeBufferPointer<UInt8>, received: ClockReading, memo: inout TwinLineMemo) -> TwinLineOutcome {
+        memo.start(generation: generation)
+        if let repeated = memo.repeatOf(b, received: received) {
+            assert(repeated == parse(buffer: b, received: received), "a remembered line parsed differently")
+            return repeated
+        }
+        memo.countParsed()
+        var spans: TwinLineMemo.Spans?
+        let outcome = parse(buffer: b, received: received, spans: &spans)
+        if let spans, case .accepted(let state, let unknown) = outcome {
+            memo.remember(b, spans: spans, state: state, unknownValues: unknown)
+        }
+        return outcome
+    }
+
+    func parse(buffer b: UnsafeBufferPointer<UInt8>, received: ClockReading, spans: inout TwinLineMemo.Spans?) -> TwinLineOutcome {
         guard b.count <= Self.maxLineBytes else {
             return .dropped(TwinDrop(reason: .tooLong, detail: "\(b.count) bytes > \(Self.maxLineBytes)"))
         }
@@ -266,6 +294,12 @@ public struct TwinLineParser: Sendable {
         let state = TwinState(device: device, tsNs: tsNs, seq: f.seq, status: s.string(f.status!), values: values,
                               predicted: f.predicted ?? false, modelVersion: f.modelVersion.map { s.string($0) },
                               signature: signature, received: received)
+        // A line a memo may remember: unsigned, `{"device":"name",…` without escapes in the name
+        // or the `ts`.
+        if rules.key == nil, devRange.decoded == nil, devRange.lowerBound == TwinLineMemo.prefix.count,
+           let ts = f.ts, ts.decoded == nil {
+            spans = TwinLineMemo.Spans(ts: ts.lowerBound..<ts.upperBound, seq: f.seqRange, maxSkewMs: rules.maxSkewMs)
+        }
         return .accepted(state, unknownValues: unknown)
     }
 
@@ -406,7 +440,10 @@ public struct TwinValidator: Sendable {
     public mutating func admit(_ outcome: TwinLineOutcome,
                                seqReset: (TwinSeqReset) -> Bool = { _ in false }) -> TwinLineOutcome {
         guard case .accepted(let state, _) = outcome else { return outcome }
-        if let prev = last[state.device] {
+        // One lookup per line: the device's entry is found once and updated in place.
+        let at = last.index(forKey: state.device)
+        if let at {
+            let prev = last.values[at]
             if let seq = state.seq, let lastSeq = prev.seq {
                 if seq <= lastSeq {
                     let silentMs = Double(state.received.monotonicNs &- prev.receivedNs) / 1_000_000
@@ -420,7 +457,7 @@ public struct TwinValidator: Sendable {
                         } else if seqReset(TwinSeqReset(device: state.device, fromSeq: lastSeq, toSeq: seq, silentMs: silentMs,
                                                         afterMs: afterMs, lastTsNs: prev.tsNs, tsNs: state.tsNs,
                                                         received: state.received)) {
-                            last[state.device] = (seq, state.tsNs, state.received.monotonicNs)
+                            last.values[at] = (seq, state.tsNs, state.received.monotonicNs)
                             return outcome
                         } else {
                             why = "; a seq restart could not be put on the audit record"
@@ -436,7 +473,11 @@ public struct TwinValidator: Sendable {
                                          detail: "ts \(RFC3339.format(wallNs: state.tsNs)) older than the last accepted \(RFC3339.format(wallNs: prev.tsNs)) (no seq to order by)"))
             }
         }
-        last[state.device] = (state.seq ?? last[state.device]?.seq, state.tsNs, state.received.monotonicNs)
+        if let at {
+            last.values[at] = (state.seq ?? last.values[at].seq, state.tsNs, state.received.monotonicNs)
+        } else {
+            last[state.device] = (state.seq, state.tsNs, state.received.monotonicNs)
+        }
         return outcome
     }
 

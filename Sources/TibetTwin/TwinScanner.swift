@@ -29,6 +29,8 @@ struct TwinFields {
     var sigMemberStart: Int?
     var sigIsLast = false
     var seq: UInt64?
+    /// Where `seq`'s digits are, when it was accepted as an integer.
+    var seqRange: Range<Int>?
     /// A `seq` that is an integer but above `TwinState.maxSeq` (the digits, for the log).
     var seqOutOfRange: String?
     var predicted: Bool?
@@ -117,6 +119,7 @@ struct TwinScanner {
                             // to count on: a drop of its own (`seq_out_of_range`), never accepted.
                             if let v = Self.uint64(b, start, i), v <= TwinState.maxSeq {
                                 fields.seq = v
+                                fields.seqRange = start..<i
                             } else if fields.seqOutOfRange == nil {
                                 fields.seqOutOfRange = String(decoding: UnsafeBufferPointer(rebasing: b[start..<min(i, start + 24)]), as: UTF8.self)
                             }

@@ -9,6 +9,10 @@
 //          steady state with every permit up; publishing the permit image included
 //   drop   N iterations (N <= DEVICES) that each drop one device's permits on a twin fault
 //          line: one device evaluated, the image published, the drop token submitted
+//   feed   N twin lines (SystemBench's shape, round-robin over DEVICES devices) through the
+//          feed pipeline (parse, validate, order) into the guard loop's inbox; the loop takes
+//          the inbox every DEVICES lines (the guard's side is `tick`); with a `TwinLineMemo`
+//          as the socket source keeps one (PROFILE_NO_MEMO=1: every line parsed in full)
 
 import Appliance
 import Foundation
@@ -127,6 +131,49 @@ func drops(devices: Int, _ n: Int) -> Int {
     return rig.loop.publishedPermitCount
 }
 
+func feedLines(devices: Int, _ n: Int) -> Int {
+    let rig = LoopRig(devices: devices)
+    rig.arm()
+    let parser = try! TwinLineParser(maps: rig.names.enumerated().map { k, name in
+        DeviceMap(device: name, profile: .port, plc: PLCEndpoint(host: "127.0.0.1", pollMs: 50),
+                  limits: Limits(maxDriftMs: 200, maxAgeMs: 200, rearmMs: 100),
+                  status: StatusSpec(register: RegisterSpec(name: "status", address: 0), values: [0: "operational", 1: "fault"]),
+                  registers: [
+                      RegisterSpec(name: "position_x", address: 100, type: .float32, tolerance: 0.5),
+                      RegisterSpec(name: "load_kg", address: 102, type: .uint32, tolerance: 100),
+                  ],
+                  intents: [IntentSpec(name: "move_left", coil: UInt16(2 * k)), IntentSpec(name: "hoist", coil: UInt16(2 * k + 1))])
+    }, keys: [:])
+    let loop = rig.loop
+    let pipeline = TwinFeedPipeline(parser: parser) { loop.submit(twin: $0) }
+    let received = rig.clock.now()
+    let ts = RFC3339.format(wallNs: received.wallNs - 20_000_000)
+    // The line SystemBench's twin sends, seq increasing per device.
+    let lines: [[UInt8]] = (0..<devices).map { k in
+        Array(#"{"device":"\#(rig.names[k])","ts":"\#(ts)","seq":SEQ,"status":"operational","values":{"load_kg":2500,"position_x":12.5},"predicted":false}"#.utf8)
+    }
+    var accepted = 0
+    var memo = TwinLineMemo()
+    let memoized = ProcessInfo.processInfo.environment["PROFILE_NO_MEMO"] == nil
+    var line: [UInt8] = []
+    for i in 0..<n {
+        let template = lines[i % devices]
+        line.removeAll(keepingCapacity: true)
+        let seq = Array(String(i / devices + 1).utf8)
+        let at = template.firstIndex(of: UInt8(ascii: "S"))!
+        line.append(contentsOf: template[..<at])
+        line.append(contentsOf: seq)
+        line.append(contentsOf: template[(at + 3)...])
+        let outcome = line.withUnsafeBufferPointer {
+            memoized ? pipeline.process($0, received: received, memo: &memo) : pipeline.process($0, received: received)
+        }
+        if case .accepted = outcome { accepted += 1 }
+        if i % devices == devices - 1 { loop.iterateOnce() }
+    }
+    if memoized { print("feed: \(memo.repeats) lines repeated a remembered one, \(memo.parsed) parsed in full") }
+    return accepted
+}
+
 let args = CommandLine.arguments.dropFirst()
 let n = args.dropFirst().first.flatMap { Int($0) } ?? 20_000
 switch args.first {
@@ -144,11 +191,16 @@ case "token":
     let t = g.exportAudit().last!
     print(t.json.canonical)
     print(t.hashedBytes.count)
+case "feed":
+    let devices = args.dropFirst(2).first.flatMap { Int($0) } ?? 1000
+    let accepted = feedLines(devices: devices, n)
+    print("feed: \(n) lines at \(devices) devices, \(accepted) accepted")
+    exit(accepted == n ? 0 : 1)
 case "tick", "drop":
     let devices = args.dropFirst(2).first.flatMap { Int($0) } ?? 1000
     let permits = args.first == "tick" ? ticks(devices: devices, n) : drops(devices: devices, n)
     print("\(args.first!): \(n) iterations at \(devices) devices, \(permits) permits up at the end")
 default:
-    print("usage: tibet-twin-profile check|token [N] | tick|drop [N [DEVICES]]")
+    print("usage: tibet-twin-profile check|token [N] | tick|drop|feed [N [DEVICES]]")
     exit(2)
 }

@@ -84,7 +84,18 @@ package final class TwinFeedPipeline: Sendable {
     /// blocks the device it names.
     package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading,
                          requiredDevice: Substring? = nil) -> TwinLineOutcome {
-        var parsed = current.withLock { $0 }.parse(buffer: line, received: received)
+        admit(current.withLock { $0 }.parse(buffer: line, received: received), requiredDevice: requiredDevice)
+    }
+
+    /// `process(_:received:requiredDevice:)` for a source that keeps a memo of its lines
+    /// (`TwinLineMemo`: a line repeating its device's last one but for `ts` and `seq` is not
+    /// parsed again). One memo per connection or file, used from one thread at a time.
+    package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading, memo: inout TwinLineMemo) -> TwinLineOutcome {
+        admit(current.withLock { $0 }.parse(buffer: line, received: received, memo: &memo), requiredDevice: nil)
+    }
+
+    private func admit(_ outcome: TwinLineOutcome, requiredDevice: Substring?) -> TwinLineOutcome {
+        var parsed = outcome
         if let requiredDevice, case .accepted(let s, _) = parsed, s.device != requiredDevice {
             parsed = .dropped(TwinDrop(reason: .topicMismatch, device: s.device,
                                        detail: "the topic names \"\(requiredDevice)\", the line is for \"\(s.device)\""))
@@ -213,7 +224,22 @@ final class TwinSourceCore: Sendable {
             counters.withLock { $0.blankLines += 1 }
             return nil
         }
-        let outcome = pipeline.process(line, received: received, requiredDevice: requiredDevice)
+        return count(pipeline.process(line, received: received, requiredDevice: requiredDevice),
+                     received: received, lineNumber: lineNumber, where: place())
+    }
+
+    /// `handle` for a source that keeps a memo of its lines (one per connection or file).
+    func handle(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading, lineNumber: UInt64, memo: inout TwinLineMemo,
+                where place: @autoclosure () -> String) -> TwinLineOutcome? {
+        if Self.isBlank(line) {
+            counters.withLock { $0.blankLines += 1 }
+            return nil
+        }
+        return count(pipeline.process(line, received: received, memo: &memo), received: received, lineNumber: lineNumber, where: place())
+    }
+
+    private func count(_ outcome: TwinLineOutcome, received: ClockReading, lineNumber: UInt64,
+                       where place: @autoclosure () -> String) -> TwinLineOutcome {
         switch outcome {
         case .accepted(let state, let unknown):
             counters.withLock {

@@ -150,6 +150,8 @@ private final class FileFollower: @unchecked Sendable {
     var pos: Int64 = 0
     var lineNumber: UInt64 = 0
     var framer = LineFramer(maxLineBytes: TwinLineParser.maxLineBytes)
+    /// The file's lines as last accepted per device (a repeat is not parsed again).
+    var memo = TwinLineMemo()
     var buffer = [UInt8](repeating: 0, count: 1 << 16)
     var waitingLogged = false
 
@@ -267,7 +269,7 @@ private final class FileFollower: @unchecked Sendable {
                     lineNumber += 1
                     switch event {
                     case .line(let line):
-                        _ = core.handle(line, received: received, lineNumber: lineNumber, where: "\(path):\(lineNumber)")
+                        _ = core.handle(line, received: received, lineNumber: lineNumber, memo: &memo, where: "\(path):\(lineNumber)")
                     case .tooLong(let length):
                         core.countDrop(TwinDrop(reason: .tooLong, detail: "line longer than \(TwinLineParser.maxLineBytes) bytes (\(length) so far); skipped to its newline"),
                                        received: received, lineNumber: lineNumber, where: "\(path):\(lineNumber)")

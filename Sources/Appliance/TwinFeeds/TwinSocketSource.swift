@@ -340,6 +340,8 @@ final class TwinLineHandler: ChannelInboundHandler {
 
     let source: TwinSocketSource
     var framer = LineFramer(maxLineBytes: TwinLineParser.maxLineBytes)
+    /// The client's lines as last accepted per device (a repeat is not parsed again).
+    var memo = TwinLineMemo()
     var lineNumber: UInt64 = 0
     var consecutiveBad = 0
     var peer = "?"
@@ -384,7 +386,7 @@ final class TwinLineHandler: ChannelInboundHandler {
                 sawLine = true
                 switch event {
                 case .line(let line):
-                    guard let outcome = core.handle(line, received: received, lineNumber: lineNumber, where: "\(peer) line \(lineNumber)") else {
+                    guard let outcome = core.handle(line, received: received, lineNumber: lineNumber, memo: &memo, where: "\(peer) line \(lineNumber)") else {
                         return true
                     }
                     if case .accepted = outcome {
