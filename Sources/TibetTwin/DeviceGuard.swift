@@ -295,15 +295,9 @@ public struct DeviceGuard: Sendable {
         return Self.sameContent(a, b)
     }
 
-    static func sameContent(_ a: borrowing PhysicalState, _ b: borrowing PhysicalState) -> Bool {
-        a.status == b.status && a.statusRaw == b.statusRaw && a.statusQuality == b.statusQuality && a.pollError == b.pollError
-            && a.identity == b.identity && a.statusDerived == b.statusDerived && a.device == b.device && a.values == b.values
-    }
+    static func sameContent(_ a: borrowing PhysicalState, _ b: borrowing PhysicalState) -> Bool { b.repeats(a) }
 
-    static func sameContent(_ a: borrowing TwinState, _ b: borrowing TwinState) -> Bool {
-        a.status == b.status && a.predicted == b.predicted && a.signature == b.signature && a.modelVersion == b.modelVersion
-            && a.quality == b.quality && a.device == b.device && a.values == b.values
-    }
+    static func sameContent(_ a: borrowing TwinState, _ b: borrowing TwinState) -> Bool { b.repeats(a) }
 
     /// The state-only device checks (rows 1, 3–8) of the current states, as a mask.
     func deviceMask() -> CheckMask {

@@ -84,6 +84,13 @@ public enum IdentityResult: Sendable, Hashable, CustomStringConvertible {
 /// A failed poll is still a `PhysicalState`: `pollError` is set and every value's quality
 /// says why. The last good values are never passed off as fresh.
 public struct PhysicalState: Sendable, Hashable {
+    /// Whether this poll read what `last` read and differs only in its time (when read, the
+    /// PLC's clock): every check but drift and the ages judges them alike.
+    public func repeats(_ last: borrowing PhysicalState) -> Bool {
+        status == last.status && statusRaw == last.statusRaw && statusQuality == last.statusQuality && pollError == last.pollError
+            && identity == last.identity && statusDerived == last.statusDerived && device == last.device && values == last.values
+    }
+
     public var device: String
     /// The status name from the map's value map; `nil` if unreadable or an unmapped code.
     public var status: String?
@@ -141,6 +148,14 @@ public enum SignatureCheck: Sendable, Hashable {
 
 /// What the twin believes, one feed line's worth (docs/twin-feed.md).
 public struct TwinState: Sendable, Hashable {
+    /// Whether this state says what `last` said and differs only in its time (`ts`, `seq`,
+    /// when received): every check but drift and the ages judges them alike. Values that share
+    /// their storage (a repeated feed line, `TwinLineMemo`) compare without a lookup.
+    public func repeats(_ last: borrowing TwinState) -> Bool {
+        status == last.status && predicted == last.predicted && signature == last.signature && modelVersion == last.modelVersion
+            && quality == last.quality && device == last.device && values == last.values
+    }
+
     public var device: String
     /// The twin's own timestamp, ns since epoch.
     public var tsNs: Int64

@@ -81,6 +81,9 @@ public struct TwinLineMemo: Sendable {
 
     mutating func countParsed() { parsed &+= 1 }
 
+    /// Forgets a device's line (its state was not taken after all).
+    public mutating func forget(device: String) { entries[device] = nil }
+
     /// The state `b` gives if it repeats its device's remembered line; nil when it does not (or
     /// when a check fails: the full parse then says why).
     mutating func repeatOf(_ b: UnsafeBufferPointer<UInt8>, received: ClockReading) -> TwinLineOutcome? {

@@ -336,7 +336,12 @@ struct GuardLoopTests {
         final class Probe: @unchecked Sendable {
             weak var loop: GuardLoop?
             var stillToEvaluate: [Int] = []
-            func note() { stillToEvaluate.append(loop?.slots.filter(\.evaluate).count ?? -1) }
+            /// Runs at each publication, on the loop's thread (after `stillToEvaluate` is noted).
+            var onPublish: (() -> Void)?
+            func note() {
+                stillToEvaluate.append(loop?.slots.filter(\.evaluate).count ?? -1)
+                onPublish?()
+            }
         }
         let probe = Probe()
 
@@ -385,6 +390,87 @@ struct GuardLoopTests {
         let first = try #require(m.recorder.tables[mark...].first)
         #expect(first.permit(device: "crane-99", intent: "move_left") == false)
         #expect(m.probe.stillToEvaluate[probes...].first == 99, "its drop was published before the other 99 were judged")
+    }
+
+    @Test func newsArrivingDuringALongIterationIsJudgedBeforeItsRest() throws {
+        let m = try ManualLoop(devices: 100)
+        try m.armAll()
+        let mark = m.recorder.tables.count, probes = m.probe.stillToEvaluate.count
+        // While the iteration of a burst runs (at its first publication, crane-0's drop),
+        // crane-90's PLC faults.
+        var injected = false
+        m.probe.onPublish = {
+            guard !injected else { return }
+            injected = true
+            m.loop.submit(physical: PhysicalState(device: "crane-90", status: "fault",
+                                                  values: ["load_kg": Reading(value: .double(1000), quality: .good)], time: m.clock.now()))
+        }
+        m.step(fault: ["crane-0"])
+        m.probe.onPublish = nil
+        let tables = Array(m.recorder.tables[mark...])
+        let notes = Array(m.probe.stillToEvaluate[probes...])
+        let at = try #require(tables.firstIndex { $0.permit(device: "crane-90", intent: "move_left") == false },
+                              "crane-90's drop was published in that iteration")
+        #expect(notes[at] >= 100 - 1 - 2 * GuardLoop.peekEvery,
+                "published within a few peeks, not after the other \(notes[at]) devices were judged")
+        #expect(tables.last?.permit(device: "crane-90", intent: "move_left") == false)
+        #expect(tables.last?.permit(device: "crane-0", intent: "move_left") == false)
+        #expect(tables.last?.permit(device: "crane-50", intent: "move_left") == true)
+    }
+
+    @Test func anOlderRepeatNeverReplacesANewerState() throws {
+        // A tick takes the repeats, then absorbs them one by one, looking for news on the way
+        // (`peek`): news taken then is newer than a repeat of the same device not absorbed yet.
+        let m = try ManualLoop(devices: 2)
+        try m.armAll()
+        func state(_ status: String, _ t: ClockReading) -> PhysicalState {
+            PhysicalState(device: "crane-1", status: status, values: ["load_kg": Reading(value: .double(1000), quality: .good)], time: t)
+        }
+        let t1 = m.clock.now()
+        usleep(1000)
+        m.loop.submit(physical: state("fault", m.clock.now()))
+        m.loop.iterateOnce()
+        #expect(m.recorder.tables.last?.permit(device: "crane-1", intent: "move_left") == false)
+        m.loop.absorbRepeat("crane-1", state("operational", t1))
+        #expect(m.loop.slots[1].guardState.latestPhysical?.status == "fault", "the older repeat is ignored")
+        let t3 = m.clock.now()
+        m.loop.absorbRepeat("crane-1", state("fault", t3))
+        #expect(m.loop.slots[1].guardState.latestPhysical?.time == t3, "a newer one is taken")
+        // The same for twin states, by when they were received.
+        let t4 = m.clock.now()
+        m.loop.submit(twin: TwinState(device: "crane-1", tsNs: t4.wallNs, seq: 1_000_000, status: "fault", values: ["load_kg": 1000], received: t4))
+        m.loop.iterateOnce()
+        m.loop.absorbRepeat("crane-1", TwinState(device: "crane-1", tsNs: t1.wallNs, seq: 1, status: "operational",
+                                                  values: ["load_kg": 1000], received: t1))
+        #expect(m.loop.slots[1].guardState.latestTwin?.status == "fault", "an older twin repeat is ignored")
+    }
+
+    @Test func aRepeatedStateWaitsForTheNextNewsOrTick() throws {
+        // max_age 40 s: a tick every 10 s, so nothing but news wakes the loop during the test.
+        let map = try loopMap(loopMapYAML.replacingOccurrences(of: "max_age_ms: 400", with: "max_age_ms: 40000"))
+        let h = try LoopHarness(maps: [map])
+        try h.loop.start()
+        defer { h.loop.stop() }
+        let deadline = Date().addingTimeInterval(10)
+        while !h.loop.isReady { try #require(Date() < deadline); usleep(1000) }
+        func state() -> PhysicalState {
+            PhysicalState(device: "crane-01", status: "operational", values: ["load_kg": Reading(value: .double(1000), quality: .good)],
+                          time: SystemTimeSource().now())
+        }
+        func repeatWaits() -> Bool { h.loop.cond.withLock { h.loop.inPhysicalRepeats["crane-01"] != nil } }
+        // A repeat is left in the inbox: the loop sleeps on.
+        h.loop.submit(physical: state(), wake: false)
+        usleep(200_000)
+        #expect(repeatWaits(), "a repeat did not wake the loop")
+        // News wakes it at once; the repeat still waits for the tick.
+        h.loop.submit(twin: TwinState(device: "crane-01", tsNs: SystemTimeSource().now().wallNs, seq: 1, status: "operational",
+                                      values: ["load_kg": 1000], received: SystemTimeSource().now()))
+        while !h.loop.cond.withLock({ h.loop.inTwin.isEmpty }) { try #require(Date() < deadline, "news wakes the loop"); usleep(1000) }
+        #expect(repeatWaits())
+        // News of the same device supersedes its waiting repeat.
+        h.loop.submit(physical: state())
+        while !h.loop.cond.withLock({ h.loop.inPhysical.isEmpty }) { try #require(Date() < deadline); usleep(1000) }
+        #expect(!repeatWaits())
     }
 
     @Test func anEarlyPublicationNeverShowsARiseThatIsStillToBeJudgedAgain() throws {

@@ -85,11 +85,20 @@ package final class GuardLoop: @unchecked Sendable {
     // MARK: Shared with producers (under `cond`'s lock)
 
     let cond = MonotonicCondition()
+    /// The latest state per device that is news, or that repeats news not taken yet.
     var inPhysical: [String: PhysicalState] = [:]
     var inTwin: [String: TwinState] = [:]
+    /// The latest repeat per device of the others (never a device of `inPhysical`/`inTwin`):
+    /// taken at the next tick, so an iteration for news does not first absorb hundreds of them.
+    var inPhysicalRepeats: [String: PhysicalState] = [:]
+    var inTwinRepeats: [String: TwinState] = [:]
     /// Devices whose twin state was withdrawn since the last iteration (see `withdrawTwin`).
     var inWithdrawn: Set<String> = []
     var inCommands: [GuardCommand] = []
+    /// Something in the inbox wants judging now: a state that is news (not a repeat of its
+    /// device's last one but for its time), a withdrawal or a command. Repeats alone do not
+    /// wake the loop; they are taken with the next news or tick.
+    var inNews = false
     /// Per device, the oldest poller generation whose states are still taken (`shutOutPhysical`):
     /// after a reload the old poller's states for a changed map never reach the new one.
     var physicalGate: [String: UInt64] = [:]
@@ -102,6 +111,9 @@ package final class GuardLoop: @unchecked Sendable {
     let heartbeatNow = Atomic<UInt16>(0)
     let readyFlag = Atomic<Bool>(false)
     let auditHealthyNow = Atomic<Bool>(false)
+    /// `inNews`, readable without the lock: a long iteration looks at it every `peekEvery`
+    /// judged slots and takes the news at once (`takeNewsEarly`).
+    let newsWaiting = Atomic<Bool>(false)
 
     // MARK: Owned by the loop thread
 
@@ -127,6 +139,10 @@ package final class GuardLoop: @unchecked Sendable {
     var lastPublished: PermitTable?
     /// What the last `takeInbox` took (loop thread only).
     var taken = (physical: [String: PhysicalState](), twin: [String: TwinState](), withdrawn: Set<String>(), commands: [GuardCommand]())
+    /// What news taken in the middle of an iteration brought (`takeNewsEarly`; loop thread only).
+    var takenEarly = (physical: [String: PhysicalState](), twin: [String: TwinState](), withdrawn: Set<String>())
+    /// The repeats a tick took (loop thread only).
+    var takenRepeats = (physical: [String: PhysicalState](), twin: [String: TwinState]())
     /// Where status snapshots are built from a copy of the slots (not the cooperative pool).
     let statusQueue = DispatchQueue(label: "tibet-twin.status")
     /// The permit image as last published, rewritten in place (GuardLoop+Publishing.swift).
@@ -208,15 +224,34 @@ package final class GuardLoop: @unchecked Sendable {
     /// Hands in a poll's result (the poller's sink, through `PollerGate`). States from a poller
     /// `generation` older than the device's gate (`shutOutPhysical`) are dropped. Never blocks
     /// beyond the inbox lock.
-    package func submit(physical state: PhysicalState, generation: UInt64 = 0) {
-        cond.withLock { admit(state, generation: generation) }
+    ///
+    /// `wake`: the state is news (see `PhysicalStateNewsSink`) and is judged at once; a repeat
+    /// (`wake` false) waits in the inbox for the next news or tick. Not waking the loop for a
+    /// repeat can only delay what it changes — its time, so drift and ages — by at most one
+    /// tick; the loop judges with the older time meanwhile, which never lets a permit rise
+    /// sooner.
+    package func submit(physical state: PhysicalState, generation: UInt64 = 0, wake: Bool = true) {
+        cond.withLock { admit(state, generation: generation, news: wake) }
+        if wake { wakeForNews() }
+    }
+
+    private func wakeForNews() {
+        newsWaiting.store(true, ordering: .relaxed)
         cond.signal()
     }
 
     /// Under the inbox lock.
-    private func admit(_ state: PhysicalState, generation: UInt64) {
+    private func admit(_ state: PhysicalState, generation: UInt64, news: Bool) {
         if !physicalGate.isEmpty, let oldest = physicalGate[state.device], generation < oldest { return }
-        inPhysical[state.device] = state
+        if news {
+            inPhysical[state.device] = state
+            if !inPhysicalRepeats.isEmpty { inPhysicalRepeats[state.device] = nil }
+            inNews = true
+        } else if let i = inPhysical.index(forKey: state.device) {
+            inPhysical.values[i] = state  // newer, and says what the news before it said
+        } else {
+            inPhysicalRepeats[state.device] = state
+        }
     }
 
     /// From now on, takes the physical states of `devices` only from poller generations
@@ -228,12 +263,21 @@ package final class GuardLoop: @unchecked Sendable {
     }
 
     /// Hands in a validated twin line (the feeds' sink). Never blocks beyond the inbox lock.
-    package func submit(twin state: TwinState) {
+    /// `wake` as for physical states: false for a line that repeated its device's last one.
+    package func submit(twin state: TwinState, wake: Bool = true) {
         cond.withLock {
-            inTwin[state.device] = state
             if !inWithdrawn.isEmpty { inWithdrawn.remove(state.device) }
+            if wake {
+                inTwin[state.device] = state
+                if !inTwinRepeats.isEmpty { inTwinRepeats[state.device] = nil }
+                inNews = true
+            } else if let i = inTwin.index(forKey: state.device) {
+                inTwin.values[i] = state
+            } else {
+                inTwinRepeats[state.device] = state
+            }
         }
-        cond.signal()
+        if wake { wakeForNews() }
     }
 
     /// Takes a device's twin state away (its feed says the twin has none: a Sparkplug death):
@@ -241,14 +285,19 @@ package final class GuardLoop: @unchecked Sendable {
     package func withdrawTwin(device: String) {
         cond.withLock {
             inTwin[device] = nil
+            inTwinRepeats[device] = nil
             inWithdrawn.insert(device)
+            inNews = true
         }
-        cond.signal()
+        wakeForNews()
     }
 
     func submit(_ command: GuardCommand) {
-        cond.withLock { inCommands.append(command) }
-        cond.signal()
+        cond.withLock {
+            inCommands.append(command)
+            inNews = true
+        }
+        wakeForNews()
     }
 
     /// Clears latches (operator reset, docs/decision-rule.md); the reset is audited first.
@@ -313,8 +362,7 @@ package final class GuardLoop: @unchecked Sendable {
         publishTable(PermitTable.allBlocked(layout: layout))
         while true {
             let stop: Bool = cond.withLock {
-                while !stopRequested && inPhysical.isEmpty && inTwin.isEmpty && inWithdrawn.isEmpty && inCommands.isEmpty
-                        && clock.now().monotonicNs < nextTickNs {
+                while !stopRequested && !inNews && clock.now().monotonicNs < nextTickNs {
                     cond.wait(untilMonotonicNs: nextTickNs)
                 }
                 takeInbox()
@@ -349,6 +397,39 @@ package final class GuardLoop: @unchecked Sendable {
         swap(&taken.twin, &inTwin)
         swap(&taken.withdrawn, &inWithdrawn)
         swap(&taken.commands, &inCommands)
+        inNews = false
+        newsWaiting.store(false, ordering: .relaxed)
+    }
+
+    /// In the middle of a long iteration (a tick judges every device): takes the states and
+    /// withdrawals the inbox holds because news arrived, and marks their devices, so a fault
+    /// waits for at most `peekEvery` judged slots, not for the rest of the iteration. Commands
+    /// stay for the next iteration. Returns the first index of `suspects` it added.
+    func takeNewsEarly() -> Int {
+        cond.withLock {
+            swap(&takenEarly.physical, &inPhysical)
+            swap(&takenEarly.twin, &inTwin)
+            swap(&takenEarly.withdrawn, &inWithdrawn)
+            inNews = !inCommands.isEmpty
+            newsWaiting.store(inNews, ordering: .relaxed)
+        }
+        let first = suspects.count
+        absorb(physical: takenEarly.physical, twin: takenEarly.twin, withdrawn: takenEarly.withdrawn)
+        takenEarly.physical.removeAll(keepingCapacity: true)
+        takenEarly.twin.removeAll(keepingCapacity: true)
+        takenEarly.withdrawn.removeAll(keepingCapacity: true)
+        return first
+    }
+
+    /// Judged slots between two looks at `newsWaiting` in one iteration.
+    static let peekEvery = 16
+
+    /// At a tick: takes the repeats waiting in the inbox.
+    func takeRepeats() {
+        cond.withLock {
+            swap(&takenRepeats.physical, &inPhysicalRepeats)
+            swap(&takenRepeats.twin, &inTwinRepeats)
+        }
     }
 
     /// Releases what the last iteration took, on the loop thread and outside the inbox lock.
@@ -357,6 +438,8 @@ package final class GuardLoop: @unchecked Sendable {
         taken.twin.removeAll(keepingCapacity: true)
         taken.withdrawn.removeAll(keepingCapacity: true)
         taken.commands.removeAll(keepingCapacity: true)
+        takenRepeats.physical.removeAll(keepingCapacity: true)
+        takenRepeats.twin.removeAll(keepingCapacity: true)
     }
 
     // MARK: One iteration
@@ -373,33 +456,61 @@ package final class GuardLoop: @unchecked Sendable {
         var afterPublish: [() -> Void] = []
     }
 
-    func iterate(physical: [String: PhysicalState], twin: [String: TwinState], withdrawn: Set<String> = [],
-                 commands: [GuardCommand]) {
-        // A state whose status (or poll quality) differs from the device's last one is the
-        // likely drop: such devices are evaluated first in this iteration (the order changes
-        // nothing else), so a fault does not wait for the evaluation of a burst of others.
-        for (device, state) in physical {
-            if let s = slotIndex[device] {
-                let last = slots[s].guardState.physical
-                let suspect = last?.status != state.status || last?.isAllGood != state.isAllGood
-                slots[s].guardState.updatePhysical(state)
-                mark(s, suspect: suspect)
-            }
-        }
+    /// Hands states to their devices' guards and marks them for evaluation.
+    func absorb(physical: [String: PhysicalState], twin: [String: TwinState], withdrawn: Set<String>) {
+        for (device, state) in physical { absorb(device, state) }
         for device in withdrawn {
             if let s = slotIndex[device] {
                 slots[s].guardState.withdrawTwin()
                 mark(s, suspect: true)
             }
         }
-        for (device, state) in twin {
-            if let s = slotIndex[device] {
-                let suspect = slots[s].guardState.twin?.status != state.status
-                slots[s].guardState.updateTwin(state)
-                mark(s, suspect: suspect)
-            }
-        }
-        let now = clock.now()
+        for (device, state) in twin { absorb(device, state) }
+    }
+
+    // A state whose status (or poll quality) differs from the device's last one is the likely
+    // drop: such devices are evaluated first in this iteration (the order changes nothing
+    // else), so a fault does not wait for the evaluation of a burst of others.
+
+    func absorb(_ device: String, _ state: PhysicalState) {
+        if let s = slotIndex[device] { absorb(slot: s, state) }
+    }
+
+    func absorb(slot s: Int, _ state: PhysicalState) {
+        let last = slots[s].guardState.latestPhysical
+        let suspect = last?.status != state.status || last?.isAllGood != state.isAllGood
+        slots[s].guardState.updatePhysical(state)
+        mark(s, suspect: suspect)
+    }
+
+    /// A repeat taken at a tick: news taken after it (`takeNewsEarly`, while the repeats are
+    /// absorbed) is newer, and an older state never replaces a newer one.
+    func absorbRepeat(_ device: String, _ state: PhysicalState) {
+        guard let s = slotIndex[device] else { return }
+        if let t = slots[s].guardState.latestPhysical?.time.monotonicNs, t > state.time.monotonicNs { return }
+        absorb(slot: s, state)
+    }
+
+    func absorbRepeat(_ device: String, _ state: TwinState) {
+        guard let s = slotIndex[device] else { return }
+        if let t = slots[s].guardState.latestTwin?.received.monotonicNs, t > state.received.monotonicNs { return }
+        absorb(slot: s, state)
+    }
+
+    func absorb(_ device: String, _ state: TwinState) {
+        if let s = slotIndex[device] { absorb(slot: s, state) }
+    }
+
+    func absorb(slot s: Int, _ state: TwinState) {
+        let suspect = slots[s].guardState.latestTwin?.status != state.status
+        slots[s].guardState.updateTwin(state)
+        mark(s, suspect: suspect)
+    }
+
+    func iterate(physical: [String: PhysicalState], twin: [String: TwinState], withdrawn: Set<String> = [],
+                 commands: [GuardCommand]) {
+        absorb(physical: physical, twin: twin, withdrawn: withdrawn)
+        var now = clock.now()
         var pending = Pending()
         var statusRequests: [@Sendable (StatusSnapshot) -> Void] = []
         for command in commands {
@@ -420,28 +531,73 @@ package final class GuardLoop: @unchecked Sendable {
         if everySlot { for s in slots.indices { slots[s].evaluate = true } }
         // In slot order, whatever order the inbox handed them over in (a dictionary's).
         if suspects.count > 1 { suspects.sort() }
-        for pass in 0..<2 {
-            // The suspects first, then the rest: every slot on a tick or reload, else the marked.
-            let order = pass == 0 ? suspects : everySlot ? Array(slots.indices) : marked
-            for s in order where slots[s].evaluate {
-                slots[s].evaluate = false
-                slots[s].suspect = false
-                if !tick { image.touched.append(s) }
-                let fallenBefore = pending.fallen
-                evaluate(slot: s, now: now, auditOK: auditOK, pending: &pending)
-                evaluated += slots[s].map.intents.count
-                sinceEarly += 1
-                if pending.fallen > fallenBefore {
-                    if tick { image.touched.append(s) }
-                    unpublishedFall = true
-                }
-                if unpublishedFall && (earlyPublications == 0 || sinceEarly >= Self.earlyPublishEvery) {
-                    publishFallenNow(healthy: auditOK)
-                    earlyPublications += 1
-                    sinceEarly = 0
-                    unpublishedFall = false
-                }
+
+        func judge(_ s: Int) {
+            slots[s].evaluate = false
+            slots[s].suspect = false
+            if !tick { image.touched.append(s) }
+            let fallenBefore = pending.fallen
+            evaluate(slot: s, now: now, auditOK: auditOK, pending: &pending)
+            evaluated += slots[s].map.intents.count
+            sinceEarly += 1
+            if pending.fallen > fallenBefore {
+                if tick { image.touched.append(s) }
+                unpublishedFall = true
             }
+            if unpublishedFall && (earlyPublications == 0 || sinceEarly >= Self.earlyPublishEvery) {
+                publishFallenNow(healthy: auditOK)
+                earlyPublications += 1
+                sinceEarly = 0
+                unpublishedFall = false
+            }
+        }
+        // News that arrives while this iteration runs is taken every `peekEvery` slots; its
+        // suspects are judged at once (and a drop among them published), the rest of it in
+        // the sweep at the end. Later slots are judged at the later time.
+        var sincePeek = 0
+        func peek() {
+            sincePeek += 1
+            guard sincePeek >= Self.peekEvery, newsWaiting.load(ordering: .relaxed) else { return }
+            sincePeek = 0
+            let first = takeNewsEarly()
+            now = clock.now()
+            guard first < suspects.count else { return }
+            let fresh = suspects[first...].sorted()
+            for s in fresh where slots[s].evaluate { judge(s) }
+            if unpublishedFall {
+                publishFallenNow(healthy: auditOK)
+                earlyPublications += 1
+                sinceEarly = 0
+                unpublishedFall = false
+            }
+        }
+        // The suspects first, then the rest: every slot on a tick or reload, else the marked;
+        // then whatever news taken on the way marked and is not judged yet.
+        for s in suspects where slots[s].evaluate {
+            judge(s)
+            peek()
+        }
+        if tick {
+            // The repeats wait for ticks; each is absorbed before this tick judges its device.
+            takeRepeats()
+            for (device, state) in takenRepeats.physical {
+                absorbRepeat(device, state)
+                peek()
+            }
+            for (device, state) in takenRepeats.twin {
+                absorbRepeat(device, state)
+                peek()
+            }
+        }
+        for s in everySlot ? Array(slots.indices) : marked where slots[s].evaluate {
+            judge(s)
+            peek()
+        }
+        var k = 0
+        while k < marked.count {
+            let s = marked[k]
+            k += 1
+            if slots[s].evaluate { judge(s) }
         }
         assert(slots.allSatisfy { !$0.evaluate && !$0.suspect }, "a marked slot was not evaluated")
         marked.removeAll(keepingCapacity: true)
@@ -474,7 +630,7 @@ package final class GuardLoop: @unchecked Sendable {
             // The loop hands over a copy of the slots (copy-on-write: the array is shared until the
             // loop next changes a slot) and the texts are built on the status queue.
             let captured = slots, node = config.node, auditOK = audit.isHealthy, ready = isReady, beat = heartbeat
-            let requests = statusRequests
+            let requests = statusRequests, now = now
             statusQueue.async {
                 let snap = GuardLoop.snapshot(slots: captured, node: node, auditOK: auditOK, ready: ready, heartbeat: beat, now: now)
                 for r in requests { r(snap) }

@@ -12,6 +12,10 @@ import Glibc
 /// period (good or bad): it must not block (hand the state over and return).
 package typealias PhysicalStateSink = @Sendable (PhysicalState) -> Void
 
+/// A sink that is also told whether a state is news: false when it repeats the device's last
+/// one but for its time (`PhysicalState.repeats`; its values then share the last one's storage).
+package typealias PhysicalStateNewsSink = @Sendable (PhysicalState, _ news: Bool) -> Void
+
 /// How the poller runs.
 package struct PollerConfiguration: Sendable, Hashable {
     /// Poll threads; 0 picks one per link (a PLC, gateway or serial port), at most
@@ -60,9 +64,16 @@ package final class Poller: Sendable {
     /// A poller for `maps` (not started). `time` stamps each state when its answer arrived.
     /// `logger` hears transitions only (connected, connection lost, polls good again), never
     /// one line per period.
+    package convenience init(maps: [DeviceMap], configuration: PollerConfiguration = PollerConfiguration(),
+                            time: any TimeSource = SystemTimeSource(), logger: Logger = Logger(label: "tibet-twin.poller"),
+                            sink: @escaping PhysicalStateSink) {
+        self.init(maps: maps, configuration: configuration, time: time, logger: logger, newsSink: { state, _ in sink(state) })
+    }
+
+    /// A poller whose sink is told which states are news (see `PhysicalStateNewsSink`).
     package init(maps: [DeviceMap], configuration: PollerConfiguration = PollerConfiguration(),
                 time: any TimeSource = SystemTimeSource(), logger: Logger = Logger(label: "tibet-twin.poller"),
-                sink: @escaping PhysicalStateSink) {
+                newsSink sink: @escaping PhysicalStateNewsSink) {
         self.maps = maps
         self.configuration = configuration
         self.time = time
@@ -142,7 +153,7 @@ final class PollWorker: Sendable {
     private let configuration: PollerConfiguration
     private let time: any TimeSource
     private let logger: Logger
-    private let sink: PhysicalStateSink
+    private let sink: PhysicalStateNewsSink
     private let parker = Parker()
     private let stopFlag = Atomic<Bool>(false)
     private struct Counters: Sendable {
@@ -153,7 +164,7 @@ final class PollWorker: Sendable {
     private let counters: Mutex<Counters>
 
     init(index: Int, links: [[DeviceMap]], configuration: PollerConfiguration, time: any TimeSource,
-         logger: Logger, sink: @escaping PhysicalStateSink) {
+         logger: Logger, sink: @escaping PhysicalStateNewsSink) {
         self.index = index
         self.links = links
         self.maps = links.flatMap { $0 }
@@ -195,6 +206,8 @@ final class PollWorker: Sendable {
             devices += ms.map { DeviceConnection(map: $0, link: link, configuration: configuration) }
         }
         var wasGood = Array(repeating: true, count: devices.count)  // the first bad poll is news
+        // Each device's last state handed over: a poll that read the same is not news.
+        var last = [PhysicalState?](repeating: nil, count: devices.count)
         // First deadlines spread over one period so devices of equal rate do not all fire at
         // once, on a grid of slots at least `slotNs` apart: the devices of one slot are polled
         // back to back after one wake-up (each at most a few reads after its slot) instead of
@@ -237,7 +250,14 @@ final class PollWorker: Sendable {
             }
             // At once, never held for the polls after it: any poll can block up to its timeout,
             // and a state read (a fault among them) must not wait on another PLC's silence.
-            sink(outcome.state)
+            var state = outcome.state
+            var news = true
+            if let l = last[i], state.repeats(l) {
+                state.values = l.values  // equal: share the storage, so the guard compares by identity
+                news = false
+            }
+            last[i] = state
+            sink(state, news)
         }
         for i in devices.indices { devices[i].close() }
     }

@@ -190,9 +190,8 @@ package final class ApplianceRuntime: Sendable {
 
         let seqResets = TwinSeqResetAudit(audit: audit, logger: Logger(label: "tibet-twin.twin"))
         let pipeline = TwinFeedPipeline(parser: loaded.parser, seqReset: { seqResets.record($0) },
-                                        withdraw: { [guardLoop] device in guardLoop.withdrawTwin(device: device) }) { [guardLoop] state in
-            guardLoop.submit(twin: state)
-        }
+                                        withdraw: { [guardLoop] device in guardLoop.withdrawTwin(device: device) },
+                                        newsSink: { [guardLoop] state, news in guardLoop.submit(twin: state, wake: news) })
         let twin: TwinFeedService
         do {
             twin = try TwinFeedService(feeds: loaded.config.twin.feeds, pipeline: pipeline, logger: Logger(label: "tibet-twin.twin"),
@@ -219,7 +218,7 @@ package final class ApplianceRuntime: Sendable {
         }
 
         let gate = PollerGate(guardLoop: guardLoop)
-        let poller = Poller(maps: loaded.maps) { [gate] state in gate.submit(state) }
+        let poller = Poller(maps: loaded.maps, newsSink: { [gate] state, news in gate.submit(state, news: news) })
         let runtime = ApplianceRuntime(configPath: configPath, loaded: loaded, audit: audit, guardLoop: guardLoop,
                                        interlock: interlock, http: http, twin: twin, poller: poller, gate: gate, metrics: metrics,
                                        auditor: auditor, publisher: publisher, notifier: notifier, logger: logger, clock: clock)
@@ -413,7 +412,7 @@ package final class ApplianceRuntime: Sendable {
             // The new poller starts before the old one stops: an unchanged device is polled by
             // both for a moment, never by neither (its state must not go stale over a reload).
             let gate = oldGate.next()
-            let newPoller = Poller(maps: next.maps) { [gate] s in gate.submit(s) }
+            let newPoller = Poller(maps: next.maps, newsSink: { [gate] s, news in gate.submit(s, news: news) })
             do {
                 try newPoller.start()
             } catch {

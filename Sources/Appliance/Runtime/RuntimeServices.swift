@@ -58,8 +58,8 @@ final class PollerGate: Sendable {
     /// The gate of the poller that replaces this one's.
     func next() -> PollerGate { PollerGate(guardLoop: guardLoop, generation: generation + 1) }
 
-    func submit(_ state: PhysicalState) {
-        guardLoop.submit(physical: state, generation: generation)
+    func submit(_ state: PhysicalState, news: Bool = true) {
+        guardLoop.submit(physical: state, generation: generation, wake: news)
     }
 
     /// No more states of `devices` from this poller (or older ones).

@@ -19,7 +19,7 @@ package final class TwinFeedPipeline: Sendable {
     package var parser: TwinLineParser { current.withLock { $0 } }
     private let current: Mutex<TwinLineParser>
     private let validator: Mutex<TwinValidator>
-    private let sink: @Sendable (TwinState) -> Void
+    private let sink: @Sendable (TwinState, _ news: Bool) -> Void
     private let seqReset: (@Sendable (TwinSeqReset) -> Bool)?
     private let withdrawSink: (@Sendable (String) -> Void)?
 
@@ -35,9 +35,18 @@ package final class TwinFeedPipeline: Sendable {
     ///
     /// `withdraw` takes a device's twin state away in the guard (a Sparkplug death: the device
     /// blocks at once on `NO_TWIN`); without it a withdrawn device only goes stale.
+    package convenience init(parser: TwinLineParser, seqReset: (@Sendable (TwinSeqReset) -> Bool)? = nil,
+                             withdraw: (@Sendable (String) -> Void)? = nil,
+                             sink: @escaping @Sendable (TwinState) -> Void) {
+        self.init(parser: parser, seqReset: seqReset, withdraw: withdraw, newsSink: { state, _ in sink(state) })
+    }
+
+    /// A pipeline whose sink is also told whether a state is news: false for a line that
+    /// repeated its device's last one in the source's memo (`TwinLineMemo`), which says what the
+    /// source's last state of that device said, with a new time.
     package init(parser: TwinLineParser, seqReset: (@Sendable (TwinSeqReset) -> Bool)? = nil,
                  withdraw: (@Sendable (String) -> Void)? = nil,
-                 sink: @escaping @Sendable (TwinState) -> Void) {
+                 newsSink sink: @escaping @Sendable (TwinState, _ news: Bool) -> Void) {
         self.current = Mutex(parser)
         self.validator = Mutex(TwinValidator(parser: parser))
         self.seqReset = seqReset
@@ -66,7 +75,7 @@ package final class TwinFeedPipeline: Sendable {
         return validator.withLock { v in
             let o = v.admit(outcome) { _ in false }
             switch o {
-            case .accepted(let s, _), .identityFailure(let s, _): sink(s)
+            case .accepted(let s, _), .identityFailure(let s, _): sink(s, true)
             case .dropped: break
             }
             return o
@@ -84,17 +93,23 @@ package final class TwinFeedPipeline: Sendable {
     /// blocks the device it names.
     package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading,
                          requiredDevice: Substring? = nil) -> TwinLineOutcome {
-        admit(current.withLock { $0 }.parse(buffer: line, received: received), requiredDevice: requiredDevice)
+        admit(current.withLock { $0 }.parse(buffer: line, received: received), requiredDevice: requiredDevice, news: true)
     }
 
     /// `process(_:received:requiredDevice:)` for a source that keeps a memo of its lines
     /// (`TwinLineMemo`: a line repeating its device's last one but for `ts` and `seq` is not
     /// parsed again). One memo per connection or file, used from one thread at a time.
     package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading, memo: inout TwinLineMemo) -> TwinLineOutcome {
-        admit(current.withLock { $0 }.parse(buffer: line, received: received, memo: &memo), requiredDevice: nil)
+        let repeats = memo.repeats
+        let parsed = current.withLock { $0 }.parse(buffer: line, received: received, memo: &memo)
+        let outcome = admit(parsed, requiredDevice: nil, news: memo.repeats == repeats)
+        // The memo must hold only lines the guard got: a line the ordering dropped (a replay)
+        // is forgotten, so a later line like it counts as news.
+        if case .accepted(let s, _) = parsed, case .dropped = outcome { memo.forget(device: s.device) }
+        return outcome
     }
 
-    private func admit(_ outcome: TwinLineOutcome, requiredDevice: Substring?) -> TwinLineOutcome {
+    private func admit(_ outcome: TwinLineOutcome, requiredDevice: Substring?, news: Bool) -> TwinLineOutcome {
         var parsed = outcome
         if let requiredDevice, case .accepted(let s, _) = parsed, s.device != requiredDevice {
             parsed = .dropped(TwinDrop(reason: .topicMismatch, device: s.device,
@@ -103,7 +118,8 @@ package final class TwinFeedPipeline: Sendable {
         return validator.withLock { v in
             let outcome = v.admit(parsed) { reset in seqReset?(reset) ?? false }
             switch outcome {
-            case .accepted(let s, _), .identityFailure(let s, _): sink(s)
+            case .accepted(let s, _): sink(s, news)
+            case .identityFailure(let s, _): sink(s, true)
             case .dropped: break
             }
             return outcome
