@@ -2,6 +2,7 @@ import Appliance
 import Commissioning
 import Foundation
 import Modbus
+import Synchronization
 import TibetTwin
 
 #if canImport(Glibc)
@@ -36,6 +37,10 @@ struct SystemBench: BenchSuite {
     /// registers away from the status (`SYSTEM_BENCH_BLOCKS=2`, the layout of the runs before
     /// 2026-12-06 afternoon), which doubles the Modbus transactions.
     static var blocks: Int { ProcessInfo.processInfo.environment["SYSTEM_BENCH_BLOCKS"] == "2" ? 2 : 1 }
+
+    /// The percentage of devices whose position changes every 50 ms (`SYSTEM_BENCH_MOVING`,
+    /// default 0: every device stands still, so polls and twin lines repeat).
+    static var movingPercent: Int { min(100, max(0, Int(ProcessInfo.processInfo.environment["SYSTEM_BENCH_MOVING"] ?? "") ?? 0)) }
 
     static func mapYAML(device: String, port: Int, coil: Int, unit: Int = 1) -> String {
         let base = blocks == 2 ? 100 : 1
@@ -87,6 +92,12 @@ struct SystemBench: BenchSuite {
             return
         }
         func now() -> Int64 { SystemTimeSource().now().monotonicNs }
+        // Moving devices (`SYSTEM_BENCH_MOVING`, percent): their position changes every 50 ms on
+        // both sides (the simulated PLC's register and the twin's line, within tolerance), so
+        // their polls and lines are news, never repeats.
+        let mover = Mover(sim: sim, twin: rig.twin, devices: Array(rig.names.prefix(n * Self.movingPercent / 100)))
+        mover.start()
+        defer { mover.stop() }
 
         let metrics0 = rig.child.metrics()
         let started = now()
@@ -159,7 +170,7 @@ struct SystemBench: BenchSuite {
             _ = rig.reader.waitFor(coil: d, true, sinceNs: now(), timeoutMs: 5000)
         }
 
-        print("n=\(n) devices at 20 Hz (poll 50 ms, max_age 200 ms, tick 50 ms):")
+        print("n=\(n) devices at 20 Hz (poll 50 ms, max_age 200 ms, tick 50 ms), \(mover.devices.count) of them moving:")
         print("  PLC change → coil         \(Self.pq(plc))   goal p99 ≤ 55 ms")
         print("  baseline bare 20 Hz poll  \(Self.pq(bare))   (a libmodbus client seeing the register change)")
         print("  twin line → coil          \(Self.pq(twin))   goal p99 ≤ 2 ms"
@@ -250,6 +261,45 @@ struct SystemBench: BenchSuite {
 }
 
 /// N simulated PLCs, the appliance process, a twin client and an interlock reader.
+/// Moves `devices`: every 50 ms a new `position_x` (12.3 … 12.7 m, within the map's 0.5 m
+/// tolerance of each other) in the simulated PLC and in what the twin says.
+final class Mover: @unchecked Sendable {
+    let sim: PLCSimulator
+    let twin: TwinClient
+    let devices: [String]
+    let running = Atomic<Bool>(true)
+    let done = DispatchSemaphore(value: 0)
+
+    init(sim: PLCSimulator, twin: TwinClient, devices: [String]) {
+        self.sim = sim
+        self.twin = twin
+        self.devices = devices
+    }
+
+    func start() {
+        guard !devices.isEmpty else { return }
+        Thread { [self] in
+            var k = 0
+            while running.load(ordering: .relaxed) {
+                k += 1
+                for (i, d) in devices.enumerated() {
+                    let v = 12.5 + Double((k + i) % 5 - 2) / 10
+                    _ = try? sim.execute("@\(d) set position_x \(v)")
+                    twin.update(device: d) { $0.values["position_x"] = v }
+                }
+                usleep(50_000)
+            }
+            done.signal()
+        }.start()
+    }
+
+    func stop() {
+        guard !devices.isEmpty else { return }
+        running.store(false, ordering: .relaxed)
+        done.wait()
+    }
+}
+
 final class Rig: @unchecked Sendable {
     /// Where the simulated PLCs run.
     enum Simulator { case inProcess, childProcess }
