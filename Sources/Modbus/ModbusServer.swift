@@ -47,6 +47,8 @@ public final class ModbusServer: Sendable {
         public var descriptorLimit: Int32
         /// Name of the loop thread (at most 15 bytes), for `top -H` and debuggers.
         public var threadName: String
+        /// Runs first on the server's thread (the appliance raises its priority there).
+        public var threadStart: (@Sendable () -> Void)?
 
         /// Defaults: unit 1, 16 clients, idle 60 s, byte timeout 0.5 s, write stall 5 s, everyone
         /// allowed, descriptors below 1024.
@@ -123,7 +125,11 @@ public final class ModbusServer: Sendable {
         let box = LoopThreadBox(loop)
         let thread: OSThread
         do {
-            thread = try OSThread(name: name) { box.take().run() }
+            let setup = loop.configuration.threadStart
+            thread = try OSThread(name: name) {
+                setup?()
+                box.take().run()
+            }
         } catch {
             throw ModbusServerError(kind: .eventLoop, function: "pthread_create", errno: error.errno.rawValue, address: address)
         }

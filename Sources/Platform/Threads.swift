@@ -55,11 +55,33 @@ extension OSThread {
     /// guard loop, the interlock server) when both are runnable on a busy machine.
     @discardableResult
     package static func lowerCurrentPriority(by steps: Int32) -> Errno? {
+        adjustCurrentPriority { now in min(now + steps, 19) }
+    }
+
+    /// Sets the calling thread's nice value to `nice` if that is higher priority than it has
+    /// (a lower value). Needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows it (systemd's
+    /// `LimitNICE=`); the refusal (`EACCES`, `EPERM`) is returned, not thrown, and the thread
+    /// keeps its priority.
+    @discardableResult
+    package static func raiseCurrentPriority(to nice: Int32) -> Errno? {
+        adjustCurrentPriority { now in min(now, nice) }
+    }
+
+    /// The calling thread's nice value, or the refusal to read it.
+    package static func currentNice() -> Int32? {
+        errno = 0
+        let now = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(CLinux_gettid()))
+        return now == -1 && errno != 0 ? nil : now
+    }
+
+    private static func adjustCurrentPriority(_ target: (Int32) -> Int32) -> Errno? {
         let tid = id_t(CLinux_gettid())
         errno = 0
         let now = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid)
         if now == -1 && errno != 0 { return Errno(errno) }
-        if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid, min(now + steps, 19)) != 0 { return Errno(errno) }
+        let wanted = target(now)
+        if wanted == now { return nil }
+        if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid, wanted) != 0 { return Errno(errno) }
         return nil
     }
 }

@@ -607,3 +607,42 @@ struct InterlockAuditorTests {
         #expect(InterlockAuditor.host(of: "10.0.0.5:502") == "10.0.0.5")
     }
 }
+
+/// The drop path's threads ask for nice -10 (`SafetyPriority`); where the process may not raise
+/// a thread (no CAP_SYS_NICE, no RLIMIT_NICE), they keep the normal priority and say so.
+@Suite struct SafetyPriorityTests {
+    /// Nice values of this process's threads named `name`, from /proc.
+    static func nice(ofThreadNamed name: String) -> [Int] {
+        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return [] }
+        return tasks.compactMap { tid -> Int? in
+            guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
+                  comm.trimmingCharacters(in: .whitespacesAndNewlines) == name,
+                  let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            // Fields after the command: state is field 3, nice field 19.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 16 ? Int(fields[16]) : nil
+        }
+    }
+
+    static var mayRaise: Bool {
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(13), &limit)  // RLIMIT_NICE (linux/resource.h); Glibc does not export its name
+        return geteuid() == 0 || limit.rlim_cur >= 30  // RLIMIT_NICE 30 allows nice -10
+    }
+
+    @Test func theGuardLoopThreadRunsAtTheSafetyPriorityWhereAllowed() throws {
+        let h = try LoopHarness(maps: [try loopMap()])
+        try h.loop.start()
+        defer { h.loop.stop() }
+        let deadline = Date().addingTimeInterval(10)
+        while !h.loop.isReady { try #require(Date() < deadline); usleep(1000) }
+        let nices = Self.nice(ofThreadNamed: "tt-guard")
+        try #require(!nices.isEmpty, "the guard loop thread is found in /proc")
+        if Self.mayRaise {
+            #expect(nices.contains(Int(SafetyPriority.nice)))
+        } else {
+            #expect(!nices.contains(Int(SafetyPriority.nice)))
+        }
+    }
+}

@@ -356,6 +356,7 @@ package final class GuardLoop: @unchecked Sendable {
     }
 
     func run() {
+        SafetyPriority.raiseCurrentThread("guard loop", logger: logger)
         let start = clock.now()
         nextTickNs = start.monotonicNs
         nextCheckpointNs = start.monotonicNs + Int64(config.checkpointS) * 1_000_000_000

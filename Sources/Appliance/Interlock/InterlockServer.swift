@@ -110,10 +110,11 @@ package final class InterlockServer: Service, Sendable {
                 events: @escaping @Sendable (InterlockEvent) -> Void = { _ in }) throws(InterlockError) {
         let initial = PermitTable.allBlocked(layout: layout)
         let limiter = LogRateLimiter(logger: logger, intervalNs: 10_000_000_000)
-        let serverConfig = ModbusServer.Configuration(
+        var serverConfig = ModbusServer.Configuration(
             host: config.host, port: config.port, unit: config.unit, maxClients: config.maxClients,
             idleTimeoutMs: config.idleTimeoutMs, byteTimeoutMs: config.byteTimeoutMs,
             allow: config.allow, threadName: "interlock")
+        serverConfig.threadStart = { SafetyPriority.raiseCurrentThread("interlock server", logger: logger) }
         do {
             server = try ModbusServer(configuration: serverConfig, image: InterlockServer.image(initial)) { event in
                 InterlockServer.report(event, events: events, log: limiter)

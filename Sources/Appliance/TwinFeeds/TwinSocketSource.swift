@@ -137,6 +137,11 @@ package final class TwinSocketSource: Sendable {
     /// Binds and starts accepting; returns once the listener is bound.
     package func start() async throws(TwinSourceError) {
         let own: MultiThreadedEventLoopGroup? = sharedGroup == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        if let own {
+            // A fault line is read and handed to the guard on this thread: the drop path.
+            let what = "twin feed \(name)", logger = core.logger
+            own.next().execute { SafetyPriority.raiseCurrentThread(what, logger: logger) }
+        }
         let fresh = state.withLock { s -> Bool in
             guard !s.started, !s.stopped else { return false }
             s.started = true
