@@ -25,7 +25,9 @@ import Glibc
 ///   within 5 %).
 ///
 /// Environment: `SYSTEM_BENCH_N` (default `1,200,1000`), `SYSTEM_BENCH_SAMPLES` (default 100),
-/// `SYSTEM_BENCH_SOAK_N` (default 1000), `SYSTEM_BENCH_SOAK_S` (default 600; 0 skips the soak).
+/// `SYSTEM_BENCH_SOAK_N` (default 1000), `SYSTEM_BENCH_SOAK_S` (default 600; 0 skips the soak),
+/// `SYSTEM_BENCH_MOVING` (percent of devices that move, default 0: every poll and twin line
+/// after the first repeats its device's last one).
 /// Above 200 devices the simulated PLCs sit behind gateways, 32 to a port (one shared link
 /// each, as a plant of that size is wired; `SYSTEM_BENCH_UNITS_PER_PORT` overrides): 1,000
 /// links of their own cannot fit below libmodbus's descriptor ceiling.
