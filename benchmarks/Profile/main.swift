@@ -63,6 +63,7 @@ struct LoopRig {
     let loop: GuardLoop
     let clock: ManualClock
     let names: [String]
+    let maps: [DeviceMap]
 
     init(devices n: Int) {
         names = (0..<n).map { "crane-\($0)" }
@@ -77,6 +78,7 @@ struct LoopRig {
                 ],
                 intents: [IntentSpec(name: "move_left", coil: UInt16(2 * k)), IntentSpec(name: "hoist", coil: UInt16(2 * k + 1))])
         }
+        self.maps = maps
         clock = ManualClock()
         loop = GuardLoop(configuration: .init(node: "profile", checkpointS: 0), maps: maps,
                          layout: try! InterlockLayout(maps: maps), audit: InstantAudit(), metrics: ApplianceMetrics(),
@@ -134,16 +136,7 @@ func drops(devices: Int, _ n: Int) -> Int {
 func feedLines(devices: Int, _ n: Int) -> Int {
     let rig = LoopRig(devices: devices)
     rig.arm()
-    let parser = try! TwinLineParser(maps: rig.names.enumerated().map { k, name in
-        DeviceMap(device: name, profile: .port, plc: PLCEndpoint(host: "127.0.0.1", pollMs: 50),
-                  limits: Limits(maxDriftMs: 200, maxAgeMs: 200, rearmMs: 100),
-                  status: StatusSpec(register: RegisterSpec(name: "status", address: 0), values: [0: "operational", 1: "fault"]),
-                  registers: [
-                      RegisterSpec(name: "position_x", address: 100, type: .float32, tolerance: 0.5),
-                      RegisterSpec(name: "load_kg", address: 102, type: .uint32, tolerance: 100),
-                  ],
-                  intents: [IntentSpec(name: "move_left", coil: UInt16(2 * k)), IntentSpec(name: "hoist", coil: UInt16(2 * k + 1))])
-    }, keys: [:])
+    let parser = try! TwinLineParser(maps: rig.maps, keys: [:])
     let loop = rig.loop
     let pipeline = TwinFeedPipeline(parser: parser) { loop.submit(twin: $0) }
     let received = rig.clock.now()
