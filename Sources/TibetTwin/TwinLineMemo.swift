@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -47,6 +49,9 @@ public struct TwinLineMemo: Sendable {
         var maxSkewMs: Double
     }
 
+    /// Tells memos (sources) apart; never 0.
+    public let id: UInt64 = TwinLineMemo.ids.add(1, ordering: .relaxed).newValue
+    private static let ids = Atomic<UInt64>(0)
     /// The parser the entries came from.
     var generation: UInt64 = 0
     var entries: [String: Entry] = [:]

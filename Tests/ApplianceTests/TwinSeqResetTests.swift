@@ -112,3 +112,30 @@ struct TwinSeqResetTests {
         }
     }
 }
+
+/// Which accepted lines wake the guard: a line its source's memo recognised is not news, unless
+/// another source spoke for the device since (the guard may hold what that one said).
+@Suite struct TwinNewsTests {
+    @Test func aRepeatIsNewsWhenAnotherSourceSpokeSince() {
+        let got = Mutex<[String]>([])
+        let feed = TwinFeedPipeline(parser: Twin.parser(), newsSink: { s, news in got.withLock { $0.append("\(s.status) \(news)") } })
+        var a = TwinLineMemo(), b = TwinLineMemo()
+        // ts a second ago, on whole milliseconds, so each line has the same length.
+        let base = (SystemTimeSource().now().wallNs / 1_000_000_000 - 1) * 1_000_000_000 + 111_000_000
+        func line(_ k: Int, _ status: String) -> [UInt8] {
+            let ts = RFC3339.format(wallNs: base + Int64(k) * 1_000_000)
+            return Array(#"{"device":"crane-01","ts":"\#(ts)","seq":\#(10 + k),"status":"\#(status)","values":{"position_x":12.5,"load_kg":2500}}"#.utf8)
+        }
+        func send(_ memo: inout TwinLineMemo, _ k: Int, _ status: String) {
+            let l = line(k, status)
+            _ = l.withUnsafeBufferPointer { feed.process($0, received: SystemTimeSource().now(), memo: &memo) }
+        }
+        send(&a, 0, "operational")  // first: parsed in full
+        send(&a, 1, "operational")  // repeats a's last line
+        send(&b, 2, "fault")        // another source
+        send(&a, 3, "operational")  // repeats a's last line, but b spoke since
+        send(&a, 4, "operational")
+        #expect(got.withLock { $0 } == ["operational true", "operational false", "fault true", "operational true", "operational false"])
+        #expect(a.repeats == 3)
+    }
+}

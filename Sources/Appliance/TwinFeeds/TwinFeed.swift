@@ -19,6 +19,9 @@ package final class TwinFeedPipeline: Sendable {
     package var parser: TwinLineParser { current.withLock { $0 } }
     private let current: Mutex<TwinLineParser>
     private let validator: Mutex<TwinValidator>
+    /// Per device, the memo (`TwinLineMemo.id`; 0: none) of the source whose line was accepted
+    /// last, under `validator`'s lock too: a repeat is news when another source spoke since.
+    private let lastSource = Mutex<[String: UInt64]>([:])
     private let sink: @Sendable (TwinState, _ news: Bool) -> Void
     private let seqReset: (@Sendable (TwinSeqReset) -> Bool)?
     private let withdrawSink: (@Sendable (String) -> Void)?
@@ -75,7 +78,9 @@ package final class TwinFeedPipeline: Sendable {
         return validator.withLock { v in
             let o = v.admit(outcome) { _ in false }
             switch o {
-            case .accepted(let s, _), .identityFailure(let s, _): sink(s, true)
+            case .accepted(let s, _), .identityFailure(let s, _):
+                lastSource.withLock { $0[s.device] = 0 }
+                sink(s, true)
             case .dropped: break
             }
             return o
@@ -84,7 +89,10 @@ package final class TwinFeedPipeline: Sendable {
 
     /// Takes `device`'s twin state away in the guard (see `init`).
     package func withdraw(device: String) {
-        validator.withLock { _ in withdrawSink?(device) }
+        validator.withLock { _ in
+            lastSource.withLock { $0[device] = 0 }
+            withdrawSink?(device)
+        }
     }
 
     /// Parses, validates, orders and hands over one line (without its newline). With
@@ -93,7 +101,7 @@ package final class TwinFeedPipeline: Sendable {
     /// blocks the device it names.
     package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading,
                          requiredDevice: Substring? = nil) -> TwinLineOutcome {
-        admit(current.withLock { $0 }.parse(buffer: line, received: received), requiredDevice: requiredDevice, news: true)
+        admit(current.withLock { $0 }.parse(buffer: line, received: received), requiredDevice: requiredDevice, source: 0, news: true)
     }
 
     /// `process(_:received:requiredDevice:)` for a source that keeps a memo of its lines
@@ -102,14 +110,17 @@ package final class TwinFeedPipeline: Sendable {
     package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading, memo: inout TwinLineMemo) -> TwinLineOutcome {
         let repeats = memo.repeats
         let parsed = current.withLock { $0 }.parse(buffer: line, received: received, memo: &memo)
-        let outcome = admit(parsed, requiredDevice: nil, news: memo.repeats == repeats)
+        let outcome = admit(parsed, requiredDevice: nil, source: memo.id, news: memo.repeats == repeats)
         // The memo must hold only lines the guard got: a line the ordering dropped (a replay)
         // is forgotten, so a later line like it counts as news.
         if case .accepted(let s, _) = parsed, case .dropped = outcome { memo.forget(device: s.device) }
         return outcome
     }
 
-    private func admit(_ outcome: TwinLineOutcome, requiredDevice: Substring?, news: Bool) -> TwinLineOutcome {
+    /// `source`: the memo the line went through (0: none). A repeat is news all the same when
+    /// the device's last accepted line came from another source: the guard may hold what that
+    /// one said (a twin failing over between two connections).
+    private func admit(_ outcome: TwinLineOutcome, requiredDevice: Substring?, source: UInt64, news: Bool) -> TwinLineOutcome {
         var parsed = outcome
         if let requiredDevice, case .accepted(let s, _) = parsed, s.device != requiredDevice {
             parsed = .dropped(TwinDrop(reason: .topicMismatch, device: s.device,
@@ -118,8 +129,12 @@ package final class TwinFeedPipeline: Sendable {
         return validator.withLock { v in
             let outcome = v.admit(parsed) { reset in seqReset?(reset) ?? false }
             switch outcome {
-            case .accepted(let s, _): sink(s, news)
-            case .identityFailure(let s, _): sink(s, true)
+            case .accepted(let s, _):
+                let previous = lastSource.withLock { $0.updateValue(source, forKey: s.device) }
+                sink(s, news || previous != source)
+            case .identityFailure(let s, _):
+                lastSource.withLock { $0[s.device] = 0 }
+                sink(s, true)
             case .dropped: break
             }
             return outcome
