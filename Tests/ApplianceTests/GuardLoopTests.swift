@@ -289,8 +289,13 @@ struct GuardLoopTests {
         func state(_ d: String) -> PhysicalState {
             PhysicalState(device: d, status: "operational", values: ["load_kg": Reading(value: .double(1000), quality: .good)], time: now)
         }
-        // A reload replaces the crane's map: poller generation 1 may no longer speak for it.
+        // A repeat read by the old map waits for a tick …
+        loop.submit(physical: state("crane-01"), generation: 1, wake: false)
+        #expect(loop.cond.withLock { loop.inPhysicalRepeats["crane-01"] } != nil)
+        // … when a reload replaces the crane's map: poller generation 1 may no longer speak for
+        // it, and its waiting repeat goes too.
         loop.shutOutPhysical(["crane-01"], olderThan: 2)
+        #expect(loop.cond.withLock { loop.inPhysicalRepeats["crane-01"] } == nil)
         loop.submit(physical: state("crane-01"), generation: 1)
         loop.submit(physical: state("robot-07"), generation: 1)
         loop.iterateOnce()
@@ -443,6 +448,26 @@ struct GuardLoopTests {
         m.loop.absorbRepeat("crane-1", TwinState(device: "crane-1", tsNs: t1.wallNs, seq: 1, status: "operational",
                                                   values: ["load_kg": 1000], received: t1))
         #expect(m.loop.slots[1].guardState.latestTwin?.status == "fault", "an older twin repeat is ignored")
+    }
+
+    @Test func aReloadDropsTheRepeatsWaitingForReplacedDevices() throws {
+        let maps = [try loopMap()]
+        let loop = GuardLoop(configuration: GuardLoop.Configuration(node: "test", checkpointS: 0), maps: maps,
+                             layout: try InterlockLayout(maps: maps), audit: ScriptedAudit(recorder: LoopRecorder()),
+                             metrics: ApplianceMetrics()) { _ in }
+        let now = SystemTimeSource().now()
+        loop.submit(twin: TwinState(device: "crane-01", tsNs: now.wallNs, seq: 1, status: "operational",
+                                    values: ["load_kg": 1000], received: now), wake: false)
+        loop.submit(physical: PhysicalState(device: "crane-01", status: "operational", values: [:], time: now), wake: false)
+        // The crane's map changes (another tolerance): what the old one read or parsed goes.
+        let changed = try loopMap(loopMapYAML.replacingOccurrences(of: "tolerance: 100", with: "tolerance: 50"), sha: "b")
+        let result = Mutex<GuardReloadResult?>(nil)
+        loop.reload(GuardReload(maps: [changed], layout: try InterlockLayout(maps: [changed]))) { r in result.withLock { $0 = r } }
+        loop.iterateOnce()
+        #expect(result.withLock { $0?.replaced } == ["crane-01"])
+        #expect(loop.cond.withLock { loop.inTwinRepeats.isEmpty && loop.inPhysicalRepeats.isEmpty })
+        // The reload's iteration was a tick: had the repeats stayed, it would have taken them.
+        #expect(loop.slots[0].guardState.latestTwin == nil && loop.slots[0].guardState.latestPhysical == nil)
     }
 
     @Test func aRepeatedStateWaitsForTheNextNewsOrTick() throws {

@@ -70,6 +70,17 @@ extension GuardLoop {
             // The reply waits until the new table is published: whoever reloaded (the runtime
             // restarting its poller) may rely on replaced devices' permits being 0 on the coils.
             let result = applyReload(reload, now: now, pending: &pending)
+            // Repeats waiting for a tick were read or parsed by the maps just replaced: a new
+            // state of each follows within its period.
+            let gone = result.replaced + result.removed
+            if !gone.isEmpty {
+                cond.withLock {
+                    for d in gone {
+                        inPhysicalRepeats[d] = nil
+                        inTwinRepeats[d] = nil
+                    }
+                }
+            }
             pending.tableChanged = true
             pending.afterPublish.append { done(result) }
         }

@@ -258,8 +258,17 @@ package final class GuardLoop: @unchecked Sendable {
     /// `oldest` and newer: a reload shuts the old poller out of the devices whose map changes
     /// before the guard applies the new maps. Both are under the inbox lock, so once this
     /// returns no state of the old poller can reach those devices, even one read before.
+    ///
+    /// A repeat of the old poller still waiting for a tick is dropped with it: it would reach
+    /// the device after the new map is applied (news in the inbox is taken, and applied to the
+    /// old map, before the reload command that follows it).
     package func shutOutPhysical(_ devices: [String], olderThan oldest: UInt64) {
-        cond.withLock { for d in devices { physicalGate[d] = max(physicalGate[d] ?? 0, oldest) } }
+        cond.withLock {
+            for d in devices {
+                physicalGate[d] = max(physicalGate[d] ?? 0, oldest)
+                inPhysicalRepeats[d] = nil
+            }
+        }
     }
 
     /// Hands in a validated twin line (the feeds' sink). Never blocks beyond the inbox lock.
