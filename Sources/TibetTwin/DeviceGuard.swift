@@ -284,7 +284,7 @@ public struct DeviceGuard: Sendable {
     /// PLC's clock): every state-only check but drift judges them alike.
     func physicalRepeats(_ b: borrowing PhysicalState) -> Bool {
         guard let a = physical else { return false }
-        return Self.sameContent(a, b)
+        return b.repeats(a)
     }
 
     /// Whether `b` differs from the current twin state in its time alone (`ts`, `seq`, when
@@ -292,12 +292,8 @@ public struct DeviceGuard: Sendable {
     /// `values` compare without a lookup.
     func twinRepeats(_ b: borrowing TwinState) -> Bool {
         guard let a = twin else { return false }
-        return Self.sameContent(a, b)
+        return b.repeats(a)
     }
-
-    static func sameContent(_ a: borrowing PhysicalState, _ b: borrowing PhysicalState) -> Bool { b.repeats(a) }
-
-    static func sameContent(_ a: borrowing TwinState, _ b: borrowing TwinState) -> Bool { b.repeats(a) }
 
     /// The state-only device checks (rows 1, 3–8) of the current states, as a mask.
     func deviceMask() -> CheckMask {

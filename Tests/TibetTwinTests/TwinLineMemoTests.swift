@@ -127,7 +127,7 @@ import Testing
         var late = t
         late.tsNs = p.physicalWallNs - Int64((f.maxDriftMs + 50) * 1_000_000)
         late.seq = 2
-        #expect(DeviceGuard.sameContent(t, late))
+        #expect(late.repeats(t))
         g.updateTwin(late)
         g.evaluate(now: f.now, auditOK: true)
         #expect(!g.verdict(intent: 0).permit)
@@ -142,21 +142,21 @@ import Testing
         // A repeated physical state (a new poll of the same registers) passes too.
         var again = p
         again.time = p.time.adding(milliseconds: 1)
-        #expect(DeviceGuard.sameContent(p, again))
+        #expect(again.repeats(p))
         g.updatePhysical(again)
         g.evaluate(now: f.now, auditOK: true)
         #expect(g.verdict(intent: 0).permit)
         // Changed content on either side is judged in full.
         var fault = back
         fault.status = "fault"
-        #expect(!DeviceGuard.sameContent(back, fault))
+        #expect(!fault.repeats(back))
         g.updateTwin(fault)
         g.evaluate(now: f.now, auditOK: true)
         #expect(g.verdict(intent: 0).failing.contains(.status))
         g.updateTwin(back)
         var heavy = again
         heavy.values["load_kg"] = Reading(value: .uint(2700), quality: .good)
-        #expect(!DeviceGuard.sameContent(again, heavy))
+        #expect(!heavy.repeats(again))
         g.updatePhysical(heavy)
         g.evaluate(now: f.now, auditOK: true)
         #expect(g.verdict(intent: 0).failing == [.values])

@@ -486,8 +486,11 @@ package final class GuardLoop: @unchecked Sendable {
         if let s = slotIndex[device] { absorb(slot: s, state) }
     }
 
-    func absorb(slot s: Int, _ state: PhysicalState) {
+    /// `unlessOlder`: a repeat taken at a tick (see `absorbRepeat`) is dropped if the device
+    /// already has a newer state.
+    func absorb(slot s: Int, _ state: PhysicalState, unlessOlder: Bool = false) {
         let last = slots[s].guardState.latestPhysical
+        if unlessOlder, let t = last?.time.monotonicNs, t > state.time.monotonicNs { return }
         let suspect = last?.status != state.status || last?.isAllGood != state.isAllGood
         slots[s].guardState.updatePhysical(state)
         mark(s, suspect: suspect)
@@ -496,23 +499,21 @@ package final class GuardLoop: @unchecked Sendable {
     /// A repeat taken at a tick: news taken after it (`takeNewsEarly`, while the repeats are
     /// absorbed) is newer, and an older state never replaces a newer one.
     func absorbRepeat(_ device: String, _ state: PhysicalState) {
-        guard let s = slotIndex[device] else { return }
-        if let t = slots[s].guardState.latestPhysical?.time.monotonicNs, t > state.time.monotonicNs { return }
-        absorb(slot: s, state)
+        if let s = slotIndex[device] { absorb(slot: s, state, unlessOlder: true) }
     }
 
     func absorbRepeat(_ device: String, _ state: TwinState) {
-        guard let s = slotIndex[device] else { return }
-        if let t = slots[s].guardState.latestTwin?.received.monotonicNs, t > state.received.monotonicNs { return }
-        absorb(slot: s, state)
+        if let s = slotIndex[device] { absorb(slot: s, state, unlessOlder: true) }
     }
 
     func absorb(_ device: String, _ state: TwinState) {
         if let s = slotIndex[device] { absorb(slot: s, state) }
     }
 
-    func absorb(slot s: Int, _ state: TwinState) {
-        let suspect = slots[s].guardState.latestTwin?.status != state.status
+    func absorb(slot s: Int, _ state: TwinState, unlessOlder: Bool = false) {
+        let last = slots[s].guardState.latestTwin
+        if unlessOlder, let t = last?.received.monotonicNs, t > state.received.monotonicNs { return }
+        let suspect = last?.status != state.status
         slots[s].guardState.updateTwin(state)
         mark(s, suspect: suspect)
     }
