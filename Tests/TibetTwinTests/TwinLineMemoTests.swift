@@ -83,6 +83,50 @@ import Testing
         #expect(memo.count == 0)
     }
 
+    @Test func aLineIsSeenAsRoutineOnlyWhenItRepeatsItsDevicesLineOutsideTimeAndSeq() {
+        let p = F.parser()
+        var memo = TwinLineMemo()
+        func sight(_ line: String, _ parser: TwinLineParser? = nil) -> TwinLineMemo.Sight {
+            Array(line.utf8).withUnsafeBufferPointer { memo.sight($0, parser: parser ?? p) }
+        }
+        // Nothing remembered yet: news, for no entry.
+        #expect(sight(F.line(seq: 1)) == .news(nil))
+        _ = parse(p, F.line(seq: 1), &memo)
+        guard case .routine(let k) = sight(F.line(ts: "2026-11-26T14:32:00.550Z", seq: 2)) else {
+            Issue.record("a repeat but for ts and seq is routine")
+            return
+        }
+        // Another status, a value, or a seq of another length: news for the same entry.
+        #expect(sight(F.line(seq: 2, status: "fault")) == .news(k))
+        #expect(sight(F.line(seq: 2, values: #"{"position_x":12.6,"load_kg":2500}"#)) == .news(k))
+        #expect(sight(F.line(seq: 20)) == .news(k))
+        // Another device, a line not of the `{"device":"name"` shape, another parser's lines.
+        #expect(sight(F.line(device: "crane-02", seq: 2)) == .news(nil))
+        #expect(sight(#"{"ts":"2026-11-26T14:32:00.500Z","device":"crane-01","seq":2,"status":"operational","values":{}}"#) == .unnamed)
+        #expect(sight("junk") == .unnamed)
+        #expect(sight(F.line(ts: "2026-11-26T14:32:00.550Z", seq: 2), F.parser()) == .news(nil))
+        // A forgotten device's next line is news.
+        memo.forget(device: "crane-01")
+        #expect(sight(F.line(ts: "2026-11-26T14:32:00.550Z", seq: 2)) == .news(k))
+    }
+
+    @Test func manyDevicesAreFoundByTheirNamesBytes() {
+        let names = (0..<300).map { "dev-\($0)" } + ["d", "dev-1x", "\u{00e9}t\u{00e9}-1"]
+        let p = try! TwinLineParser(maps: names.map { F.map($0) }, keys: [:])
+        var memo = TwinLineMemo()
+        for (i, n) in names.enumerated() {
+            #expect(parse(p, F.line(device: n, seq: i + 1), &memo).state?.device == n)
+        }
+        #expect(memo.count == names.count && memo.parsed == UInt64(names.count))
+        for (i, n) in names.enumerated() {
+            let out = parse(p, F.line(device: n, ts: "2026-11-26T14:32:00.550Z", seq: i + 1), &memo)
+            #expect(out.state?.device == n)
+        }
+        #expect(memo.repeats == UInt64(names.count))
+        for n in names where n.hasSuffix("1") { memo.forget(device: n) }
+        #expect(memo.count == names.count - names.filter { $0.hasSuffix("1") }.count)
+    }
+
     @Test func aNewParserStartsAnEmptyMemo() {
         var memo = TwinLineMemo()
         _ = parse(F.parser(), F.line(seq: 1), &memo)
