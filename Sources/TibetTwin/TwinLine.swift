@@ -164,7 +164,7 @@ public struct TwinLineParser: Sendable {
 
     public let devices: [String: TwinDeviceRules]
     /// Tells parsers apart (a `TwinLineMemo` holds the lines of one).
-    let generation: UInt64
+    package let generation: UInt64
     private static let generations = Atomic<UInt64>(0)
 
     public init(rules: [TwinDeviceRules]) {
@@ -419,11 +419,29 @@ public struct TwinSeqReset: Sendable, Hashable {
 /// `seq` state lives as long as the validator.
 public struct TwinValidator: Sendable {
     public let parser: TwinLineParser
-    /// The last accepted `seq` and `ts` per device, and when that line was received (monotonic ns).
-    public private(set) var last: [String: (seq: UInt64?, tsNs: Int64, receivedNs: Int64)] = [:]
+    /// What the validator keeps of a device's last accepted line.
+    struct Last {
+        var seq: UInt64?
+        var tsNs: Int64
+        var receivedNs: Int64
+    }
+    /// Per device slot (never removed, so a slot number a caller kept stays the device's):
+    /// the name, the last accepted line (nil before the first and after `forget`) and the
+    /// caller's source mark (`admit(_:source:slot:seqReset:)`).
+    private var names: [String] = []
+    private var lasts: [Last?] = []
+    private var sources: [UInt64] = []
+    private var slotOf: [String: Int] = [:]
 
     public init(parser: TwinLineParser) {
         self.parser = parser
+    }
+
+    /// The last accepted `seq` and `ts` per device, and when that line was received (monotonic ns).
+    public var last: [String: (seq: UInt64?, tsNs: Int64, receivedNs: Int64)] {
+        var out: [String: (seq: UInt64?, tsNs: Int64, receivedNs: Int64)] = [:]
+        for (k, l) in lasts.enumerated() { if let l { out[names[k]] = (l.seq, l.tsNs, l.receivedNs) } }
+        return out
     }
 
     /// Parses, checks and orders one line: `parser.parse` followed by `admit`.
@@ -439,11 +457,20 @@ public struct TwinValidator: Sendable {
     /// documentation); answering false drops the line as a replay.
     public mutating func admit(_ outcome: TwinLineOutcome,
                                seqReset: (TwinSeqReset) -> Bool = { _ in false }) -> TwinLineOutcome {
+        var slot = -1
+        return admit(outcome, slot: &slot, seqReset: seqReset)
+    }
+
+    /// `admit(_:seqReset:)` for a caller that keeps the device's slot number between lines
+    /// (`slot`: -1 or a number this validator gave out; it is checked against the device's name,
+    /// so a wrong one costs a lookup, never another device's state). On return it holds the
+    /// slot of the line's device (-1 when the line was dropped before ordering).
+    public mutating func admit(_ outcome: TwinLineOutcome, slot: inout Int,
+                               seqReset: (TwinSeqReset) -> Bool = { _ in false }) -> TwinLineOutcome {
         guard case .accepted(let state, _) = outcome else { return outcome }
-        // One lookup per line: the device's entry is found once and updated in place.
-        let at = last.index(forKey: state.device)
-        if let at {
-            let prev = last.values[at]
+        let at = self.slot(of: state.device, hint: slot)
+        slot = at
+        if let prev = lasts[at] {
             if let seq = state.seq, let lastSeq = prev.seq {
                 if seq <= lastSeq {
                     let silentMs = Double(state.received.monotonicNs &- prev.receivedNs) / 1_000_000
@@ -457,7 +484,7 @@ public struct TwinValidator: Sendable {
                         } else if seqReset(TwinSeqReset(device: state.device, fromSeq: lastSeq, toSeq: seq, silentMs: silentMs,
                                                         afterMs: afterMs, lastTsNs: prev.tsNs, tsNs: state.tsNs,
                                                         received: state.received)) {
-                            last.values[at] = (seq, state.tsNs, state.received.monotonicNs)
+                            lasts[at] = Last(seq: seq, tsNs: state.tsNs, receivedNs: state.received.monotonicNs)
                             return outcome
                         } else {
                             why = "; a seq restart could not be put on the audit record"
@@ -473,16 +500,32 @@ public struct TwinValidator: Sendable {
                                          detail: "ts \(RFC3339.format(wallNs: state.tsNs)) older than the last accepted \(RFC3339.format(wallNs: prev.tsNs)) (no seq to order by)"))
             }
         }
-        if let at {
-            last.values[at] = (state.seq ?? last.values[at].seq, state.tsNs, state.received.monotonicNs)
-        } else {
-            last[state.device] = (state.seq, state.tsNs, state.received.monotonicNs)
-        }
+        lasts[at] = Last(seq: state.seq ?? lasts[at]?.seq, tsNs: state.tsNs, receivedNs: state.received.monotonicNs)
         return outcome
+    }
+
+    /// Marks `device`'s slot with `source` and answers the mark it had (0 at first): the feed
+    /// pipeline records there which source's line the guard got last. `slot` as in `admit`.
+    public mutating func exchangeSource(device: String, slot: inout Int, _ source: UInt64) -> UInt64 {
+        let at = self.slot(of: device, hint: slot)
+        slot = at
+        defer { sources[at] = source }
+        return sources[at]
     }
 
     /// Forgets a device's ordering state (for example when its map changed on reload).
     public mutating func forget(device: String) {
-        last[device] = nil
+        if let at = slotOf[device] { lasts[at] = nil }
+    }
+
+    /// The device's slot: `hint` when it is the device's, else found (or made) by name.
+    private mutating func slot(of device: String, hint: Int) -> Int {
+        if hint >= 0, hint < names.count, names[hint] == device { return hint }
+        if let at = slotOf[device] { return at }
+        names.append(device)
+        lasts.append(nil)
+        sources.append(0)
+        slotOf[device] = names.count - 1
+        return names.count - 1
     }
 }

@@ -247,7 +247,7 @@ package final class GuardLoop: @unchecked Sendable {
             inPhysical[state.device] = state
             if !inPhysicalRepeats.isEmpty { inPhysicalRepeats[state.device] = nil }
             inNews = true
-        } else if let i = inPhysical.index(forKey: state.device) {
+        } else if !inPhysical.isEmpty, let i = inPhysical.index(forKey: state.device) {
             inPhysical.values[i] = state  // newer, and says what the news before it said
         } else {
             inPhysicalRepeats[state.device] = state
@@ -280,7 +280,7 @@ package final class GuardLoop: @unchecked Sendable {
                 inTwin[state.device] = state
                 if !inTwinRepeats.isEmpty { inTwinRepeats[state.device] = nil }
                 inNews = true
-            } else if let i = inTwin.index(forKey: state.device) {
+            } else if !inTwin.isEmpty, let i = inTwin.index(forKey: state.device) {
                 inTwin.values[i] = state
             } else {
                 inTwinRepeats[state.device] = state

@@ -18,10 +18,10 @@ package final class TwinFeedPipeline: Sendable {
     /// The parser in use; `replace(parser:forgetting:)` swaps it on a reload.
     package var parser: TwinLineParser { current.withLock { $0 } }
     private let current: Mutex<TwinLineParser>
+    /// Also records per device the memo (`TwinLineMemo.id`; 0: none) of the source whose line
+    /// was accepted last (`TwinValidator.exchangeSource`): a repeat is news when another source
+    /// spoke since.
     private let validator: Mutex<TwinValidator>
-    /// Per device, the memo (`TwinLineMemo.id`; 0: none) of the source whose line was accepted
-    /// last, under `validator`'s lock too: a repeat is news when another source spoke since.
-    private let lastSource = Mutex<[String: UInt64]>([:])
     private let sink: @Sendable (TwinState, _ news: Bool) -> Void
     private let seqReset: (@Sendable (TwinSeqReset) -> Bool)?
     private let withdrawSink: (@Sendable (String) -> Void)?
@@ -76,10 +76,11 @@ package final class TwinFeedPipeline: Sendable {
                                                detail: "the map has a twin_key; a Sparkplug state carries no signature"))
             : .accepted(state, unknownValues: [])
         return validator.withLock { v in
-            let o = v.admit(outcome) { _ in false }
+            var slot = -1
+            let o = v.admit(outcome, slot: &slot) { _ in false }
             switch o {
             case .accepted(let s, _), .identityFailure(let s, _):
-                lastSource.withLock { $0[s.device] = 0 }
+                _ = v.exchangeSource(device: s.device, slot: &slot, 0)
                 sink(s, true)
             case .dropped: break
             }
@@ -89,8 +90,9 @@ package final class TwinFeedPipeline: Sendable {
 
     /// Takes `device`'s twin state away in the guard (see `init`).
     package func withdraw(device: String) {
-        validator.withLock { _ in
-            lastSource.withLock { $0[device] = 0 }
+        validator.withLock { v in
+            var slot = -1
+            _ = v.exchangeSource(device: device, slot: &slot, 0)
             withdrawSink?(device)
         }
     }
@@ -101,7 +103,9 @@ package final class TwinFeedPipeline: Sendable {
     /// blocks the device it names.
     package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading,
                          requiredDevice: Substring? = nil) -> TwinLineOutcome {
-        admit(current.withLock { $0 }.parse(buffer: line, received: received), requiredDevice: requiredDevice, source: 0, news: true)
+        var slot = -1
+        return admit(current.withLock { $0 }.parse(buffer: line, received: received), requiredDevice: requiredDevice, source: 0,
+                     news: true, slot: &slot)
     }
 
     /// `process(_:received:requiredDevice:)` for a source that keeps a memo of its lines
@@ -110,7 +114,10 @@ package final class TwinFeedPipeline: Sendable {
     package func process(_ line: UnsafeBufferPointer<UInt8>, received: ClockReading, memo: inout TwinLineMemo) -> TwinLineOutcome {
         let repeats = memo.repeats
         let parsed = current.withLock { $0 }.parse(buffer: line, received: received, memo: &memo)
-        let outcome = admit(parsed, requiredDevice: nil, source: memo.id, news: memo.repeats == repeats)
+        // The memo keeps the device's validator slot, so a repeat is ordered without a lookup by name.
+        var slot = memo.slotHint
+        let outcome = admit(parsed, requiredDevice: nil, source: memo.id, news: memo.repeats == repeats, slot: &slot)
+        if slot >= 0 { memo.slotHint = slot }
         // The memo must hold only lines the guard got: a line the ordering dropped (a replay)
         // is forgotten, so a later line like it counts as news.
         if case .accepted(let s, _) = parsed, case .dropped = outcome { memo.forget(device: s.device) }
@@ -120,20 +127,20 @@ package final class TwinFeedPipeline: Sendable {
     /// `source`: the memo the line went through (0: none). A repeat is news all the same when
     /// the device's last accepted line came from another source: the guard may hold what that
     /// one said (a twin failing over between two connections).
-    private func admit(_ outcome: TwinLineOutcome, requiredDevice: Substring?, source: UInt64, news: Bool) -> TwinLineOutcome {
+    private func admit(_ outcome: TwinLineOutcome, requiredDevice: Substring?, source: UInt64, news: Bool, slot: inout Int) -> TwinLineOutcome {
         var parsed = outcome
         if let requiredDevice, case .accepted(let s, _) = parsed, s.device != requiredDevice {
             parsed = .dropped(TwinDrop(reason: .topicMismatch, device: s.device,
                                        detail: "the topic names \"\(requiredDevice)\", the line is for \"\(s.device)\""))
         }
         return validator.withLock { v in
-            let outcome = v.admit(parsed) { reset in seqReset?(reset) ?? false }
+            let outcome = v.admit(parsed, slot: &slot) { reset in seqReset?(reset) ?? false }
             switch outcome {
             case .accepted(let s, _):
-                let previous = lastSource.withLock { $0.updateValue(source, forKey: s.device) }
+                let previous = v.exchangeSource(device: s.device, slot: &slot, source)
                 sink(s, news || previous != source)
             case .identityFailure(let s, _):
-                lastSource.withLock { $0[s.device] = 0 }
+                _ = v.exchangeSource(device: s.device, slot: &slot, 0)
                 sink(s, true)
             case .dropped: break
             }
