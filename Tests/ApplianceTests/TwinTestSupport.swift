@@ -182,8 +182,9 @@ final class FeedClient: @unchecked Sendable {
 
 /// Runs `body` with a started TCP twin source on an ephemeral port of 127.0.0.1, stopping it
 /// afterwards (also when `body` throws).
-func withTCP(options: TwinSocketSource.Options = .init(), _ body: (TwinSocketSource, Collector, Int) async throws -> Void) async throws {
-    let c = Collector()
+func withTCP(options: TwinSocketSource.Options = .init(), parser: TwinLineParser = Twin.parser(),
+             _ body: (TwinSocketSource, Collector, Int) async throws -> Void) async throws {
+    let c = Collector(parser: parser)
     let source = TwinSocketSource(endpoint: .tcp(host: "127.0.0.1", port: 0), pipeline: c.feed, options: options, logger: Twin.quiet)
     try await source.start()
     do {

@@ -27,9 +27,14 @@ import Glibc
 /// Runs on a SwiftNIO event loop — by default its own one-thread loop, so nothing else in the
 /// process (the HTTP API, another listener) can delay twin lines: parsing and signature checks happen on the loop thread, in
 /// the order bytes arrive, and a slow consumer is throttled by TCP flow control (the socket
-/// buffer fills, the twin's writes block) — memory stays bounded at one read buffer and one
-/// partial line per client. The unix socket is created mode 0660 and removed on `stop()`.
+/// buffer fills, the twin's writes block) — memory stays bounded per client at its socket's
+/// receive buffer (`receiveBufferBytes`), the reads holding lines not yet taken (at most
+/// `TwinLineHandler.maxHeld` lines) and one partial line. The unix socket is created mode 0660 and removed on `stop()`.
 package final class TwinSocketSource: Sendable {
+    /// `SO_RCVBUF` of each client's socket (the kernel doubles it and advertises about half of
+    /// that as the window; capped by `net.core.rmem_max`).
+    static let receiveBufferBytes = 512 * 1024
+
     /// Where to listen.
     package enum Endpoint: Sendable, Hashable, CustomStringConvertible {
         /// Host (an address such as `127.0.0.1` or `0.0.0.0`) and port (0: any free port).
@@ -168,6 +173,12 @@ package final class TwinSocketSource: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Room for a twin's whole burst (one line per device: 161 KB at 1,000 devices) in
+            // the receive window. With the default (128 KiB, half of it window) a burst closed
+            // the window, and a fault line sent right behind it waited 2-6 ms in the twin's
+            // send queue for the window to reopen (docs/benchmarks.md). Set on the listener,
+            // so accepted sockets start with it (the window scale is agreed at the handshake).
+            .serverChannelOption(.socketOption(.so_rcvbuf), value: TwinSocketSource.receiveBufferBytes)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16_384, maximum: 65_536))
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -347,6 +358,35 @@ final class TwinLineHandler: ChannelInboundHandler {
     var framer = LineFramer(maxLineBytes: TwinLineParser.maxLineBytes)
     /// The client's lines as last accepted per device (a repeat is not parsed again).
     var memo = TwinLineMemo()
+    /// A line held back behind news (`channelRead`): the held read it is in, where, its number
+    /// and its memo entry (`count` -1: taken).
+    struct HeldLine {
+        var read: Int
+        var start: Int
+        var count: Int
+        var number: UInt64
+        var entry: Int
+    }
+    /// Held lines in the order they came; those before `heldFront` are all taken.
+    var held: [HeldLine] = []
+    var heldFront = 0
+    /// The reads held lines are in, with when they were read; the read being handled's place
+    /// among them once a line of it is held.
+    var heldReads: [(buffer: ByteBuffer, received: ClockReading, at: NIODeadline)] = []
+    var heldRead: Int?
+    /// A task taking the next slice of held lines is scheduled.
+    var releaseScheduled = false
+    /// Held lines taken per turn of the event loop: between two slices the loop reads what
+    /// arrived meanwhile, and takes its news first.
+    static let releaseSlice = 64
+    /// Beyond this many held lines a read takes them all before it holds more (memory stays
+    /// bounded when lines come faster than they are taken).
+    static let maxHeld = 4096
+    /// Held lines per memo entry, and the parser generation they were looked at with.
+    var heldPerEntry: [Int] = []
+    var heldGeneration: UInt64 = 0
+    /// Why the client is to be cut off, once it is.
+    var cutReason: String?
     var lineNumber: UInt64 = 0
     var consecutiveBad = 0
     var peer = "?"
@@ -380,46 +420,84 @@ final class TwinLineHandler: ChannelInboundHandler {
         let buffer = unwrapInboundIn(data)
         let received = core.clock.now()
         let now = NIODeadline.now()
-        let n = buffer.readableBytes
-        core.update { $0.bytes += UInt64(n) }
-        var cutReason: String?
+        core.update { $0.bytes += UInt64(buffer.readableBytes) }
         var sawLine = false
-        let limit = options.garbageLimit
+        if held.count - heldFront > Self.maxHeld, !release() {
+            cutOff(context: context)
+            return
+        }
+        heldRead = nil
         buffer.withUnsafeReadableBytes { raw in
+            let chunk = raw.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: UInt8.self) }
             framer.feed(raw) { event in
                 lineNumber += 1
                 sawLine = true
                 switch event {
                 case .line(let line):
-                    guard let outcome = core.handle(line, received: received, lineNumber: lineNumber, memo: &memo, where: "\(peer) line \(lineNumber)") else {
-                        return true
-                    }
-                    if case .accepted = outcome {
+                    // News first (docs/twin-feed.md): a line that repeats its device's
+                    // remembered one outside its time and seq is held back and taken in slices
+                    // between reads, so a state change behind a burst of repeats reaches the
+                    // guard without waiting for them. Each device's lines keep their order:
+                    // news of a device first releases that device's held lines; a line whose
+                    // device cannot be told without parsing it, or a reload, releases them all.
+                    // A line begun in an earlier read is in the framer's buffer, not in this read.
+                    let inRead = chunk.flatMap { c in line.baseAddress.map { $0 >= c && $0 + line.count <= c + raw.count } } ?? false
+                    let parser = core.pipeline.parser
+                    switch memo.sight(line, parser: parser) {
+                    case .routine(let k):
+                        if !held.isEmpty, heldGeneration != parser.generation {
+                            guard release() else { return false }
+                        }
+                        if held.isEmpty { heldGeneration = parser.generation }
+                        let read: Int
+                        let start: Int
+                        if inRead, let chunk, let base = line.baseAddress {
+                            if heldRead == nil {
+                                heldRead = heldReads.count
+                                heldReads.append((buffer, received, now))
+                            }
+                            read = heldRead!
+                            start = chunk.distance(to: base)
+                        } else {
+                            // Kept as a read of its own (a copy: the framer reuses its buffer).
+                            var copy = ByteBufferAllocator().buffer(capacity: line.count)
+                            copy.writeBytes(line)
+                            read = heldReads.count
+                            heldReads.append((copy, received, now))
+                            start = 0
+                        }
+                        if heldPerEntry.count <= k { heldPerEntry += repeatElement(0, count: memo.entryCount - heldPerEntry.count) }
+                        held.append(HeldLine(read: read, start: start, count: line.count, number: lineNumber, entry: k))
+                        heldPerEntry[k] += 1
+                        // The bad lines in a row restart here (a held line that fails counts when taken).
                         consecutiveBad = 0
-                        lastAccepted = now
-                    } else { consecutiveBad += 1 }
-                    if consecutiveBad >= limit {
-                        cutReason = "\(limit) bad lines in a row"
-                        return false
+                        return true
+                    case .news(let k):
+                        if !held.isEmpty {
+                            if heldGeneration != parser.generation {
+                                guard release() else { return false }
+                            } else if let k, k < heldPerEntry.count, heldPerEntry[k] > 0 {
+                                guard release(entry: k) else { return false }
+                            }
+                        }
+                        return take(line, number: lineNumber, received: received, at: now)
+                    case .unnamed:
+                        return release() && take(line, number: lineNumber, received: received, at: now)
                     }
                 case .tooLong(let length):
+                    guard release() else { return false }
                     core.countDrop(TwinDrop(reason: .tooLong, detail: "line longer than \(TwinLineParser.maxLineBytes) bytes (\(length) so far)"),
                                    received: received, lineNumber: lineNumber, where: "\(peer) line \(lineNumber)")
                     cutReason = "a line longer than \(TwinLineParser.maxLineBytes) bytes"
                     return false
                 }
-                return true
             }
         }
-        if let cutReason {
-            cut = true
-            _ = framer.reset()
-            core.update { $0.clientsCutOff += 1 }
-            core.logger.warning("twin client disconnected: it sent \(cutReason)", metadata: [
-                "source": "\(core.name)", "client": "\(peer)", "line": "\(lineNumber)"])
-            context.close(promise: nil)
+        if cutReason != nil {
+            cutOff(context: context)
             return
         }
+        scheduleRelease(context: context)
         // The age of a partial line counts from the read that began it.
         if framer.pendingBytes > 0 {
             if partialSince == nil || sawLine { partialSince = now }
@@ -427,6 +505,89 @@ final class TwinLineHandler: ChannelInboundHandler {
             partialSince = nil
         }
         if let due = nextDeadline(), check.map({ due < $0.at }) ?? true { scheduleCheck(context: context) }
+    }
+
+    /// Handles one line; false once the client is to be cut off (`cutReason`).
+    private func take(_ line: UnsafeBufferPointer<UInt8>, number: UInt64, received: ClockReading, at now: NIODeadline) -> Bool {
+        guard let outcome = core.handle(line, received: received, lineNumber: number, memo: &memo, where: "\(peer) line \(number)") else {
+            return true
+        }
+        if case .accepted = outcome {
+            consecutiveBad = 0
+            lastAccepted = now
+        } else {
+            consecutiveBad += 1
+        }
+        if consecutiveBad >= options.garbageLimit {
+            cutReason = "\(options.garbageLimit) bad lines in a row"
+            return false
+        }
+        return true
+    }
+
+    /// Takes held lines in order: those of memo entry `entry`, or else all (at most `limit`,
+    /// from the front); false once the client is to be cut off (the rest are then dropped).
+    private func release(entry: Int? = nil, limit: Int = .max) -> Bool {
+        guard heldFront < held.count else { return true }
+        var keepGoing = true
+        var taken = 0
+        var i = heldFront
+        while i < held.count, keepGoing {
+            let h = held[i]
+            if h.count >= 0, entry == nil || h.entry == entry {
+                if entry == nil, taken == limit { break }
+                held[i].count = -1
+                heldPerEntry[h.entry] -= 1
+                taken += 1
+                let r = heldReads[h.read]
+                keepGoing = r.buffer.withUnsafeReadableBytes { raw in
+                    take(UnsafeBufferPointer(start: raw.baseAddress!.assumingMemoryBound(to: UInt8.self) + h.start, count: h.count),
+                         number: h.number, received: r.received, at: r.at)
+                }
+            }
+            i += 1
+        }
+        while heldFront < held.count, held[heldFront].count < 0 { heldFront += 1 }
+        if !keepGoing || heldFront == held.count {
+            if !keepGoing { for k in heldPerEntry.indices { heldPerEntry[k] = 0 } }
+            held.removeAll(keepingCapacity: held.capacity <= 2 * Self.maxHeld)
+            heldFront = 0
+            heldReads.removeAll()
+            heldRead = nil
+        }
+        return keepGoing
+    }
+
+    /// Takes the next slice of held lines at the event loop's next turn (after the reads that
+    /// are waiting), and so on until none is left.
+    private func scheduleRelease(context: ChannelHandlerContext) {
+        guard !releaseScheduled, !cut, heldFront < held.count else { return }
+        releaseScheduled = true
+        // A deadline, not `execute`: the loop runs tasks queued by tasks in the same turn, and
+        // only a deadline sends it back to the selector (the reads) in between.
+        context.eventLoop.assumeIsolated().scheduleTask(in: .microseconds(20)) { [self] in
+            releaseScheduled = false
+            guard active, !cut else { return }
+            if !release(limit: Self.releaseSlice) {
+                cutOff(context: context)
+            } else if heldFront < held.count {
+                scheduleRelease(context: context)
+            } else if let due = nextDeadline(), check.map({ due < $0.at }) ?? true {
+                scheduleCheck(context: context)
+            }
+        }
+    }
+
+    /// Disconnects the client for `cutReason`, after taking the held lines (they came before).
+    private func cutOff(context: ChannelHandlerContext) {
+        let reason = cutReason ?? "bad input"
+        _ = release()
+        cut = true
+        _ = framer.reset()
+        core.update { $0.clientsCutOff += 1 }
+        core.logger.warning("twin client disconnected: it sent \(reason)", metadata: [
+            "source": "\(core.name)", "client": "\(peer)", "line": "\(lineNumber)"])
+        context.close(promise: nil)
     }
 
     /// The earliest moment a timeout could expire; nil when none applies.
@@ -455,6 +616,10 @@ final class TwinLineHandler: ChannelInboundHandler {
     /// Closes the client if a timeout has expired, else checks again at the next deadline.
     func checkTimeouts(context: ChannelHandlerContext) {
         guard active, !cut else { return }
+        guard release() else {
+            cutOff(context: context)
+            return
+        }
         let now = NIODeadline.now()
         var reason: TwinClientCloseReason?
         if let since = partialSince, now >= since + .milliseconds(Int64(options.lineTimeoutMs)) {
@@ -489,6 +654,7 @@ final class TwinLineHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         check?.task.cancel()
         check = nil
+        if !cut { _ = release() }  // lines read before the end, not taken yet
         if active {
             if !cut, framer.pendingBytes > 0 {
                 lineNumber += 1
@@ -508,6 +674,7 @@ final class TwinLineHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !cut { _ = release() }  // lines read before the error, not taken yet
         let first = !cut
         cut = true
         if !first {
