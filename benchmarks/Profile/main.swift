@@ -13,6 +13,9 @@
 //          feed pipeline (parse, validate, order) into the guard loop's inbox; the loop takes
 //          the inbox every DEVICES lines (the guard's side is `tick`); with a `TwinLineMemo`
 //          as the socket source keeps one (PROFILE_NO_MEMO=1: every line parsed in full)
+//   socket N lines as SystemBench's twin sends them (bursts of one line per device) over TCP to
+//          a `TwinSocketSource` feeding the guard loop's inbox: the feed's thread end to end
+//          (`--toggle-collect='*TwinLineHandlerC11channelRead*'` counts that thread's reads)
 
 import Appliance
 import Foundation
@@ -167,6 +170,57 @@ func feedLines(devices: Int, _ n: Int) -> Int {
     return accepted
 }
 
+/// The socket source end to end: one TCP client sends `n` lines (SystemBench's twin: bursts of
+/// one line per device, `ts` now, one `seq` count) to a `TwinSocketSource`, whose pipeline
+/// hands them to the guard loop's inbox. Answers the lines the source accepted.
+func socketLines(devices: Int, _ n: Int) -> UInt64 {
+    let rig = LoopRig(devices: devices)
+    let parser = try! TwinLineParser(maps: rig.maps, keys: [:])
+    let loop = rig.loop
+    let pipeline = TwinFeedPipeline(parser: parser, newsSink: { state, news in loop.submit(twin: state, wake: news) })
+    let source = TwinSocketSource(endpoint: .tcp(host: "127.0.0.1", port: 0), pipeline: pipeline)
+    let started = DispatchSemaphore(value: 0)
+    Task {
+        try! await source.start()
+        started.signal()
+    }
+    started.wait()
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(source.localPort!).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    precondition(rc == 0, "connect: \(errno)")
+    var seq = 1_000_000
+    var sent = 0
+    while sent < n {
+        let ts = RFC3339.format(wallNs: SystemTimeSource().now().wallNs)
+        var text = ""
+        for k in 0..<min(devices, n - sent) {
+            seq += 1
+            text += #"{"device":"\#(rig.names[k])","ts":"\#(ts)","seq":\#(seq),"status":"operational","values":{"load_kg":2500,"position_x":12.5},"predicted":false}"# + "\n"
+        }
+        sent += min(devices, n - sent)
+        let bytes = Array(text.utf8)
+        var done = 0
+        while done < bytes.count {
+            let w = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, $0.count - done, 0) }
+            precondition(w > 0, "send: \(errno)")
+            done += w
+        }
+    }
+    while source.counters.lines < UInt64(n) { usleep(1000) }
+    close(fd)
+    let stopped = DispatchSemaphore(value: 0)
+    Task {
+        await source.stop()
+        stopped.signal()
+    }
+    stopped.wait()
+    return source.counters.accepted
+}
+
 let args = CommandLine.arguments.dropFirst()
 let n = args.dropFirst().first.flatMap { Int($0) } ?? 20_000
 switch args.first {
@@ -189,11 +243,16 @@ case "feed":
     let accepted = feedLines(devices: devices, n)
     print("feed: \(n) lines at \(devices) devices, \(accepted) accepted")
     exit(accepted == n ? 0 : 1)
+case "socket":
+    let devices = args.dropFirst(2).first.flatMap { Int($0) } ?? 1000
+    let accepted = socketLines(devices: devices, n)
+    print("socket: \(n) lines at \(devices) devices, \(accepted) accepted")
+    exit(accepted == UInt64(n) ? 0 : 1)
 case "tick", "drop":
     let devices = args.dropFirst(2).first.flatMap { Int($0) } ?? 1000
     let permits = args.first == "tick" ? ticks(devices: devices, n) : drops(devices: devices, n)
     print("\(args.first!): \(n) iterations at \(devices) devices, \(permits) permits up at the end")
 default:
-    print("usage: tibet-twin-profile check|token [N] | tick|drop|feed [N [DEVICES]]")
+    print("usage: tibet-twin-profile check|token [N] | tick|drop|feed|socket [N [DEVICES]]")
     exit(2)
 }
