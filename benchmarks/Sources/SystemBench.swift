@@ -28,7 +28,8 @@ import Glibc
 /// Environment: `SYSTEM_BENCH_N` (default `1,200,1000`), `SYSTEM_BENCH_SAMPLES` (default 100),
 /// `SYSTEM_BENCH_SOAK_N` (default 1000), `SYSTEM_BENCH_SOAK_S` (default 600; 0 skips the soak),
 /// `SYSTEM_BENCH_MOVING` (percent of devices that move, default 0: every poll and twin line
-/// after the first repeats its device's last one).
+/// after the first repeats its device's last one), `SYSTEM_BENCH_READER_NICE` (the interlock
+/// client's nice value, default −10; `none`: the process's).
 /// Above 200 devices the simulated PLCs sit behind gateways, 32 to a port (one shared link
 /// each, as a plant of that size is wired; `SYSTEM_BENCH_UNITS_PER_PORT` overrides): 1,000
 /// links of their own cannot fit below libmodbus's descriptor ceiling.
@@ -44,6 +45,13 @@ struct SystemBench: BenchSuite {
     /// The percentage of devices whose position changes every 50 ms (`SYSTEM_BENCH_MOVING`,
     /// default 0: every device stands still, so polls and twin lines repeat).
     static var movingPercent: Int { min(100, max(0, Int(ProcessInfo.processInfo.environment["SYSTEM_BENCH_MOVING"] ?? "") ?? 0)) }
+
+    /// The interlock client's nice value (`SYSTEM_BENCH_READER_NICE`, default −10, the drop
+    /// path's; `none` leaves it at the process's).
+    static var readerNice: Int32? {
+        let v = ProcessInfo.processInfo.environment["SYSTEM_BENCH_READER_NICE"] ?? "-10"
+        return v == "none" ? nil : Int32(v) ?? -10
+    }
 
     static func mapYAML(device: String, port: Int, coil: Int, unit: Int = 1) -> String {
         let base = blocks == 2 ? 100 : 1
@@ -371,7 +379,7 @@ final class Rig: @unchecked Sendable {
                 ($0, TwinClient.Said(status: "operational", values: ["position_x": 12.5, "load_kg": 2500]))
             })
             twin.start()
-            reader = CoilReader(port: child.interlockPort, count: n, periodUs: 250, nice: -10)
+            reader = CoilReader(port: child.interlockPort, count: n, periodUs: 250, nice: SystemBench.readerNice)
             reader.start()
         } catch {
             // Whatever started before the failure is stopped with it.
