@@ -26,41 +26,49 @@ struct TwinSocketSourceTests {
         }
     }
 
+    /// Ten devices for the news-first tests.
+    static let cells = (0..<10).map { "cell-\($0)" }
+    static func cellParser() throws -> TwinLineParser { try TwinLineParser(maps: cells.map { Twin.map($0) }, keys: [:]) }
+
+    /// A TCP source for `cells` and a client whose first line of each cell (`seq` 1) was taken.
+    func withCellsKnown(_ body: (TwinSocketSource, Collector, FeedClient) async throws -> Void) async throws {
+        try await withTCP(parser: try Self.cellParser()) { source, c, port in
+            let a = try FeedClient(tcpPort: port)
+            for n in Self.cells { a.send(Twin.line(n, seq: 1) + "\n") }
+            #expect(await eventually { c.count == Self.cells.count })
+            try await body(source, c, a)
+        }
+    }
+
     /// News first: in one read, a line that changes its device's state reaches the sink before
     /// the repeats of other devices ahead of it, and each device's lines keep their order.
     @Test func newsOvertakesTheRepeatsOfOtherDevicesInARead() async throws {
-        let names = (0..<10).map { "cell-\($0)" }
-        try await withTCP(parser: try TwinLineParser(maps: names.map { Twin.map($0) }, keys: [:])) { source, c, port in
-        let a = try FeedClient(tcpPort: port)
-        for n in names { a.send(Twin.line(n, seq: 1) + "\n") }
-        #expect(await eventually { c.count == names.count })
-        // One write (about 1.4 KB: one read): a repeat of every device, then news of cell-5.
-        a.send(names.map { Twin.line($0, seq: 2) + "\n" }.joined() + Twin.line("cell-5", seq: 3, load: 9999) + "\n")
-        #expect(await eventually { c.count == 2 * names.count + 1 })
-        let second = c.all.dropFirst(names.count).map { "\($0.device)/\($0.seq ?? 0)" }
-        #expect(second == ["cell-5/2", "cell-5/3"] + names.filter { $0 != "cell-5" }.map { "\($0)/2" })
-        for n in names { #expect(c.seqs(n) == (n == "cell-5" ? [1, 2, 3] : [1, 2])) }
-        #expect(source.counters.accepted == UInt64(2 * names.count + 1) && source.counters.droppedTotal == 0)
-        // A line whose device is not told by its start releases every held line first.
-        let odd = #"{"ts":"\#(RFC3339.format(wallNs: SystemTimeSource().now().wallNs))","device":"cell-9","seq":5,"status":"fault","values":{"position_x":12.5,"load_kg":2500}}"#
-        // (Repeats after it are held again.)
-        a.send(names.prefix(3).map { Twin.line($0, seq: 4) + "\n" }.joined() + odd + "\n"
-               + names[3..<5].map { Twin.line($0, seq: 4) + "\n" }.joined() + Twin.line("cell-6", seq: 4, load: 7777) + "\n")
-        #expect(await eventually { c.count == 2 * names.count + 8 })
-        #expect(c.all.suffix(7).map { "\($0.device)/\($0.seq ?? 0)" }
-                == ["cell-0/4", "cell-1/4", "cell-2/4", "cell-9/5", "cell-6/4", "cell-3/4", "cell-4/4"])
-        #expect(source.counters.droppedTotal == 0)
+        let names = Self.cells
+        try await withCellsKnown { source, c, a in
+            // One write (about 1.4 KB: one read): a repeat of every device, then news of cell-5.
+            a.send(names.map { Twin.line($0, seq: 2) + "\n" }.joined() + Twin.line("cell-5", seq: 3, load: 9999) + "\n")
+            #expect(await eventually { c.count == 2 * names.count + 1 })
+            let second = c.all.dropFirst(names.count).map { "\($0.device)/\($0.seq ?? 0)" }
+            #expect(second == ["cell-5/2", "cell-5/3"] + names.filter { $0 != "cell-5" }.map { "\($0)/2" })
+            for n in names { #expect(c.seqs(n) == (n == "cell-5" ? [1, 2, 3] : [1, 2])) }
+            #expect(source.counters.accepted == UInt64(2 * names.count + 1) && source.counters.droppedTotal == 0)
+            // A line whose device is not told by its start releases every held line first.
+            let odd = #"{"ts":"\#(RFC3339.format(wallNs: SystemTimeSource().now().wallNs))","device":"cell-9","seq":5,"status":"fault","values":{"position_x":12.5,"load_kg":2500}}"#
+            // (Repeats after it are held again.)
+            a.send(names.prefix(3).map { Twin.line($0, seq: 4) + "\n" }.joined() + odd + "\n"
+                   + names[3..<5].map { Twin.line($0, seq: 4) + "\n" }.joined() + Twin.line("cell-6", seq: 4, load: 7777) + "\n")
+            #expect(await eventually { c.count == 2 * names.count + 8 })
+            #expect(c.all.suffix(7).map { "\($0.device)/\($0.seq ?? 0)" }
+                    == ["cell-0/4", "cell-1/4", "cell-2/4", "cell-9/5", "cell-6/4", "cell-3/4", "cell-4/4"])
+            #expect(source.counters.droppedTotal == 0)
         }
     }
 
     /// Repeats held over several reads are taken in order, a few at a time between reads,
-    /// behind news that came after them; none is lost when the client goes away at once.
+    /// behind news that came after them.
     @Test func heldRepeatsSpanReadsAndAreAllTaken() async throws {
-        let names = (0..<10).map { "cell-\($0)" }
-        try await withTCP(parser: try TwinLineParser(maps: names.map { Twin.map($0) }, keys: [:])) { source, c, port in
-            let a = try FeedClient(tcpPort: port)
-            for n in names { a.send(Twin.line(n, seq: 1) + "\n") }
-            #expect(await eventually { c.count == names.count })
+        let names = Self.cells
+        try await withCellsKnown { source, c, a in
             // About 110 KB in one write (several reads): 70 repeats per device, then news of cell-3.
             var text = ""
             for i in 0..<70 { for n in names { text += Twin.line(n, seq: 2 + i) + "\n" } }
@@ -75,17 +83,17 @@ struct TwinSocketSourceTests {
         }
     }
 
+    /// None of the held repeats is lost when the client goes away right after sending them.
     @Test func repeatsSentRightBeforeACloseAreAllTaken() async throws {
-        let names = (0..<10).map { "cell-\($0)" }
-        try await withTCP(parser: try TwinLineParser(maps: names.map { Twin.map($0) }, keys: [:])) { source, c, port in
+        try await withTCP(parser: try Self.cellParser()) { source, c, port in
             do {
                 let a = try FeedClient(tcpPort: port)
                 var text = ""
-                for i in 0..<60 { for n in names { text += Twin.line(n, seq: 1 + i) + "\n" } }
+                for i in 0..<60 { for n in Self.cells { text += Twin.line(n, seq: 1 + i) + "\n" } }
                 a.send(text)
             }  // closed here
             #expect(await eventually { c.count == 600 })
-            for n in names { #expect(c.seqs(n) == Array(1...60)) }
+            for n in Self.cells { #expect(c.seqs(n) == Array(1...60)) }
             #expect(source.counters.accepted == 600)
         }
     }
