@@ -19,6 +19,9 @@ package final class TwinClient: @unchecked Sendable {
         package var values: [String: Double]
         package var silent = false
         package var predicted = false
+        /// Counts `update(device:)` calls: a line written says which revision it carried, so
+        /// the benchmark times a change from the first line that carries it (`waitSent`).
+        package fileprivate(set) var revision: UInt64 = 0
 
         package init(status: String, values: [String: Double], silent: Bool = false, predicted: Bool = false) {
             self.status = status
@@ -34,7 +37,14 @@ package final class TwinClient: @unchecked Sendable {
     /// Device order as given; what each says.
     let order: [String]
     let said: Mutex<[String: Said]>
-    let lastSentMono = Mutex<[String: Int64]>([:])
+    /// Per device: when its last line was written (monotonic ns), the revision it carried,
+    /// and when the first line carrying that revision was written.
+    let lastSentMono = Mutex<[String: Sent]>([:])
+    struct Sent {
+        var ns: Int64
+        var revision: UInt64
+        var revisionNs: Int64
+    }
     let running = Atomic<Bool>(true)
     let cut = Atomic<Bool>(false)
     let sentCount = Atomic<Int>(0)
@@ -81,9 +91,16 @@ package final class TwinClient: @unchecked Sendable {
         said.withLock { all in for k in all.keys { body(&all[k]!) } }
     }
 
-    /// Changes what the twin says about one device from the next line on.
-    package func update(device: String, _ body: (inout Said) -> Void) {
-        said.withLock { all in if all[device] != nil { body(&all[device]!) } }
+    /// Changes what the twin says about one device from the next line on; returns the
+    /// device's new revision (0 for a device this twin does not speak for).
+    @discardableResult
+    package func update(device: String, _ body: (inout Said) -> Void) -> UInt64 {
+        said.withLock { all in
+            guard all[device] != nil else { return 0 }
+            body(&all[device]!)
+            all[device]!.revision &+= 1
+            return all[device]!.revision
+        }
     }
 
     /// Sends every device's state right now (besides the periodic lines), if connected.
@@ -105,16 +122,18 @@ package final class TwinClient: @unchecked Sendable {
 
     /// Monotonic ns of the last line written to the socket for `device` (the first device when nil).
     package func lastSent(device: String? = nil) -> Int64 {
-        lastSentMono.withLock { $0[device ?? order.first ?? ""] ?? 0 }
+        lastSentMono.withLock { $0[device ?? order.first ?? ""]?.ns ?? 0 }
     }
     package var lastSent: Int64 { lastSent() }
 
-    /// Waits until a line of `device` was written after `after` (monotonic ns); its write time.
-    package func waitSent(device: String, after: Int64, timeoutMs: Int) -> Int64? {
+    /// Waits until a line of `device` carrying `revision` (`update(device:)`'s answer) or a
+    /// later one was written; returns when the first such line was written (monotonic ns).
+    /// Not "the first line written after the change": a batch of every device's lines built
+    /// from what the twin said just before the change may be written after it, without it.
+    package func waitSent(device: String, revision: UInt64, timeoutMs: Int) -> Int64? {
         let deadline = monotonicNowNs() + Int64(timeoutMs) * 1_000_000
         while monotonicNowNs() < deadline {
-            let t = lastSent(device: device)
-            if t > after { return t }
+            if let last = lastSentMono.withLock({ $0[device] }), last.revision >= revision { return last.revisionNs }
             usleep(100)
         }
         return nil
@@ -152,7 +171,7 @@ package final class TwinClient: @unchecked Sendable {
                     seq += 1
                     if publisher(d, Array(line(device: d, all[d]!, seq: seq, wallNs: now.wallNs).utf8)) { sent.append(d) }
                 }
-                lastSentMono.withLock { m in for d in sent { m[d] = now.monotonicNs } }
+                lastSentMono.withLock { m in for d in sent { m.wrote(d, all[d]!.revision, at: now.monotonicNs) } }
                 sentCount.add(sent.count, ordering: .relaxed)
             } else if !speaking.isEmpty {
                 if fd < 0 { fd = Self.connect(host: host, port: port) }
@@ -166,7 +185,7 @@ package final class TwinClient: @unchecked Sendable {
                     let bytes = Array(text.utf8)
                     let writtenNs = monotonicNowNs()  // the lines are built: they leave now
                     if Self.sendAll(fd, bytes) {
-                        lastSentMono.withLock { m in for d in speaking { m[d] = writtenNs } }
+                        lastSentMono.withLock { m in for d in speaking { m.wrote(d, all[d]!.revision, at: writtenNs) } }
                         sentCount.add(speaking.count, ordering: .relaxed)
                     } else {
                         close(fd)
@@ -215,6 +234,14 @@ package final class TwinClient: @unchecked Sendable {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         return fd
+    }
+}
+
+extension [String: TwinClient.Sent] {
+    /// Notes a line of `device` carrying `revision`, written at `ns`.
+    fileprivate mutating func wrote(_ device: String, _ revision: UInt64, at ns: Int64) {
+        let first = self[device].map { $0.revision == revision ? $0.revisionNs : ns } ?? ns
+        self[device] = TwinClient.Sent(ns: ns, revision: revision, revisionNs: first)
     }
 }
 
