@@ -27,6 +27,18 @@ extern int CLinux_accept4(int sockfd, void *addr, unsigned int *addrlen, int fla
 extern int CLinux_pthread_setname_np(unsigned long thread, const char *name) __asm__("pthread_setname_np");
 /// gettid(2): the calling thread's kernel id (per-thread nice takes it).
 extern int CLinux_gettid(void) __asm__("gettid");
+
+#include <sys/syscall.h>
+extern long CLinux_syscall(long number, ...) __asm__("syscall");
+/// Drops capability `cap` (e.g. 23, CAP_SYS_NICE) from the calling thread's effective set
+/// (capset(2) is per thread): the tests see how the appliance behaves without it. 0 or -1.
+static inline int CLinux_dropEffectiveCapability(int cap) {
+    struct { unsigned int version; int pid; } header = {0x20080522, 0};  // _LINUX_CAPABILITY_VERSION_3
+    struct { unsigned int effective, permitted, inheritable; } data[2];
+    if (CLinux_syscall(SYS_capget, &header, data) != 0) return -1;
+    data[cap / 32].effective &= ~(1u << (cap % 32));
+    return (int)CLinux_syscall(SYS_capset, &header, data);
+}
 #endif
 
 #endif

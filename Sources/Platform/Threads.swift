@@ -67,6 +67,31 @@ extension OSThread {
         adjustCurrentPriority { now in min(now, nice) }
     }
 
+    /// Puts the calling thread under `SCHED_FIFO` at `priority` (1–99): it runs as soon as it
+    /// is runnable, ahead of every normally scheduled thread on any core, until it blocks or a
+    /// thread of higher real-time priority wants the core. `SCHED_RESET_ON_FORK`: a child
+    /// process starts normally scheduled. Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of at
+    /// least `priority` (systemd's `LimitRTPRIO=`); the refusal is returned, not thrown, and
+    /// the thread keeps its scheduling. Only for threads that block between short bursts of
+    /// work: the kernel's real-time throttling (95 % of each second) is the only bound on one
+    /// that does not.
+    @discardableResult
+    package static func makeCurrentRealtime(priority: Int32) -> Errno? {
+        var param = sched_param()
+        param.sched_priority = priority
+        // SCHED_RESET_ON_FORK is only declared under _GNU_SOURCE.
+        let resetOnFork: Int32 = 0x4000_0000
+        return sched_setscheduler(0, Int32(SCHED_FIFO) | resetOnFork, &param) == 0 ? nil : Errno(errno)
+    }
+
+    /// The calling thread's real-time priority, or nil when it is normally scheduled.
+    package static func currentRealtimePriority() -> Int32? {
+        let policy = sched_getscheduler(0) & ~0x4000_0000
+        guard policy == Int32(SCHED_FIFO) || policy == Int32(SCHED_RR) else { return nil }
+        var param = sched_param()
+        return sched_getparam(0, &param) == 0 ? param.sched_priority : nil
+    }
+
     /// The calling thread's nice value, or the refusal to read it.
     package static func currentNice() -> Int32? {
         errno = 0

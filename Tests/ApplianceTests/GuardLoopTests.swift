@@ -3,6 +3,10 @@ import Foundation
 import Synchronization
 import TibetTwin
 @testable import Appliance
+import CLinux
+import InMemoryLogging
+import Logging
+import Platform
 import TestSupport
 
 /// One ordered log of what the guard loop did to the outside world: tables published and
@@ -633,28 +637,42 @@ struct InterlockAuditorTests {
     }
 }
 
-/// The drop path's threads ask for nice -10 (`SafetyPriority`); where the process may not raise
-/// a thread (no CAP_SYS_NICE, no RLIMIT_NICE), they keep the normal priority and say so.
+/// The drop path's threads ask for `SCHED_FIFO` (`SafetyPriority`), else for nice −10; where the
+/// process may do neither (no CAP_SYS_NICE, no RLIMIT_RTPRIO or RLIMIT_NICE), they keep the
+/// normal priority and say so.
 @Suite struct SafetyPriorityTests {
-    /// Nice values of this process's threads named `name`, from /proc.
-    static func nice(ofThreadNamed name: String) -> [Int] {
+    /// How a thread is scheduled, from /proc/self/task/<tid>/stat.
+    struct Scheduling: Equatable {
+        var nice: Int
+        var realtimePriority: Int
+        var policy: Int
+    }
+
+    /// The scheduling of this process's threads named `name`.
+    static func scheduling(ofThreadNamed name: String) -> [Scheduling] {
         guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return [] }
-        return tasks.compactMap { tid -> Int? in
+        return tasks.compactMap { tid -> Scheduling? in
             guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
                   comm.trimmingCharacters(in: .whitespacesAndNewlines) == name,
                   let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8),
                   let close = stat.lastIndex(of: ")") else { return nil }
-            // Fields after the command: state is field 3, nice field 19.
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            return fields.count > 16 ? Int(fields[16]) : nil
+            // Fields after the command, from field 3 (state): nice is field 19, rt_priority 40,
+            // policy 41 (proc(5)).
+            let f = stat[stat.index(after: close)...].split(separator: " ")
+            guard f.count > 38, let nice = Int(f[16]), let rt = Int(f[37]), let policy = Int(f[38]) else { return nil }
+            return Scheduling(nice: nice, realtimePriority: rt, policy: policy)
         }
     }
 
-    static var mayRaise: Bool {
+    /// RLIMIT_NICE is 13 and RLIMIT_RTPRIO 14 (linux/resource.h); Glibc does not export the names.
+    static func limit(_ resource: Int32) -> rlim_t {
         var limit = rlimit()
-        getrlimit(__rlimit_resource_t(13), &limit)  // RLIMIT_NICE (linux/resource.h); Glibc does not export its name
-        return geteuid() == 0 || limit.rlim_cur >= 30  // RLIMIT_NICE 30 allows nice -10
+        getrlimit(__rlimit_resource_t(UInt32(resource)), &limit)
+        return limit.rlim_cur
     }
+
+    static var mayBeRealtime: Bool { geteuid() == 0 || limit(14) >= rlim_t(SafetyPriority.realtimePriority) }
+    static var mayRaise: Bool { geteuid() == 0 || limit(13) >= 30 }  // RLIMIT_NICE 30 allows nice -10
 
     @Test func theGuardLoopThreadRunsAtTheSafetyPriorityWhereAllowed() throws {
         let h = try LoopHarness(maps: [try loopMap()])
@@ -662,12 +680,60 @@ struct InterlockAuditorTests {
         defer { h.loop.stop() }
         let deadline = Date().addingTimeInterval(10)
         while !h.loop.isReady { try #require(Date() < deadline); usleep(1000) }
-        let nices = Self.nice(ofThreadNamed: "tt-guard")
-        try #require(!nices.isEmpty, "the guard loop thread is found in /proc")
-        if Self.mayRaise {
-            #expect(nices.contains(Int(SafetyPriority.nice)))
+        let found = Self.scheduling(ofThreadNamed: "tt-guard")
+        try #require(!found.isEmpty, "the guard loop thread is found in /proc")
+        let fifo = 1
+        if Self.mayBeRealtime {
+            #expect(found.contains { $0.policy == fifo && $0.realtimePriority == Int(SafetyPriority.realtimePriority) })
+        } else if Self.mayRaise {
+            #expect(found.contains { $0.policy == 0 && $0.nice == Int(SafetyPriority.nice) })
         } else {
-            #expect(!nices.contains(Int(SafetyPriority.nice)))
+            #expect(!found.contains { $0.policy == fifo || $0.nice == Int(SafetyPriority.nice) })
         }
+    }
+
+    /// Runs `body` on a thread of its own (its scheduling changes, and goes with it) named
+    /// `tt-prio-test`; returns what `body` returned and the thread's scheduling afterwards.
+    static func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () -> T) throws -> (T, Scheduling?) {
+        let out = Mutex<(T, Scheduling?)?>(nil)
+        let t = try OSThread(name: "tt-prio-test") {
+            let r = body()
+            let s = scheduling(ofThreadNamed: "tt-prio-test").first
+            out.withLock { $0 = (r, s) }
+        }
+        t.join()
+        return try #require(out.withLock { $0 })
+    }
+
+    /// Real-time refused (a stand-in refusal; the nice call is real): the thread runs at nice
+    /// −10 instead, and the log says why and what allows real-time.
+    @Test(.enabled(if: mayRaise)) func refusedRealtimeFallsBackToNice() throws {
+        let logs = InMemoryLogHandler()
+        let logger = Logger(label: "test.priority") { _ in logs }
+        let (outcome, after) = try Self.onOwnThread {
+            SafetyPriority.raiseCurrentThread("guard loop", logger: logger, realtime: { _ in Errno(EPERM) })
+        }
+        #expect(outcome == .nice(realtimeRefused: Errno(EPERM)))
+        #expect(after == Scheduling(nice: Int(SafetyPriority.nice), realtimePriority: 0, policy: 0))
+        let notices = logs.entries.map { "\($0.message)" }
+        #expect(notices.count == 1)
+        #expect(notices.first?.contains("guard loop runs at nice -10, not real-time") == true)
+        #expect(notices.first?.contains("LimitRTPRIO=10") == true)
+    }
+
+    /// Without CAP_SYS_NICE (dropped from this thread's effective set) and with RLIMIT_RTPRIO
+    /// and RLIMIT_NICE at 0, the kernel refuses both: the thread keeps its priority, and says so.
+    @Test(.enabled(if: geteuid() == 0 && limit(13) == 0 && limit(14) == 0)) func refusedBothKeepsThePriority() throws {
+        let logs = InMemoryLogHandler()
+        let logger = Logger(label: "test.priority") { _ in logs }
+        let (outcome, after) = try Self.onOwnThread { () -> SafetyPriority.Outcome? in
+            guard CLinux_dropEffectiveCapability(23) == 0 else { return nil }  // CAP_SYS_NICE
+            return SafetyPriority.raiseCurrentThread("interlock server", logger: logger)
+        }
+        #expect(outcome == .unchanged(realtimeRefused: Errno(EPERM), niceRefused: Errno(EACCES)))
+        #expect(after?.policy == 0 && after?.realtimePriority == 0 && after?.nice == 0)
+        let notices = logs.entries.map { "\($0.message)" }
+        #expect(notices.count == 1)
+        #expect(notices.first?.contains("interlock server keeps the normal priority") == true)
     }
 }
