@@ -265,19 +265,51 @@ package final class CoilReader: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private let started = Atomic<Bool>(false)
 
-    /// The reader thread's nice value when set (`OSThread.raiseCurrentPriority`): the
-    /// benchmarks run it at the appliance's safety priority, because the PLC it stands for reads
-    /// on a CPU of its own, not behind the simulated plant sharing this machine's cores.
-    let nice: Int32?
-    /// Why the priority could not be raised, if it could not.
+    /// How the reader thread is scheduled, when not as the process.
+    package enum Priority: Sendable, Hashable, CustomStringConvertible {
+        /// A nice value (`OSThread.raiseCurrentPriority`).
+        case nice(Int32)
+        /// `SCHED_FIFO` at this priority (`OSThread.makeCurrentRealtime`).
+        case realtime(Int32)
+
+        package var description: String {
+            switch self {
+            case .nice(let n): "nice \(n)"
+            case .realtime(let p): "SCHED_FIFO \(p)"
+            }
+        }
+    }
+
+    /// The reader thread's priority when set: the benchmarks run it as the appliance's drop
+    /// path, because the PLC it stands for reads on a CPU of its own, not behind the simulated
+    /// plant sharing this machine's cores.
+    let priority: Priority?
+    /// Why the priority could not be set, if it could not.
     package let priorityRefusal = Mutex<Errno?>(nil)
 
-    package init(host: String = "127.0.0.1", port: Int, count: Int, periodUs: UInt32 = 2000, nice: Int32? = nil) {
+    /// When set, the reader reads every `idlePeriodUs` (a PLC's scan) and every `periodUs` only
+    /// while `watch(forMs:)` asks it to: a benchmark's fine resolution while a sample is in
+    /// flight, without its load in between.
+    let idlePeriodUs: UInt32?
+    private let watchedUntilNs = Atomic<Int64>(0)
+    private let wake = DispatchSemaphore(value: 0)
+
+    package init(host: String = "127.0.0.1", port: Int, count: Int, periodUs: UInt32 = 2000, idlePeriodUs: UInt32? = nil,
+                 priority: Priority? = nil) {
         self.host = host
         self.port = port
         self.count = count
         self.periodUs = periodUs
-        self.nice = nice
+        self.idlePeriodUs = idlePeriodUs
+        self.priority = priority
+    }
+
+    /// Reads every `periodUs` from now for `ms` (the first read at once), when the reader has
+    /// an `idlePeriodUs`.
+    package func watch(forMs ms: Int) {
+        guard idlePeriodUs != nil else { return }
+        watchedUntilNs.store(SystemTimeSource().now().monotonicNs + Int64(ms) * 1_000_000, ordering: .relaxed)
+        wake.signal()
     }
 
     package func start() {
@@ -323,7 +355,12 @@ package final class CoilReader: @unchecked Sendable {
     }
 
     private func loop() {
-        if let nice, let refused = OSThread.raiseCurrentPriority(to: nice) { priorityRefusal.withLock { $0 = refused } }
+        let refused: Errno? = switch priority {
+        case .nice(let n): OSThread.raiseCurrentPriority(to: n)
+        case .realtime(let p): OSThread.makeCurrentRealtime(priority: p)
+        case nil: nil
+        }
+        if let refused { priorityRefusal.withLock { $0 = refused } }
         var client: ModbusClient?
         while running.load(ordering: .relaxed) {
             do {
@@ -342,7 +379,12 @@ package final class CoilReader: @unchecked Sendable {
                 client = nil
                 usleep(20_000)
             }
-            usleep(periodUs)
+            if let idlePeriodUs, SystemTimeSource().now().monotonicNs >= watchedUntilNs.load(ordering: .relaxed) {
+                _ = wake.wait(timeout: .now() + .microseconds(Int(idlePeriodUs)))
+                while wake.wait(timeout: .now()) == .success {}  // several watch calls: one wake
+            } else {
+                usleep(periodUs)
+            }
         }
     }
 }
