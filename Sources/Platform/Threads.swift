@@ -84,14 +84,6 @@ extension OSThread {
         return sched_setscheduler(0, Int32(SCHED_FIFO) | resetOnFork, &param) == 0 ? nil : Errno(errno)
     }
 
-    /// The calling thread's real-time priority, or nil when it is normally scheduled.
-    package static func currentRealtimePriority() -> Int32? {
-        let policy = sched_getscheduler(0) & ~0x4000_0000
-        guard policy == Int32(SCHED_FIFO) || policy == Int32(SCHED_RR) else { return nil }
-        var param = sched_param()
-        return sched_getparam(0, &param) == 0 ? param.sched_priority : nil
-    }
-
     /// The calling thread's nice value, or the refusal to read it.
     package static func currentNice() -> Int32? {
         errno = 0

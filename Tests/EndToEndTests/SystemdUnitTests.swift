@@ -33,6 +33,11 @@ struct SystemdUnitTests {
         #expect(text.contains("Restart=always"))
         #expect(text.contains("WatchdogSec="))
         #expect(text.contains("LimitNOFILE=1024"))
+        // The drop path's SCHED_FIFO 10 (docs/architecture.md#the-drop-paths-priority): allowed by
+        // the limit, and not refused by RestrictRealtime=yes; nice -10 is the fallback.
+        #expect(text.contains("LimitRTPRIO=10"))
+        #expect(text.contains("RestrictRealtime=no"))
+        #expect(text.contains("LimitNICE=-10"))
         #expect(text.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"))
         #expect(text.contains("CapabilityBoundingSet=CAP_NET_BIND_SERVICE"))
         #expect(text.contains("StateDirectory=tibet-twin"))
