@@ -200,8 +200,11 @@ final class CheckRecord: Sendable {
         }
         w.raw(",\"twin_status\":"); w.string(d.delta.twinStatus)
         w.raw(",\"values\":{")
-        assert(sortedValues.map { $0.count == d.delta.values.count && $0.allSatisfy { d.delta.values[$0.0] == $0.1 } } ?? true,
-               "sorted values disagree with the decision's")
+        // The same value: equal, or both NaN (a PLC's float register can hold one; NaN ≠ NaN).
+        assert(sortedValues.map {
+            $0.count == d.delta.values.count
+                && $0.allSatisfy { v in d.delta.values[v.0].map { $0 == v.1 || ($0.isNaN && v.1.isNaN) } ?? false }
+        } ?? true, "sorted values disagree with the decision's")
         var first = true
         for (name, value) in sortedValues ?? d.delta.values.sorted(by: { JSONValue.utf8Precedes($0.key, $1.key) }).map({ ($0.key, $0.value) }) {
             if !first { w.raw(",") }

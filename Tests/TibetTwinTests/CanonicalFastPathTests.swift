@@ -107,6 +107,24 @@ struct CheckRecordTests {
     static let texts = ["", "crane-01", "é\"\\\n\t\u{01}", "😀 load", "status mismatch: physical=fault, twin=operational",
                         "e\u{301}", "z", "A", "a_b", "ab"]
 
+    /// A NaN value (a PLC's float register can hold one) is the same value in the sorted copy
+    /// the guard hands over: the debug check that they agree must not trap on NaN ≠ NaN.
+    /// (The property test below found it: `Double(bitPattern:)` of a random word is NaN about
+    /// once in 2,048.)
+    @Test func aNaNValueIsTheSameValueInTheSortedCopy() {
+        let values: [String: Double] = ["load_kg": .nan, "position_x": 12.5]
+        let decision = SyncDecision(
+            device: "crane-01", intent: "move", allowed: false, reasonCode: .ok, reason: "x", failing: [],
+            delta: StateDelta(driftMs: 1, physicalAgeMs: 2, twinAgeMs: 3, values: values, maxSensor: nil, maxValueDelta: 0,
+                              physicalStatus: "operational", physicalStatusDerived: false, twinStatus: "operational"))
+        let chain = CheckChain(idPrefix: "x-", node: "n", actor: "jis:n", host: "h")
+        let sorted = values.sorted { JSONValue.utf8Precedes($0.key, $1.key) }.map { ($0.key, $0.value) }
+        let r = CheckRecord(chain: chain, serial: 0, now: ClockReading(monotonicNs: 1, wallNs: 1_795_703_520_000_000_000),
+                            decision: decision, sortedValues: sorted, mapSHA256: nil, twinSeq: nil,
+                            safetyCritical: false, prevDigest: nil, scratch: ByteSink(capacity: 16))
+        #expect(r.token.computeContentHash() == r.contentHash)
+    }
+
     @Test func recordHashEqualsTheTokensCanonicalHash() async {
         let gen = zip(Gen.int(in: 0...9).array(of: 8), Gen.uint64().array(of: 6), Gen.bool.array(of: 4))
         await propertyCheck(count: 400, input: gen) { texts, bits, flags in
