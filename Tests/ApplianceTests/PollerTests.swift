@@ -463,6 +463,34 @@ struct PollerPieceTests {
         #expect(out == deadlines.sorted())
     }
 
+    @Test func pollThreadsWakeOneAfterAnotherNotAllAtOnce() {
+        // 32 threads of 32 devices at 50 ms (the 1,000-device bench): 12 slots of 4.17 ms a
+        // thread, each thread's grid shifted by 1/32 of a slot against the one before.
+        let period: Int64 = 50_000_000, threads = 32
+        let firsts = (0..<threads).map {
+            PollWorker.firstOffsetNs(device: 0, of: 32, periodNs: period, thread: $0, of: threads)
+        }
+        #expect(Set(firsts).count == threads)
+        #expect(firsts == firsts.sorted())
+        #expect(firsts.last! < period / 12)
+        // Within a thread the slots keep their spacing and fill one period.
+        for t in [0, 17, 31] {
+            let offsets = (0..<32).map {
+                PollWorker.firstOffsetNs(device: $0, of: 32, periodNs: period, thread: t, of: threads)
+            }
+            #expect(Set(offsets).count == 12)
+            #expect(offsets.allSatisfy { $0 >= 0 && $0 < period })
+            let sorted = Set(offsets).sorted()
+            let gaps = zip(sorted.dropFirst(), sorted).map { $0 - $1 }
+            #expect(gaps.allSatisfy { abs($0 - period / 12) <= 1 })
+        }
+        // One thread: no shift. One device a thread: the threads spread over the whole period.
+        #expect(PollWorker.firstOffsetNs(device: 5, of: 12, periodNs: period, thread: 0, of: 1)
+                == period * 5 / 12)
+        let lone = (0..<10).map { PollWorker.firstOffsetNs(device: 0, of: 1, periodNs: period, thread: $0, of: 10) }
+        #expect(lone == (0..<10).map { period * Int64($0) / 10 })
+    }
+
     @Test func histogramQuantilesAreBucketBounds() {
         var h = PollLatencyHistogram()
         for _ in 0..<98 { h.record(ns: 80_000) }   // 0.08 ms → ≤ 0.1 ms bucket
