@@ -207,10 +207,14 @@ public final class MQTTClient: Sendable {
     public var isConnected: Bool { connectedFlag.load(ordering: .acquiring) }
 
     /// Starts the network thread: it connects (retrying after the backoff until `stop`).
-    public func start() throws(ThreadStartError) {
+    /// `threadStart` runs first on that thread (the appliance sets the thread's priority there).
+    public func start(threadStart: (@Sendable () -> Void)? = nil) throws(ThreadStartError) {
         try thread.withLock { (t: inout OSThread?) throws(ThreadStartError) in
             guard t == nil, !stopping.load(ordering: .acquiring) else { return }
-            t = try OSThread(name: "mqtt-\(options.port)") { [self] in run() }
+            t = try OSThread(name: "mqtt-\(options.port)") { [self] in
+                threadStart?()
+                run()
+            }
         }
     }
 

@@ -178,7 +178,9 @@ package final class TwinMQTTSource: Sendable {
             throw TwinSourceError(kind: .alreadyStarted, source: name, function: "start", detail: "already started")
         }
         do {
-            try made.start()
+            // A twin fault arrives on this thread: it is on the drop path, like the socket feeds'.
+            let (what, logger) = ("mqtt feed \(name)", core.logger)
+            try made.start(threadStart: { SafetyPriority.raiseCurrentThread(what, logger: logger) })
         } catch {
             throw TwinSourceError(kind: .mqtt, source: name, function: "pthread_create", errno: error.errno.rawValue,
                                   detail: "cannot start the MQTT network thread")

@@ -107,7 +107,9 @@ package final class TwinOPCUASource: Sendable {
             return true
         }
         guard fresh else { throw TwinSourceError(kind: .alreadyStarted, source: name, function: "start", detail: "already started") }
-        do { try made.start() } catch {
+        // A twin fault arrives on this thread: it is on the drop path, like the socket feeds'.
+        let (what, logger) = ("opcua feed \(name)", core.logger)
+        do { try made.start(threadStart: { SafetyPriority.raiseCurrentThread(what, logger: logger) }) } catch {
             throw TwinSourceError(kind: .opcua, source: name, function: "pthread_create", errno: error.errno.rawValue,
                                   detail: "cannot start the OPC UA subscriber thread")
         }

@@ -74,8 +74,13 @@ public final class OPCUASubscriber: @unchecked Sendable {
 
     deinit { stop() }
 
-    public func start() throws(ThreadStartError) {
-        thread = try OSThread(name: configuration.threadName) { [self] in run() }
+    /// Starts the subscriber's thread. `threadStart` runs first on it (the appliance sets the
+    /// thread's priority there).
+    public func start(threadStart: (@Sendable () -> Void)? = nil) throws(ThreadStartError) {
+        thread = try OSThread(name: configuration.threadName) { [self] in
+            threadStart?()
+            run()
+        }
     }
 
     /// Ends the subscription (a blocked request is interrupted) and waits for the thread.
