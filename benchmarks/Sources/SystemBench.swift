@@ -47,10 +47,12 @@ struct SystemBench: BenchSuite {
     /// default 0: every device stands still, so polls and twin lines repeat).
     static var movingPercent: Int { min(100, max(0, Int(ProcessInfo.processInfo.environment["SYSTEM_BENCH_MOVING"] ?? "") ?? 0)) }
 
-    /// The interlock client's priority: `SCHED_FIFO` at the drop path's priority (10), or the
-    /// nice value in `SYSTEM_BENCH_READER_NICE` (`none`: the process's, nil).
+    /// The interlock client's priority: `SCHED_FIFO` at the drop path's priority, or the nice
+    /// value in `SYSTEM_BENCH_READER_NICE` (`none`: the process's, nil).
     static var readerPriority: CoilReader.Priority? {
-        guard let v = ProcessInfo.processInfo.environment["SYSTEM_BENCH_READER_NICE"] else { return .realtime(10) }
+        guard let v = ProcessInfo.processInfo.environment["SYSTEM_BENCH_READER_NICE"] else {
+            return .realtime(SafetyPriority.realtimePriority)
+        }
         return v == "none" ? nil : .nice(Int32(v) ?? -10)
     }
 

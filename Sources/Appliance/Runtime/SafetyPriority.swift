@@ -1,8 +1,8 @@
 import Logging
 import Platform
 
-/// The drop path's threads — the guard loop, the interlock server and the twin feeds' socket
-/// event loop — run under `SCHED_FIFO` at `realtimePriority`: each runs the moment it has work,
+/// The drop path's threads — the guard loop, the interlock server and the twin feeds' threads
+/// (socket event loop, MQTT, OPC UA) — run under `SCHED_FIFO` at `realtimePriority`: each runs the moment it has work,
 /// on whichever core runs something else, ahead of the poll threads and the rest of the
 /// machine. Each does a short burst of work and blocks again (a line, a judgement, a Modbus
 /// reply). At 1,000 devices on two cores the tail of "twin line → coil" was made of exactly
@@ -13,10 +13,10 @@ import Platform
 /// systemd unit sets `LimitRTPRIO=10`. Refused, the thread falls back to nice `nice` (the
 /// unit's `LimitNICE=-10`), and failing that keeps its priority; either way it says so once
 /// in the log.
-enum SafetyPriority {
+package enum SafetyPriority {
     /// Low among real-time priorities: the kernel's own threads that run real-time (interrupt
     /// threads on a PREEMPT_RT kernel, at 50) stay above the drop path.
-    static let realtimePriority: Int32 = 10
+    package static let realtimePriority: Int32 = 10
     /// The fallback without real-time.
     static let nice: Int32 = -10
 
