@@ -674,22 +674,29 @@ struct InterlockAuditorTests {
     static var mayBeRealtime: Bool { geteuid() == 0 || limit(14) >= rlim_t(SafetyPriority.realtimePriority) }
     static var mayRaise: Bool { geteuid() == 0 || limit(13) >= 30 }  // RLIMIT_NICE 30 allows nice -10
 
+    /// Expects a thread named `name` at the drop path's priority where this process may have
+    /// it: real-time, else nice −10, else neither.
+    static func expectSafetyPriority(ofThreadNamed name: String, sourceLocation: Testing.SourceLocation = #_sourceLocation) throws {
+        let found = scheduling(ofThreadNamed: name)
+        try #require(!found.isEmpty, "the thread \(name) is found in /proc", sourceLocation: sourceLocation)
+        let fifo = 1
+        if mayBeRealtime {
+            #expect(found.contains { $0.policy == fifo && $0.realtimePriority == Int(SafetyPriority.realtimePriority) },
+                    "\(found)", sourceLocation: sourceLocation)
+        } else if mayRaise {
+            #expect(found.contains { $0.policy == 0 && $0.nice == Int(SafetyPriority.nice) }, "\(found)", sourceLocation: sourceLocation)
+        } else {
+            #expect(!found.contains { $0.policy == fifo || $0.nice == Int(SafetyPriority.nice) }, "\(found)", sourceLocation: sourceLocation)
+        }
+    }
+
     @Test func theGuardLoopThreadRunsAtTheSafetyPriorityWhereAllowed() throws {
         let h = try LoopHarness(maps: [try loopMap()])
         try h.loop.start()
         defer { h.loop.stop() }
         let deadline = Date().addingTimeInterval(10)
         while !h.loop.isReady { try #require(Date() < deadline); usleep(1000) }
-        let found = Self.scheduling(ofThreadNamed: "tt-guard")
-        try #require(!found.isEmpty, "the guard loop thread is found in /proc")
-        let fifo = 1
-        if Self.mayBeRealtime {
-            #expect(found.contains { $0.policy == fifo && $0.realtimePriority == Int(SafetyPriority.realtimePriority) })
-        } else if Self.mayRaise {
-            #expect(found.contains { $0.policy == 0 && $0.nice == Int(SafetyPriority.nice) })
-        } else {
-            #expect(!found.contains { $0.policy == fifo || $0.nice == Int(SafetyPriority.nice) })
-        }
+        try Self.expectSafetyPriority(ofThreadNamed: "tt-guard")
     }
 
     /// Runs `body` on a thread of its own (its scheduling changes, and goes with it) named

@@ -61,15 +61,7 @@ struct TwinMQTTSourceTests {
         try await withMQTT(broker) { source, c, _ in
             try broker.publish(["-t", "plant/twin/crane-01", "-m", Twin.line("crane-01", seq: 1), "-q", "1"])
             #expect(await eventually(within: 20) { c.count == 1 })
-            let found = SafetyPriorityTests.scheduling(ofThreadNamed: "mqtt-\(broker.port)")
-            try #require(found.count == 1, "the feed's thread is found in /proc: \(found)")
-            if SafetyPriorityTests.mayBeRealtime {
-                #expect(found[0].policy == 1 && found[0].realtimePriority == Int(SafetyPriority.realtimePriority))
-            } else if SafetyPriorityTests.mayRaise {
-                #expect(found[0].policy == 0 && found[0].nice == Int(SafetyPriority.nice))
-            } else {
-                #expect(found[0].policy == 0 && found[0].realtimePriority == 0)
-            }
+            try SafetyPriorityTests.expectSafetyPriority(ofThreadNamed: "mqtt-\(broker.port)")
         }
     }
 

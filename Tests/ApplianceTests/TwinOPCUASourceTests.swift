@@ -60,15 +60,7 @@ struct TwinOPCUASourceTests {
         try await withOPCUA(server) { _, c, _ in
             try server.command("set PosX double 13.5")
             #expect(await eventually(within: 20) { c.all.last?.values["position_x"] == 13.5 })
-            let found = SafetyPriorityTests.scheduling(ofThreadNamed: "twin-opcua")
-            try #require(found.count == 1, "the subscriber's thread is found in /proc: \(found)")
-            if SafetyPriorityTests.mayBeRealtime {
-                #expect(found[0].policy == 1 && found[0].realtimePriority == Int(SafetyPriority.realtimePriority))
-            } else if SafetyPriorityTests.mayRaise {
-                #expect(found[0].policy == 0 && found[0].nice == Int(SafetyPriority.nice))
-            } else {
-                #expect(found[0].policy == 0 && found[0].realtimePriority == 0)
-            }
+            try SafetyPriorityTests.expectSafetyPriority(ofThreadNamed: "twin-opcua")
         }
     }
 
