@@ -53,7 +53,7 @@ struct SystemBench: BenchSuite {
         guard let v = ProcessInfo.processInfo.environment["SYSTEM_BENCH_READER_NICE"] else {
             return .realtime(SafetyPriority.realtimePriority)
         }
-        return v == "none" ? nil : .nice(Int32(v) ?? -10)
+        return v == "none" ? nil : .nice(Int32(v) ?? SafetyPriority.nice)
     }
 
     static func mapYAML(device: String, port: Int, coil: Int, unit: Int = 1) -> String {

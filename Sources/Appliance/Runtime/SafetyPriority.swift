@@ -2,9 +2,9 @@ import Logging
 import Platform
 
 /// The drop path's threads — the guard loop, the interlock server and the twin feeds' threads
-/// (socket event loop, MQTT, OPC UA) — run under `SCHED_FIFO` at `realtimePriority`: each runs the moment it has work,
-/// on whichever core runs something else, ahead of the poll threads and the rest of the
-/// machine. Each does a short burst of work and blocks again (a line, a judgement, a Modbus
+/// (socket event loop, MQTT, OPC UA) — run under `SCHED_FIFO` at `realtimePriority`: each
+/// runs the moment it has work, on whichever core runs something else, ahead of the poll
+/// threads and the rest of the machine. Each does a short burst of work and blocks again (a line, a judgement, a Modbus
 /// reply). At 1,000 devices on two cores the tail of "twin line → coil" was made of exactly
 /// such waits at nice −10: the interlock server woken on the core where the guard was judging
 /// a tick waited for the guard's slice, ≈ 2 ms (docs/benchmarks.md).
@@ -18,7 +18,7 @@ package enum SafetyPriority {
     /// threads on a PREEMPT_RT kernel, at 50) stay above the drop path.
     package static let realtimePriority: Int32 = 10
     /// The fallback without real-time.
-    static let nice: Int32 = -10
+    package static let nice: Int32 = -10
 
     /// What `raiseCurrentThread` got.
     enum Outcome: Equatable {
